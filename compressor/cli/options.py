@@ -1,0 +1,24 @@
+"""Flags shared by several commands, declared once."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Model = Annotated[str, typer.Argument(help="builtin:smollm2-135m, builtin:minilm-l6, a local model folder, or a Hub id.")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda never falls back to cpu).")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, float16, bfloat16.")]
+DeviceMap = Annotated[Optional[str], typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.")]
+Data = Annotated[Optional[str], typer.Option("--data", help="Calibration text: builtin:python-docs, builtin:rt-plots, or a .txt/.jsonl/.csv file.")]
+Profile = Annotated[Optional[str], typer.Option("--profile", help="Take calibration settings from a profile YAML.")]
+Samples = Annotated[Optional[int], typer.Option("--samples", help="Calibration sequences [default: 32, or the profile's].")]
+SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sequence [default: 256, or the profile's].")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per forward pass [default: 8, or the profile's].")]
+TextField = Annotated[Optional[str], typer.Option("--text-field", help="Field/column holding the text in .jsonl/.csv [default: text].")]
+Pack = Annotated[Optional[bool], typer.Option("--pack/--no-pack", help="Pack text into full windows (default for decoders) or one document per row, padded (default for encoders).")]
+Method = Annotated[str, typer.Option("--method", help="avss, block-influence, angular, leave-one-out, last-k, random.")]
+AvssMode = Annotated[Optional[str], typer.Option("--avss-mode", help="AVSS only: robust (default) or official (the official code's exact formula; collapses on real LLMs).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for --method random.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]

@@ -1,0 +1,38 @@
+"""The one output sink: data to stdout, diagnostics (progress, notes, warnings) to stderr."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def note(msg: str) -> None:
+    err.print(escape(msg), highlight=False)
+
+
+def warn(msg: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
+
+
+def error(msg: str) -> None:
+    err.print(f"[red]error:[/red] {escape(msg)}", highlight=False)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """Yields a ``(done, total)`` callback that drives a rich progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as prog:
+        task = prog.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield update

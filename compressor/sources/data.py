@@ -1,0 +1,162 @@
+"""Calibration text -> token batches, with a hash so reports say exactly what was measured.
+
+Built-in sources are split into fixed, disjoint halves: the first half of the documents is the
+``calibration`` split (scoring), the second half the ``evaluation`` split (verify), so scoring never
+sees evaluation text.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from compressor.errors import BadInput
+from compressor.sources import builtins
+
+Split = Literal["calibration", "evaluation", "all"]
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """What to feed the model while scoring."""
+
+    source: str = "builtin:python-docs"
+    samples: int = 32
+    seq_len: int = 256
+    batch_size: int = 8
+    text_field: str = "text"
+    pack: bool | None = None  # None: pack for decoders, one document per row for encoders
+    split: Split = "calibration"
+
+    def validate(self) -> None:
+        for name in ("samples", "seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})",
+                               f"pass a positive --{name.replace('_', '-')}")
+
+
+@dataclass
+class CalibrationData:
+    spec: CalibrationSpec
+    batches: list[dict[str, Any]]  # input_ids / attention_mask tensors (CPU, int64)
+    tokens: int  # real (unpadded) tokens
+    sha256: str
+    packed: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.spec.source,
+            "split": self.spec.split,
+            "samples": sum(int(b["input_ids"].shape[0]) for b in self.batches),
+            "seq_len": self.spec.seq_len,
+            "batch_size": self.spec.batch_size,
+            "packed": self.packed,
+            "tokens": self.tokens,
+            "sha256": self.sha256,
+        }
+
+
+def read_documents(source: str, text_field: str = "text", split: Split = "calibration") -> list[str]:
+    """Documents of a source; built-ins honour ``split``; local files are used whole."""
+    if builtins.is_builtin(source):
+        # de-duplicate first: several pydoc topics share one text, which would leak across the split
+        docs = list(dict.fromkeys(builtins.builtin_text(builtins.builtin_name(source))))
+        half = len(docs) // 2
+        docs = {"calibration": docs[:half], "evaluation": docs[half:], "all": docs}[split]
+    else:
+        docs = _read_file(Path(source).expanduser(), text_field)
+    docs = [d for d in docs if d and d.strip()]
+    if not docs:
+        raise BadInput(f"calibration data {source} is empty", "pass a file with text in it")
+    return docs
+
+
+def _read_file(path: Path, text_field: str) -> list[str]:
+    if not path.exists():
+        raise BadInput(f"data file {path} does not exist", "check the path, or use --data builtin:python-docs")
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder", "pass a .txt, .jsonl or .csv file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".txt", ".md", ".text"):
+            text = path.read_text(encoding="utf-8")
+            return [p for p in text.split("\n\n")]
+        if suffix in (".jsonl", ".ndjson"):
+            docs = []
+            with path.open(encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or text_field not in row:
+                        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+                        raise BadInput(f"{path}:{n} has no field {text_field!r} (fields: {keys})",
+                                       "pass --text-field with the right name")
+                    docs.append(str(row[text_field]))
+            return docs
+        if suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh)
+                if reader.fieldnames is None or text_field not in reader.fieldnames:
+                    raise BadInput(f"{path} has no column {text_field!r} (columns: {', '.join(reader.fieldnames or [])})",
+                                   "pass --text-field with the right column name")
+                return [row[text_field] for row in reader]
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path} is not UTF-8 text ({exc.reason})", "convert it to UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path} is not valid JSON Lines (line {exc.lineno}: {exc.msg})", "fix the file") from exc
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from exc
+    raise BadInput(f"unsupported data file type {suffix!r} ({path})", "use .txt, .jsonl or .csv")
+
+
+def load_calibration(spec: CalibrationSpec, tokenizer: Any, family: str = "decoder") -> CalibrationData:
+    """Tokenize, batch, and hash calibration text."""
+    import torch
+
+    spec.validate()
+    docs = read_documents(spec.source, spec.text_field, spec.split)
+    pack = spec.pack if spec.pack is not None else family == "decoder"
+    warnings: list[str] = []
+    rows: list[list[int]] = []
+    if pack:
+        sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        stream: list[int] = []
+        need = spec.samples * spec.seq_len
+        for d in docs:
+            stream.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
+            if sep is not None:
+                stream.append(sep)
+            if len(stream) >= need:
+                break
+        rows = [stream[i:i + spec.seq_len] for i in range(0, min(len(stream), need), spec.seq_len)]
+        rows = [r for r in rows if len(r) >= 2]
+    else:
+        for d in docs[: spec.samples]:
+            ids = tokenizer(d, truncation=True, max_length=spec.seq_len)["input_ids"]
+            if len(ids) >= 1:
+                rows.append(ids)
+    if not rows:
+        raise BadInput(f"calibration data {spec.source} produced no tokens", "pass more text")
+    if len(rows) < spec.samples:
+        warnings.append(f"calibration data has only {len(rows)} of the {spec.samples} requested samples")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = []
+    digest = hashlib.sha256(f"seq_len={spec.seq_len};pack={pack}".encode())
+    tokens = 0
+    for i in range(0, len(rows), spec.batch_size):
+        chunk = rows[i:i + spec.batch_size]
+        width = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, r in enumerate(chunk):
+            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[j, : len(r)] = 1
+            digest.update(json.dumps(r).encode())
+        tokens += int(mask.sum())
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return CalibrationData(spec, batches, tokens, digest.hexdigest(), pack, warnings)

@@ -1,0 +1,178 @@
+"""Resolve a model spec (built-in, local folder, Hub id) and load it safely.
+
+Safety defaults follow the safetensors philosophy: no pickle unless ``allow_pickle``, no remote
+code unless ``trust_remote_code``. The architecture is checked from the config *before* weights load,
+so an unsupported model fails in a second, not after a download.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressor.architectures import ArchAdapter, adapter_for_config
+from compressor.errors import BadInput, RuntimeFailure
+from compressor.sources import builtins
+
+_PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "model*.bin")
+
+
+@dataclass
+class LoadedModel:
+    spec: str  # what the user typed
+    path: str  # local folder or Hub id that transformers loaded
+    model: Any
+    tokenizer: Any
+    adapter: ArchAdapter
+    device: str  # "cpu", "cuda", or "auto-map" for accelerate device maps
+    dtype: str
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when it really works; an explicit ``cuda`` never silently becomes CPU."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise BadInput(f"unknown device {device!r}", "use --device cpu, cuda, cuda:N or auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput("--device cuda was requested but CUDA is not available here", "use --device cpu (or auto)")
+    return device
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "float32" if device == "cpu" else "bfloat16"
+    if dtype not in _DTYPES:
+        raise BadInput(f"unknown dtype {dtype!r}", "use --dtype auto, float32, float16 or bfloat16")
+    return _DTYPES[dtype]
+
+
+def resolve_model_path(spec: str) -> tuple[str, bool]:
+    """Return (path-or-hub-id, is_local)."""
+    if builtins.is_builtin(spec):
+        return str(builtins.resolve_builtin_model(spec)), True
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise BadInput(f"{spec} is a file, not a model folder", "pass the folder that holds config.json")
+        if not (p / "config.json").exists():
+            raise BadInput(f"{spec} has no config.json", "pass a Hugging Face model folder (save_pretrained output)")
+        return str(p), True
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep == "\\" and "\\" in spec:
+        raise BadInput(f"model folder {spec} does not exist", "check the path, or use builtin:smollm2-135m")
+    return spec, False
+
+
+def check_weights_safety(path: str, is_local: bool, allow_pickle: bool) -> None:
+    if not is_local or allow_pickle:
+        return
+    p = Path(path)
+    if any(p.glob("*.safetensors")):
+        return
+    pickles = [f.name for pat in _PICKLE_PATTERNS for f in p.glob(pat)]
+    if pickles:
+        raise BadInput(
+            f"{path} holds only pickle weights ({pickles[0]}), which can run arbitrary code when loaded",
+            "convert them to safetensors, or pass --allow-pickle if you trust the source",
+        )
+    raise BadInput(f"{path} has no weight files (*.safetensors)", "pass a folder written by save_pretrained")
+
+
+def load_config(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        msg = str(exc)
+        if "trust_remote_code" in msg:
+            raise BadInput(f"{path} needs custom code to load", "pass --trust-remote-code if you trust it") from exc
+        raise BadInput(f"cannot read the config of {path}: {msg.splitlines()[0]}", "check the model folder or Hub id") from exc
+    except OSError as exc:
+        raise BadInput(
+            f"cannot load model {path!r}: {str(exc).splitlines()[0]}",
+            "pass a local model folder, a builtin: model, or a Hub id on a machine with network access",
+        ) from exc
+
+
+def model_class_for(config: Any, family: str):
+    """Keep the checkpoint's own head (``architectures[0]``) so the pruned model is the same kind."""
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForCausalLM if family == "decoder" else transformers.AutoModel
+
+
+def load_model(
+    spec: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    with_tokenizer: bool = True,
+) -> LoadedModel:
+    """Load a supported model in eval mode with its tokenizer."""
+    import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    path, is_local = resolve_model_path(spec)
+    config = load_config(path, trust_remote_code)
+    adapter = adapter_for_config(config)
+    check_weights_safety(path, is_local, allow_pickle)
+    if device_map not in (None, "auto"):
+        raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
+    dev = "cuda" if device_map == "auto" and device == "auto" else device
+    dev = resolve_device(dev)
+    dt = resolve_dtype(dtype, dev)
+    cls = model_class_for(config, adapter.family)
+    kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=trust_remote_code)
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if device_map == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        model = cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "safetensors" in first.lower() and not allow_pickle:
+            raise BadInput(f"{path} has no safetensors weights ({first})", "pass --allow-pickle if you trust the source") from exc
+        raise BadInput(f"cannot load model {path!r}: {first}", "check the folder or Hub id") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeFailure(f"loading {path!r} failed: {exc}") from exc
+    if device_map != "auto":
+        model.to(dev)
+    model.eval()
+    tokenizer = None
+    if with_tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as exc:  # noqa: BLE001
+            raise BadInput(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]})",
+                           "save the tokenizer next to the model (tokenizer.save_pretrained)") from exc
+        if tokenizer.pad_token is None:
+            # Padding is masked out (robust statistics) or faithfully included (official); its id only
+            # has to exist.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return LoadedModel(spec, path, model, tokenizer, adapter, "auto-map" if device_map == "auto" else dev, dt)

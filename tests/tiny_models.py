@@ -1,0 +1,70 @@
+"""Tiny random models, one per supported architecture, saved with a real tokenizer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+DECODER_VOCAB = 49152  # SmolLM2 tokenizer
+ENCODER_VOCAB = 30522  # MiniLM (BERT uncased) tokenizer
+H, I, L, NH, KV = 32, 64, 4, 4, 2
+
+
+def tiny_config(arch: str):
+    import transformers as tf
+
+    common = dict(hidden_size=H, intermediate_size=I, num_hidden_layers=L, num_attention_heads=NH)
+    if arch == "llama":
+        return tf.LlamaConfig(vocab_size=DECODER_VOCAB, num_key_value_heads=KV, max_position_embeddings=256,
+                              tie_word_embeddings=True, **common), "LlamaForCausalLM"
+    if arch == "mistral":
+        return tf.MistralConfig(vocab_size=DECODER_VOCAB, num_key_value_heads=KV, max_position_embeddings=256,
+                                sliding_window=None, **common), "MistralForCausalLM"
+    if arch == "qwen2":
+        return tf.Qwen2Config(vocab_size=DECODER_VOCAB, num_key_value_heads=KV, max_position_embeddings=256,
+                              use_sliding_window=True, sliding_window=16, max_window_layers=2,
+                              tie_word_embeddings=True, **common), "Qwen2ForCausalLM"
+    if arch == "qwen3":
+        return tf.Qwen3Config(vocab_size=DECODER_VOCAB, num_key_value_heads=KV, head_dim=8, max_position_embeddings=256,
+                              use_sliding_window=True, sliding_window=16, max_window_layers=2, **common), "Qwen3ForCausalLM"
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(vocab_size=DECODER_VOCAB, num_key_value_heads=KV, head_dim=8, max_position_embeddings=256,
+                                   sliding_window=16, layer_types=["sliding_attention", "full_attention",
+                                                                   "sliding_attention", "full_attention"],
+                                   **common), "Gemma3ForCausalLM"
+    if arch == "phi3":
+        return tf.Phi3Config(vocab_size=DECODER_VOCAB, num_key_value_heads=KV, max_position_embeddings=256,
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2, **common), "Phi3ForCausalLM"
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=DECODER_VOCAB, n_embd=H, n_layer=L, n_head=NH, n_positions=256), "GPT2LMHeadModel"
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(vocab_size=DECODER_VOCAB, max_position_embeddings=256, rotary_pct=0.5, **common), "GPTNeoXForCausalLM"
+    if arch == "bert":
+        return tf.BertConfig(vocab_size=ENCODER_VOCAB, max_position_embeddings=256, num_labels=2, **common), "BertForSequenceClassification"
+    if arch == "roberta":
+        return tf.RobertaConfig(vocab_size=ENCODER_VOCAB, max_position_embeddings=258, num_labels=2, pad_token_id=0,
+                                **common), "RobertaForSequenceClassification"
+    if arch == "distilbert":
+        return tf.DistilBertConfig(vocab_size=ENCODER_VOCAB, dim=H, hidden_dim=I, n_layers=L, n_heads=NH,
+                                   max_position_embeddings=256, num_labels=2), "DistilBertForSequenceClassification"
+    raise KeyError(arch)
+
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "bert", "roberta", "distilbert"]
+DECODERS = ARCHS[:8]
+ENCODERS = ARCHS[8:]
+
+
+def build_tiny(arch: str, folder: Path, tokenizer, seed: int = 0) -> Path:
+    import torch
+    import transformers as tf
+
+    cfg, cls_name = tiny_config(arch)
+    torch.manual_seed(seed)
+    model = getattr(tf, cls_name)(cfg).eval()
+    # random init leaves residual streams nearly unchanged; larger weights make blocks matter
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name and "wte" not in name and "wpe" not in name:
+                p.mul_(4.0)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
