@@ -43,6 +43,11 @@ def main() -> None:
     for method, mode in [("avss", "official"), ("avss", "robust"), ("block-influence", None), ("angular", None)]:
         r = score_layers(loaded, method, mode=mode, data=calib)
         reports[r.label] = r
+    for method, seed in [("last-k", 0), ("random", 0), ("random", 1), ("random", 2)]:
+        r = score_layers(loaded, method, seed=seed)
+        if method == "random":
+            r.method = f"random (seed {seed})"
+        reports[r.method] = r
     if args.leave_one_out:
         r = score_layers(loaded, "leave-one-out", data=calib)
         reports[r.label] = r

@@ -20,7 +20,8 @@ Why it is built this way:
   activations, logits); ``ru_maxrss`` is the process-lifetime peak (loading included), for reference;
 - the machine is noisy (2 shared cores): each child takes the median of ``--repeats`` passes, the
   mode order alternates between rounds (forward first, then reversed), and the table shows the
-  median per mode over ``--rounds``.
+  median per mode over ``--rounds``; before each child the parent samples the machine's CPU use for
+  0.5 s and warns if other processes were busy (their load distorts every time figure).
 
     AVSS_CACHE=/tmp/avss-cache python benchmarks/scoring_overhead.py [--quick] [--json out.json]
 """
@@ -150,6 +151,13 @@ def _run_child(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------- parent
 
+def _foreign_cpu_load() -> float:
+    """Busy share of all CPUs over 0.5 s while no child of ours runs: other work on the machine."""
+    import psutil
+
+    return psutil.cpu_percent(interval=0.5) / 100.0
+
+
 def _spawn(args: argparse.Namespace, mode: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--model", args.model,
            "--samples", str(args.samples), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
@@ -236,14 +244,20 @@ def main() -> None:
     for r in range(args.rounds):
         order = MODES if r % 2 == 0 else MODES[::-1]
         for m in order:
+            res = dict(foreign_cpu_load=_foreign_cpu_load())
             t0 = time.perf_counter()
-            res = _spawn(args, m)
+            res.update(_spawn(args, m))
             runs[m].append(res)
             print(f"[round {r + 1}/{args.rounds}] {m:16s} {res['seconds']:.3f} s/pass, peak RSS "
-                  f"{res['peak_rss_mb']:.0f} MB (child took {time.perf_counter() - t0:.1f} s)",
+                  f"{res['peak_rss_mb']:.0f} MB (child took {time.perf_counter() - t0:.1f} s; "
+                  f"other CPU load before it {res['foreign_cpu_load']:.0%})",
                   file=sys.stderr, flush=True)
     med = _summarise(runs)
     _print_report(args, runs, med)
+    busy = max(r["foreign_cpu_load"] for rs in runs.values() for r in rs)
+    if busy > 0.2:
+        print(f"\nWARNING: other processes kept up to {busy:.0%} of the CPUs busy between runs; "
+              "the times above are unreliable -- rerun on an idle machine.")
     total = time.perf_counter() - t_start
     print(f"\nTotal wall time {total:.1f} s.")
     if args.json:

@@ -34,8 +34,8 @@ def collect_stats(loaded: LoadedModel, data: CalibrationData, groups: frozenset[
                   tau: float = ROBUST_TAU, progress: Progress | None = None) -> StatsCollector:
     """One pass over the calibration batches with hooks on every block.
 
-    Runs the bare transformer (``model.base_model``): block statistics need no LM head, and
-    skipping a 49k-vocabulary head saves ~20 % of the compute and the logits' memory.
+    Runs the bare transformer (no task head): block statistics need no LM head, and skipping
+    SmolLM2's 49k-vocabulary head saves ~12 % of the forward time and ~400 MB of logits at 8 x 256.
     """
     import torch
 

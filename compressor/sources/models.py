@@ -37,6 +37,14 @@ class LoadedModel:
         return int(self.model.config.num_hidden_layers)
 
 
+def quiet_transformers() -> None:
+    """transformers' info/warning chatter would drown our one-line diagnostics on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def resolve_device(device: str) -> str:
     """``auto`` picks CUDA when it really works; an explicit ``cuda`` never silently becomes CPU."""
     import torch
@@ -135,14 +143,14 @@ def load_model(
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_transformers()
     path, is_local = resolve_model_path(spec)
     config = load_config(path, trust_remote_code)
     adapter = adapter_for_config(config)
     check_weights_safety(path, is_local, allow_pickle)
     if device_map not in (None, "auto"):
         raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
-    dev = "cuda" if device_map == "auto" and device == "auto" else device
-    dev = resolve_device(dev)
+    dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     cls = model_class_for(config, adapter.family)
     kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=trust_remote_code)

@@ -92,3 +92,14 @@ def test_every_scorer_runs_on_every_architecture(arch, tiny, text_file):
         assert all(math.isfinite(l.score) for l in rep.layers)
         assert rep.calibration["tokens"] == data.tokens and rep.calibration["sha256"] == data.sha256
         assert rep.default_selection["num_layers"] == 1  # round-half-up(0.25 * 4)
+
+
+def test_device_map_auto_scores_like_a_plain_load(tiny, text_file):
+    """accelerate's device map (here: all on CPU) keeps hooks and streaming statistics working."""
+    plain = load_model(str(tiny("llama")))
+    mapped = load_model(str(tiny("llama")), device_map="auto")
+    assert mapped.device == "auto-map" and hasattr(mapped.model, "hf_device_map")
+    data = _data(plain, text_file, batch_size=3)
+    a = score_layers(plain, "avss", data=data)
+    b = score_layers(mapped, "avss", data=data)
+    assert [x.score for x in a.layers] == pytest.approx([y.score for y in b.layers], rel=1e-5)
