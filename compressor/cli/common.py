@@ -72,11 +72,11 @@ def print_scores(report: Any) -> None:
     from rich.table import Table
 
     from compressor.cli.output import out
-    from compressor.score.report import _stat_keys, to_table_rows
+    from compressor.score.report import HEADERS, _stat_keys, to_table_rows
 
     removed = set(report.default_selection.get("removed", []))
     table = Table(title=f"{report.model.get('spec')}: layer scores, method {report.label}")
-    for col in ["layer", "score", "rank", *_stat_keys(report), "default cut"]:
+    for col in ["layer", "score", "rank", *[HEADERS.get(k, k) for k in _stat_keys(report)], "default cut"]:
         table.add_column(col, justify="right" if col != "default cut" else "left")
     for row in to_table_rows(report, removed):
         table.add_row(*row)

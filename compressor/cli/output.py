@@ -1,13 +1,15 @@
 """The one output sink: data to stdout, diagnostics (progress, notes, warnings) to stderr."""
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
 
-out = Console(soft_wrap=True)
+# tables are data: when piped, do not squeeze them into 80 columns
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 

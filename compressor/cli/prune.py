@@ -61,6 +61,8 @@ def prune(
     else:
         report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed)
     sel = select_layers(report, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect)
+    if sel.num_layers > report.num_layers // 2:
+        warn(f"this removes {sel.num_layers} of {report.num_layers} layers, more than half of the model")
     note(f"method {report.label}: removing {sel.num_layers} of {report.num_layers} layers {sel.removed} ({sel.rule})")
     provenance = {
         "method": report.method,

@@ -147,6 +147,11 @@ def _stat_keys(report: ScoreReport) -> list[str]:
     return [k for k in preferred if k in present][:5]
 
 
+HEADERS = {"variance": "variance", "sparsity": "sparsity", "delta_variance": "Δ variance",
+           "delta_sparsity": "Δ sparsity", "cosine": "cos(in,out)", "relative_update": "‖Δh‖/‖h‖",
+           "angular_distance": "angular", "loss_increase": "Δ loss", "sparsity_zero": "S=0"}
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -171,8 +176,10 @@ def save_plot(report: ScoreReport, removed: set[int], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(xs) + 2), 3.6), dpi=110)
     ax.bar(xs, ys, color=colors)
     positive = [y for y in ys if y > 0]
-    if positive and min(positive) > 0 and max(positive) / min(positive) > 1e3 and all(y > 0 for y in ys):
+    if positive and min(positive) > 0 and max(positive) / min(positive) > 30 and all(y > 0 for y in ys):
         ax.set_yscale("log")
+    for i in removed:
+        ax.annotate("x", (i, ys[i]), ha="center", va="bottom", color="#d62728", fontsize=7)
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("importance score")
     sel = report.default_selection
