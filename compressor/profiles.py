@@ -1,16 +1,18 @@
 """Task profiles (``profiles/*.yaml``): what "the slim model still does its job" means.
 
-This module owns the schema. The ``calibration`` section is used by ``score`` / ``prune`` today;
-``tasks``, ``gate`` and ``eval`` are validated for shape here and interpreted by ``verify``.
+One schema, validated strictly (unknown keys refused) so a typo never silently disables a check.
+``calibration`` feeds ``score`` / ``prune``; ``tasks``, ``gate`` and ``eval`` drive ``verify``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compressor.errors import BadInput
+
+CAUSAL_KINDS = ("perplexity", "zero-shot-classification", "multiple-choice", "generation")
 
 
 class _Strict(BaseModel):
@@ -26,14 +28,116 @@ class CalibrationSection(_Strict):
     pack: bool | None = None
 
 
+class DataSpec(_Strict):
+    """A built-in name or a local .jsonl/.csv/.txt file, with a mapping from our field names to the file's."""
+
+    source: str
+    split: Literal["calibration", "evaluation", "train", "test", "all"] | None = None
+    fields: dict[str, str] = {}
+
+
+class _TaskBase(_Strict):
+    name: str
+    data: Union[str, DataSpec]
+    limit: int | None = Field(None, ge=1)
+    min_retention: float | None = Field(None, gt=0, le=2)
+
+    def data_spec(self) -> DataSpec:
+        return self.data if isinstance(self.data, DataSpec) else DataSpec(source=self.data)
+
+
+class PerplexityTask(_TaskBase):
+    """Rolling windows with a stride over held-out text; ``limit`` counts tokens."""
+
+    kind: Literal["perplexity"]
+    metric: Literal["perplexity", "token_accuracy"] = "perplexity"
+    window: int = Field(512, ge=8)
+    stride: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _stride_fits(self):
+        if self.stride > self.window:
+            raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
+        return self
+
+
+class ClassificationTask(_TaskBase):
+    kind: Literal["classification"]
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+
+
+class ZeroShotTask(_TaskBase):
+    """A causal LM picks the label word with the highest likelihood after a prompt."""
+
+    kind: Literal["zero-shot-classification"]
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    template: str = "{text}\nSentiment:"
+    labels: dict[int, str]
+    few_shot: int = Field(0, ge=0, le=32)
+
+    @model_validator(mode="after")
+    def _template_has_text(self):
+        if "{text}" not in self.template:
+            raise ValueError("template must contain {text}")
+        if len(self.labels) < 2:
+            raise ValueError("labels needs at least two entries")
+        return self
+
+
+class MultipleChoiceTask(_TaskBase):
+    """Log-likelihood of each choice after the prompt, as lm-evaluation-harness does it."""
+
+    kind: Literal["multiple-choice"]
+    metric: Literal["acc", "acc_norm"] = "acc_norm"
+    template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
+
+
+class GenerationTask(_TaskBase):
+    kind: Literal["generation"]
+    metric: Literal["exact_match", "f1", "contains"] = "contains"
+    template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
+    max_new_tokens: int = Field(16, ge=1, le=512)
+    stop: list[str] = ["\n"]
+
+
+Task = Annotated[Union[PerplexityTask, ClassificationTask, ZeroShotTask, MultipleChoiceTask, GenerationTask],
+                 Field(discriminator="kind")]
+
+
+class GateSection(_Strict):
+    min_retention: float = Field(0.90, gt=0, le=2)
+    aggregate: Literal["all", "mean"] = "all"
+    confidence: float | None = Field(None, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
+class EvalSection(_Strict):
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8)
+    seed: int = 0
+
+
 class Profile(_Strict):
     name: str
     description: str = ""
     model_kind: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     calibration: CalibrationSection = CalibrationSection()
-    tasks: list[dict[str, Any]] = []
-    gate: dict[str, Any] = {}
-    eval: dict[str, Any] = {}
+    tasks: list[Task] = []
+    gate: GateSection = GateSection()
+    eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _kinds_fit_the_model(self):
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique (repeated: {', '.join(dup)})")
+        for t in self.tasks:
+            if self.model_kind == "causal-lm" and t.kind == "classification":
+                raise ValueError(f"task {t.name!r}: kind classification needs model_kind sequence-classification")
+            if self.model_kind == "sequence-classification" and t.kind in CAUSAL_KINDS:
+                raise ValueError(f"task {t.name!r}: kind {t.kind} needs model_kind causal-lm")
+        return self
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -52,5 +156,8 @@ def load_profile(path: str | Path) -> Profile:
         return Profile.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise BadInput(f"profile {path}: field {where}: {err['msg']}", "see profiles/default.yaml for the format") from exc
+        loc = [str(p) for p in err["loc"]]
+        # a discriminated union adds the kind as a path element; show the path a user wrote
+        where = ".".join(p for p in loc if p not in CAUSAL_KINDS + ("classification",)) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise BadInput(f"profile {path}: field {where}: {msg}", "see profiles/default.yaml and the README's profile format") from exc

@@ -60,3 +60,12 @@ def text_file(tmp_path) -> Path:
     p = tmp_path / "calib.txt"
     p.write_text("\n\n".join(t.topics[k] for k in sorted(t.topics)[:20]), encoding="utf-8")
     return p
+
+
+@pytest.fixture(scope="session")
+def small_classifier(tmp_path_factory) -> Path:
+    """A real (small) sentiment classifier: MiniLM fine-tuned on 300 Rotten Tomatoes snippets (~20 s)."""
+    from compressor.sources.sentiment import build_sentiment_classifier
+
+    return build_sentiment_classifier(tmp_path_factory.mktemp("clf") / "clf", train_size=300, eval_size=200,
+                                      max_length=48, epochs=2, batch_size=16, lr=2e-4)

@@ -63,3 +63,29 @@ def test_official_avss_collapses_and_robust_does_not(smollm2_dir):
     assert any(l.stats["sparsity_zero"] for l in official.layers) and official.warnings
     # robust: the embedding-facing first layer and the last layer are never among the cheapest 7
     assert 0 not in robust.ranking[:7] and 29 not in robust.ranking[:7]
+
+
+def test_verify_on_the_real_model_gives_an_honest_failing_verdict(scores, tmp_path):
+    """7 layers removed by block influence: perplexity retention is far below 0.90, so exit 1,
+    and all three reports are still written. Same tasks as profiles/default.yaml, smaller limits."""
+    import xml.etree.ElementTree as ET
+
+    import yaml
+
+    d, _ = scores
+    if not (d / "slim").exists():
+        _run(["prune", "builtin:smollm2-135m", "--scores", str(d / "s.json"), "--num-layers", "7", "--out", str(d / "slim")])
+    prof = yaml.safe_load(open("profiles/default.yaml"))
+    limits = {"python-docs-ppl": 512, "rt-qa": 16, "rt-sentiment-zero-shot": 40}
+    for t in prof["tasks"]:
+        t["limit"] = limits[t["name"]]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    with pytest.raises(SystemExit) as e:
+        main(["verify", "builtin:smollm2-135m", str(d / "slim"), "--profile", str(tmp_path / "p.yaml"),
+              "--report-dir", str(tmp_path / "r"), "--no-cache"])
+    assert e.value.code == 1
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    ppl = rep["tasks"][0]
+    assert ppl["metric"] == "perplexity" and ppl["candidate"] > 1.5 * ppl["base"] and not ppl["passed"]
+    assert (tmp_path / "r" / "report.md").exists()
+    assert ET.parse(tmp_path / "r" / "junit.xml").getroot().get("tests") == "3"

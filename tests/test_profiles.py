@@ -22,6 +22,14 @@ def test_shipped_profiles_load():
     ("description: no name\n", "field name"),
     ("- a list\n", "must be a YAML mapping"),
     ("name: [unclosed\n", "not valid YAML"),
+    ("name: x\ntasks: [{name: a, kind: perplexity, data: builtin:python-docs, windw: 5}]\n", "tasks.0.windw: Extra inputs"),
+    ("name: x\ntasks: [{name: a, kind: summarize, data: f.txt}]\n", "tasks.0"),
+    ("name: x\ntasks: [{name: a, kind: zero-shot-classification, data: builtin:rt-sentiment}]\n", "tasks.0.labels: Field required"),
+    ("name: x\ntasks: [{name: a, kind: perplexity, data: d.txt, window: 16, stride: 32}]\n", "stride (32) must not exceed window (16)"),
+    ("name: x\ntasks: [{name: a, kind: perplexity, data: d.txt}, {name: a, kind: perplexity, data: e.txt}]\n", "task names must be unique"),
+    ("name: x\ntasks: [{name: a, kind: classification, data: d.jsonl}]\n", "needs model_kind sequence-classification"),
+    ("name: x\ngate: {min_retention: 0.9, aggregate: any}\n", "gate.aggregate"),
+    ("name: x\ngate: {confidence: 0.3}\n", "gate.confidence"),
 ])
 def test_profile_errors(tmp_path, text, needle):
     p = tmp_path / "bad.yaml"

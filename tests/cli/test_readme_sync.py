@@ -14,7 +14,7 @@ def _commands():
     return group.commands
 
 
-@pytest.mark.parametrize("name", ["score", "prune"])
+@pytest.mark.parametrize("name", ["score", "prune", "verify"])
 def test_every_flag_is_documented(name):
     cmd = _commands()[name]
     assert f"avss {name}" in README

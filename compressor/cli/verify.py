@@ -1,0 +1,67 @@
+"""Gate a slim model: evaluate base and candidate on a profile's tasks; exit 0 pass, 1 fail."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from compressor.cli import options as o
+
+
+def verify(
+    base: Annotated[str, typer.Argument(help="The original model (builtin:, folder, or Hub id).")],
+    candidate: Annotated[str, typer.Argument(help="The slim model to check.")],
+    profile: Annotated[str, typer.Option("--profile", help="Task profile YAML, e.g. profiles/default.yaml.")],
+    min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Override the profile's gate.min_retention (task-level thresholds still win).")] = None,
+    report_dir: Annotated[str, typer.Option("--report-dir", help="Where report.json, report.md and junit.xml go (rewritten each run).")] = "avss-report",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every result instead of reusing cached ones.")] = False,
+    device: o.Device = "cpu",
+    dtype: o.Dtype = "auto",
+    allow_pickle: o.AllowPickle = False,
+    trust_remote_code: o.TrustRemoteCode = False,
+) -> None:
+    from contextlib import ExitStack
+
+    from rich.table import Table
+
+    from compressor.cli import common
+    from compressor.cli.output import err, note, out, warn
+    from compressor.errors import GateFailed
+    from compressor.profiles import load_profile
+    from compressor.verify.api import verify as run_verify
+    from compressor.verify.report import write_reports
+
+    prof = load_profile(profile)
+    loaded_base = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
+    loaded_cand = common.load(candidate, device, dtype, None, allow_pickle, trust_remote_code)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with ExitStack() as stack:
+        prog = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                            TimeElapsedColumn(), console=err))
+
+        def stage(name: str):
+            tid = prog.add_task(f"evaluating {name}", total=None)
+            return lambda done, total: prog.update(tid, completed=done, total=total)
+
+        report = run_verify(loaded_base, loaded_cand, prof, profile_path=profile, min_retention=min_retention,
+                            use_cache=not no_cache, progress=stage)
+    paths = write_reports(report, report_dir)
+    t = Table(title=f"avss verify: profile {prof.name}, {candidate} vs {base}")
+    for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result", "agreement", "n"):
+        t.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
+    for r in report.tasks:
+        ret = f"{r.retention:.3f}" + (f" (≥{r.retention_lower:.3f})" if r.retention_lower is not None else "")
+        t.add_row(r.name, r.metric, f"{r.base:.4g}", f"{r.candidate:.4g}", ret, f"{r.threshold:.2f}",
+                  "pass" if r.passed else "[red]FAIL[/red]", f"{r.agreement:.3f}", str(r.n))
+    out.print(t)
+    for w in report.warnings:
+        warn(w)
+    cached = sum(v for r in report.tasks for v in r.cached.values())
+    note(f"{cached} of {2 * len(report.tasks)} task results came from the cache; reports: "
+         + ", ".join(str(p) for p in paths.values()))
+    note(report.verdict_line())
+    if not report.passed:
+        raise GateFailed(f"retention gate failed ({report.verdict_line().removeprefix('FAIL: ')})",
+                         f"see {paths['md']}")

@@ -1,0 +1,212 @@
+"""``verify``: base and candidate on the same batches, retention per task, one verdict."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from compressor import __version__
+from compressor.errors import BadInput, RuntimeFailure
+from compressor.profiles import Profile
+from compressor.sources.cache import cache_dir
+from compressor.verify import tasks as T
+from compressor.verify.data import load_examples
+from compressor.verify.gate import bootstrap_lower, retention
+from compressor.verify.report import TaskResult, VerifyReport
+
+StageProgress = Callable[[str], Callable[[int, int], None] | None]
+
+
+def fingerprint(loaded: Any) -> str:
+    """Content hash of the model's config and weights (a Hub id without a local folder: the id)."""
+    p = Path(loaded.path)
+    h = hashlib.sha256()
+    if not p.is_dir():
+        h.update(f"hub:{loaded.path}".encode())
+        return h.hexdigest()
+    for f in sorted(p.iterdir()):
+        if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+            h.update(f.name.encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    h.update(f"dtype={loaded.dtype}".encode())
+    return h.hexdigest()
+
+
+def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
+    name = type(loaded.model).__name__
+    if profile.model_kind == "causal-lm":
+        ok = loaded.adapter.family == "decoder" and loaded.model.get_output_embeddings() is not None
+    else:
+        ok = "ForSequenceClassification" in name
+    if not ok:
+        raise BadInput(f"the {role} model is a {name}, but profile {profile.name!r} expects a {profile.model_kind} model",
+                       "pick the profile that matches the model (e.g. profiles/sentiment-encoder.yaml for classifiers)")
+
+
+class _Cache:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.dir = cache_dir() / "verify"
+
+    def key(self, fp: str, task: Any, profile: Profile, data_hash: str) -> str:
+        blob = json.dumps({"model": fp, "task": task.model_dump(mode="json"), "eval": profile.eval.model_dump(mode="json"),
+                           "data": data_hash, "tool": __version__}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> T.TaskOutput | None:
+        f = self.dir / f"{key}.json"
+        if not self.enabled or not f.exists():
+            return None
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+            return T.TaskOutput(d["records"], d["metrics"])
+        except (ValueError, KeyError):
+            return None  # a damaged entry is recomputed, never trusted
+
+    def put(self, key: str, out: T.TaskOutput) -> None:
+        if not self.enabled:
+            return
+        from compressor.score.report import atomic_write_text
+
+        atomic_write_text(self.dir / f"{key}.json", json.dumps({"records": out.records, "metrics": out.metrics}))
+
+
+def _examples(task: Any, profile: Profile) -> tuple[list[Any], list[Any]]:
+    """(evaluation examples, few-shot pool)."""
+    spec = task.data_spec()
+    items = load_examples(task.kind, spec.source, spec.split, spec.fields)
+    shots: list[Any] = []
+    if task.kind == "zero-shot-classification" and task.few_shot:
+        if spec.source == "builtin:rt-sentiment":
+            pool = load_examples(task.kind, spec.source, "train", {})
+        else:  # local file: the first examples become shots and leave the evaluation set
+            pool, items = items[: 4 * task.few_shot], items[4 * task.few_shot:]
+        shots = T.pick_shots(pool, task.few_shot, profile.eval.seed)
+    if task.kind != "perplexity" and task.limit:
+        items = items[: task.limit]
+    if not items:
+        raise BadInput(f"task {task.name}: no evaluation examples", "check the task's data and limit")
+    return items, shots
+
+
+def _evaluate(loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Profile,
+              progress: Callable[[int, int], None] | None) -> T.TaskOutput:
+    bs, ml = profile.eval.batch_size, profile.eval.max_length
+    m, tok = loaded.model, loaded.tokenizer
+    if task.kind == "perplexity":
+        return T.eval_perplexity(m, tok, task, items, bs, ml, progress)
+    if task.kind == "classification":
+        return T.eval_classification(m, tok, task, items, bs, ml, progress)
+    if task.kind == "zero-shot-classification":
+        return T.eval_zero_shot(m, tok, task, items, bs, ml, shots, progress)
+    if task.kind == "multiple-choice":
+        return T.eval_multiple_choice(m, tok, task, items, bs, ml, progress)
+    return T.eval_generation(m, tok, task, items, bs, ml, progress)
+
+
+def calibration_overlap(profile: Profile, task_items: dict[str, list[Any]]) -> list[str]:
+    """Warn when evaluation text also appears in the calibration data (hash check)."""
+    from compressor.sources.data import read_documents
+
+    cal = profile.calibration
+    try:
+        docs = read_documents(cal.source, cal.text_field, "calibration")
+    except BadInput:
+        return []
+    cal_hashes = {hashlib.sha256(d.strip().encode()).hexdigest() for d in docs}
+    out = []
+    for name, items in task_items.items():
+        texts = [i if isinstance(i, str) else (i.get("context") or i.get("text") or "") for i in items]
+        hits = sum(hashlib.sha256(t.strip().encode()).hexdigest() in cal_hashes for t in texts if t)
+        if hits:
+            out.append(f"task {name}: {hits} evaluation text(s) also appear in the calibration data ({cal.source}); "
+                       "scores were tuned on what is being evaluated")
+    return out
+
+
+def verify(
+    base: Any,
+    candidate: Any,
+    profile: Profile,
+    *,
+    profile_path: str = "",
+    min_retention: float | None = None,
+    use_cache: bool = True,
+    progress: StageProgress | None = None,
+) -> VerifyReport:
+    """Evaluate two loaded models on every task of ``profile`` and apply the gate."""
+    t0 = time.perf_counter()
+    _check_kind(base, profile, "base")
+    _check_kind(candidate, profile, "candidate")
+    gate = profile.gate
+    floor = min_retention if min_retention is not None else gate.min_retention
+    if not 0 < floor <= 2:
+        raise BadInput(f"--min-retention must be in (0, 2] (got {floor})", "e.g. --min-retention 0.9")
+    if not profile.tasks:
+        raise BadInput(f"profile {profile.name!r} has no tasks", "add tasks to the profile")
+    cache = _Cache(use_cache)
+    fps = {"base": fingerprint(base), "candidate": fingerprint(candidate)}
+    warnings: list[str] = []
+    results: list[TaskResult] = []
+    all_items: dict[str, list[Any]] = {}
+    for task in profile.tasks:
+        items, shots = _examples(task, profile)
+        all_items[task.name] = items
+        data_hash = hashlib.sha256(json.dumps([items, shots], sort_keys=True, default=str).encode()).hexdigest()
+        outs: dict[str, T.TaskOutput] = {}
+        cached: dict[str, bool] = {}
+        secs: dict[str, float] = {}
+        for role, loaded in (("base", base), ("candidate", candidate)):
+            key = cache.key(fps[role], task, profile, data_hash)
+            t = time.perf_counter()
+            hit = cache.get(key)
+            if hit is None:
+                cb = progress(f"{task.name} [{role}]") if progress else None
+                try:
+                    hit = _evaluate(loaded, task, items, shots, profile, cb)
+                except (BadInput, RuntimeFailure):
+                    raise
+                except RuntimeError as exc:
+                    raise RuntimeFailure(f"task {task.name} failed on the {role} model: {str(exc).splitlines()[0]}",
+                                         "lower eval.batch_size or eval.max_length in the profile") from exc
+                cache.put(key, hit)
+                cached[role] = False
+            else:
+                cached[role] = True
+            outs[role] = hit
+            secs[role] = round(time.perf_counter() - t, 3)
+        b, c = outs["base"].metrics[task.metric], outs["candidate"].metrics[task.metric]
+        ret = retention(task.metric, b, c)
+        if task.metric not in T.LOWER_IS_BETTER and b <= 0:
+            warnings.append(f"task {task.name}: the base model scores 0 on {task.metric}; retention is meaningless here")
+        lower = None
+        if gate.confidence:
+            lower = bootstrap_lower(task.kind, task.metric, outs["base"].records, outs["candidate"].records,
+                                    gate.confidence, gate.bootstrap_samples, profile.eval.seed)
+        threshold = task.min_retention if task.min_retention is not None else floor
+        value = lower if lower is not None else ret
+        n = sum(r["n"] for r in outs["base"].records) if task.kind == "perplexity" else len(outs["base"].records)
+        results.append(TaskResult(
+            name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
+            threshold=threshold, passed=value >= threshold,
+            agreement=T.agreement(task.kind, task.metric, outs["base"].records, outs["candidate"].records),
+            n=n, higher_is_better=task.metric not in T.LOWER_IS_BETTER, retention_lower=lower,
+            base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs))
+    warnings += calibration_overlap(profile, all_items)
+    gated = [r.gated_value for r in results]
+    if gate.aggregate == "mean":
+        agg = sum(gated) / len(gated)
+        passed = agg >= floor
+    else:
+        agg = min(gated)
+        passed = all(r.passed for r in results)
+    return VerifyReport(
+        passed=passed, min_retention=floor, aggregate=gate.aggregate, aggregate_retention=agg,
+        confidence=gate.confidence, profile={"name": profile.name, "path": profile_path},
+        base={"spec": base.spec, "fingerprint": fps["base"], "num_layers": base.num_layers},
+        candidate={"spec": candidate.spec, "fingerprint": fps["candidate"], "num_layers": candidate.num_layers},
+        tasks=results, warnings=warnings, tool_version=__version__, seconds=time.perf_counter() - t0)

@@ -1,0 +1,128 @@
+"""report.json, report.md (fit for a pull-request comment) and junit.xml: written on pass and fail."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from compressor.score.report import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TaskResult:
+    name: str
+    kind: str
+    metric: str
+    base: float
+    candidate: float
+    retention: float
+    threshold: float
+    passed: bool
+    agreement: float
+    n: int
+    higher_is_better: bool
+    retention_lower: float | None = None
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gated_value(self) -> float:
+        return self.retention_lower if self.retention_lower is not None else self.retention
+
+
+@dataclass
+class VerifyReport:
+    passed: bool
+    min_retention: float
+    aggregate: str
+    aggregate_retention: float
+    confidence: float | None
+    profile: dict[str, Any]
+    base: dict[str, Any]
+    candidate: dict[str, Any]
+    tasks: list[TaskResult]
+    warnings: list[str]
+    tool_version: str
+    seconds: float
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d = {"schema_version": d.pop("schema_version"), **d}
+        return d
+
+    def failed_tasks(self) -> list[TaskResult]:
+        return [t for t in self.tasks if not t.passed]
+
+    def verdict_line(self) -> str:
+        if self.passed:
+            return f"PASS: {len(self.tasks)} task(s), aggregate retention {self.aggregate_retention:.3f} (gate {self.aggregate}, min {self.min_retention:.2f})"
+        bad = "; ".join(f"{t.name} {t.gated_value:.3f} < {t.threshold:.2f}" for t in self.failed_tasks())
+        if self.aggregate == "mean":
+            bad = f"mean retention {self.aggregate_retention:.3f} < {self.min_retention:.2f}" + (f" ({bad})" if bad else "")
+        return f"FAIL: {bad}"
+
+
+def _f(v: float | None, nd: int = 4) -> str:
+    return "" if v is None else f"{v:.{nd}g}" if abs(v) >= 1000 else f"{v:.{nd}f}"
+
+
+def to_markdown(r: VerifyReport) -> str:
+    head = "✅ passed" if r.passed else "❌ failed"
+    lines = [f"### avss verify: {head}", "",
+             f"Profile **{r.profile['name']}**: base `{r.base['spec']}` vs candidate `{r.candidate['spec']}` "
+             f"({r.candidate.get('num_layers', '?')} of {r.base.get('num_layers', '?')} layers).",
+             f"Gate: `{r.aggregate}` tasks at retention ≥ {r.min_retention:.2f}"
+             + (f", on the {r.confidence:.0%} bootstrap lower bound" if r.confidence else "") + ".", "",
+             "| task | metric | base | candidate | retention | threshold | result | agreement | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t in r.tasks:
+        ret = _f(t.retention, 3) + (f" (lower {_f(t.retention_lower, 3)})" if t.retention_lower is not None else "")
+        lines.append(f"| {t.name} | {t.metric} | {_f(t.base)} | {_f(t.candidate)} | {ret} | {t.threshold:.2f} | "
+                     f"{'pass' if t.passed else '**FAIL**'} | {t.agreement:.3f} | {t.n} |")
+    lines += ["", f"**{r.verdict_line()}**", "",
+              "Retention = candidate / base for accuracy-like metrics, base / candidate for perplexity. "
+              "Agreement = share of examples (perplexity: tokens) where both models give the same answer."]
+    if r.warnings:
+        lines += [""] + [f"> warning: {w}" for w in r.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(r: VerifyReport) -> str:
+    fails = len(r.failed_tasks())
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name={quoteattr("avss-verify." + r.profile["name"])} tests="{len(r.tasks)}" '
+           f'failures="{fails}" errors="0" time="{r.seconds:.2f}">']
+    for t in r.tasks:
+        secs = sum(t.seconds.values())
+        out.append(f'  <testcase classname={quoteattr("avss." + r.profile["name"])} name={quoteattr(t.name)} time="{secs:.2f}">')
+        detail = (f"{t.metric}: base {_f(t.base)}, candidate {_f(t.candidate)}, retention {_f(t.retention, 3)}, "
+                  f"threshold {t.threshold:.2f}, agreement {t.agreement:.3f}, n {t.n}")
+        if not t.passed:
+            out.append(f'    <failure message={quoteattr(f"retention {t.gated_value:.3f} < {t.threshold:.2f}")}>{escape(detail)}</failure>')
+        out.append(f"    <system-out>{escape(detail)}</system-out>")
+        out.append("  </testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"
+
+
+def write_reports(r: VerifyReport, report_dir: str | Path) -> dict[str, Path]:
+    d = Path(report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"json": d / "report.json", "md": d / "report.md", "junit": d / "junit.xml"}
+    atomic_write_text(paths["json"], json.dumps(r.to_dict(), indent=2, allow_nan=False) + "\n")
+    md = to_markdown(r)
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["junit"], to_junit(r))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(md + "\n")
+    return paths

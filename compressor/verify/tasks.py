@@ -1,0 +1,393 @@
+"""Task kinds: each turns (model, examples) into per-example records, and records into metrics.
+
+Per-example records (not just a final number) let the gate compute agreement between base and
+candidate, and paired bootstrap confidence intervals, from the same data.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Progress = Callable[[int, int], None]
+LOWER_IS_BETTER = {"perplexity", "loss"}
+
+
+@dataclass
+class TaskOutput:
+    records: list[dict[str, Any]]
+    metrics: dict[str, float]
+
+
+def _dev(model: Any) -> Any:
+    return model.get_input_embeddings().weight.device
+
+
+# ---------------------------------------------------------------- metrics (records -> number)
+
+def ppl_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    nll = sum(r["nll"] for r in records)
+    n = sum(r["n"] for r in records)
+    loss = nll / max(n, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "token_accuracy": sum(r["correct"] for r in records) / max(n, 1)}
+
+
+def cls_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    acc = sum(r["pred"] == r["label"] for r in records) / max(len(records), 1)
+    labels = sorted({r["label"] for r in records} | {r["pred"] for r in records})
+    f1s = []
+    for c in labels:
+        tp = sum(r["pred"] == c and r["label"] == c for r in records)
+        fp = sum(r["pred"] == c and r["label"] != c for r in records)
+        fn = sum(r["pred"] != c and r["label"] == c for r in records)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": acc, "macro_f1": sum(f1s) / max(len(f1s), 1)}
+
+
+def mc_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    n = max(len(records), 1)
+    return {"acc": sum(r["pred"] == r["answer"] for r in records) / n,
+            "acc_norm": sum(r["pred_norm"] == r["answer"] for r in records) / n}
+
+
+def gen_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    n = max(len(records), 1)
+    return {k: sum(r[k] for r in records) / n for k in ("exact_match", "f1", "contains")}
+
+
+METRICS: dict[str, Callable[[list[dict[str, Any]]], dict[str, float]]] = {
+    "perplexity": ppl_metrics, "classification": cls_metrics, "zero-shot-classification": cls_metrics,
+    "multiple-choice": mc_metrics, "generation": gen_metrics,
+}
+
+
+def agreement(kind: str, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float:
+    """Share of examples (perplexity: scored tokens) where both models give the same answer."""
+    if kind == "perplexity":
+        pairs = [(a, b) for rb, rc in zip(base, cand) for a, b in zip(rb["top1"], rc["top1"])]
+    elif kind == "multiple-choice":
+        key = "pred_norm" if metric == "acc_norm" else "pred"
+        pairs = [(rb[key], rc[key]) for rb, rc in zip(base, cand)]
+    elif kind == "generation":
+        pairs = [(normalize(rb["pred"]), normalize(rc["pred"])) for rb, rc in zip(base, cand)]
+    else:
+        pairs = [(rb["pred"], rc["pred"]) for rb, rc in zip(base, cand)]
+    return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+
+
+# ---------------------------------------------------------------- shared log-likelihood engine
+
+def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int,
+                   progress: Progress | None = None, prefix: list[int] | None = None) -> list[float]:
+    """Sum of log p(continuation | prefix + context) per pair.
+
+    Pairs that share a context (the choices of one question, the label words of one review) run the
+    context once: single-token continuations read the context's last logits (batched), longer ones
+    reuse its KV cache, so cost scales with contexts, not contexts x choices. A ``prefix`` shared by
+    every pair (few-shot examples) is run once and its KV cache reused for every batch.
+    """
+    prefix = list(prefix or [])
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(pairs):
+        groups.setdefault(tuple(ctx), []).append(i)
+    out = [0.0] * len(pairs)
+    single = [k for k, idx in groups.items() if all(len(pairs[i][1]) == 1 for i in idx)]
+    multi = [k for k, idx in groups.items() if not all(len(pairs[i][1]) == 1 for i in idx)]
+    done, total = 0, len(groups)
+    for start in range(0, len(single), batch_size):
+        chunk = single[start:start + batch_size]
+        last = _last_logprobs(model, [list(k)[-max(max_length - len(prefix), 1):] for k in chunk], prefix)
+        for row, k in zip(last, chunk):
+            for i in groups[k]:
+                out[i] = float(row[pairs[i][1][0]])
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    for k in multi:
+        idx = groups[k]
+        conts = [pairs[i][1] for i in idx]
+        ctx = (prefix + list(k))[-max(max_length - max(len(c) for c in conts), 1):]
+        for i, v in zip(idx, _continuations(model, ctx, conts)):
+            out[i] = v
+        done += 1
+        if progress:
+            progress(done, total)
+    return out
+
+
+_PREFIX_CACHE: dict[tuple[int, tuple[int, ...]], Any] = {}
+
+
+def _last_only(model: Any) -> dict[str, Any]:
+    """Ask for the last position's logits only, where the model supports it (saves the vocab matmul)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _prefix_past(model: Any, prefix: list[int]) -> Any:
+    """KV cache of the shared prefix, computed once per model (copied before every use: forward mutates it)."""
+    import copy
+
+    import torch
+
+    key = (id(model), tuple(prefix))
+    if key not in _PREFIX_CACHE:
+        _PREFIX_CACHE.clear()
+        with torch.inference_mode():
+            _PREFIX_CACHE[key] = model(input_ids=torch.tensor([prefix], device=_dev(model)), use_cache=True,
+                                       **_last_only(model)).past_key_values
+    return copy.deepcopy(_PREFIX_CACHE[key])
+
+
+def _last_logprobs(model: Any, contexts: list[list[int]], prefix: list[int] | None = None) -> Any:
+    """log-softmax of the next-token distribution after prefix + each context (right padding, one batch)."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(len(c) for c in contexts)
+    x = torch.zeros((len(contexts), width), dtype=torch.long)
+    m = torch.zeros((len(contexts), width), dtype=torch.long)
+    for j, c in enumerate(contexts):
+        x[j, : len(c)] = torch.tensor(c)
+        m[j, : len(c)] = 1
+    dev = _dev(model)
+    with torch.inference_mode():
+        if prefix:
+            past = _prefix_past(model, prefix)
+            past.batch_repeat_interleave(len(contexts))
+            full = torch.cat([torch.ones((len(contexts), len(prefix)), dtype=torch.long), m], dim=1)
+            logits = model(input_ids=x.to(dev), attention_mask=full.to(dev), past_key_values=past, use_cache=True).logits
+        else:
+            logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
+    rows = torch.arange(len(contexts), device=logits.device)
+    ends = (m.sum(1) - 1).to(logits.device)
+    return F.log_softmax(logits[rows, ends].float(), dim=-1).cpu()
+
+
+def _continuations(model: Any, ctx: list[int], conts: list[list[int]]) -> list[float]:
+    """Run ``ctx`` once, then every continuation (right-padded) on a copy of its KV cache."""
+    import torch
+    import torch.nn.functional as F
+
+    dev = _dev(model)
+    n = len(conts)
+    with torch.inference_mode():
+        pre = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, **_last_only(model))
+        first = F.log_softmax(pre.logits[0, -1].float(), dim=-1)
+        past = pre.past_key_values
+        past.batch_repeat_interleave(n)
+        width = max(len(c) for c in conts)
+        x = torch.zeros((n, width), dtype=torch.long)
+        m = torch.zeros((n, len(ctx) + width), dtype=torch.long)
+        m[:, : len(ctx)] = 1
+        for j, c in enumerate(conts):
+            x[j, : len(c)] = torch.tensor(c)
+            m[j, len(ctx): len(ctx) + len(c)] = 1
+        logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), past_key_values=past, use_cache=True).logits
+        lp = F.log_softmax(logits.float(), dim=-1)
+    out = []
+    for j, c in enumerate(conts):
+        total = float(first[c[0]])
+        for t in range(1, len(c)):
+            total += float(lp[j, t - 1, c[t]])
+        out.append(total)
+    return out
+
+
+# ---------------------------------------------------------------- evaluators
+
+def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size: int, max_length: int,
+                    progress: Progress | None = None) -> TaskOutput:
+    """Rolling windows: each window scores only tokens no earlier window scored (stride), with up to
+    ``window - stride`` tokens of context; ``limit`` = tokens scored."""
+    import torch
+    import torch.nn.functional as F
+
+    limit = task.limit or 4096
+    ids: list[int] = []
+    sep = tok.eos_token_id
+    for d in docs:
+        ids.extend(tok(d, add_special_tokens=False)["input_ids"])
+        if sep is not None:
+            ids.append(sep)
+        if len(ids) > limit:
+            break
+    ids = ids[: limit + 1]
+    window = min(task.window, max_length)
+    stride = min(task.stride, window)
+    spans, prev_end, begin = [], 0, 0
+    while prev_end < len(ids):
+        end = min(begin + window, len(ids))
+        spans.append((begin, end, max(end - prev_end, 0)))
+        prev_end = end
+        begin += stride
+    dev = _dev(model)
+    records: list[dict[str, Any]] = []
+    for s in range(0, len(spans), batch_size):
+        chunk = spans[s:s + batch_size]
+        width = max(e - b for b, e, _ in chunk)
+        x = torch.zeros((len(chunk), width), dtype=torch.long)
+        m = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, (b, e, _) in enumerate(chunk):
+            x[j, : e - b] = torch.tensor(ids[b:e])
+            m[j, : e - b] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
+        for j, (b, e, trg) in enumerate(chunk):
+            first = max(e - b - trg, 1)  # position 0 has no prediction
+            lp = F.log_softmax(logits[j, first - 1:e - b - 1].float(), dim=-1)
+            tgt = x[j, first:e - b].to(lp.device)
+            nll = -lp.gather(-1, tgt[:, None]).squeeze(-1)
+            top1 = lp.argmax(-1)
+            records.append({"nll": float(nll.sum()), "n": int(tgt.numel()), "correct": int((top1 == tgt).sum()),
+                            "top1": top1.tolist()})
+        if progress:
+            progress(min(s + batch_size, len(spans)), len(spans))
+    if not records or sum(r["n"] for r in records) == 0:
+        from compressor.errors import BadInput
+
+        raise BadInput(f"task {task.name}: no tokens to score", "use more text or a larger limit")
+    return TaskOutput(records, ppl_metrics(records))
+
+
+def eval_classification(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int,
+                        max_length: int, progress: Progress | None = None) -> TaskOutput:
+    import torch
+
+    dev = _dev(model)
+    records = []
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s:s + batch_size]
+        enc = tok([e["text"] for e in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**{k: v.to(dev) for k, v in enc.items()}).logits
+        for e, p in zip(chunk, logits.argmax(-1).tolist()):
+            records.append({"pred": int(p), "label": int(e["label"])})
+        if progress:
+            progress(min(s + batch_size, len(examples)), len(examples))
+    return TaskOutput(records, cls_metrics(records))
+
+
+def few_shot_prefix(task: Any, shots: list[dict[str, Any]]) -> str:
+    return "".join(task.template.format(text=s["text"]) + task.labels[int(s["label"])] + "\n\n" for s in shots)
+
+
+def eval_zero_shot(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int, max_length: int,
+                   shots: list[dict[str, Any]], progress: Progress | None = None) -> TaskOutput:
+    prefix = tok(few_shot_prefix(task, shots), add_special_tokens=False)["input_ids"] if shots else []
+    labels = sorted(task.labels)
+    pairs, keys = [], []
+    cont = {y: tok(task.labels[y], add_special_tokens=False)["input_ids"] for y in labels}
+    for i, e in enumerate(examples):
+        ctx = tok(task.template.format(text=e["text"]), add_special_tokens=False)["input_ids"]
+        for y in labels:
+            pairs.append((ctx, cont[y]))
+            keys.append((i, y))
+    lls = loglikelihoods(model, pairs, batch_size, max_length, progress, prefix=prefix)
+    scores: dict[int, dict[int, float]] = {}
+    for (i, y), ll in zip(keys, lls):
+        scores.setdefault(i, {})[y] = ll
+    records = [{"pred": max(labels, key=lambda y: (scores[i][y], -y)), "label": int(e["label"])} for i, e in enumerate(examples)]
+    return TaskOutput(records, cls_metrics(records))
+
+
+def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int,
+                         max_length: int, progress: Progress | None = None) -> TaskOutput:
+    pairs, keys = [], []
+    for i, e in enumerate(examples):
+        ctx = tok(task.template.format(context=e.get("context", ""), question=e["question"]), add_special_tokens=False)["input_ids"]
+        for c, choice in enumerate(e["choices"]):
+            pairs.append((ctx, tok(" " + choice, add_special_tokens=False)["input_ids"]))
+            keys.append((i, c))
+    lls = loglikelihoods(model, pairs, batch_size, max_length, progress)
+    per: dict[int, list[float]] = {}
+    for (i, c), ll in zip(keys, lls):
+        per.setdefault(i, []).append(ll)
+    records = []
+    for i, e in enumerate(examples):
+        ll = per[i]
+        norm = [v / max(len((" " + ch).encode("utf-8")), 1) for v, ch in zip(ll, e["choices"])]  # lm-eval: bytes
+        records.append({"pred": max(range(len(ll)), key=lambda c: (ll[c], -c)),
+                        "pred_norm": max(range(len(norm)), key=lambda c: (norm[c], -c)),
+                        "answer": int(e["answer"])})
+    return TaskOutput(records, mc_metrics(records))
+
+
+def normalize(text: str) -> str:
+    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(pred: str, gold: str) -> float:
+    p, g = normalize(pred).split(), normalize(gold).split()
+    common = Counter(p) & Counter(g)
+    same = sum(common.values())
+    if not p or not g:
+        return float(p == g)
+    if same == 0:
+        return 0.0
+    prec, rec = same / len(p), same / len(g)
+    return 2 * prec * rec / (prec + rec)
+
+
+def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int, max_length: int,
+                    progress: Progress | None = None) -> TaskOutput:
+    import torch
+
+    dev = _dev(model)
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    records = []
+    try:
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s:s + batch_size]
+            prompts = [task.template.format(context=e.get("context", ""), question=e["question"]) for e in chunk]
+            enc = tok(prompts, add_special_tokens=False, padding=True, truncation=True,
+                      max_length=max(max_length - task.max_new_tokens, 8), return_tensors="pt")
+            with torch.inference_mode():
+                out = model.generate(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
+                                     max_new_tokens=task.max_new_tokens, do_sample=False, num_beams=1,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            for e, row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+                text = tok.decode(row, skip_special_tokens=True)
+                for stop in task.stop:
+                    if stop and stop in text:
+                        text = text[: text.index(stop)]
+                text = text.strip()
+                golds = [str(a) for a in e["answers"]]
+                records.append({
+                    "pred": text,
+                    "exact_match": float(any(normalize(text) == normalize(g) for g in golds)),
+                    "f1": max(token_f1(text, g) for g in golds),
+                    "contains": float(any(normalize(g) and normalize(g) in normalize(text) for g in golds)),
+                })
+            if progress:
+                progress(min(s + batch_size, len(examples)), len(examples))
+    finally:
+        tok.padding_side = old_side
+    return TaskOutput(records, gen_metrics(records))
+
+
+def pick_shots(pool: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """Seeded, label-balanced few-shot examples."""
+    if k == 0:
+        return []
+    rng = random.Random(seed)
+    by_label: dict[int, list[dict[str, Any]]] = {}
+    for e in pool:
+        by_label.setdefault(int(e["label"]), []).append(e)
+    labels = sorted(by_label)
+    shots = []
+    for i in range(k):
+        shots.append(rng.choice(by_label[labels[i % len(labels)]]))
+    rng.shuffle(shots)
+    return shots
