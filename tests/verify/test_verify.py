@@ -40,6 +40,9 @@ def test_identity_passes_with_retention_exactly_one(tiny, task_files, tmp_path, 
         assert t["retention"] == 1.0 and t["agreement"] == 1.0 and t["passed"] and t["n"] > 0
         assert {"name", "kind", "metric", "base", "candidate", "retention", "threshold", "passed", "agreement", "n"} <= set(t)
     assert "passed" in (tmp_path / "r" / "report.md").read_text() and "passed" in summary.read_text()
+    # the tiny profile calibrates on the very file its perplexity task evaluates: flagged by hash
+    assert any(w.startswith("task ppl:") and "also appear in the calibration data" for w in rep["warnings"])
+    assert not any(w.startswith("task mc:") for w in rep["warnings"])
     suite = ET.parse(tmp_path / "r" / "junit.xml").getroot()
     assert suite.get("tests") == "4" and suite.get("failures") == "0"
 
