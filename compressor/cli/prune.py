@@ -43,6 +43,9 @@ def prune(
 
     if (scores is None) == (method is None):
         raise BadInput("give exactly one of --scores FILE or --method NAME", "e.g. --scores scores.json")
+    if scores is not None and avss_mode is not None:
+        raise BadInput("--avss-mode applies to --method; a scores file already records its mode",
+                       "drop --avss-mode, or score with --method avss --avss-mode ...")
     if sum(x is not None for x in (ratio, num_layers, mass)) != 1:
         raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --num-layers 7")
     check_output_dir(out, force)

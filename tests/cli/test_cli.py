@@ -65,7 +65,7 @@ def test_prune_with_method_scores_inline(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing-model", "unknown-arch", "bad-ratio", "remove-all", "unreadable-data",
                                   "empty-data", "existing-output", "mode-with-baseline", "unknown-method",
-                                  "scores-mismatch", "pickle", "cuda"])
+                                  "scores-mismatch", "pickle", "cuda", "mode-with-scores"])
 def test_bad_input(case, tiny, tmp_path, capsys):
     model = str(tiny("llama"))
     out = tmp_path / "out"
@@ -82,6 +82,8 @@ def test_bad_input(case, tiny, tmp_path, capsys):
         "scores-mismatch": (["prune", model, "--scores", str(tmp_path / "s.json"), "--num-layers", "1", "--out", str(out)], "scores 30 layers"),
         "pickle": (["score", str(tmp_path / "pickled"), "--method", "random"], "--allow-pickle"),
         "cuda": (["score", model, "--method", "random", "--device", "cuda"], "CUDA is not available"),
+        "mode-with-scores": (["prune", model, "--scores", str(tmp_path / "s.json"), "--avss-mode", "official",
+                              "--num-layers", "1", "--out", str(out)], "a scores file already records its mode"),
     }[case]
     (tmp_path / "t5").mkdir()
     (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
