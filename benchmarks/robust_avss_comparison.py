@@ -36,7 +36,7 @@ def main() -> None:
     loaded = load_model(args.model)
     calib = load_calibration(CalibrationSpec(samples=args.samples, seq_len=args.seq_len), loaded.tokenizer)
     ev = eval_batches(loaded.tokenizer)
-    base = perplexity(loaded.model, ev)
+    base = perplexity(loaded, ev)
     print(f"base perplexity {base:.2f} on {ev.tokens} held-out tokens; calibration {calib.tokens} tokens")
 
     reports: dict[str, ScoreReport] = {}
@@ -67,8 +67,8 @@ def main() -> None:
     print(f"\n| scorer | layers removed (K={args.k}) | perplexity | retention |\n|---|---|---|---|")
     for label, rep in reports.items():
         sel = select_layers(rep, num_layers=args.k)
-        m = load_model(args.model).model
-        remove_layers(m, sel.removed)
+        m = load_model(args.model)
+        remove_layers(m.model, sel.removed)
         ppl = perplexity(m, ev)
         print(f"| {label} | {', '.join(map(str, sel.removed))} | {ppl:,.2f} | {base / ppl:.3f} |", flush=True)
 

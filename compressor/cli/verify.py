@@ -20,8 +20,7 @@ def verify(
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
 ) -> None:
-    from contextlib import ExitStack
-
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from compressor.cli import common
@@ -35,12 +34,8 @@ def verify(
     loaded_base = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
     loaded_cand = common.load(candidate, device, dtype, None, allow_pickle, trust_remote_code)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with ExitStack() as stack:
-        prog = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                            TimeElapsedColumn(), console=err))
-
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as prog:
         def stage(name: str):
             tid = prog.add_task(f"evaluating {name}", total=None)
             return lambda done, total: prog.update(tid, completed=done, total=total)

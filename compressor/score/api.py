@@ -152,8 +152,6 @@ def score_layers(
             outcome = methods.last_k(n)
         else:
             outcome = methods.random_scores(n, seed)
-    except (BadInput, RuntimeFailure):
-        raise
     except RuntimeError as exc:
         raise RuntimeFailure(f"scoring failed: {str(exc).splitlines()[0]}",
                              "try a smaller --batch-size or --seq-len, or --dtype float32") from exc

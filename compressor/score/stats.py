@@ -47,9 +47,12 @@ class _LayerAcc:
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
         self.batches = 0
+        self.dim = 0  # hidden size, recorded by the stream statistics
 
     def add(self, key: str, value: Any) -> None:
-        v = value.detach().to(dtype=__import__("torch").float64)
+        import torch
+
+        v = value.detach().to(dtype=torch.float64)
         if key in self.sums:
             self.sums[key] += v
         else:
@@ -142,14 +145,16 @@ class StatsCollector:
                     delta = yn - xn  # the block's effect on the normalised residual stream
                     dvar = delta.var(dim=-1, unbiased=False)
                     small = (delta.abs() < tau).sum(-1).float()
-                    upd = ((y - x).pow(2).mean(-1).sqrt() / rms_x.squeeze(-1))
+                    # ||y - x||^2 / D = rms_y^2 + rms_x^2 - 2 rms_x rms_y cos: no extra full-size tensor
+                    rx, ry = rms_x.squeeze(-1), rms_y.squeeze(-1)
+                    upd = (ry * ry + rx * rx - 2 * rx * ry * cos).clamp_min(0).sqrt() / rx
                     acc.add("tokens", mask.sum())
                     acc.add("cos_sum", (cos * mask).sum())
                     acc.add("delta_var_sum", (dvar * mask).sum())
                     acc.add("delta_small_count", (small * mask).sum())
-                    acc.add("elements", mask.sum() * d)
                     acc.add("rel_update_sum", (upd * mask).sum())
-                    acc.add("out_rms_sum", (rms_y.squeeze(-1) * mask).sum())
+                    acc.add("out_rms_sum", (ry * mask).sum())
+                    acc.dim = d
                 if "last_token" in groups:
                     last = (mask.sum(dim=1).long() - 1).clamp_min(0)
                     rows = torch.arange(h_in.shape[0], device=h_in.device)
@@ -173,7 +178,7 @@ class StatsCollector:
                 row["cosine"] = v["cos_sum"] / n
                 row["delta_variance"] = v["delta_var_sum"] / n
                 # Laplace-smoothed share: never exactly 0, so the ratio is always finite
-                row["delta_sparsity"] = (v["delta_small_count"] + 1.0) / (v["elements"] + 2.0)
+                row["delta_sparsity"] = (v["delta_small_count"] + 1.0) / (v["tokens"] * acc.dim + 2.0)
                 row["relative_update"] = v["rel_update_sum"] / n
                 row["output_rms"] = v["out_rms_sum"] / n
             out.append(row)

@@ -114,10 +114,25 @@ def _read_file(path: Path, text_field: str) -> list[str]:
     raise BadInput(f"unsupported data file type {suffix!r} ({path})", "use .txt, .jsonl or .csv")
 
 
-def load_calibration(spec: CalibrationSpec, tokenizer: Any, family: str = "decoder") -> CalibrationData:
-    """Tokenize, batch, and hash calibration text."""
+def pad_right(rows: list[list[int]], pad_id: int = 0, width: int | None = None) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) for token rows, right-padded to ``width`` (default: the longest row).
+
+    Right padding keeps every real token at its own position, so causal models see exactly the
+    same prefix with or without padding.
+    """
     import torch
 
+    width = width or max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    return ids, mask
+
+
+def load_calibration(spec: CalibrationSpec, tokenizer: Any, family: str = "decoder") -> CalibrationData:
+    """Tokenize, batch, and hash calibration text."""
     spec.validate()
     docs = read_documents(spec.source, spec.text_field, spec.split)
     pack = spec.pack if spec.pack is not None else family == "decoder"
@@ -150,12 +165,8 @@ def load_calibration(spec: CalibrationSpec, tokenizer: Any, family: str = "decod
     tokens = 0
     for i in range(0, len(rows), spec.batch_size):
         chunk = rows[i:i + spec.batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, r in enumerate(chunk):
-            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[j, : len(r)] = 1
+        ids, mask = pad_right(chunk, pad_id)
+        for r in chunk:
             digest.update(json.dumps(r).encode())
         tokens += int(mask.sum())
         batches.append({"input_ids": ids, "attention_mask": mask})

@@ -168,8 +168,6 @@ def verify(
                 cb = progress(f"{task.name} [{role}]") if progress else None
                 try:
                     hit = _evaluate(loaded, task, items, shots, profile, cb)
-                except (BadInput, RuntimeFailure):
-                    raise
                 except RuntimeError as exc:
                     raise RuntimeFailure(f"task {task.name} failed on the {role} model: {str(exc).splitlines()[0]}",
                                          "lower eval.batch_size or eval.max_length in the profile") from exc

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from compressor.sources.data import pad_right
+
 Progress = Callable[[int, int], None]
 LOWER_IS_BETTER = {"perplexity", "loss"}
 
@@ -92,6 +94,7 @@ def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_s
     every pair (few-shot examples) is run once and its KV cache reused for every batch.
     """
     prefix = list(prefix or [])
+    prefix_past = _prefix_past(model, prefix) if prefix else None
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, _) in enumerate(pairs):
         groups.setdefault(tuple(ctx), []).append(i)
@@ -101,7 +104,7 @@ def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_s
     done, total = 0, len(groups)
     for start in range(0, len(single), batch_size):
         chunk = single[start:start + batch_size]
-        last = _last_logprobs(model, [list(k)[-max(max_length - len(prefix), 1):] for k in chunk], prefix)
+        last = _last_logprobs(model, [list(k)[-max(max_length - len(prefix), 1):] for k in chunk], prefix_past)
         for row, k in zip(last, chunk):
             for i in groups[k]:
                 out[i] = float(row[pairs[i][1][0]])
@@ -120,9 +123,6 @@ def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_s
     return out
 
 
-_PREFIX_CACHE: dict[tuple[int, tuple[int, ...]], Any] = {}
-
-
 def _last_only(model: Any) -> dict[str, Any]:
     """Ask for the last position's logits only, where the model supports it (saves the vocab matmul)."""
     import inspect
@@ -131,37 +131,28 @@ def _last_only(model: Any) -> dict[str, Any]:
 
 
 def _prefix_past(model: Any, prefix: list[int]) -> Any:
-    """KV cache of the shared prefix, computed once per model (copied before every use: forward mutates it)."""
+    """KV cache of the shared prefix (callers copy it before use: a forward pass appends to it)."""
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([prefix], device=_dev(model)), use_cache=True,
+                     **_last_only(model)).past_key_values
+
+
+def _last_logprobs(model: Any, contexts: list[list[int]], prefix_past: Any = None) -> Any:
+    """log-softmax of the next-token distribution after (prefix +) each context (right padding, one batch)."""
     import copy
 
     import torch
-
-    key = (id(model), tuple(prefix))
-    if key not in _PREFIX_CACHE:
-        _PREFIX_CACHE.clear()
-        with torch.inference_mode():
-            _PREFIX_CACHE[key] = model(input_ids=torch.tensor([prefix], device=_dev(model)), use_cache=True,
-                                       **_last_only(model)).past_key_values
-    return copy.deepcopy(_PREFIX_CACHE[key])
-
-
-def _last_logprobs(model: Any, contexts: list[list[int]], prefix: list[int] | None = None) -> Any:
-    """log-softmax of the next-token distribution after prefix + each context (right padding, one batch)."""
-    import torch
     import torch.nn.functional as F
 
-    width = max(len(c) for c in contexts)
-    x = torch.zeros((len(contexts), width), dtype=torch.long)
-    m = torch.zeros((len(contexts), width), dtype=torch.long)
-    for j, c in enumerate(contexts):
-        x[j, : len(c)] = torch.tensor(c)
-        m[j, : len(c)] = 1
+    x, m = pad_right(contexts)
     dev = _dev(model)
     with torch.inference_mode():
-        if prefix:
-            past = _prefix_past(model, prefix)
+        if prefix_past is not None:
+            past = copy.deepcopy(prefix_past)
             past.batch_repeat_interleave(len(contexts))
-            full = torch.cat([torch.ones((len(contexts), len(prefix)), dtype=torch.long), m], dim=1)
+            full = torch.cat([torch.ones((len(contexts), past.get_seq_length()), dtype=torch.long), m], dim=1)
             logits = model(input_ids=x.to(dev), attention_mask=full.to(dev), past_key_values=past, use_cache=True).logits
         else:
             logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
@@ -182,13 +173,8 @@ def _continuations(model: Any, ctx: list[int], conts: list[list[int]]) -> list[f
         first = F.log_softmax(pre.logits[0, -1].float(), dim=-1)
         past = pre.past_key_values
         past.batch_repeat_interleave(n)
-        width = max(len(c) for c in conts)
-        x = torch.zeros((n, width), dtype=torch.long)
-        m = torch.zeros((n, len(ctx) + width), dtype=torch.long)
-        m[:, : len(ctx)] = 1
-        for j, c in enumerate(conts):
-            x[j, : len(c)] = torch.tensor(c)
-            m[j, len(ctx): len(ctx) + len(c)] = 1
+        x, cm = pad_right(conts)
+        m = torch.cat([torch.ones((n, len(ctx)), dtype=torch.long), cm], dim=1)
         logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), past_key_values=past, use_cache=True).logits
         lp = F.log_softmax(logits.float(), dim=-1)
     out = []
@@ -231,12 +217,7 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
     records: list[dict[str, Any]] = []
     for s in range(0, len(spans), batch_size):
         chunk = spans[s:s + batch_size]
-        width = max(e - b for b, e, _ in chunk)
-        x = torch.zeros((len(chunk), width), dtype=torch.long)
-        m = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, (b, e, _) in enumerate(chunk):
-            x[j, : e - b] = torch.tensor(ids[b:e])
-            m[j, : e - b] = 1
+        x, m = pad_right([ids[b:e] for b, e, _ in chunk])
         with torch.inference_mode():
             logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
         for j, (b, e, trg) in enumerate(chunk):

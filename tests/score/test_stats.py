@@ -53,12 +53,16 @@ def test_block_influence_matches_hidden_states(tiny, text_file):
     rep = score_layers(loaded, "block-influence", data=data)
     hs = _hidden_states(loaded, data)
     for i in range(loaded.num_layers - 1):
-        num, den = 0.0, 0.0
+        num, den, upd = 0.0, 0.0, 0.0
         for states, mask in hs:
             cos = torch.nn.functional.cosine_similarity(states[i], states[i + 1], dim=-1)
             num += float((cos * mask).sum())
             den += float(mask.sum())
+            rel = (states[i + 1] - states[i]).norm(dim=-1) / states[i].norm(dim=-1)
+            upd += float((rel * mask).sum())
         assert rep.layers[i].score == pytest.approx(1 - num / den, rel=1e-4, abs=1e-6)
+        # derived in the hook from the two RMS values and the cosine, without a difference tensor
+        assert rep.layers[i].stats["relative_update"] == pytest.approx(upd / den, rel=1e-4)
 
 
 def test_angular_matches_last_token_states_and_selects_a_block(tiny, text_file):
