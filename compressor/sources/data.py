@@ -75,36 +75,32 @@ def read_documents(source: str, text_field: str = "text", split: Split = "calibr
     return docs
 
 
-def _read_file(path: Path, text_field: str) -> list[str]:
+def _check_file(path: Path) -> None:
     if not path.exists():
-        raise BadInput(f"data file {path} does not exist", "check the path, or use --data builtin:python-docs")
+        raise BadInput(f"data file {path} does not exist", "check the path, or use a builtin: source")
     if path.is_dir():
         raise BadInput(f"{path} is a folder", "pass a .txt, .jsonl or .csv file")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl or .csv file as dicts: the one reader for calibration and evaluation files."""
+    _check_file(path)
     suffix = path.suffix.lower()
     try:
-        if suffix in (".txt", ".md", ".text"):
-            text = path.read_text(encoding="utf-8")
-            return [p for p in text.split("\n\n")]
         if suffix in (".jsonl", ".ndjson"):
-            docs = []
+            rows = []
             with path.open(encoding="utf-8") as fh:
                 for n, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
                     row = json.loads(line)
-                    if not isinstance(row, dict) or text_field not in row:
-                        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                        raise BadInput(f"{path}:{n} has no field {text_field!r} (fields: {keys})",
-                                       "pass --text-field with the right name")
-                    docs.append(str(row[text_field]))
-            return docs
+                    if not isinstance(row, dict):
+                        raise BadInput(f"{path}:{n} is a JSON {type(row).__name__}, not an object", "one JSON object per line")
+                    rows.append(row)
+            return rows
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as fh:
-                reader = csv.DictReader(fh)
-                if reader.fieldnames is None or text_field not in reader.fieldnames:
-                    raise BadInput(f"{path} has no column {text_field!r} (columns: {', '.join(reader.fieldnames or [])})",
-                                   "pass --text-field with the right column name")
-                return [row[text_field] for row in reader]
+                return list(csv.DictReader(fh))
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path} is not UTF-8 text ({exc.reason})", "convert it to UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -112,6 +108,24 @@ def _read_file(path: Path, text_field: str) -> list[str]:
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from exc
     raise BadInput(f"unsupported data file type {suffix!r} ({path})", "use .txt, .jsonl or .csv")
+
+
+def _read_file(path: Path, text_field: str) -> list[str]:
+    _check_file(path)
+    if path.suffix.lower() in (".txt", ".md", ".text"):
+        try:
+            return path.read_text(encoding="utf-8").split("\n\n")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{path} is not UTF-8 text ({exc.reason})", "convert it to UTF-8") from exc
+        except OSError as exc:
+            raise BadInput(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from exc
+    rows = read_records(path)
+    noun = "column" if path.suffix.lower() == ".csv" else "field"
+    for n, row in enumerate(rows, 1):
+        if text_field not in row:
+            raise BadInput(f"{path}:{n} has no {noun} {text_field!r} ({noun}s: {', '.join(map(str, row))})",
+                           f"pass --text-field with the right {noun} name")
+    return [str(r[text_field]) for r in rows]
 
 
 def pad_right(rows: list[list[int]], pad_id: int = 0, width: int | None = None) -> tuple[Any, Any]:

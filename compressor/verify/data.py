@@ -8,7 +8,6 @@ Canonical example shapes:
 """
 from __future__ import annotations
 
-import csv
 import json
 from importlib import resources
 from pathlib import Path
@@ -71,23 +70,13 @@ def _builtin(kind: str, name: str, split: str | None) -> list[Any]:
 
 
 def _from_file(kind: str, path: Path, fields: dict[str, str]) -> list[Any]:
-    from compressor.sources.data import read_documents
+    from compressor.sources.data import read_documents, read_records
 
     if kind == "perplexity":
         return read_documents(str(path), fields.get("text", "text"), "all")
-    if not path.exists():
-        raise BadInput(f"data file {path} does not exist", "check the task's data path")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-        elif suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as fh:
-                rows = list(csv.DictReader(fh))
-        else:
-            raise BadInput(f"{kind} data must be .jsonl or .csv (got {path.name})", "convert the file")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"cannot parse {path}: {exc}", "fix the file") from exc
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".csv"):
+        raise BadInput(f"{kind} data must be .jsonl or .csv (got {path.name})", "convert the file")
+    rows = read_records(path)
     if not rows:
         raise BadInput(f"data file {path} is empty", "add examples")
     out = []
