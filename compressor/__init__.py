@@ -11,6 +11,20 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "score_layers", "select_layers", "prune_model", "load_model", "load_calibration"]
 
 
+def library_versions() -> dict[str, str]:
+    """What produced a result (recorded in run.json, export.json, benchmarks); missing packages are left out."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"avss-compressor": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def __getattr__(name: str):  # lazy: `import compressor` must not import torch
     if name == "score_layers":
         from compressor.score.api import score_layers

@@ -36,16 +36,35 @@ def _root(
 
 
 def _register() -> None:
+    from compressor.cli import bench as _bench
+    from compressor.cli import export as _export
     from compressor.cli import prune as _prune
+    from compressor.cli import run as _run
     from compressor.cli import score as _score
     from compressor.cli import verify as _verify
 
     app.command("score", help=_score.__doc__)(_score.score)
     app.command("prune", help=_prune.__doc__)(_prune.prune)
     app.command("verify", help=_verify.__doc__)(_verify.verify)
+    app.command("export", help=_export.__doc__)(_export.export)
+    app.command("bench", help=_bench.__doc__)(_bench.bench)
+    app.command("run", help=_run.__doc__)(_run.run)
 
 
 _register()
+
+
+_INTERRUPTED = ("interrupted; nothing half-written was kept (re-run the same `avss run` command to resume "
+                "from the last finished stage)")
+
+
+def _interrupted(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,10 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     _state["debug"] = os.environ.get("AVSS_DEBUG", "") not in ("", "0")
     try:
         app(args=argv, prog_name="avss")
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):  # Typer turns Ctrl-C into a silent exit 130
+            error(_INTERRUPTED)
         raise
     except KeyboardInterrupt:
-        error("interrupted; nothing half-written was left behind")
+        error(_INTERRUPTED)
         sys.exit(130)
     except AvssError as exc:
         if _state["debug"]:

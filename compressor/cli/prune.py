@@ -38,7 +38,8 @@ def prune(
     from compressor.cli.output import note, out as stdout, warn
     from compressor.errors import BadInput
     from compressor.prune.select import select_layers
-    from compressor.prune.surgery import check_output_dir, prune_model
+    from compressor.files import check_output_dir
+    from compressor.prune.surgery import prune_model
     from compressor.score.report import ScoreReport
 
     if (scores is None) == (method is None):

@@ -8,9 +8,7 @@ embeddings still tied; safetensors only; tokenizer and generation config copied;
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 from compressor import __version__
 from compressor.architectures import ArchAdapter, adapter_for_config, get_layers, set_layers
 from compressor.errors import BadInput, RuntimeFailure
+from compressor.files import check_output_dir, replace_dir, staging_dir
 
 COMPRESSION_FILE = "compression.json"
 COMPRESSION_SCHEMA = 1
@@ -72,14 +71,6 @@ class PruneResult:
     warnings: list[str]
 
 
-def check_output_dir(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not force:
-        raise BadInput(f"output {out} already exists", "pass --force to replace it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"output {out} exists and is not a folder", "choose another --out")
-    return out
-
 
 def prune_model(
     loaded: Any,
@@ -118,13 +109,13 @@ def prune_model(
         **(provenance or {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(str(tmp))
         (tmp / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, (BadInput, KeyboardInterrupt)):
@@ -133,13 +124,3 @@ def prune_model(
             raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
         raise
     return PruneResult(out, sorted(removed), kept, n_before, len(kept), p_before, p_after, warnings)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

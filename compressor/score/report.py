@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compressor.errors import BadInput
+from compressor.files import atomic_write_figure, atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -117,18 +116,6 @@ class ScoreReport:
         return rep
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write next to the target, then rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def to_table_rows(report: ScoreReport, removed: set[int]) -> list[list[str]]:
     rank = {idx: r for r, idx in enumerate(report.ranking)}
@@ -183,21 +170,13 @@ def save_plot(report: ScoreReport, removed: set[int], path: str | Path) -> Path:
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("importance score")
     sel = report.default_selection
-    ax.set_title(f"{report.model.get('spec')}: {report.label}; red = removed by default selection "
-                 f"({sel.get('rule')}, {len(removed)} layers)", fontsize=8)
+    rule = sel.get("rule") if sorted(removed) == sorted(sel.get("removed", [])) else "this cut"
+    ax.set_title(f"{report.model.get('spec')}: {report.label}; red = removed ({rule}, {len(removed)} layers)",
+                 fontsize=8)
     ax.set_xticks(xs)
     ax.tick_params(axis="x", labelsize=6)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_write_figure(fig, path)
 
 
 def dump(report: ScoreReport) -> dict[str, Any]:

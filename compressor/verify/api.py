@@ -70,7 +70,7 @@ class _Cache:
     def put(self, key: str, out: T.TaskOutput) -> None:
         if not self.enabled:
             return
-        from compressor.score.report import atomic_write_text
+        from compressor.files import atomic_write_text
 
         atomic_write_text(self.dir / f"{key}.json", json.dumps({"records": out.records, "metrics": out.metrics}))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from compressor.score.report import atomic_write_text
+from compressor.files import atomic_write_text
 
 SCHEMA_VERSION = 1
 

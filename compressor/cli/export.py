@@ -1,0 +1,50 @@
+"""Export a full or slim model to ONNX through Optimum, then check ONNX Runtime against PyTorch (exit 3 if not)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from compressor.cli import options as o
+
+
+def export(
+    model: o.Model,
+    out: Annotated[str, typer.Option("--out", help="Folder for model.onnx + model.onnx_data, config, tokenizer (atomic write).")],
+    task: Annotated[str, typer.Option("--task", help="auto, text-generation-with-past (decoders, KV cache), text-classification, feature-extraction.")] = "auto",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only).")] = "fp32",
+    allow_pickle: o.AllowPickle = False,
+    trust_remote_code: o.TrustRemoteCode = False,
+    force: o.Force = False,
+) -> None:
+    from rich.table import Table
+
+    from compressor.cli.output import note, out as stdout, warn
+    from export.convert import export_model
+
+    def started(stage: str) -> None:
+        note(f"{stage} ...")
+
+    def ended(stage: str, seconds: float) -> None:
+        note(f"{stage}: {seconds:.1f} s")
+
+    note(f"exporting {model} to {out} (opset {opset}, {dtype}, {device})")
+    res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
+                       allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                       on_start=started, on_stage=ended)
+    for w in res.warnings:
+        warn(w)
+    t = Table(title=f"parity: ONNX Runtime ({res.parity.provider}) vs PyTorch, {res.dtype}")
+    for col in ("check", "result", "max abs diff", "tolerance", "detail"):
+        t.add_column(col, justify="right" if col in ("max abs diff", "tolerance") else "left")
+    for c in res.parity.checks:
+        t.add_row(c.name, "pass" if c.passed else "FAIL",
+                  "" if c.max_abs_diff is None else f"{c.max_abs_diff:.2e}",
+                  "" if c.tolerance is None else f"{c.tolerance:.2e}", c.detail)
+    stdout.print(t)
+    size = sum(v for k, v in res.files.items() if k.startswith("model.onnx"))
+    total = sum(res.timings.values())
+    note(f"wrote {out}: {res.task}, {res.num_layers} layers, model {size / 2**20:.1f} MB, {total:.1f} s "
+         f"(export.json records the parity results)")

@@ -1,0 +1,73 @@
+"""The whole job: score -> select -> prune -> verify -> export -> bench into one folder; resumable; exit 0 pass, 1 gate failed."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from compressor.cli import options as o
+
+Flag = Optional[bool]
+
+
+def run(
+    model: Annotated[Optional[str], typer.Argument(help="builtin:smollm2-135m, a local model folder, or a Hub id (or `model:` in --config).")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Task profile YAML: calibration, tasks and gate.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="The artifact folder (re-running resumes it).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Read these options from a YAML file; flags win.")] = None,
+    save_config: Annotated[Optional[str], typer.Option("--save-config", help="Write the resolved configuration as YAML here.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Scorer for a fixed cut (default: avss).")] = None,
+    avss_mode: o.AvssMode = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Remove round-half-up(ratio x layers) layers (default: 0.25).")] = None,
+    num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Remove exactly this many layers.")] = None,
+    search: Annotated[Flag, typer.Option("--search", help="Find the largest cut that passes the gate (see --methods).", show_default=False)] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Scorers tried by --search, comma-separated (default: avss,block-influence).")] = None,
+    max_remove: Annotated[Optional[int], typer.Option("--max-remove", help="Largest cut --search tries (default: half the layers).")] = None,
+    protect: Annotated[Optional[str], typer.Option("--protect", help="Never remove these: first,last | none | 0-based indices.")] = None,
+    min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Override the profile's gate.min_retention.")] = None,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="Bench provider: auto, cpu or cuda (cuda never falls back).")] = None,
+    skip_export: Annotated[Flag, typer.Option("--skip-export", help="Stop after verify (no ONNX, no bench).", show_default=False)] = None,
+    skip_bench: Annotated[Flag, typer.Option("--skip-bench", help="Export the slim model but do not benchmark.", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto for score/verify/export (default: cpu).")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto, float32, float16, bfloat16 for score/verify (default: auto).")] = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: 18).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for --method random (default: 0).")] = None,
+    bench_prompt_len: Annotated[Optional[int], typer.Option("--bench-prompt-len", help="Bench prompt tokens (default: 128).")] = None,
+    bench_new_tokens: Annotated[Optional[int], typer.Option("--bench-new-tokens", help="Bench decode steps (default: 32).")] = None,
+    bench_runs: Annotated[Optional[int], typer.Option("--bench-runs", help="Timed bench generations (default: 5).")] = None,
+    bench_warmup: Annotated[Optional[int], typer.Option("--bench-warmup", help="Untimed bench generations (default: 2).")] = None,
+    bench_threads: Annotated[Optional[int], typer.Option("--bench-threads", help="Bench intra-op threads (default: physical cores).")] = None,
+    allow_pickle: Annotated[Flag, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.", show_default=False)] = None,
+    trust_remote_code: Annotated[Flag, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute every stage instead of resuming finished ones.")] = False,
+) -> None:
+    from compressor.cli.output import err, note
+    from compressor.cli.run_view import RunView, print_summary
+    from compressor.errors import GateFailed
+    from compressor.files import atomic_write_text
+    from compressor.run.api import run_pipeline
+    from compressor.run.config import load_run_config
+
+    overrides = dict(model=model, profile=profile, out=out, method=method, avss_mode=avss_mode, ratio=ratio,
+                     num_layers=num_layers, search=search, max_remove=max_remove, protect=protect,
+                     min_retention=min_retention, provider=provider, skip_export=skip_export, skip_bench=skip_bench,
+                     device=device, dtype=dtype, opset=opset, seed=seed, allow_pickle=allow_pickle,
+                     trust_remote_code=trust_remote_code, bench_prompt_len=bench_prompt_len,
+                     bench_new_tokens=bench_new_tokens, bench_runs=bench_runs, bench_warmup=bench_warmup,
+                     bench_threads=bench_threads,
+                     methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None)
+    cfg = load_run_config(config, overrides)
+    if save_config:
+        from pathlib import Path
+
+        atomic_write_text(Path(save_config), cfg.to_yaml())
+        note(f"wrote the resolved configuration to {save_config}")
+    with RunView(err) as view:
+        result = run_pipeline(cfg, force=force, events=view)
+    print_summary(result)
+    note(f"artifacts in {cfg.out}/ (run.json records the configuration, versions and timings)")
+    if result.exit_code == 1:
+        failed = [f"{t['name']} {t['retention']:.3f} < {t['threshold']:.2f}" for t in result.tasks if not t["passed"]]
+        what = "no cut passes the gate" if cfg.search and not (result.search or {}).get("chosen") else "retention gate failed"
+        raise GateFailed(f"{what} ({', '.join(failed) or result.verdict}); every artifact was still written",
+                         f"see {cfg.out}/report.md")

@@ -1,0 +1,97 @@
+"""``avss run``'s display: one progress view (stage, bar, time) on stderr and the summary tables on stdout."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+class RunView:
+    """Implements ``compressor.run.api.Events`` with a rich Progress: one line per stage."""
+
+    def __init__(self, console: Any):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.current: dict[str, TaskID] = {}
+
+    def __enter__(self) -> "RunView":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def _finish(self, tid: TaskID, description: str | None = None) -> None:
+        task = next(t for t in self.progress.tasks if t.id == tid)
+        total = task.total or 1
+        if description is None:
+            self.progress.update(tid, total=total, completed=total)
+        else:
+            self.progress.update(tid, total=total, completed=total, description=description)
+
+    def start(self, stage: str, label: str) -> Optional[Callable[[int, int], None]]:
+        old = self.current.get(stage)
+        if old is not None:  # a sub-step of the same stage (e.g. each verify task): finish the previous bar
+            self._finish(old)
+        tid = self.progress.add_task(f"[bold]{escape(stage)}[/bold] {escape(label)}", total=None)
+        self.current[stage] = tid
+
+        def update(done: int, total: int) -> None:
+            self.progress.update(tid, completed=done, total=total)
+
+        return update
+
+    def end(self, stage: str, status: str, seconds: float, detail: str) -> None:
+        tid = self.current.pop(stage, None)
+        for other in list(self.current):  # stages run one after another: close sub-step bars left open
+            self._finish(self.current.pop(other))
+        text = f"[bold]{escape(stage)}[/bold] {status}: {escape(detail)}"
+        if tid is None:
+            tid = self.progress.add_task(text, total=1, completed=1)
+        self._finish(tid, text)
+
+    def note(self, msg: str) -> None:
+        self.progress.console.print(escape(msg), highlight=False)
+
+    def warn(self, msg: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
+
+
+def print_summary(result: Any) -> None:
+    from rich.table import Table
+
+    from compressor.cli.output import out
+
+    t = Table(title=f"avss run: {result.config['model']} -> {result.out} ({result.method_label}, "
+                    f"removed {len(result.removed)}: {result.removed})")
+    for col in ("stage", "status", "time (s)", "result"):
+        t.add_column(col, justify="right" if col == "time (s)" else "left")
+    for s in result.stages:
+        t.add_row(s.name, s.status, f"{s.seconds:.1f}", s.detail)
+    out.print(t)
+    if result.tasks:
+        v = Table(title=f"verify: {result.verdict}")
+        for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result"):
+            v.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
+        for r in result.tasks:
+            v.add_row(r["name"], r["metric"], f"{r['base']:.4g}", f"{r['candidate']:.4g}", f"{r['retention']:.3f}",
+                      f"{r['threshold']:.2f}", "pass" if r["passed"] else "[red]FAIL[/red]")
+        out.print(v)
+    if result.bench:
+        b = Table(title=f"bench: ONNX Runtime, {result.bench['provider']}")
+        for col in ("model", "layers", "prefill p50 (ms)", "decode p50 (ms/token)", "tokens/s", "RSS peak (MB)"):
+            b.add_column(col, justify="left" if col == "model" else "right")
+        for m in result.bench["models"]:
+            pre = (m.get("prefill_ms") or m.get("batch_ms") or {}).get("p50")
+            dec = (m.get("decode_ms_per_token") or {}).get("p50")
+            tps = m.get("tokens_per_s")
+            b.add_row(m["path"], str(m["layers"]), "-" if pre is None else f"{pre:.1f}",
+                      "-" if dec is None else f"{dec:.2f}", "-" if tps is None else f"{tps:.1f}",
+                      f"{m['rss_peak_mb']:.0f}")
+        for r in result.bench.get("ratios", []):
+            dr = r.get("decode_ratio") or r.get("batch_ratio")
+            if dr is not None:
+                b.caption = (f"slim/full latency {dr:.3f} vs ideal {r['layer_ratio']:.3f} (kept layers), "
+                             f"{r['param_ratio']:.3f} (kept params); memory {r['rss_peak_ratio']:.3f}")
+        out.print(b)

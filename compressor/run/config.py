@@ -1,0 +1,119 @@
+"""``avss run``'s configuration: one typed record, from a YAML file and/or flags (flags win).
+
+Why a file: CI pipelines keep the run definition under version control and re-run it unchanged;
+``--save-config`` writes exactly what was resolved, so a run can be reproduced from its artifacts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compressor.errors import BadInput
+
+DEFAULT_SEARCH_METHODS = ["avss", "block-influence"]
+
+
+class BenchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(1, ge=1)
+    prompt_len: int = Field(128, ge=1)
+    new_tokens: int = Field(32, ge=1)
+    warmup: int = Field(2, ge=0)
+    runs: int = Field(5, ge=1)
+    threads: Optional[int] = Field(None, ge=1)
+
+
+class RunConfig(BaseModel):
+    """Everything a run depends on. ``model``, ``profile`` and ``out`` are required."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    profile: str
+    out: str
+    method: str = "avss"
+    avss_mode: Optional[str] = None
+    ratio: Optional[float] = Field(None, gt=0, lt=1)
+    num_layers: Optional[int] = Field(None, ge=1)
+    search: bool = False
+    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_SEARCH_METHODS))
+    max_remove: Optional[int] = Field(None, ge=1)
+    protect: str = "none"
+    min_retention: Optional[float] = Field(None, gt=0, le=2)
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    skip_export: bool = False
+    skip_bench: bool = False
+    device: str = "cpu"
+    dtype: str = "auto"
+    opset: int = 18
+    seed: int = 0
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    bench: BenchSettings = Field(default_factory=BenchSettings)
+
+    @model_validator(mode="after")
+    def _one_cut_rule(self):
+        given = [n for n, v in (("ratio", self.ratio), ("num_layers", self.num_layers)) if v is not None]
+        if self.search and given:
+            raise ValueError(f"search finds the cut size itself; drop {given[0]}")
+        if len(given) > 1:
+            raise ValueError("give only one of ratio and num_layers")
+        if not self.search and not given:
+            self.ratio = 0.25
+        if not self.methods:
+            raise ValueError("methods must name at least one scorer")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _validation_error(exc: ValidationError, where: str) -> BadInput:
+    e = exc.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "config"
+    return BadInput(f"{where}: {loc}: {e['msg']}", "fix that setting (see `avss run --help` and README: avss run)")
+
+
+def load_run_config(path: str | None, overrides: dict[str, Any]) -> RunConfig:
+    """Merge a YAML file (optional) with flag values; ``None`` flag values mean "not given"."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise BadInput(f"config file {path} does not exist", "check the path, or write one with --save-config")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise BadInput(f"{path} is not valid YAML ({str(exc).splitlines()[0]})", "fix the file") from exc
+        if not isinstance(loaded, dict):
+            raise BadInput(f"{path} must be a YAML mapping of settings", "see README: avss run --config")
+        data.update(loaded)
+    bench = dict(data.get("bench") or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("bench_"):
+            bench[key.removeprefix("bench_")] = value
+        else:
+            data[key] = value
+    if bench:
+        data["bench"] = bench
+    flag_cut = [f"--{k.replace('_', '-')}" for k in ("ratio", "num_layers") if overrides.get(k) is not None]
+    if overrides.get("search") and flag_cut:
+        raise BadInput(f"--search finds the cut size itself; it cannot be combined with {flag_cut[0]}",
+                       f"drop {flag_cut[0]} or --search")
+    if flag_cut:  # a fixed cut on the command line replaces the file's cut rule
+        data["search"] = False
+        data.pop("num_layers" if overrides.get("ratio") is not None else "ratio", None)
+    if overrides.get("search"):
+        data.pop("ratio", None)
+        data.pop("num_layers", None)
+    missing = [k for k in ("model", "profile", "out") if not data.get(k)]
+    if missing:
+        raise BadInput(f"avss run needs {', '.join(missing)}", "pass MODEL, --profile and --out (or set them in --config)")
+    try:
+        return RunConfig(**data)
+    except ValidationError as exc:
+        raise _validation_error(exc, path or "avss run") from exc

@@ -1,0 +1,311 @@
+"""Measure one ONNX model in a fresh process: ``python -m export._bench_worker JOB.json RESULT.json``.
+
+Why a separate process: RSS and session-creation time only describe the model in a process that has
+not loaded torch, transformers or another model. This module therefore imports only onnxruntime,
+numpy, psutil, the standard library and ``export.runtime`` (stdlib-only at import time); a test checks
+the list it reports in ``modules``.
+
+JOB keys: model, provider, threads, batch_size, prompt_len, new_tokens, warmup, runs, io_binding
+(null: on for CUDA only; true on CPU exercises the CUDA code path), seed. RESULT is either the
+measurement or ``{"error": {"kind": "bad_input" | "runtime", "problem": ..., "fix": ...}}``.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+import psutil
+
+from export import runtime
+
+MB = float(2**20)
+PAST = "past_key_values"
+PRESENT = "present"
+_KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "token_type_ids"}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class WorkerError(Exception):
+    """A problem with the model or the job the user can act on; reported, not raised, to the parent."""
+
+    def __init__(self, problem: str, fix: str, kind: str = "bad_input"):
+        self.problem, self.fix, self.kind = problem, fix, kind
+        super().__init__(f"{problem}; {fix}")
+
+
+class _MemoryInfo(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+class Nvml:
+    """Device-wide used memory through NVML via ctypes: ORT's CUDA allocations are invisible to psutil.
+
+    The reading is for the whole GPU (other processes included); the device is the first entry of
+    ``CUDA_VISIBLE_DEVICES`` when it is a number, else index 0.
+    """
+
+    def __init__(self, lib: Any, handle: ctypes.c_void_p):
+        self._lib, self._handle = lib, handle
+
+    @classmethod
+    def open(cls) -> "Nvml | None":
+        """None when the NVIDIA driver's NVML library is not installed; errors from a present NVML raise."""
+        try:
+            lib = ctypes.CDLL("libnvidia-ml.so.1")
+        except OSError:
+            return None
+        cls._check(lib.nvmlInit_v2(), "nvmlInit_v2")
+        first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        index = int(first) if first.isdigit() else 0
+        handle = ctypes.c_void_p()
+        cls._check(lib.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(index), ctypes.byref(handle)),
+                   "nvmlDeviceGetHandleByIndex_v2")
+        return cls(lib, handle)
+
+    @staticmethod
+    def _check(code: int, call: str) -> None:
+        if code != 0:
+            raise WorkerError(f"NVML {call} failed with code {code}",
+                              "check the NVIDIA driver (nvidia-smi), or use --provider cpu", kind="runtime")
+
+    def used_mb(self) -> float:
+        info = _MemoryInfo()
+        self._check(self._lib.nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(info)), "nvmlDeviceGetMemoryInfo")
+        return info.used / MB
+
+
+def nvml_used_mb() -> float | None:
+    """Device memory used now (MB), or None when NVML is absent (a CPU-only machine)."""
+    nvml = Nvml.open()
+    return None if nvml is None else nvml.used_mb()
+
+
+class PeakSampler:
+    """Samples RSS (and device memory) every ``interval`` s in a thread; used only in the memory pass,
+    because ORT's spinning intra-op threads and this thread would otherwise distort the timings."""
+
+    def __init__(self, proc: psutil.Process, nvml: Nvml | None, interval: float = 0.001):
+        self.proc, self.nvml, self.interval = proc, nvml, interval
+        self.rss_peak = 0
+        self.device_peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        self.rss_peak = max(self.rss_peak, self.proc.memory_info().rss)
+        if self.nvml is not None:
+            used = self.nvml.used_mb()
+            self.device_peak = used if self.device_peak is None else max(self.device_peak, used)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+Runner = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def plain_runner(sess: Any) -> Runner:
+    """``session.run`` with numpy feeds; outputs come back as numpy arrays."""
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(feed: dict[str, Any]) -> dict[str, Any]:
+        return dict(zip(names, sess.run(names, feed)))
+
+    return run
+
+
+def bound_runner(sess: Any, device: str, device_id: int = 0) -> Runner:
+    """IO binding: inputs copied once to ``device``, outputs left there, so present.* OrtValues are fed
+    back as past_key_values.* without a host round trip (what matters on CUDA; ``cpu`` tests the path)."""
+    import onnxruntime as ort
+
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(feed: dict[str, Any]) -> dict[str, Any]:
+        binding = sess.io_binding()
+        for name, value in feed.items():
+            if isinstance(value, np.ndarray):
+                value = ort.OrtValue.ortvalue_from_numpy(value, device, device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in names:
+            binding.bind_output(name, device, device_id)
+        sess.run_with_iobinding(binding)
+        return dict(zip(names, binding.get_outputs()))
+
+    return run
+
+
+class Workload:
+    """Random-token feeds for one graph: a decoder (past_key_values.* inputs) or an encoder."""
+
+    def __init__(self, sess: Any, batch: int, prompt_len: int, new_tokens: int, seed: int):
+        self.inputs = {i.name: i for i in sess.get_inputs()}
+        self.past = [i for i in sess.get_inputs() if i.name.startswith(PAST)]
+        unknown = sorted(set(self.inputs) - _KNOWN_INPUTS - {i.name for i in self.past})
+        if "input_ids" not in self.inputs or unknown:
+            raise WorkerError(f"unsupported graph inputs {unknown or sorted(self.inputs)} (need input_ids, "
+                              "attention_mask, optional position_ids/token_type_ids and past_key_values.*)",
+                              "bench models exported with `avss export`")
+        self.decoder = bool(self.past)
+        self.batch, self.prompt_len, self.new_tokens = batch, prompt_len, new_tokens
+        self.rng = np.random.default_rng(seed)
+
+    def _ids(self, length: int) -> np.ndarray:
+        return self.rng.integers(3, 200, (self.batch, length), dtype=np.int64)
+
+    def _empty_past(self, inp: Any) -> np.ndarray:
+        """Shape (batch, kv_heads, 0, head_dim): named dims other than the first are the sequence axis."""
+        dtype = _DTYPES.get(inp.type)
+        if dtype is None:
+            raise WorkerError(f"{inp.name} has type {inp.type}", "export in float32 or float16")
+        shape = [self.batch if k == 0 else (0 if isinstance(d, str) or d is None else int(d))
+                 for k, d in enumerate(inp.shape)]
+        if shape.count(0) != 1:
+            raise WorkerError(f"cannot build an empty past for {inp.name} with shape {inp.shape}",
+                              "export with dynamic batch and sequence axes only")
+        return np.zeros(shape, dtype)
+
+    def prompt_feed(self) -> dict[str, Any]:
+        b, p = self.batch, self.prompt_len
+        feed: dict[str, Any] = {"input_ids": self._ids(p)}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = np.ones((b, p), np.int64)
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.tile(np.arange(p, dtype=np.int64), (b, 1))
+        if "token_type_ids" in self.inputs:
+            feed["token_type_ids"] = np.zeros((b, p), np.int64)
+        for inp in self.past:
+            feed[inp.name] = self._empty_past(inp)
+        return feed
+
+    def step_feed(self, outputs: dict[str, Any], cached: int) -> dict[str, Any]:
+        """One new token per sequence after ``cached`` tokens; the previous present.* become the past."""
+        b = self.batch
+        feed: dict[str, Any] = {"input_ids": self._ids(1)}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = np.ones((b, cached + 1), np.int64)
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.full((b, 1), cached, np.int64)
+        for name, value in outputs.items():
+            if name.startswith(PRESENT):
+                feed[PAST + name[len(PRESENT):]] = value
+        return feed
+
+    def generate(self, run: Runner) -> tuple[float, list[float]]:
+        """(prompt ms, [ms per decode step]); an encoder does the prompt pass only."""
+        feed = self.prompt_feed()
+        t0 = time.perf_counter()
+        outputs = run(feed)
+        prompt_ms = (time.perf_counter() - t0) * 1e3
+        steps: list[float] = []
+        if self.decoder:
+            for k in range(self.new_tokens):
+                feed = self.step_feed(outputs, self.prompt_len + k)
+                t0 = time.perf_counter()
+                outputs = run(feed)
+                steps.append((time.perf_counter() - t0) * 1e3)
+        return prompt_ms, steps
+
+
+def _maxrss_mb() -> float:
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Session creation and memory, a timing pass (no sampler), then a one-generation memory pass."""
+    import onnxruntime as ort
+
+    proc = psutil.Process()
+    may_use_cuda = job["provider"] == "cuda" or (job["provider"] == "auto" and runtime.cuda_in_build())
+    nvml = Nvml.open() if may_use_cuda else None
+    rss_before = proc.memory_info().rss
+    dev_before = nvml.used_mb() if nvml else None
+    t0 = time.perf_counter()
+    s = runtime.make_session(job["model"], job["provider"], job["threads"])
+    create_s = time.perf_counter() - t0
+    rss_after = proc.memory_info().rss
+    dev_after = nvml.used_mb() if nvml else None
+    notes = [s.note] if s.note else []
+    if not s.on_cuda:
+        nvml, dev_before, dev_after = None, None, None
+    elif nvml is None:
+        notes.append("NVML (libnvidia-ml.so.1) was not found, so device memory was not measured")
+
+    io_binding = s.on_cuda if job["io_binding"] is None else bool(job["io_binding"])
+    run = bound_runner(s.session, "cuda" if s.on_cuda else "cpu") if io_binding else plain_runner(s.session)
+    work = Workload(s.session, job["batch_size"], job["prompt_len"], job["new_tokens"], job["seed"])
+    for _ in range(job["warmup"]):
+        work.generate(run)
+    prompt_ms: list[float] = []
+    step_ms: list[float] = []
+    for _ in range(job["runs"]):
+        p, steps = work.generate(run)
+        prompt_ms.append(p)
+        step_ms.extend(steps)
+    with PeakSampler(proc, nvml) as sampler:
+        work.generate(run)
+
+    return {
+        "provider": s.provider,
+        "notes": notes,
+        "kind": "decoder" if work.decoder else "encoder",
+        "io_binding": io_binding,
+        "threads": job["threads"],
+        "session_create_s": create_s,
+        "rss_before_session_mb": rss_before / MB,
+        "rss_after_session_mb": rss_after / MB,
+        "rss_peak_mb": max(sampler.rss_peak, rss_after) / MB,
+        "ru_maxrss_mb": _maxrss_mb(),
+        "device_mem_before_mb": dev_before,
+        "device_mem_after_mb": dev_after,
+        "device_mem_peak_mb": None if sampler.device_peak is None else max(sampler.device_peak, dev_after or 0.0),
+        "prompt_ms": prompt_ms,
+        "step_ms": step_ms,
+        "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__, "psutil": psutil.__version__},
+        "modules": sorted({m.split(".")[0] for m in sys.modules}),
+    }
+
+
+def main(argv: list[str]) -> int:
+    job_path, result_path = argv
+    with open(job_path, encoding="utf-8") as fh:
+        job = json.load(fh)
+    rc = 0
+    try:
+        result: dict[str, Any] = measure(job)
+    except (runtime.RuntimeSetupError, WorkerError) as exc:
+        result, rc = {"error": {"kind": exc.kind, "problem": exc.problem, "fix": exc.fix}}, 1
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises RuntimeFailure
+        traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        result, rc = {"error": {"kind": "runtime", "problem": f"measuring {job['model']} failed: "
+                                f"{type(exc).__name__}: {first}",
+                                "fix": "check that the model runs in ONNX Runtime (avss export verifies it)"}}, 1
+    with open(result_path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,229 @@
+"""Export a (full or slim) model to ONNX through Hugging Face Optimum, then prove it matches.
+
+Why our own check: Optimum only *warns* when its validation fails (and a pruned model whose
+``layer_idx`` was not renumbered exports "successfully"). So the export lands in a temporary folder,
+``export.parity`` compares ONNX Runtime with PyTorch on shapes the exporter never saw, and only a
+passing export is moved to ``--out``. A failing one raises ``RuntimeFailure`` (exit 3) and leaves
+nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from compressor import __version__, library_versions
+from compressor.errors import BadInput, RuntimeFailure
+from compressor.files import check_output_dir, replace_dir, staging_dir
+from export.layout import DATA_FILE, EXPORT_RECORD, ONNX_FILE, store_external_data
+
+TASKS = ("auto", "text-generation-with-past", "text-classification", "feature-extraction")
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
+COMPRESSION_FILE = "compression.json"
+EXPORT_SCHEMA = 1
+
+Stage = Callable[[str, float], None]  # (stage name, seconds) -> None, called when a stage ends
+
+
+@dataclass
+class ExportResult:
+    out: str
+    task: str
+    opset: int
+    device: str
+    dtype: str
+    num_layers: int
+    files: dict[str, int]  # name -> bytes
+    parity: Any  # export.parity.ParityReport
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["parity"] = self.parity.to_dict()
+        return d
+
+
+def resolve_task(task: str, family: str, architectures: list[str] | None) -> str:
+    """Decoders export with the KV cache (one merged graph); classifiers keep their head."""
+    if task not in TASKS:
+        raise BadInput(f"unknown export task {task!r}", f"use one of: {', '.join(TASKS)}")
+    if family == "decoder":
+        wanted = "text-generation-with-past"
+    elif any(a.endswith("ForSequenceClassification") for a in architectures or []):
+        wanted = "text-classification"
+    else:
+        wanted = "feature-extraction"
+    if task != "auto" and task != wanted:
+        raise BadInput(f"--task {task} does not fit this {family} model (its export task is {wanted})",
+                       f"use --task auto or --task {wanted}")
+    return wanted
+
+
+def check_dtype_device(dtype: str, device: str) -> str:
+    """fp16 only where it was verified to run: on CUDA, and then every export is run by the parity check.
+
+    On CPU the exporter makes invalid fp16 graphs for some architectures (GPT-2: LayerNormalization
+    with mixed float/float16 inputs), so it is refused rather than attempted.
+    """
+    if dtype not in DTYPES:
+        raise BadInput(f"unknown export dtype {dtype!r}", "use --dtype fp32 or fp16 (bf16 cannot be exported)")
+    dt = DTYPES[dtype]
+    if dt == "float16" and not device.startswith("cuda"):
+        raise BadInput("--dtype fp16 export is only supported with --device cuda (CPU fp16 graphs are invalid for "
+                       "some architectures)", "export fp32 on CPU, or use --device cuda --dtype fp16 on a GPU machine")
+    return dt
+
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The TorchScript exporter's TracerWarnings and Optimum's chatter are not for our users; stdout
+    stays reserved for data (Optimum prints some messages)."""
+    loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def export_model(
+    model: Any,
+    out: str | Path,
+    *,
+    task: str = "auto",
+    opset: int = 18,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    force: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    on_stage: Optional[Stage] = None,
+    on_start: Optional[Callable[[str], None]] = None,
+) -> ExportResult:
+    """Export ``model`` (a spec like ``builtin:smollm2-135m`` / a folder, or a ``LoadedModel``) to ``out``.
+
+    A ``LoadedModel`` is exported exactly as it is in memory, which is how a broken in-memory
+    surgery is caught by the parity check. Raises ``RuntimeFailure`` when parity does not hold.
+    """
+    from export import parity
+
+    out = check_output_dir(out, force)
+    dt = check_dtype_device(dtype, device)
+    if not 7 <= int(opset) <= 23:
+        raise BadInput(f"opset {opset} is outside what this exporter supports", "use --opset 14..23 (default 18)")
+    from export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
+
+    try:
+        check_runtime_install()  # the parity check needs ONNX Runtime: fail before the slow part
+    except RuntimeSetupError as exc:
+        raise BadInput(exc.problem, exc.fix) from exc
+    timings: dict[str, float] = {}
+    warns: list[str] = []
+
+    def stage(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 3)
+        if on_stage:
+            on_stage(name, timings[name])
+
+    def start(name: str) -> float:
+        if on_start:
+            on_start(name)
+        return time.perf_counter()
+
+    from compressor.sources.models import LoadedModel, load_model
+
+    t0 = start("load")
+    if isinstance(model, LoadedModel):
+        loaded = model
+        if loaded.dtype != dt:
+            raise BadInput(f"the model in memory is {loaded.dtype} but --dtype {dtype} was asked",
+                           f"load it with dtype={dt!r}")
+    else:
+        loaded = load_model(str(model), device=device, dtype=dt, allow_pickle=allow_pickle,
+                            trust_remote_code=trust_remote_code)
+    stage("load", t0)
+    cfg = loaded.config
+    real_task = resolve_task(task, loaded.adapter.family, getattr(cfg, "architectures", None))
+    num_layers = int(cfg.num_hidden_layers)
+    export_device = "cuda" if str(loaded.device).startswith("cuda") else "cpu"
+
+    tmp = staging_dir(out)
+    raw = tmp / "optimum"
+    final = tmp / "final"
+    try:
+        t0 = start("export")
+        from optimum.exporters.onnx import onnx_export_from_model
+
+        with _quiet_exporter():
+            try:
+                onnx_export_from_model(loaded.model, str(raw), task=real_task, opset=int(opset), device=export_device,
+                                       do_validation=False)  # our parity check below replaces it
+            except Exception as exc:  # noqa: BLE001 - the exporter raises anything
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise RuntimeFailure(f"Optimum could not export this {cfg.model_type} model: {first}",
+                                     "re-run with --debug for the traceback; check the pins in README (transformers<4.58)") from exc
+        stage("export", t0)
+
+        t0 = start("store")
+        store_external_data(raw / ONNX_FILE, final)
+        for f in sorted(raw.iterdir()):
+            if f.name not in (ONNX_FILE, DATA_FILE) and f.is_file():
+                shutil.copy2(f, final / f.name)
+        if loaded.tokenizer is not None and not (final / "tokenizer_config.json").exists():
+            loaded.tokenizer.save_pretrained(str(final))
+        src = Path(loaded.path)
+        if src.is_dir() and (src / COMPRESSION_FILE).exists():
+            shutil.copy2(src / COMPRESSION_FILE, final / COMPRESSION_FILE)
+        stage("store", t0)
+
+        t0 = start("parity")
+        parity_provider = "cpu"
+        if export_device == "cuda":
+            if cuda_in_build():
+                parity_provider = "cuda"
+            else:
+                warns.append("the installed onnxruntime has no CUDA provider, so the parity check ran the "
+                             "exported graph on CPU (install onnxruntime-gpu to check it on CUDA)")
+        try:
+            report = parity.check_parity(loaded.model, final, real_task, dtype=dt, num_layers=num_layers,
+                                         provider=parity_provider)
+        except RuntimeSetupError as exc:
+            raise RuntimeFailure(exc.problem, exc.fix) from exc
+        stage("parity", t0)
+        files = {f.name: f.stat().st_size for f in sorted(final.iterdir()) if f.is_file()}
+        result = ExportResult(str(out), real_task, int(opset), export_device, dt, num_layers, files, report, timings,
+                              warns)
+        if not report.passed:
+            raise RuntimeFailure(f"parity check failed: {report.summary()}",
+                                 "the ONNX graph does not compute what the PyTorch model computes; nothing was "
+                                 "written (re-run with --debug, or check the pruning: was layer_idx renumbered?)")
+        record = {"schema_version": EXPORT_SCHEMA, "tool": "avss-compressor", "tool_version": __version__,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
+                  **result.to_dict()}
+        record.pop("out", None)
+        (final / EXPORT_RECORD).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        result.files[EXPORT_RECORD] = (final / EXPORT_RECORD).stat().st_size
+        replace_dir(final, out)
+    except BaseException as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, (BadInput, RuntimeFailure)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
