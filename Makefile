@@ -30,6 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_overhead.py
 	$(BIN)/python benchmarks/robust_avss_comparison.py
+	$(BIN)/python benchmarks/onnx_slim_vs_full.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

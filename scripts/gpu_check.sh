@@ -20,7 +20,7 @@ OUT=${OUT:-gpu-check-out}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ "$PYTHON" != .venv/bin/python ] && ls .whl/*.whl >/dev/null 2>&1; then  # a machine without our venv
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi

@@ -100,7 +100,10 @@ def save_curve(result: SearchResult, path: str | Path, title: str) -> Path:
     tasks: list[str] = []
     for c in result.candidates:
         tasks += [t for t in c.retention if t not in tasks]
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.6), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    n = max(1, len(tasks))
+    fig, axes = plt.subplots(1, n, figsize=(max(6.5, 4.2 * n), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for method in dict.fromkeys(c.method for c in result.candidates):
             pts = sorted((c.k, c.retention[task]) for c in result.candidates if c.method == method and task in c.retention)
@@ -111,6 +114,7 @@ def save_curve(result: SearchResult, path: str | Path, title: str) -> Path:
             ax.axhline(thr, linestyle="--", color="grey", linewidth=1, label=f"threshold {thr:.2f}")
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("layers removed")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("retention")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
