@@ -21,3 +21,66 @@ def perplexity(loaded, data) -> float:
     from compressor.score.api import model_loss
 
     return math.exp(model_loss(loaded, data)[0])
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the ``with`` block runs.
+
+    A thread samples RSS every 2 ms (torch releases the GIL inside kernels, so it keeps up); the
+    increment over the RSS on entry is what the block itself needed (activations, logits).
+    """
+
+    MB = 1024 * 1024
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self.baseline = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / self.MB
+
+    @property
+    def baseline_mb(self) -> float:
+        return self.baseline / self.MB
+
+    @property
+    def increment_mb(self) -> float:
+        return (self.peak - self.baseline) / self.MB
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a benchmark's numbers (missing packages are left out)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from compressor import __version__
+
+    out = {"avss-compressor": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -34,9 +34,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PeakRSS  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
 
 MODEL = "builtin:smollm2-135m"
 BASELINES = ("forward", "body")
@@ -58,9 +59,7 @@ def _run_child(args: argparse.Namespace) -> None:
     import dataclasses
     import gc
     import resource
-    import threading
 
-    import psutil
     import torch
 
     torch.set_num_threads(args.threads)
@@ -100,42 +99,24 @@ def _run_child(args: argparse.Namespace) -> None:
     sync()
     gc.collect()
 
-    proc = psutil.Process()
-    baseline = proc.memory_info().rss
-    peak = [baseline]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            rss = proc.memory_info().rss
-            if rss > peak[0]:
-                peak[0] = rss
-            stop.wait(0.002)
-
     if cuda:
         cuda_base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     times = []
-    try:
+    with PeakRSS() as rss:
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             run(data)
             sync()
             times.append(time.perf_counter() - t0)
-    finally:
-        stop.set()
-        sampler.join()
-    peak[0] = max(peak[0], proc.memory_info().rss)
 
     out = {
         "mode": mode,
         "seconds": statistics.median(times),
         "seconds_all": times,
-        "peak_rss_mb": peak[0] / MB,
-        "baseline_rss_mb": baseline / MB,
-        "pass_rss_increment_mb": (peak[0] - baseline) / MB,
+        "peak_rss_mb": rss.peak_mb,
+        "baseline_rss_mb": rss.baseline_mb,
+        "pass_rss_increment_mb": rss.increment_mb,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "batches": len(data.batches),
         "tokens": data.tokens,

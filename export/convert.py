@@ -123,7 +123,7 @@ def export_model(
 
     out = check_output_dir(out, force)
     dt = check_dtype_device(dtype, device)
-    if not 7 <= int(opset) <= 23:
+    if not 14 <= int(opset) <= 23:
         raise BadInput(f"opset {opset} is outside what this exporter supports", "use --opset 14..23 (default 18)")
     from export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
 
