@@ -11,8 +11,11 @@ class RunView:
     """Implements ``compressor.run.api.Events`` with a rich Progress: one line per stage."""
 
     def __init__(self, console: Any):
+        # In a CI log (not a terminal) a live display prints nothing until the end: write plain lines.
+        self.live = bool(console.is_terminal)
+        self.console = console
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=False)
+                                 TimeElapsedColumn(), console=console, transient=False, disable=not self.live)
         self.current: dict[str, TaskID] = {}
 
     def __enter__(self) -> "RunView":
@@ -34,6 +37,8 @@ class RunView:
         old = self.current.get(stage)
         if old is not None:  # a sub-step of the same stage (e.g. each verify task): finish the previous bar
             self._finish(old)
+        if not self.live:
+            self.console.print(f"[bold]{escape(stage)}[/bold] {escape(label)} ...", highlight=False)
         tid = self.progress.add_task(f"[bold]{escape(stage)}[/bold] {escape(label)}", total=None)
         self.current[stage] = tid
 
@@ -47,15 +52,17 @@ class RunView:
         for other in list(self.current):  # stages run one after another: close sub-step bars left open
             self._finish(self.current.pop(other))
         text = f"[bold]{escape(stage)}[/bold] {status}: {escape(detail)}"
+        if not self.live:
+            self.console.print(f"{text} ({seconds:.1f} s)", highlight=False)
         if tid is None:
             tid = self.progress.add_task(text, total=1, completed=1)
         self._finish(tid, text)
 
     def note(self, msg: str) -> None:
-        self.progress.console.print(escape(msg), highlight=False)
+        self.console.print(escape(msg), highlight=False)
 
     def warn(self, msg: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
 
 
 def print_summary(result: Any) -> None:
