@@ -36,6 +36,7 @@ def run(
     bench_new_tokens: Annotated[Optional[int], typer.Option("--bench-new-tokens", help="Bench decode steps (default: 32).")] = None,
     bench_runs: Annotated[Optional[int], typer.Option("--bench-runs", help="Timed bench generations (default: 5).")] = None,
     bench_warmup: Annotated[Optional[int], typer.Option("--bench-warmup", help="Untimed bench generations (default: 2).")] = None,
+    bench_rounds: Annotated[Optional[int], typer.Option("--bench-rounds", help="Alternate full and slim this many times (default: 2).")] = None,
     bench_threads: Annotated[Optional[int], typer.Option("--bench-threads", help="Bench intra-op threads (default: physical cores).")] = None,
     allow_pickle: Annotated[Flag, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.", show_default=False)] = None,
     trust_remote_code: Annotated[Flag, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.", show_default=False)] = None,
@@ -54,7 +55,7 @@ def run(
                      device=device, dtype=dtype, opset=opset, seed=seed, allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code, bench_prompt_len=bench_prompt_len,
                      bench_new_tokens=bench_new_tokens, bench_runs=bench_runs, bench_warmup=bench_warmup,
-                     bench_threads=bench_threads,
+                     bench_rounds=bench_rounds, bench_threads=bench_threads,
                      methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None)
     cfg = load_run_config(config, overrides)
     if save_config:

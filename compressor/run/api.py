@@ -361,7 +361,8 @@ class _Run:
 
                     opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size,
                                         prompt_len=c.bench.prompt_len, new_tokens=c.bench.new_tokens,
-                                        warmup=c.bench.warmup, runs=c.bench.runs, threads=c.bench.threads)
+                                        warmup=c.bench.warmup, runs=c.bench.runs, rounds=c.bench.rounds,
+                                        threads=c.bench.threads)
                     rep = bench_models([str(self.out / "onnx-base"), str(self.out / "onnx")], opts,
                                        progress=self.ev.note)
                     write_json(rep, self.out / "bench.json")

@@ -23,6 +23,7 @@ class BenchSettings(BaseModel):
     new_tokens: int = Field(32, ge=1)
     warmup: int = Field(2, ge=0)
     runs: int = Field(5, ge=1)
+    rounds: int = Field(2, ge=1)  # full, slim, full, slim: a noisy machine hits both alike
     threads: Optional[int] = Field(None, ge=1)
 
 

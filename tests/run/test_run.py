@@ -6,7 +6,7 @@ import yaml
 
 from compressor.cli.app import main
 
-BENCH = ["--bench-prompt-len", "8", "--bench-new-tokens", "4", "--bench-runs", "2", "--bench-warmup", "1"]
+BENCH = ["--bench-prompt-len", "8", "--bench-new-tokens", "4", "--bench-runs", "2", "--bench-warmup", "1", "--bench-rounds", "1"]
 LAYOUT = ["scores.json", "scores.png", "model/config.json", "model/compression.json", "report.json", "report.md",
           "junit.xml", "onnx/model.onnx", "onnx/model.onnx_data", "onnx/export.json", "onnx-base/model.onnx",
           "bench.json", "bench.png", "run.json"]
