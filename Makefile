@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # torch 2.13.0 must come first, as the CPU wheel: unpinned, pip would pull a multi-GB CUDA build.
 TORCH_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench results clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_overhead.py
 	$(BIN)/python benchmarks/robust_avss_comparison.py
 	$(BIN)/python benchmarks/onnx_slim_vs_full.py
+
+results: $(STAMP)
+	$(BIN)/python benchmarks/scorers.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
