@@ -340,8 +340,10 @@ class _Run:
                     base_rec = self.store.done("export-base", base_export_key)
                     if base_rec is None or not (self.out / "onnx-base").exists():
                         t0 = time.perf_counter()
-                        b = export_model(self.base, self.out / "onnx-base", opset=c.opset, device=c.device,
-                                         force=True)
+                        # the in-memory base is reused when it is already fp32 (else reload it as fp32)
+                        src = self.base if self.base.dtype == "float32" else c.model
+                        b = export_model(src, self.out / "onnx-base", opset=c.opset, device=c.device, force=True,
+                                         allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
                         self.store.save("export-base", base_export_key, ["onnx-base"], t0,
                                         {"parity": b.parity.to_dict()})
                     outs.append("onnx-base")

@@ -235,3 +235,14 @@ def test_bad_run_input(argv, needle, capsys, tmp_path, monkeypatch):
     errors = [l for l in err.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_bf16_run_exports_fp32_reference(tiny, tmp_path, ppl_profile, capsys):
+    """Score/verify in bf16 (the CUDA default); the full model is re-loaded in fp32 for its export."""
+    out = tmp_path / "art"
+    code, _, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.5)), "--out", str(out),
+                        "--num-layers", "1", "--dtype", "bfloat16", *BENCH], capsys)
+    assert code == 0, err
+    for d in ("onnx", "onnx-base"):
+        rec = json.loads((out / d / "export.json").read_text())
+        assert rec["dtype"] == "float32" and rec["parity"]["passed"]
