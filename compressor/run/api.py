@@ -173,17 +173,18 @@ class _Run:
             self.ev.warn(w)
         del clone
 
-    def _verify(self, folder: Path, profile: Any, cb_label: str) -> Any:
+    def _load_candidate(self, folder: Path) -> Any:
         from compressor.sources.models import load_model
+
+        return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype)
+
+    def _verify(self, cand: Any, profile: Any, cb_label: str) -> Any:
         from compressor.verify.api import verify
 
         c = self.cfg
-        cand = load_model(str(folder), device=c.device, dtype=c.dtype)
-        bars: dict[str, Any] = {}
 
         def progress(name: str):
-            bars[name] = self.ev.start("verify", f"{cb_label}: {name}")
-            return bars[name]
+            return self.ev.start("verify", f"{cb_label}: {name}")
 
         return verify(self.base, cand, profile, profile_path=c.profile, min_retention=c.min_retention,
                       progress=progress)
@@ -242,9 +243,10 @@ class _Run:
         rets: dict[str, float] = {}
         thr: dict[str, float] = {}
         passed, complete = True, True
+        cand = self._load_candidate(folder)  # once per candidate, not once per task
         for i, task in enumerate(prof.tasks):
             sub = prof.model_copy(update={"tasks": [task]})
-            rep = self._verify(folder, sub, f"search {method} k={k}")
+            rep = self._verify(cand, sub, f"search {method} k={k}")
             t = rep.tasks[0]
             rets[t.name], thr[t.name] = t.gated_value, t.threshold
             if not t.passed and prof.gate.aggregate == "all":
@@ -306,7 +308,7 @@ class _Run:
         def verify_work(cb):
             from compressor.verify.report import write_reports
 
-            rep = self._verify(self.out / "model", self.profile, "verify")
+            rep = self._verify(self._load_candidate(self.out / "model"), self.profile, "verify")
             write_reports(rep, self.out)
             if c.search:
                 from compressor.run.search import to_markdown

@@ -19,21 +19,31 @@ from compressor.verify.report import TaskResult, VerifyReport
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
 def fingerprint(loaded: Any) -> str:
-    """Content hash of the model's config and weights (a Hub id without a local folder: the id)."""
+    """Content hash of the model's config and weights (a Hub id without a local folder: the id).
+
+    Memoised per (file, size, mtime) set: a search verifies the same base model many times.
+    """
     p = Path(loaded.path)
     h = hashlib.sha256()
     if not p.is_dir():
         h.update(f"hub:{loaded.path}".encode())
         return h.hexdigest()
-    for f in sorted(p.iterdir()):
-        if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
-            h.update(f.name.encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+    files = [f for f in sorted(p.iterdir()) if f.name == "config.json" or f.suffix in (".safetensors", ".bin")]
+    memo_key = (str(p.resolve()), loaded.dtype, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if memo_key in _FINGERPRINTS:
+        return _FINGERPRINTS[memo_key]
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
     h.update(f"dtype={loaded.dtype}".encode())
-    return h.hexdigest()
+    _FINGERPRINTS[memo_key] = h.hexdigest()
+    return _FINGERPRINTS[memo_key]
 
 
 def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
