@@ -1,5 +1,6 @@
-"""ONNX export (through Hugging Face Optimum) and the ONNX Runtime benchmark.
+"""ONNX export (through Hugging Face Optimum, with our own parity check) and the ONNX Runtime benchmark.
 
-Filled by the export/bench issue; the foundation only reserves the package so the layout
-(score -> prune -> verify -> export -> bench) is fixed from the start.
+``convert.export_model`` -> ``parity.check_parity``; ``bench.bench_models`` measures each model in a
+fresh ``_bench_worker`` process; ``runtime`` owns ONNX Runtime install/provider checks, ``layout``
+how an export folder is stored.
 """
