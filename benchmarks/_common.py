@@ -68,19 +68,3 @@ class PeakRSS:
     @property
     def increment_mb(self) -> float:
         return (self.peak - self.baseline) / self.MB
-
-
-def versions() -> dict[str, str]:
-    """Versions of what produced a benchmark's numbers (missing packages are left out)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    from compressor import __version__
-
-    out = {"avss-compressor": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out

@@ -42,8 +42,10 @@ from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakRSS, versions  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
+from _common import PeakRSS  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
 from _scorers_report import render  # noqa: E402
+
+from compressor import library_versions  # noqa: E402
 
 START = time.perf_counter()
 
@@ -448,7 +450,7 @@ def main() -> None:
         "command": "python benchmarks/scorers.py" + (" --quick" if args.quick else "")
                    + (f" --minilm {minilm}" if args.minilm else ""),
         "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine(), "versions": versions(), "gate": None, "models": [],
+        "machine": machine(), "versions": library_versions(), "gate": None, "models": [],
     }
     from compressor.sources.cache import cache_dir
 

@@ -33,12 +33,8 @@ _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "token_type_ids"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class WorkerError(Exception):
-    """A problem with the model or the job the user can act on; reported, not raised, to the parent."""
-
-    def __init__(self, problem: str, fix: str, kind: str = "bad_input"):
-        self.problem, self.fix, self.kind = problem, fix, kind
-        super().__init__(f"{problem}; {fix}")
+class WorkerError(runtime.RuntimeSetupError):
+    """A problem with the model or the job (not the install); reported, not raised, to the parent."""
 
 
 class _MemoryInfo(ctypes.Structure):
@@ -178,9 +174,8 @@ class Workload:
         dtype = _DTYPES.get(inp.type)
         if dtype is None:
             raise WorkerError(f"{inp.name} has type {inp.type}", "export in float32 or float16")
-        shape = [self.batch if k == 0 else (0 if isinstance(d, str) or d is None else int(d))
-                 for k, d in enumerate(inp.shape)]
-        if shape.count(0) != 1:
+        shape = runtime.empty_past_shape(inp.shape, self.batch)
+        if shape is None:
             raise WorkerError(f"cannot build an empty past for {inp.name} with shape {inp.shape}",
                               "export with dynamic batch and sequence axes only")
         return np.zeros(shape, dtype)
@@ -294,7 +289,7 @@ def main(argv: list[str]) -> int:
     rc = 0
     try:
         result: dict[str, Any] = measure(job)
-    except (runtime.RuntimeSetupError, WorkerError) as exc:
+    except runtime.RuntimeSetupError as exc:  # WorkerError included
         result, rc = {"error": {"kind": exc.kind, "problem": exc.problem, "fix": exc.fix}}, 1
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises RuntimeFailure
         traceback.print_exc()

@@ -27,18 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from compressor.errors import AvssError, BadInput, RuntimeFailure
+from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import atomic_write_figure, atomic_write_text
+from compressor.prune.surgery import COMPRESSION_FILE
 from export import layout, runtime
 
 SCHEMA_VERSION = 1
 WORKER = "export._bench_worker"
-COMPRESSION_FILE = "compression.json"
-
-
-def _setup_error(exc: runtime.RuntimeSetupError) -> AvssError:
-    cls = BadInput if exc.kind == "bad_input" else RuntimeFailure
-    return cls(exc.problem, exc.fix)
 
 
 @dataclass
@@ -228,8 +223,7 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
                                  "check free memory (a killed worker exits with -9) and re-run")
         result = json.loads(result_file.read_text(encoding="utf-8"))
     if "error" in result:
-        e = result["error"]
-        raise (BadInput if e["kind"] == "bad_input" else RuntimeFailure)(e["problem"], e["fix"])
+        raise runtime.RuntimeSetupError(**result["error"]).as_avss_error()
     return result
 
 
@@ -339,7 +333,7 @@ def bench_models(paths: list[str], options: BenchOptions,
     try:
         runtime.check_provider_request(options.provider)
     except runtime.RuntimeSetupError as exc:
-        raise _setup_error(exc) from exc
+        raise exc.as_avss_error() from exc
     say = progress or (lambda msg: None)
     targets = [_resolve(p) for p in paths]
     threads = options.resolved_threads()

@@ -22,11 +22,11 @@ from typing import Any, Callable, Optional
 from compressor import __version__, library_versions
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import check_output_dir, replace_dir, staging_dir
+from compressor.prune.surgery import COMPRESSION_FILE
 from export.layout import DATA_FILE, EXPORT_RECORD, ONNX_FILE, store_external_data
 
 TASKS = ("auto", "text-generation-with-past", "text-classification", "feature-extraction")
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
-COMPRESSION_FILE = "compression.json"
 EXPORT_SCHEMA = 1
 
 Stage = Callable[[str, float], None]  # (stage name, seconds) -> None, called when a stage ends
@@ -130,7 +130,7 @@ def export_model(
     try:
         check_runtime_install()  # the parity check needs ONNX Runtime: fail before the slow part
     except RuntimeSetupError as exc:
-        raise BadInput(exc.problem, exc.fix) from exc
+        raise exc.as_avss_error() from exc
     timings: dict[str, float] = {}
     warns: list[str] = []
 
@@ -202,7 +202,7 @@ def export_model(
             report = parity.check_parity(loaded.model, final, real_task, dtype=dt, num_layers=num_layers,
                                          provider=parity_provider)
         except RuntimeSetupError as exc:
-            raise RuntimeFailure(exc.problem, exc.fix) from exc
+            raise exc.as_avss_error() from exc
         stage("parity", t0)
         files = {f.name: f.stat().st_size for f in sorted(final.iterdir()) if f.is_file()}
         result = ExportResult(str(out), real_task, int(opset), export_device, dt, num_layers, files, report, timings,

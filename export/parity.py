@@ -125,6 +125,8 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
     import numpy as np
     import torch
 
+    from export.runtime import empty_past_shape
+
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]
     presents = [n for n in outputs if n.startswith("present")]
@@ -145,8 +147,7 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
         for name, inp in inputs.items():
             if name.startswith("past_key_values"):
                 if past is None:
-                    shape = [ids_.shape[0] if d == "batch_size" else (0 if isinstance(d, str) else d) for d in inp.shape]
-                    f[name] = np.zeros(shape, fdt)
+                    f[name] = np.zeros(empty_past_shape(inp.shape, ids_.shape[0]), fdt)
                 else:
                     f[name] = past[name.replace("past_key_values", "present")]
         return f

@@ -29,6 +29,19 @@ class RuntimeSetupError(Exception):
         self.problem, self.fix, self.kind = problem, fix, kind
         super().__init__(f"{problem}; {fix}")
 
+    def as_avss_error(self) -> Exception:
+        """The ``compressor.errors`` type for ``kind`` (imported here, never by the worker)."""
+        from compressor.errors import BadInput, RuntimeFailure
+
+        return (BadInput if self.kind == "bad_input" else RuntimeFailure)(self.problem, self.fix)
+
+
+def empty_past_shape(dims: list, batch: int) -> list[int] | None:
+    """Shape of an empty ``past_key_values.*`` input, (batch, kv_heads, 0, head_dim), from the graph's
+    declared dims (named or unknown dims after the first are the sequence axis); None if ambiguous."""
+    shape = [batch if k == 0 else (0 if isinstance(d, str) or d is None else int(d)) for k, d in enumerate(dims)]
+    return shape if shape.count(0) == 1 else None
+
 
 def installed_runtimes() -> list[str]:
     """Which ONNX Runtime distributions pip installed (0, 1 or, wrongly, 2)."""

@@ -337,7 +337,7 @@ class _Run:
 
                 res = export_model(str(self.out / "model"), self.out / "onnx", opset=c.opset, device=c.device,
                                    force=True)
-                outs, info = ["onnx"], {"parity": res.parity.to_dict(), "slim_seconds": sum(res.timings.values())}
+                outs, info = ["onnx"], {"parity": res.parity.to_dict()}
                 if not c.skip_bench:
                     base_rec = self.store.done("export-base", base_export_key)
                     if base_rec is None or not (self.out / "onnx-base").exists():
