@@ -353,8 +353,8 @@ def speed_tables(results: dict[str, Any]) -> list[str]:
                   f"{sp['threads']} threads)", ""]
         lines += table(["scorer", "forward passes", "time (s)", "× forward", "peak RSS (MB)", "× forward"], rows) + [""]
     lines += ["### ONNX Runtime (CPU)", "",
-              "Exported with `export.convert.export_model` (parity-checked against PyTorch) and measured with "
-              "`export.bench.bench_models`, each model in a fresh process, models alternated. Latency depends on "
+              "Exported with `compressor.export.convert.export_model` (parity-checked against PyTorch) and measured with "
+              "`compressor.export.bench.bench_models`, each model in a fresh process, models alternated. Latency depends on "
               "the number of layers only, so one cut per size is measured and stands for every scorer's cut of "
               "that size. Ideal = kept-layer share; vs ideal = latency ratio / ideal (1.0 = the cut's full gain).", ""]
     for m in results["models"]:

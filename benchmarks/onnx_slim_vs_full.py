@@ -34,8 +34,8 @@ def main() -> None:
     from compressor.score.api import score_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
-    from export.bench import BenchOptions, bench_models
-    from export.convert import export_model
+    from compressor.export.bench import BenchOptions, bench_models
+    from compressor.export.convert import export_model
 
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="avss-onnx-bench-"))

@@ -255,8 +255,8 @@ def classifier_record(path: str) -> dict[str, Any] | None:
 
 def bench_cuts(plan: ModelPlan, base: Any, cuts: dict[int, dict[str, Any]], work: Path, quick: bool) -> dict[str, Any]:
     """Export the full model and one cut per distinct size to ONNX, then benchmark them together."""
-    from export.bench import BenchOptions, bench_models
-    from export.convert import export_model
+    from compressor.export.bench import BenchOptions, bench_models
+    from compressor.export.convert import export_model
 
     folders = [work / f"{plan.key}-onnx-full"]
     log(f"{plan.key}: exporting the full model to ONNX")

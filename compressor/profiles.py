@@ -6,7 +6,7 @@ One schema, validated strictly (unknown keys refused) so a typo never silently d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -109,6 +109,9 @@ class GateSection(_Strict):
     aggregate: Literal["all", "mean"] = "all"
     confidence: float | None = Field(None, gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(1000, ge=100)
+    # a task whose base model scores 0 (accuracy-like metrics) has no defined retention: by default
+    # that is bad input (exit 2); ``report`` keeps it in the reports, marked and not gating
+    zero_base: Literal["error", "report"] = "error"
 
 
 class EvalSection(_Strict):

@@ -1,8 +1,8 @@
-"""Measure one ONNX model in a fresh process: ``python -m export._bench_worker JOB.json RESULT.json``.
+"""Measure one ONNX model in a fresh process: ``python -m compressor.export._bench_worker JOB.json RESULT.json``.
 
 Why a separate process: RSS and session-creation time only describe the model in a process that has
 not loaded torch, transformers or another model. This module therefore imports only onnxruntime,
-numpy, psutil, the standard library and ``export.runtime`` (stdlib-only at import time); a test checks
+numpy, psutil, the standard library and ``compressor.export.runtime`` (stdlib-only at import time); a test checks
 the list it reports in ``modules``.
 
 JOB keys: model, provider, threads, batch_size, prompt_len, new_tokens, warmup, runs, io_binding
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import psutil
 
-from export import runtime
+from compressor.export import runtime
 
 MB = float(2**20)
 PAST = "past_key_values"

@@ -1,10 +1,10 @@
 """Benchmark exported ONNX models with ONNX Runtime: latency and memory, full vs slim.
 
 Method (why each step):
-- every model is measured in a fresh subprocess (``export._bench_worker``) that imports only
+- every model is measured in a fresh subprocess (``compressor.export._bench_worker``) that imports only
   onnxruntime, numpy and psutil, so RSS and session time describe the model, not our imports;
 - models whose weights sit inside ``model.onnx`` are first re-saved with external data in a temporary
-  folder: the two layouts differ ~1.7x in RSS and ~3x in session time (``export.layout``);
+  folder: the two layouts differ ~1.7x in RSS and ~3x in session time (``compressor.export.layout``);
 - ``intra_op_num_threads`` is fixed and recorded; timings run without a sampling thread (ORT threads
   spin and would compete with it) and peak memory is sampled in a separate one-generation pass;
 - with ``rounds > 1`` models are measured alternately (A, B, A, B, ...) and samples pooled, because
@@ -30,10 +30,10 @@ from typing import Any, Callable
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import atomic_write_figure, atomic_write_text
 from compressor.prune.surgery import COMPRESSION_FILE
-from export import layout, runtime
+from compressor.export import layout, runtime
 
 SCHEMA_VERSION = 1
-WORKER = "export._bench_worker"
+WORKER_FILE = str(Path(__file__).resolve().with_name("_bench_worker.py"))
 
 
 @dataclass
@@ -205,18 +205,18 @@ def _restage(t: _Target, folder: Path) -> Path:
 
 
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """Run ``export._bench_worker`` on one job (keys: see that module) and return its result.
+    """Run ``compressor.export._bench_worker`` on one job (keys: see that module) and return its result.
 
     A worker that reports an error raises BadInput / RuntimeFailure by its kind; one that dies
     (e.g. killed for memory) raises RuntimeFailure with the end of its stderr.
     """
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     with tempfile.TemporaryDirectory(prefix="avss-bench-job-") as tmp:
         job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(json.dumps(job), encoding="utf-8")
-        proc = subprocess.run([sys.executable, "-m", WORKER, str(job_file), str(result_file)],
-                              env=env, capture_output=True, text=True)
+        # by absolute path, isolated (-I: neither the working directory nor PYTHONPATH on sys.path), so a
+        # user's own export.py / compressor.py / onnxruntime.py in the working directory is never run instead
+        proc = subprocess.run([sys.executable, "-I", WORKER_FILE, str(job_file), str(result_file)],
+                              capture_output=True, text=True)
         if not result_file.exists():
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeFailure(f"the benchmark worker for {job['model']} exited with code {proc.returncode}: {tail}",

@@ -2,7 +2,7 @@
 
 Why our own check: Optimum only *warns* when its validation fails (and a pruned model whose
 ``layer_idx`` was not renumbered exports "successfully"). So the export lands in a temporary folder,
-``export.parity`` compares ONNX Runtime with PyTorch on shapes the exporter never saw, and only a
+``compressor.export.parity`` compares ONNX Runtime with PyTorch on shapes the exporter never saw, and only a
 passing export is moved to ``--out``. A failing one raises ``RuntimeFailure`` (exit 3) and leaves
 nothing behind.
 """
@@ -23,7 +23,7 @@ from compressor import __version__, library_versions
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import check_output_dir, replace_dir, staging_dir
 from compressor.prune.surgery import COMPRESSION_FILE
-from export.layout import DATA_FILE, EXPORT_RECORD, ONNX_FILE, store_external_data
+from compressor.export.layout import DATA_FILE, EXPORT_RECORD, ONNX_FILE, store_external_data
 
 TASKS = ("auto", "text-generation-with-past", "text-classification", "feature-extraction")
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
@@ -41,7 +41,7 @@ class ExportResult:
     dtype: str
     num_layers: int
     files: dict[str, int]  # name -> bytes
-    parity: Any  # export.parity.ParityReport
+    parity: Any  # compressor.export.parity.ParityReport
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -119,13 +119,13 @@ def export_model(
     A ``LoadedModel`` is exported exactly as it is in memory, which is how a broken in-memory
     surgery is caught by the parity check. Raises ``RuntimeFailure`` when parity does not hold.
     """
-    from export import parity
+    from compressor.export import parity
 
     out = check_output_dir(out, force)
     dt = check_dtype_device(dtype, device)
     if not 14 <= int(opset) <= 23:
         raise BadInput(f"opset {opset} is outside what this exporter supports", "use --opset 14..23 (default 18)")
-    from export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
+    from compressor.export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
 
     try:
         check_runtime_install()  # the parity check needs ONNX Runtime: fail before the slow part

@@ -99,7 +99,7 @@ def _positions(mask):
 def check_parity(model: Any, folder: str | Path, task: str, *, dtype: str, num_layers: int,
                  provider: str = "cpu") -> ParityReport:
     """Run every check; never raises for a mismatch (the report says what failed)."""
-    from export.runtime import make_session
+    from compressor.export.runtime import make_session
 
     sess = make_session(str(Path(folder) / "model.onnx"), provider)
     report = ParityReport(sess.provider, dtype)
@@ -125,7 +125,7 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
     import numpy as np
     import torch
 
-    from export.runtime import empty_past_shape
+    from compressor.export.runtime import empty_past_shape
 
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]

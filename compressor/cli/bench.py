@@ -10,7 +10,7 @@ from compressor.cli import options as o
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from export.bench import BenchReport, Percentiles
+    from compressor.export.bench import BenchReport, Percentiles
 
 
 def bench(
@@ -30,7 +30,7 @@ def bench(
     import time
 
     from compressor.cli.output import note, out
-    from export.bench import BenchOptions, bench_models, output_paths, save_plot, write_json
+    from compressor.export.bench import BenchOptions, bench_models, output_paths, save_plot, write_json
 
     options = BenchOptions(provider=provider, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens,
                            warmup=warmup, runs=runs, rounds=rounds, threads=threads)

@@ -22,7 +22,7 @@ def export(
     from rich.table import Table
 
     from compressor.cli.output import note, out as stdout, warn
-    from export.convert import export_model
+    from compressor.export.convert import export_model
 
     def started(stage: str) -> None:
         note(f"{stage} ...")

@@ -68,7 +68,7 @@ def run(
     print_summary(result)
     note(f"artifacts in {cfg.out}/ (run.json records the configuration, versions and timings)")
     if result.exit_code == 1:
-        failed = [f"{t['name']} {t['retention']:.3f} < {t['threshold']:.2f}" for t in result.tasks if not t["passed"]]
+        failed = [f"{t['name']} {t['retention']:.3f} < {t['threshold']:.2f}" for t in result.tasks if t["passed"] is False]
         what = "no cut passes the gate" if cfg.search and not (result.search or {}).get("chosen") else "retention gate failed"
         raise GateFailed(f"{what} ({', '.join(failed) or result.verdict}); every artifact was still written",
                          f"see {cfg.out}/report.md")

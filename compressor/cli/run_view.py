@@ -69,6 +69,7 @@ def print_summary(result: Any) -> None:
     from rich.table import Table
 
     from compressor.cli.output import out
+    from compressor.verify.report import result_word
 
     t = Table(title=f"avss run: {result.config['model']} -> {result.out} ({result.method_label}, "
                     f"removed {len(result.removed)}: {result.removed})")
@@ -82,8 +83,8 @@ def print_summary(result: Any) -> None:
         for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result"):
             v.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
         for r in result.tasks:
-            v.add_row(r["name"], r["metric"], f"{r['base']:.4g}", f"{r['candidate']:.4g}", f"{r['retention']:.3f}",
-                      f"{r['threshold']:.2f}", "pass" if r["passed"] else "[red]FAIL[/red]")
+            v.add_row(r["name"], r["metric"], f"{r['base']:.4g}", f"{r['candidate']:.4g}", "n/a" if r["retention"] is None else f"{r['retention']:.3f}",
+                      f"{r['threshold']:.2f}", result_word(r["passed"], "[red]FAIL[/red]", r["retention"]))
         out.print(v)
     if result.bench:
         b = Table(title=f"bench: ONNX Runtime, {result.bench['provider']}")

@@ -28,6 +28,7 @@ def verify(
     from compressor.errors import GateFailed
     from compressor.profiles import load_profile
     from compressor.verify.api import verify as run_verify
+    from compressor.verify.report import result_word
     from compressor.verify.report import write_reports
 
     prof = load_profile(profile)
@@ -47,9 +48,10 @@ def verify(
     for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result", "agreement", "n"):
         t.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
     for r in report.tasks:
-        ret = f"{r.retention:.3f}" + (f" (≥{r.retention_lower:.3f})" if r.retention_lower is not None else "")
+        ret = ("n/a" if r.retention is None else f"{r.retention:.3f}") + (
+            f" (≥{r.retention_lower:.3f})" if r.retention_lower is not None else "")
         t.add_row(r.name, r.metric, f"{r.base:.4g}", f"{r.candidate:.4g}", ret, f"{r.threshold:.2f}",
-                  "pass" if r.passed else "[red]FAIL[/red]", f"{r.agreement:.3f}", str(r.n))
+                  result_word(r.passed, "[red]FAIL[/red]", r.retention), f"{r.agreement:.3f}", str(r.n))
     out.print(t)
     for w in report.warnings:
         warn(w)

@@ -130,8 +130,12 @@ def select_layers(
     if k > len(candidates):
         raise BadInput(f"cannot remove {k} layers: only {len(candidates)} are not protected",
                        "remove fewer layers or protect fewer")
-    if method == "angular" and getattr(report, "extra", {}).get("angular_distance_matrix"):
-        removed = _contiguous_block(report.extra["angular_distance_matrix"], L, k, set(prot))
+    if method == "angular":
+        matrix = (getattr(report, "extra", None) or {}).get("angular_distance_matrix")
+        if not matrix:  # never fall back to a scattered cut: angular scores only mean something as blocks
+            raise BadInput("these angular scores carry no angular_distance_matrix, which the contiguous-block "
+                           "cut needs", "re-score with `avss score --method angular` (this version writes it)")
+        removed = _contiguous_block(matrix, L, k, set(prot))
         rule = f"{rule} (contiguous block)"
     else:
         removed = sorted(candidates, key=lambda i: (scores[i], i))[:k]

@@ -1,13 +1,13 @@
 """``run``: score -> select -> prune -> verify -> export (+ parity) -> bench, into one artifact folder.
 
-The stages are the same library calls the single commands make; this module only orders them,
-keys them for resume (``stages.py``) and writes ``run.json``. A failed gate is a result, not an
+The stages are the same library calls the single commands make; this module declares each one
+(its inputs, its outputs, its work: ``stages.py`` derives the resume key from the inputs' content),
+orders them and writes ``run.json``. A failed gate is a result, not an
 error: every artifact is still written and ``RunResult.exit_code`` is 1.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import time
@@ -15,14 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from compressor import __version__, library_versions
+from compressor import library_versions
 from compressor.errors import EXIT_GATE_FAILED, EXIT_OK, AvssError, BadInput
-from compressor.files import atomic_write_text, replace_dir, staging_dir
+from compressor.files import atomic_write_text
 from compressor.run.config import RunConfig
 from compressor.run.search import STRATEGY, Candidate, SearchResult, save_curve, search_method
-from compressor.run.stages import StageStore, key_of
+from compressor.run.stages import Data, Files, Input, Model, Setting, Stage, StageStore, input_digests, stage_key
 
-STAGES = ("score", "select", "prune", "verify", "export", "bench")
 RUN_FILE = "run.json"
 RUN_SCHEMA = 1
 
@@ -80,10 +79,6 @@ class RunResult:
 
 
 
-def _file_hash(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 class _Run:
     def __init__(self, cfg: RunConfig, force: bool, events: Events):
         self.cfg, self.ev = cfg, events
@@ -91,23 +86,28 @@ class _Run:
         self.store = StageStore(self.out, force)
         self.result = RunResult(str(self.out), cfg.model_dump(mode="json"))
         self.base: Any = None
+        self.search_result: SearchResult | None = None
 
-    # --- bookkeeping -------------------------------------------------------------------------
-    def _stage(self, name: str, key: str, label: str, work: Callable[[Callable | None], tuple[list[str], dict[str, Any], str]]) -> dict[str, Any]:
-        """Run ``work`` unless a record with ``key`` exists; returns the stage's result dict."""
-        rec = self.store.done(name, key)
+    # --- the one stage runner ----------------------------------------------------------------
+    def run_stage(self, stage: Stage) -> dict[str, Any]:
+        """Resume ``stage`` if its content key and its outputs are unchanged, else run it."""
+        digests = input_digests(stage)
+        key = stage_key(stage.name, digests)
+        rec = self.store.done(stage.name, key)
         if rec is not None:
             detail = rec.result.get("detail", "")
-            self.ev.end(name, "resumed", 0.0, detail)
-            self.result.stages.append(StageInfo(name, "resumed", 0.0, detail))
+            self.ev.end(stage.name, "resumed", 0.0, detail)
+            self.result.stages.append(StageInfo(stage.name, "resumed", 0.0, detail))
             return rec.result
+        why = self.store.why_rerun(stage.name, key, digests)
+        if why:
+            self.ev.note(f"{stage.name}: running again ({why})")
         t0 = time.perf_counter()
-        cb = self.ev.start(name, label)
-        outputs, res, detail = work(cb)
+        res, detail = stage.work(self.ev.start(stage.name, stage.label))
         res = {**res, "detail": detail}
-        rec = self.store.save(name, key, outputs, t0, res)
-        self.ev.end(name, "ran", rec.seconds, detail)
-        self.result.stages.append(StageInfo(name, "ran", rec.seconds, detail))
+        rec = self.store.save(stage, key, digests, t0, res)
+        self.ev.end(stage.name, "ran", rec.seconds, detail)
+        self.result.stages.append(StageInfo(stage.name, "ran", rec.seconds, detail))
         return res
 
     def _skip(self, name: str, why: str) -> None:
@@ -120,47 +120,74 @@ class _Run:
              "versions": library_versions(), **self.result.to_dict()}
         atomic_write_text(self.out / RUN_FILE, json.dumps(d, indent=2, allow_nan=False, default=str) + "\n")
 
-    # --- the pipeline ------------------------------------------------------------------------
+    # --- inputs shared by several stages -----------------------------------------------------
+    def prepare(self) -> None:
+        """Everything that can be checked without a model is checked here, before any stage runs."""
+        from compressor.profiles import load_profile
+        from compressor.score import methods
+        from compressor.sources.data import read_documents
+        from compressor.verify.api import task_data_digest
+
+        c = self.cfg
+        self.profile = load_profile(c.profile)
+        for m in (c.methods if c.search else [c.method]):
+            methods.get_scorer(m)
+            methods.check_mode(m, c.avss_mode if m == "avss" else None)
+        cal = self.profile.calibration
+        self.calibration = Data(lambda: read_documents(cal.source, cal.text_field, "calibration"))
+        self.task_data = Data(lambda: task_data_digest(self.profile))
+        self.task_data.digest()  # a missing or malformed task file fails now, not after pruning
+        gate = self.profile.model_dump(mode="json", exclude={"calibration", "description"})
+        self.gate_inputs: dict[str, Input] = {
+            "profile": Setting(gate), "tasks": self.task_data, "calibration_data": self.calibration,
+            "min_retention": Setting(c.min_retention), "load": Setting({"device": c.device, "dtype": c.dtype})}
+
     def load_base(self) -> None:
         from compressor.sources.models import load_model
-        from compressor.verify.api import fingerprint
 
         c = self.cfg
         self.ev.note(f"loading {c.model} ...")
         self.base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
                                trust_remote_code=c.trust_remote_code)
-        self.base_fp = fingerprint(self.base)
         self.ev.note(f"loaded {self.base.config.model_type} with {self.base.num_layers} layers on "
                      f"{self.base.device} ({self.base.dtype})")
 
-    def score(self, method: str, scores_path: Path, stage_name: str = "score") -> tuple[Any, str]:
-        """Score with ``method`` into ``scores_path``; returns (ScoreReport, stage key)."""
+    # --- stage declarations ------------------------------------------------------------------
+    def score_stage(self, method: str, scores_path: Path, name: str = "score") -> Stage:
         from compressor.score import methods
-        from compressor.score.report import ScoreReport
 
         c = self.cfg
         mode = methods.check_mode(method, c.avss_mode if method == "avss" else None)
-        calib = self.profile.calibration.model_dump(mode="json")
-        key = key_of("score", self.base_fp, c.device, method, mode, calib, c.seed, __version__)
-        rel = str(scores_path.relative_to(self.out))
+        needs_data = methods.get_scorer(method).needs_data
+        rel = scores_path.relative_to(self.out).as_posix()
 
         def work(cb):
             from compressor.score.api import score_layers
             from compressor.sources.data import CalibrationSpec, load_calibration
 
             data = None
-            if methods.get_scorer(method).needs_data:
+            if needs_data:
                 spec = CalibrationSpec(**self.profile.calibration.model_dump())
                 data = load_calibration(spec, self.base.tokenizer, self.base.adapter.family)
             report = score_layers(self.base, method, mode=mode, data=data, seed=c.seed, progress=cb)
             for w in report.warnings:
                 self.ev.warn(w)
             report.save(scores_path)
-            return [rel], {}, f"{report.label}: lowest {report.ranking[:5]}"
+            return {}, f"{report.label}: lowest {report.ranking[:5]}"
 
+        inputs: dict[str, Input] = {"model": Model(self.base), "method": Setting([method, mode, c.seed]),
+                                    "device": Setting(c.device)}
+        if needs_data:
+            inputs.update(calibration=Setting(self.profile.calibration.model_dump(mode="json")),
+                          calibration_data=self.calibration)
         label = f"{method} ({mode})" if mode else method
-        self._stage(stage_name, key, f"scoring layers: {label}", work)
-        return ScoreReport.load(scores_path), key
+        return Stage(name, f"scoring layers: {label}", inputs, (rel,), work)
+
+    def score(self, method: str, scores_path: Path, name: str = "score") -> Any:
+        from compressor.score.report import ScoreReport
+
+        self.run_stage(self.score_stage(method, scores_path, name))
+        return ScoreReport.load(scores_path)
 
     def _prune_to(self, removed: list[int], folder: Path, provenance: dict[str, Any]) -> None:
         from compressor.prune.surgery import prune_model
@@ -178,52 +205,74 @@ class _Run:
 
         return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype)
 
-    def _verify(self, cand: Any, profile: Any, cb_label: str) -> Any:
+    def _verify(self, cand: Any, label: str, stop_at_failure: bool = False) -> Any:
         from compressor.verify.api import verify
 
-        c = self.cfg
-
         def progress(name: str):
-            return self.ev.start("verify", f"{cb_label}: {name}")
+            return self.ev.start("verify", f"{label}: {name}")
 
-        return verify(self.base, cand, profile, profile_path=c.profile, min_retention=c.min_retention,
-                      progress=progress)
+        return verify(self.base, cand, self.profile, profile_path=self.cfg.profile,
+                      min_retention=self.cfg.min_retention, progress=progress, stop_at_failure=stop_at_failure)
 
-    def run_search(self) -> tuple[Any, list[int], str]:
-        """Returns (ScoreReport of the chosen scorer, removed layers, score key)."""
-        from compressor.prune.select import select_layers
+    def candidate_stage(self, method: str, k: int, removed: list[int], rep: Any) -> Stage:
+        """One ``--search`` candidate: cut, verify (stop at the first failing task), discard the cut."""
+
+        def work(cb):
+            folder = self.out / ".search" / f"{method}-k{k}"
+            self._prune_to(removed, folder, {"method": rep.method, "mode": rep.mode, "label": rep.label})
+            try:
+                v = self._verify(self._load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            gated = [t for t in v.tasks if t.gated_value is not None]
+            cand = Candidate(method, k, removed, v.passed, v.complete, {t.name: t.gated_value for t in gated},
+                             {t.name: t.threshold for t in gated})
+            state = "pass" if cand.passed else "FAIL"
+            return {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
+
+        inputs: dict[str, Input] = {"base": Model(self.base), "removed": Setting(removed), **self.gate_inputs}
+        return Stage(f"search-{method}-k{k}", f"search {method}: {k} layers removed", inputs, (), work)
+
+    def search_limits(self) -> int:
+        """The largest cut ``--search`` may try, checked against --protect before anything runs."""
+        from compressor.prune.select import parse_protect
+
+        c, L = self.cfg, self.base.num_layers
+        removable = L - len(parse_protect(c.protect, L))
+        limit = min(L - 1, removable)
+        if limit < 1:
+            raise BadInput(f"--search has no layer to remove: the model has {L} layer(s) and --protect {c.protect} "
+                           f"keeps {L - removable}", "protect fewer layers (--protect none), or use a deeper model")
+        if c.max_remove is not None and c.max_remove > limit:
+            raise BadInput(f"--max-remove {c.max_remove} is more than the {limit} layer(s) this {L}-layer model can "
+                           f"lose with --protect {c.protect}", f"pass --max-remove {limit} or less, or protect fewer")
+        return c.max_remove or max(1, min(L // 2, limit))
+
+    def run_search(self) -> tuple[Any, list[int]]:
+        """Returns (ScoreReport of the chosen scorer, removed layers)."""
+        from compressor.prune.select import parse_protect, select_layers
+        from compressor.score import methods
 
         c = self.cfg
-        L = self.base.num_layers
-        max_remove = min(c.max_remove or L // 2, L - 1)
+        max_remove = self.search_limits()
         result = SearchResult(STRATEGY, max_remove)
-        reports: dict[str, tuple[Any, str]] = {}
-        work_dir = self.out / ".search"
+        reports: dict[str, Any] = {}
+        prot = parse_protect(c.protect, self.base.num_layers)
         for method in c.methods:
-            rep, skey = self.score(method, self.out / "search" / f"scores-{method}.json", f"score-{method}")
-            reports[method] = (rep, skey)
+            scores_path = self.out / "search" / f"scores-{method}.json"
+            rep = reports[method] = self.score(method, scores_path, f"score-{method}")
+            nested = methods.get_scorer(method).nested_cuts
+            limit = max_remove if nested else min(max_remove, longest_free_run(self.base.num_layers, prot))
 
-            def check(k: int, rep=rep, skey=skey, method=method) -> Candidate:
+            def check(k: int, rep=rep, method=method) -> Candidate:
                 removed = select_layers(rep, num_layers=k, protect=c.protect).removed
-                key = key_of("candidate", skey, removed, self.profile_hash, c.min_retention, c.dtype)
-
-                def work(cb):
-                    folder = work_dir / f"{method}-k{k}"
-                    self._prune_to(removed, folder, {"method": rep.method, "mode": rep.mode, "label": rep.label})
-                    try:
-                        cand = self._check_candidate(method, k, removed, folder)
-                    finally:
-                        shutil.rmtree(folder, ignore_errors=True)
-                    state = "pass" if cand.passed else "FAIL"
-                    return [], {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
-
-                res = self._stage(f"search-{method}-k{k}", key, f"search {method}: {k} layers removed", work)
+                res = self.run_stage(self.candidate_stage(method, k, removed, rep))
                 return Candidate(**res["candidate"])
 
-            best, cands = search_method(method, check, max_remove)
+            best, cands = search_method(method, check, limit, nested=nested)
             result.best[method] = best
             result.candidates += cands
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(self.out / ".search", ignore_errors=True)
         chosen = result.chosen
         if chosen is None:
             chosen = result.fallback()
@@ -233,156 +282,154 @@ class _Run:
         atomic_write_text(self.out / "search.json", json.dumps(self.result.search, indent=2, allow_nan=False) + "\n")
         save_curve(result, self.out / "search.png", f"{c.model}: retention vs layers removed ({self.profile.name})")
         self.search_result = result
-        rep, skey = reports[chosen.method]
         shutil.copy2(self.out / "search" / f"scores-{chosen.method}.json", self.out / "scores.json")
-        return rep, chosen.removed, skey
+        return reports[chosen.method], chosen.removed
 
-    def _check_candidate(self, method: str, k: int, removed: list[int], folder: Path) -> Candidate:
-        """Tasks one at a time in profile order; with ``aggregate: all`` stop at the first failure."""
-        prof = self.profile
-        rets: dict[str, float] = {}
-        thr: dict[str, float] = {}
-        passed, complete = True, True
-        cand = self._load_candidate(folder)  # once per candidate, not once per task
-        for i, task in enumerate(prof.tasks):
-            sub = prof.model_copy(update={"tasks": [task]})
-            rep = self._verify(cand, sub, f"search {method} k={k}")
-            t = rep.tasks[0]
-            rets[t.name], thr[t.name] = t.gated_value, t.threshold
-            if not t.passed and prof.gate.aggregate == "all":
-                passed = False
-                complete = i == len(prof.tasks) - 1
-                break
-        if prof.gate.aggregate == "mean":
-            floor = self.cfg.min_retention or prof.gate.min_retention
-            passed = sum(rets.values()) / len(rets) >= floor
-        return Candidate(method, k, removed, passed, complete, rets, thr)
-
-    def run(self) -> RunResult:
-        from compressor.profiles import load_profile
-        from compressor.prune.select import select_layers
+    def select_stage(self, report: Any, removed: list[int]) -> Stage:
         from compressor.score.report import save_plot
 
-        c = self.cfg
-        self.profile = load_profile(c.profile)  # bad input fails before anything is written
-        self.profile_hash = _file_hash(c.profile)
-        from compressor.score import methods
-
-        for m in (c.methods if c.search else [c.method]):
-            methods.get_scorer(m)
-            methods.check_mode(m, c.avss_mode if m == "avss" else None)
-        self.load_base()
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in self.store.clean_stale():
-            self.ev.note(f"removed {stale}, left by an interrupted run")
-        if c.search:
-            report, removed, skey = self.run_search()
-        else:
-            report, skey = self.score(c.method, self.out / "scores.json")
-            removed = select_layers(report, ratio=c.ratio, num_layers=c.num_layers, protect=c.protect).removed
-        label = report.label
-        self.result.removed, self.result.method_label = removed, label
-        select_key = key_of("select", skey, removed)
-
-        def select_work(cb):
+        def work(cb):
             save_plot(report, set(removed), self.out / "scores.png")
-            return ["scores.png"], {"removed": removed}, f"remove {len(removed)} of {report.num_layers}: {removed}"
+            return {"removed": removed}, f"remove {len(removed)} of {report.num_layers}: {removed}"
 
-        self._stage("select", select_key, "selecting layers", select_work)
-        if len(removed) > report.num_layers // 2:
-            self.ev.warn(f"this removes {len(removed)} of {report.num_layers} layers, more than half of the model")
+        return Stage("select", "selecting layers", {"scores": Setting(_score_content(report)),
+                                                    "removed": Setting(removed)}, ("scores.png",), work)
 
-        prune_key = key_of("prune", select_key)
+    def prune_stage(self, report: Any, removed: list[int]) -> Stage:
+        c = self.cfg
+        prov = {"method": report.method, "mode": report.mode, "label": report.label,
+                "run": {"model": c.model, "protect": c.protect, "device": c.device, "dtype": c.dtype,
+                        "search": c.search}}
 
-        def prune_work(cb):
-            prov = {"method": report.method, "mode": report.mode, "label": label, "ranking": report.ranking,
-                    "scores": [{"index": l.index, "score": l.score} for l in report.layers],
-                    "calibration": report.calibration, "run": c.model_dump(mode="json")}
-            self._prune_to(removed, self.out / "model", prov)
-            return ["model"], {}, f"{report.num_layers} -> {report.num_layers - len(removed)} layers"
+        def work(cb):
+            full = {**prov, "ranking": report.ranking, "calibration": report.calibration,
+                    "scores": [{"index": l.index, "score": l.score} for l in report.layers]}
+            self._prune_to(removed, self.out / "model", full)
+            return {}, f"{report.num_layers} -> {report.num_layers - len(removed)} layers"
 
-        self._stage("prune", prune_key, "pruning", prune_work)
+        inputs: dict[str, Input] = {"base": Model(self.base), "removed": Setting(removed),
+                                    "scores": Setting(_score_content(report)), "provenance": Setting(prov)}
+        return Stage("prune", "pruning", inputs, ("model",), work)
 
-        verify_key = key_of("verify", prune_key, self.profile_hash, c.min_retention, c.device, c.dtype, __version__)
+    def verify_stage(self) -> Stage:
+        from compressor.run.search import to_markdown
 
-        def verify_work(cb):
+        search_md = to_markdown(self.search_result) if self.search_result is not None else None
+
+        def work(cb):
             from compressor.verify.report import write_reports
 
-            rep = self._verify(self._load_candidate(self.out / "model"), self.profile, "verify")
+            rep = self._verify(self._load_candidate(self.out / "model"), "verify")
             write_reports(rep, self.out)
-            if c.search:
-                from compressor.run.search import to_markdown
-
+            if search_md is not None:
                 md = self.out / "report.md"
-                atomic_write_text(md, md.read_text(encoding="utf-8") + to_markdown(self.search_result)
+                atomic_write_text(md, md.read_text(encoding="utf-8") + search_md
                                   + "\n![retention against layers removed](search.png)\n")
             res = {"passed": rep.passed, "verdict": rep.verdict_line(),
                    "tasks": [{"name": t.name, "metric": t.metric, "base": t.base, "candidate": t.candidate,
                               "retention": t.retention, "threshold": t.threshold, "passed": t.passed}
                              for t in rep.tasks]}
-            return ["report.json", "report.md", "junit.xml"], res, rep.verdict_line()
+            return res, rep.verdict_line()
 
-        vres = self._stage("verify", verify_key, "verifying", verify_work)
-        self.result.passed, self.result.verdict, self.result.tasks = vres["passed"], vres["verdict"], vres["tasks"]
+        inputs: dict[str, Input] = {"base": Model(self.base), "candidate": Files(self.out / "model"),
+                                    "search": Setting(search_md), **self.gate_inputs}
+        return Stage("verify", "verifying", inputs, ("report.json", "report.md", "junit.xml"), work)
 
-        export_opts = (c.opset, c.device, "fp32")
-        slim_export_key = key_of("export", prune_key, *export_opts, __version__)
-        base_export_key = key_of("export-base", self.base_fp, *export_opts, __version__)
-        if c.skip_export:
-            self._skip("export", "--skip-export")
-            self._skip("bench", "--skip-export (bench needs the ONNX models)")
+    def export_stage(self, name: str, dest: str, source: Input) -> Stage:
+        c = self.cfg
+
+        def work(cb):
+            from compressor.export.convert import export_model
+
+            if name == "export":
+                src: Any = str(self.out / "model")
+            else:  # the in-memory base is reused when it is already fp32 (else reload it as fp32)
+                src = self.base if self.base.dtype == "float32" else c.model
+            res = export_model(src, self.out / dest, opset=c.opset, device=c.device, force=True,
+                               allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
+            p = res.parity
+            return {"parity": p.to_dict()}, f"parity {'pass' if p.passed else 'FAIL'}, max abs diff {p.max_abs_diff:.1e}"
+
+        inputs: dict[str, Input] = {"model": source, "opset": Setting(c.opset), "device": Setting(c.device)}
+        what = "the slim model" if name == "export" else "the full model (bench reference)"
+        return Stage(name, f"exporting {what} to ONNX (+ parity check)", inputs, (dest,), work)
+
+    def bench_stage(self) -> Stage:
+        c = self.cfg
+
+        def work(cb):
+            from compressor.export.bench import BenchOptions, bench_models, save_plot as bench_plot, write_json
+
+            opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size, prompt_len=c.bench.prompt_len,
+                                new_tokens=c.bench.new_tokens, warmup=c.bench.warmup, runs=c.bench.runs,
+                                rounds=c.bench.rounds, threads=c.bench.threads)
+            rep = bench_models([str(self.out / "onnx-base"), str(self.out / "onnx")], opts, progress=self.ev.note)
+            write_json(rep, self.out / "bench.json")
+            bench_plot(rep, self.out / "bench.png")
+            d = rep.to_dict()
+            r = (d.get("ratios") or [{}])[0]
+            detail = f"provider {d['provider']}"
+            if r.get("decode_ratio") is not None:
+                detail += f", decode {r['decode_ratio']:.2f}x of full (ideal {r['layer_ratio']:.2f})"
+            return {"bench": d}, detail
+
+        inputs: dict[str, Input] = {"full": Files(self.out / "onnx-base"), "slim": Files(self.out / "onnx"),
+                                    "provider": Setting(c.provider), "bench": Setting(c.bench.model_dump(mode="json"))}
+        return Stage("bench", "benchmarking full vs slim (ONNX Runtime)", inputs, ("bench.json", "bench.png"), work)
+
+    # --- the pipeline ------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        from compressor.prune.select import select_layers
+
+        c = self.cfg
+        self.prepare()  # bad input fails before anything is written
+        self.load_base()
+        if c.search:
+            self.search_limits()
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.store.clean_stale():
+            self.ev.note(f"removed {stale}, left by an interrupted run")
+        if c.search:
+            report, removed = self.run_search()
         else:
-            def export_work(cb):
-                from export.convert import export_model
-
-                res = export_model(str(self.out / "model"), self.out / "onnx", opset=c.opset, device=c.device,
-                                   force=True)
-                outs, info = ["onnx"], {"parity": res.parity.to_dict()}
-                if not c.skip_bench:
-                    base_rec = self.store.done("export-base", base_export_key)
-                    if base_rec is None or not (self.out / "onnx-base").exists():
-                        t0 = time.perf_counter()
-                        # the in-memory base is reused when it is already fp32 (else reload it as fp32)
-                        src = self.base if self.base.dtype == "float32" else c.model
-                        b = export_model(src, self.out / "onnx-base", opset=c.opset, device=c.device, force=True,
-                                         allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
-                        self.store.save("export-base", base_export_key, ["onnx-base"], t0,
-                                        {"parity": b.parity.to_dict()})
-                    outs.append("onnx-base")
-                p = res.parity
-                return outs, info, f"parity {'pass' if p.passed else 'FAIL'}, max abs diff {p.max_abs_diff:.1e}"
-
-            eres = self._stage("export", key_of(slim_export_key, base_export_key if not c.skip_bench else None),
-                               "exporting to ONNX (+ parity check)", export_work)
-            self.result.parity = eres.get("parity")
+            report = self.score(c.method, self.out / "scores.json")
+            removed = select_layers(report, ratio=c.ratio, num_layers=c.num_layers, protect=c.protect).removed
+        self.result.removed, self.result.method_label = removed, report.label
+        self.run_stage(self.select_stage(report, removed))
+        if len(removed) > report.num_layers // 2:
+            self.ev.warn(f"this removes {len(removed)} of {report.num_layers} layers, more than half of the model")
+        self.run_stage(self.prune_stage(report, removed))
+        vres = self.run_stage(self.verify_stage())
+        self.result.passed, self.result.verdict, self.result.tasks = vres["passed"], vres["verdict"], vres["tasks"]
+        if c.skip_export:
+            for name in ("export", "export-base", "bench"):
+                self._skip(name, "--skip-export")
+        else:
+            self.result.parity = self.run_stage(self.export_stage("export", "onnx", Files(self.out / "model")))["parity"]
             if c.skip_bench:
+                self._skip("export-base", "--skip-bench (only the benchmark needs the full model in ONNX)")
                 self._skip("bench", "--skip-bench")
             else:
-                bench_key = key_of("bench", slim_export_key, base_export_key, c.provider, c.bench.model_dump())
-
-                def bench_work(cb):
-                    from export.bench import BenchOptions, bench_models, save_plot as bench_plot, write_json
-
-                    opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size,
-                                        prompt_len=c.bench.prompt_len, new_tokens=c.bench.new_tokens,
-                                        warmup=c.bench.warmup, runs=c.bench.runs, rounds=c.bench.rounds,
-                                        threads=c.bench.threads)
-                    rep = bench_models([str(self.out / "onnx-base"), str(self.out / "onnx")], opts,
-                                       progress=self.ev.note)
-                    write_json(rep, self.out / "bench.json")
-                    bench_plot(rep, self.out / "bench.png")
-                    d = rep.to_dict()
-                    r = (d.get("ratios") or [{}])[0]
-                    detail = f"provider {d['provider']}"
-                    if r.get("decode_ratio") is not None:
-                        detail += (f", decode {r['decode_ratio']:.2f}x of full (ideal {r['layer_ratio']:.2f})")
-                    return ["bench.json", "bench.png"], {"bench": d}, detail
-
-                bres = self._stage("bench", bench_key, "benchmarking full vs slim (ONNX Runtime)", bench_work)
-                self.result.bench = bres.get("bench")
+                self.run_stage(self.export_stage("export-base", "onnx-base", Model(self.base)))
+                self.result.bench = self.run_stage(self.bench_stage()).get("bench")
         self.result.exit_code = EXIT_OK if self.result.passed else EXIT_GATE_FAILED
         self.result.status = "passed" if self.result.passed else "gate failed"
         return self.result
+
+
+def _score_content(report: Any) -> dict[str, Any]:
+    """What select and prune read from a score report (not its timing, which differs on every run)."""
+    return {"label": report.label, "scores": [[l.index, l.score] for l in report.layers],
+            "ranking": report.ranking, "calibration": report.calibration, "extra": report.extra}
+
+
+def longest_free_run(num_layers: int, protected: list[int]) -> int:
+    """The longest run of consecutive unprotected layers (the largest contiguous block a cut can take)."""
+    best = run = 0
+    for i in range(num_layers):
+        run = 0 if i in protected else run + 1
+        best = max(best, run)
+    return best
 
 
 def run_pipeline(cfg: RunConfig, *, force: bool = False, events: Optional[Events] = None) -> RunResult:

@@ -7,6 +7,11 @@ about 2*log2(L) verifications instead of L. Each candidate runs the profile's ta
 and stops at the first failing task when the gate needs every task to pass (``aggregate: all``),
 so put the cheapest, most sensitive task first. Base-model results come from the verify cache.
 If retention is not monotone in k, the answer is a passing cut, not necessarily the largest.
+
+Scorers whose cuts are not nested (``angular`` removes the best *contiguous* block of each size, so
+the 3-layer block need not contain the 2-layer one) break bisection's assumption: for them the
+search scans k = 1, 2, 3, ... and stops at the first failing k, so its answer is the largest k such
+that every smaller cut of that scorer passes too.
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-STRATEGY = "gallop (1, 2, 4, ...) then bisect; tasks in profile order, stop at the first failing task"
+STRATEGY = ("gallop (1, 2, 4, ...) then bisect (linear scan for scorers whose cuts are not nested); tasks in "
+            "profile order, stop at the first failing task")
 
 
 @dataclass
@@ -49,6 +55,8 @@ class SearchResult:
     def fallback(self) -> Candidate:
         """No cut passes: the least bad one-layer cut (reported, exported, benchmarked, exit 1)."""
         ones = [c for c in self.candidates if c.k == 1] or self.candidates
+        if not ones:
+            raise ValueError("the search tried no cut (the caller checks max_remove >= 1 first)")
         return max(ones, key=lambda c: c.worst)
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,14 +66,24 @@ class SearchResult:
                 "candidates": [asdict(c) for c in sorted(self.candidates, key=lambda c: (c.method, c.k))]}
 
 
-def search_method(method: str, check: Callable[[int], Candidate], max_remove: int) -> tuple[int, list[Candidate]]:
-    """Gallop then bisect over k in [1, max_remove]; returns (largest passing k or 0, candidates)."""
+def search_method(method: str, check: Callable[[int], Candidate], max_remove: int,
+                  nested: bool = True) -> tuple[int, list[Candidate]]:
+    """Gallop then bisect over k in [1, max_remove] (``nested=False``: scan upwards to the first
+    failure); returns (largest passing k or 0, candidates)."""
     seen: dict[int, Candidate] = {}
 
     def ok(k: int) -> bool:
         if k not in seen:
             seen[k] = check(k)
         return seen[k].passed
+
+    if not nested:
+        last = 0
+        for k in range(1, max_remove + 1):
+            if not ok(k):
+                break
+            last = k
+        return last, list(seen.values())
 
     last_pass, first_fail, k = 0, None, 1
     while k <= max_remove:

@@ -1,38 +1,102 @@
-"""Resumable stages: each finished stage leaves a record keyed by a hash of its inputs.
+"""Declared stages: each names its inputs, one function turns their *content* into its resume key.
+
+A stage is ``Stage(name, label, inputs, outputs, work)``. ``inputs`` maps a name to one of
+``Setting`` (a JSON value), ``Files`` (a file or folder, by content digest), ``Model`` (a loaded
+model, by ``compressor.fingerprint.model_fingerprint``) or ``Data`` (data as a loader returns it,
+by digest). ``stage_key`` hashes the stage's name, every input's digest and the tool's code digest:
+adding a stage never means writing a key by hand, and nothing can be keyed on a path or a name
+that may point at changed content.
 
 Why records, written last: a stage's outputs are written atomically first (files renamed into
-place, folders staged beside the target), then its record. A run killed at any point therefore
-has, for every stage, either a complete record *and* its outputs, or no record (the stage runs
-again). Keys chain (each stage's key includes its upstream keys), so changing the method
-recomputes scoring and everything after it, while changing only the bench settings reruns bench.
+place, folders staged beside the target), then its record, which holds the key, each input's digest
+(so a rerun can say what changed) and each output's digest. A stage is resumed only when its key
+matches *and* every recorded output is still there with the recorded digest; an edited or deleted
+output reruns the stage. A run killed at any point therefore resumes correctly.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from compressor.files import atomic_write_text
+from compressor import fingerprint
+from compressor.fingerprint import data_digest, digest_json, model_fingerprint, path_digest
 
 RECORDS = ".avss-run"
+RECORD_SCHEMA = 2
 
 
-def key_of(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+
+    def digest(self) -> str:
+        return digest_json(self.value)
+
+
+@dataclass(frozen=True)
+class Files:
+    path: Path
+
+    def digest(self) -> str:
+        return path_digest(self.path) or "missing"
+
+
+@dataclass(frozen=True)
+class Model:
+    loaded: Any
+
+    def digest(self) -> str:
+        return model_fingerprint(self.loaded)
+
+
+class Data:
+    """Data by content, loaded lazily and digested once (a task file edited in place changes it)."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self._digest = load, None
+
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = data_digest(self._load())
+        return self._digest
+
+
+Input = Setting | Files | Model | Data
+Work = Callable[[Callable[[int, int], None] | None], tuple[dict[str, Any], str]]
+
+
+@dataclass
+class Stage:
+    name: str
+    label: str
+    inputs: dict[str, Input]
+    outputs: tuple[str, ...]  # paths relative to the run folder, written by ``work``
+    work: Work  # progress callback -> (result dict, one-line detail)
+
+
+def input_digests(stage: Stage) -> dict[str, str]:
+    return {name: inp.digest() for name, inp in sorted(stage.inputs.items())}
+
+
+def stage_key(name: str, digests: dict[str, str]) -> str:
+    """The one key function: stage name, every input's content digest and the code digest."""
+    return digest_json({"stage": name, "inputs": digests, "code": fingerprint.code_digest()})[:32]
 
 
 @dataclass
 class StageRecord:
     name: str
     key: str
-    outputs: list[str]  # paths relative to the run folder
+    inputs: dict[str, str]
+    outputs: dict[str, str]  # relative path -> content digest
     seconds: float
     result: dict[str, Any] = field(default_factory=dict)
+    schema: int = RECORD_SCHEMA
 
 
 class StageStore:
@@ -50,23 +114,52 @@ class StageStore:
                 removed.append(str(p.relative_to(self.root)))
         return removed
 
-    def done(self, name: str, key: str) -> StageRecord | None:
-        """The record of a finished stage with this key whose outputs all still exist, else None."""
-        if self.force:
-            return None
-        p = self.dir / f"{name}.json"
+    def load(self, name: str) -> StageRecord | None:
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
+            d = json.loads((self.dir / f"{name}.json").read_text(encoding="utf-8"))
             rec = StageRecord(**d)
         except (OSError, ValueError, TypeError):
-            return None
-        if rec.key != key or not all((self.root / o).exists() for o in rec.outputs):
+            return None  # missing, damaged or of an older schema: the stage runs again
+        if rec.schema != RECORD_SCHEMA or not isinstance(rec.outputs, dict):
             return None
         return rec
 
-    def save(self, name: str, key: str, outputs: list[str], started: float, result: dict[str, Any] | None = None) -> StageRecord:
-        rec = StageRecord(name, key, outputs, round(time.perf_counter() - started, 3), result or {})
-        atomic_write_text(self.dir / f"{name}.json", json.dumps(rec.__dict__, indent=2, allow_nan=False) + "\n")
+    def done(self, name: str, key: str) -> StageRecord | None:
+        """The record of a finished stage with this key whose outputs are all unchanged, else None."""
+        if self.force:
+            return None
+        rec = self.load(name)
+        if rec is None or rec.key != key:
+            return None
+        if any(path_digest(self.root / rel) != digest for rel, digest in rec.outputs.items()):
+            return None
+        return rec
+
+    def why_rerun(self, name: str, key: str, digests: dict[str, str]) -> str:
+        """Why a stage that has a record runs again (for the progress note); '' if it never ran."""
+        if self.force:
+            return "--force"
+        rec = self.load(name)
+        if rec is None:
+            return ""
+        changed = sorted(k for k in set(digests) | set(rec.inputs) if digests.get(k) != rec.inputs.get(k))
+        if changed:
+            return "changed: " + ", ".join(changed)
+        if rec.key != key:
+            return "the tool's code or libraries changed"
+        edited = [rel for rel, d in rec.outputs.items() if path_digest(self.root / rel) != d]
+        return f"output changed or missing: {', '.join(edited)}" if edited else ""
+
+    def save(self, stage: Stage, key: str, digests: dict[str, str], started: float,
+             result: dict[str, Any]) -> StageRecord:
+        outputs = {}
+        for rel in stage.outputs:
+            d = path_digest(self.root / rel)
+            if d is None:
+                raise RuntimeError(f"stage {stage.name} did not write its declared output {rel}")
+            outputs[rel] = d
+        rec = StageRecord(stage.name, key, digests, outputs, round(time.perf_counter() - started, 3), result)
+        atomic_write_text(self.dir / f"{stage.name}.json", json.dumps(rec.__dict__, indent=2, allow_nan=False) + "\n")
         return rec
 
     def forget(self, name: str) -> None:

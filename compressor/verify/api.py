@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from compressor import __version__
@@ -13,37 +12,17 @@ from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
 from compressor.verify import tasks as T
 from compressor.verify.data import load_examples
-from compressor.verify.gate import bootstrap_lower, retention
+from compressor.verify.gate import aggregate_verdict, bootstrap_lower, retention, task_passes
 from compressor.verify.report import TaskResult, VerifyReport
 
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
 def fingerprint(loaded: Any) -> str:
-    """Content hash of the model's config and weights (a Hub id without a local folder: the id).
+    """The model's content fingerprint (weights, config, tokenizer, dtype, revision): see ``compressor.fingerprint``."""
+    from compressor.fingerprint import model_fingerprint
 
-    Memoised per (file, size, mtime) set: a search verifies the same base model many times.
-    """
-    p = Path(loaded.path)
-    h = hashlib.sha256()
-    if not p.is_dir():
-        h.update(f"hub:{loaded.path}".encode())
-        return h.hexdigest()
-    files = [f for f in sorted(p.iterdir()) if f.name == "config.json" or f.suffix in (".safetensors", ".bin")]
-    memo_key = (str(p.resolve()), loaded.dtype, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if memo_key in _FINGERPRINTS:
-        return _FINGERPRINTS[memo_key]
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    h.update(f"dtype={loaded.dtype}".encode())
-    _FINGERPRINTS[memo_key] = h.hexdigest()
-    return _FINGERPRINTS[memo_key]
+    return model_fingerprint(loaded)
 
 
 def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
@@ -63,9 +42,11 @@ class _Cache:
         self.dir = cache_dir() / "verify"
 
     def key(self, fp: str, task: Any, profile: Profile, data_hash: str) -> str:
-        blob = json.dumps({"model": fp, "task": task.model_dump(mode="json"), "eval": profile.eval.model_dump(mode="json"),
-                           "data": data_hash, "tool": __version__}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """Model content, task definition, evaluation settings, data content and the code that evaluates."""
+        from compressor.fingerprint import code_digest, digest_json
+
+        return digest_json({"model": fp, "task": task.model_dump(mode="json"), "eval": profile.eval.model_dump(mode="json"),
+                            "data": data_hash, "code": code_digest()})
 
     def get(self, key: str) -> T.TaskOutput | None:
         f = self.dir / f"{key}.json"
@@ -74,7 +55,7 @@ class _Cache:
         try:
             d = json.loads(f.read_text(encoding="utf-8"))
             return T.TaskOutput(d["records"], d["metrics"])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError, OSError):
             return None  # a damaged entry is recomputed, never trusted
 
     def put(self, key: str, out: T.TaskOutput) -> None:
@@ -83,6 +64,19 @@ class _Cache:
         from compressor.files import atomic_write_text
 
         atomic_write_text(self.dir / f"{key}.json", json.dumps({"records": out.records, "metrics": out.metrics}))
+
+
+def task_data_digest(profile: Profile) -> str:
+    """Digest of every task's evaluation examples and few-shot pool, as ``verify`` loads them."""
+    from compressor.fingerprint import data_digest
+
+    return data_digest({t.name: _examples(t, profile) for t in profile.tasks})
+
+
+def _data_hash(items: list[Any], shots: list[Any]) -> str:
+    from compressor.fingerprint import data_digest
+
+    return data_digest([items, shots])
 
 
 def _examples(task: Any, profile: Profile) -> tuple[list[Any], list[Any]]:
@@ -125,8 +119,9 @@ def calibration_overlap(profile: Profile, task_items: dict[str, list[Any]]) -> l
     cal = profile.calibration
     try:
         docs = read_documents(cal.source, cal.text_field, "calibration")
-    except BadInput:
-        return []
+    except BadInput as exc:  # the profile names data it cannot read: say so, never skip the check quietly
+        raise BadInput(f"profile {profile.name!r}: its calibration source cannot be read for the overlap check "
+                       f"({exc.problem})", exc.fix or "fix calibration.source in the profile") from exc
     cal_hashes = {hashlib.sha256(d.strip().encode()).hexdigest() for d in docs}
     out = []
     for name, items in task_items.items():
@@ -147,8 +142,13 @@ def verify(
     min_retention: float | None = None,
     use_cache: bool = True,
     progress: StageProgress | None = None,
+    stop_at_failure: bool = False,
 ) -> VerifyReport:
-    """Evaluate two loaded models on every task of ``profile`` and apply the gate."""
+    """Evaluate two loaded models on every task of ``profile`` and apply the gate.
+
+    ``stop_at_failure``: stop at the first task that fails on its own (``--search`` puts the cheapest,
+    most sensitive task first); the report then says ``complete: false``.
+    """
     t0 = time.perf_counter()
     _check_kind(base, profile, "base")
     _check_kind(candidate, profile, "candidate")
@@ -163,10 +163,11 @@ def verify(
     warnings: list[str] = []
     results: list[TaskResult] = []
     all_items: dict[str, list[Any]] = {}
-    for task in profile.tasks:
-        items, shots = _examples(task, profile)
+    loaded_tasks = [(task, *_examples(task, profile)) for task in profile.tasks]  # bad data fails before compute
+    warnings += calibration_overlap(profile, {t.name: items for t, items, _ in loaded_tasks})
+    for task, items, shots in loaded_tasks:
         all_items[task.name] = items
-        data_hash = hashlib.sha256(json.dumps([items, shots], sort_keys=True, default=str).encode()).hexdigest()
+        data_hash = _data_hash(items, shots)
         outs: dict[str, T.TaskOutput] = {}
         cached: dict[str, bool] = {}
         secs: dict[str, float] = {}
@@ -188,11 +189,18 @@ def verify(
             outs[role] = hit
             secs[role] = round(time.perf_counter() - t, 3)
         b, c = outs["base"].metrics[task.metric], outs["candidate"].metrics[task.metric]
-        ret = retention(task.metric, b, c)
-        if task.metric not in T.LOWER_IS_BETTER and b <= 0:
-            warnings.append(f"task {task.name}: the base model scores 0 on {task.metric}; retention is meaningless here")
+        degenerate = task.metric not in T.LOWER_IS_BETTER and b <= 0
+        if degenerate and gate.zero_base == "error":
+            raise BadInput(f"task {task.name}: the base model scores {b:g} on {task.metric}, so retention "
+                           "(candidate / base) is undefined and the task cannot gate anything",
+                           "drop the task, give it data the base model can do, or set gate.zero_base: report "
+                           "to keep it in the reports without gating")
+        if degenerate:
+            warnings.append(f"task {task.name}: the base model scores {b:g} on {task.metric}; retention is "
+                            "undefined, so this task is reported but does not gate (gate.zero_base: report)")
+        ret = None if degenerate else retention(task.metric, b, c)
         lower = None
-        if gate.confidence:
+        if gate.confidence and not degenerate:
             lower = bootstrap_lower(task.kind, task.metric, outs["base"].records, outs["candidate"].records,
                                     gate.confidence, gate.bootstrap_samples, profile.eval.seed)
         threshold = task.min_retention if task.min_retention is not None else floor
@@ -200,21 +208,23 @@ def verify(
         n = sum(r["n"] for r in outs["base"].records) if task.kind == "perplexity" else len(outs["base"].records)
         results.append(TaskResult(
             name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
-            threshold=threshold, passed=value >= threshold,
+            threshold=threshold,
+            passed=None if value is None else task_passes(value, task.min_retention, floor, gate.aggregate),
             agreement=T.agreement(task.kind, task.metric, outs["base"].records, outs["candidate"].records),
             n=n, higher_is_better=task.metric not in T.LOWER_IS_BETTER, retention_lower=lower,
             base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs))
-    warnings += calibration_overlap(profile, all_items)
-    gated = [r.gated_value for r in results]
-    if gate.aggregate == "mean":
-        agg = sum(gated) / len(gated)
-        passed = agg >= floor
-    else:
-        agg = min(gated)
-        passed = all(r.passed for r in results)
+        if stop_at_failure and results[-1].passed is False:
+            break
+    gating = [r for r in results if r.gated_value is not None]
+    if not gating:
+        raise BadInput(f"profile {profile.name!r}: no task has a defined retention (the base model scores 0 on "
+                       "every accuracy-like task), so nothing can be gated", "give the profile tasks the base model can do")
+    passed, agg = aggregate_verdict([r.gated_value for r in gating], [r.passed for r in gating], floor,
+                                    gate.aggregate)
     return VerifyReport(
         passed=passed, min_retention=floor, aggregate=gate.aggregate, aggregate_retention=agg,
         confidence=gate.confidence, profile={"name": profile.name, "path": profile_path},
         base={"spec": base.spec, "fingerprint": fps["base"], "num_layers": base.num_layers},
         candidate={"spec": candidate.spec, "fingerprint": fps["candidate"], "num_layers": candidate.num_layers},
-        tasks=results, warnings=warnings, tool_version=__version__, seconds=time.perf_counter() - t0)
+        tasks=results, warnings=warnings, tool_version=__version__, seconds=time.perf_counter() - t0,
+        complete=len(results) == len(profile.tasks))

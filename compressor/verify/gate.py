@@ -15,8 +15,33 @@ def retention(metric: str, base: float, cand: float) -> float:
     if metric in LOWER_IS_BETTER:
         return base / cand if cand > 0 else 0.0
     if base <= 0:
-        return 1.0  # nothing to lose; reported as a warning by the caller
+        raise ValueError("retention is undefined when the base scores <= 0 (the caller refuses such a task)")
     return cand / base
+
+
+def task_passes(value: float, own_threshold: float | None, floor: float, aggregate: str) -> bool | None:
+    """Whether one task passes on its own; None when it does not gate on its own.
+
+    The rule, one place for the verdict, report.md, junit.xml and the exit code:
+    - ``all``: every task must reach its own ``min_retention`` if it has one, else the gate's.
+    - ``mean``: the mean of the gated values must reach the gate's ``min_retention``, *and* a task
+      with its own ``min_retention`` must still reach it (task thresholds win); a task without one
+      only counts towards the mean.
+    The gated value is the retention, or its bootstrap lower bound with ``confidence``.
+    """
+    if aggregate == "mean" and own_threshold is None:
+        return None
+    return value >= (own_threshold if own_threshold is not None else floor)
+
+
+def aggregate_verdict(values: list[float], passed: list[bool | None], floor: float, aggregate: str) -> tuple[bool, float]:
+    """(gate passed, aggregate value): see ``task_passes`` for the rule."""
+    if not values:
+        return False, 0.0
+    if aggregate == "mean":
+        agg = sum(values) / len(values)
+        return agg >= floor and not any(p is False for p in passed), agg
+    return not any(p is False for p in passed), min(values)
 
 
 def bootstrap_lower(kind: str, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]],

@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from compressor.files import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a task's ``passed`` may be null (aggregate: mean), ``complete``
 
 
 @dataclass
@@ -20,9 +20,9 @@ class TaskResult:
     metric: str
     base: float
     candidate: float
-    retention: float
+    retention: float | None  # None: undefined (base scores 0, gate.zero_base: report)
     threshold: float
-    passed: bool
+    passed: bool | None  # None: no threshold of its own under ``aggregate: mean`` (counted in the mean only)
     agreement: float
     n: int
     higher_is_better: bool
@@ -33,7 +33,7 @@ class TaskResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def gated_value(self) -> float:
+    def gated_value(self) -> float | None:
         return self.retention_lower if self.retention_lower is not None else self.retention
 
 
@@ -51,6 +51,7 @@ class VerifyReport:
     warnings: list[str]
     tool_version: str
     seconds: float
+    complete: bool = True  # False: stopped at the first failing task (``stop_at_failure``)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,15 +60,18 @@ class VerifyReport:
         return d
 
     def failed_tasks(self) -> list[TaskResult]:
-        return [t for t in self.tasks if not t.passed]
+        return [t for t in self.tasks if t.passed is False]
+
+    def mean_failed(self) -> bool:
+        return self.aggregate == "mean" and self.aggregate_retention < self.min_retention
 
     def verdict_line(self) -> str:
         if self.passed:
             return f"PASS: {len(self.tasks)} task(s), aggregate retention {self.aggregate_retention:.3f} (gate {self.aggregate}, min {self.min_retention:.2f})"
-        bad = "; ".join(f"{t.name} {t.gated_value:.3f} < {t.threshold:.2f}" for t in self.failed_tasks())
-        if self.aggregate == "mean":
-            bad = f"mean retention {self.aggregate_retention:.3f} < {self.min_retention:.2f}" + (f" ({bad})" if bad else "")
-        return f"FAIL: {bad}"
+        parts = [f"{t.name} {t.gated_value:.3f} < {t.threshold:.2f}" for t in self.failed_tasks()]
+        if self.mean_failed():
+            parts.insert(0, f"mean retention {self.aggregate_retention:.3f} < {self.min_retention:.2f}")
+        return "FAIL: " + "; ".join(parts)
 
 
 def _f(v: float | None, nd: int = 4) -> str:
@@ -86,7 +90,7 @@ def to_markdown(r: VerifyReport) -> str:
     for t in r.tasks:
         ret = _f(t.retention, 3) + (f" (lower {_f(t.retention_lower, 3)})" if t.retention_lower is not None else "")
         lines.append(f"| {t.name} | {t.metric} | {_f(t.base)} | {_f(t.candidate)} | {ret} | {t.threshold:.2f} | "
-                     f"{'pass' if t.passed else '**FAIL**'} | {t.agreement:.3f} | {t.n} |")
+                     f"{result_word(t.passed, '**FAIL**', t.retention)} | {t.agreement:.3f} | {t.n} |")
     lines += ["", f"**{r.verdict_line()}**", "",
               "Retention = candidate / base for accuracy-like metrics, base / candidate for perplexity. "
               "Agreement = share of examples (perplexity: tokens) where both models give the same answer."]
@@ -95,17 +99,37 @@ def to_markdown(r: VerifyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_word(passed: bool | None, fail: str = "FAIL", retention: float | None = 0.0) -> str:
+    if retention is None:
+        return "not gated (base 0)"
+    return "in mean" if passed is None else "pass" if passed else fail
+
+
 def to_junit(r: VerifyReport) -> str:
-    fails = len(r.failed_tasks())
+    """One test case per task, plus one for the mean under ``aggregate: mean``: JUnit fails exactly
+    when the verdict does."""
+    fails = len(r.failed_tasks()) + int(r.mean_failed())
+    tests = len(r.tasks) + int(r.aggregate == "mean")
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuite name={quoteattr("avss-verify." + r.profile["name"])} tests="{len(r.tasks)}" '
+           f'<testsuite name={quoteattr("avss-verify." + r.profile["name"])} tests="{tests}" '
            f'failures="{fails}" errors="0" time="{r.seconds:.2f}">']
+    if r.aggregate == "mean":
+        detail = f"mean of the gated retentions {r.aggregate_retention:.3f}, threshold {r.min_retention:.2f}"
+        out.append(f'  <testcase classname={quoteattr("avss." + r.profile["name"])} name="mean retention" time="0.00">')
+        if r.mean_failed():
+            out.append(f'    <failure message={quoteattr(f"mean retention {r.aggregate_retention:.3f} < {r.min_retention:.2f}")}>{escape(detail)}</failure>')
+        out.append(f"    <system-out>{escape(detail)}</system-out>")
+        out.append("  </testcase>")
     for t in r.tasks:
         secs = sum(t.seconds.values())
         out.append(f'  <testcase classname={quoteattr("avss." + r.profile["name"])} name={quoteattr(t.name)} time="{secs:.2f}">')
         detail = (f"{t.metric}: base {_f(t.base)}, candidate {_f(t.candidate)}, retention {_f(t.retention, 3)}, "
                   f"threshold {t.threshold:.2f}, agreement {t.agreement:.3f}, n {t.n}")
-        if not t.passed:
+        if t.retention is None:
+            detail += " (not gated: the base model scores 0, retention is undefined)"
+        elif t.passed is None:
+            detail += " (no threshold of its own: counted in the mean)"
+        if t.passed is False:
             out.append(f'    <failure message={quoteattr(f"retention {t.gated_value:.3f} < {t.threshold:.2f}")}>{escape(detail)}</failure>')
         out.append(f"    <system-out>{escape(detail)}</system-out>")
         out.append("  </testcase>")

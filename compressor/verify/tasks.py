@@ -326,7 +326,9 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
 
     dev = _dev(model)
     old_side = tok.padding_side
+    old_trunc = tok.truncation_side
     tok.padding_side = "left"
+    tok.truncation_side = "left"  # a long prompt loses its start, never its "Answer:" ending (as log-likelihood tasks)
     records = []
     try:
         for s in range(0, len(examples), batch_size):
@@ -354,7 +356,7 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
             if progress:
                 progress(min(s + batch_size, len(examples)), len(examples))
     finally:
-        tok.padding_side = old_side
+        tok.padding_side, tok.truncation_side = old_side, old_trunc
     return TaskOutput(records, gen_metrics(records))
 
 

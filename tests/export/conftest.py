@@ -26,7 +26,7 @@ def tiny_onnx(tiny, tmp_path_factory):
                 slim = tmp_path_factory.mktemp(f"slim-{arch}") / "model"
                 prune_model(load_model(str(src)), [1], slim)
                 src = slim
-            from export.convert import export_model
+            from compressor.export.convert import export_model
 
             out = tmp_path_factory.mktemp(f"onnx-{arch}{'-pruned' if pruned else ''}") / "onnx"
             export_model(str(src), out)  # parity-checked; copies compression.json

@@ -12,8 +12,8 @@ import pytest
 
 from compressor.cli.app import main
 from compressor.errors import BadInput
-from export import layout
-from export.bench import BenchOptions, bench_models, run_worker
+from compressor.export import layout
+from compressor.export.bench import BenchOptions, bench_models, run_worker
 
 TINY = dict(provider="cpu", prompt_len=8, new_tokens=4, warmup=1, runs=2, threads=1)
 SCHEMA_MODEL_KEYS = {"path", "layers", "params", "prefill_ms", "decode_ms_per_token", "tokens_per_s",
@@ -113,7 +113,7 @@ def test_store_external_data_works_from_inside_an_export_folder(tiny_onnx, tmp_p
 
 
 def test_provider_cuda_without_cuda_build_exits_2(tiny_onnx, capsys, monkeypatch):
-    from export import runtime
+    from compressor.export import runtime
 
     monkeypatch.setattr(runtime, "cuda_in_build", lambda: False)  # as on a CPU-only install, also on a GPU box
     code, out, err = run(["bench", str(tiny_onnx("llama")), "--provider", "cuda"], capsys)
@@ -127,9 +127,9 @@ def test_worker_imports_only_onnxruntime_numpy_psutil(tiny_onnx):
     job = {"model": str(tiny_onnx("bert") / "model.onnx"), "provider": "cpu", "threads": 1, "batch_size": 1,
            "prompt_len": 4, "new_tokens": 1, "warmup": 0, "runs": 1, "io_binding": None, "seed": 0}
     modules = set(run_worker(job)["modules"])
-    assert not modules & {"torch", "transformers", "compressor", "optimum", "onnx", "matplotlib", "typer", "rich"}
+    assert not modules & {"torch", "transformers", "optimum", "onnx", "matplotlib", "typer", "rich", "pydantic"}
     third_party = {m for m in modules - set(sys.stdlib_module_names) if not m.startswith("_")}
-    assert third_party <= {"export", "numpy", "onnxruntime", "psutil", "cython_runtime"}, third_party
+    assert third_party <= {"compressor", "numpy", "onnxruntime", "psutil", "cython_runtime"}, third_party
 
 
 def test_json_and_plot_written_atomically_and_force_respected(tiny_onnx, tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_missing_model_is_bad_input_and_writes_nothing(tmp_path, capsys):
 
 
 def test_nvml_is_none_without_the_nvidia_driver():
-    from export._bench_worker import nvml_used_mb
+    from compressor.export._bench_worker import nvml_used_mb
 
     try:
         ctypes.CDLL("libnvidia-ml.so.1")
@@ -179,8 +179,8 @@ def test_nvml_is_none_without_the_nvidia_driver():
 def test_io_binding_path_on_cpu(tiny_onnx):
     import numpy as np
 
-    from export import runtime
-    from export._bench_worker import Workload, bound_runner, plain_runner
+    from compressor.export import runtime
+    from compressor.export._bench_worker import Workload, bound_runner, plain_runner
 
     # the CUDA code path (OrtValues bound on a device, present.* fed back without a copy), run on CPU
     model = tiny_onnx("llama")

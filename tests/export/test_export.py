@@ -8,8 +8,8 @@ import pytest
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.prune.surgery import prune_model
 from compressor.sources.models import load_model
-from export.convert import export_model
-from export.layout import uses_external_data
+from compressor.export.convert import export_model
+from compressor.export.layout import uses_external_data
 
 ARCHS = ["llama", "qwen2", "gpt2", "bert"]
 
@@ -161,7 +161,7 @@ def test_cli_export_contract(tiny, tmp_path, capsys):
 ])
 def test_onnxruntime_install_problems_name_the_fix(dists, needle, tiny, tmp_path, capsys, monkeypatch):
     from compressor.cli.app import main
-    from export import runtime
+    from compressor.export import runtime
 
     monkeypatch.setattr(runtime, "installed_runtimes", lambda: dists)
     for argv in (["export", str(tiny("gpt2")), "--out", str(tmp_path / "x")], ["bench", str(tmp_path)]):

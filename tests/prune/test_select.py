@@ -86,3 +86,8 @@ def test_bad_requests(kwargs, msg):
 def test_mass_needs_non_negative_scores():
     with pytest.raises(BadInput, match="non-negative"):
         select_layers(rep([1.0, -0.5, 2.0], method="leave-one-out"), mass=0.3)
+
+
+def test_angular_scores_without_their_matrix_are_refused_not_scattered():
+    with pytest.raises(BadInput, match="no angular_distance_matrix"):
+        select_layers(rep([0.3, 0.2, 0.1, 0.4, 0.5], method="angular", extra={}), num_layers=2)

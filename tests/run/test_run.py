@@ -50,7 +50,7 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
         assert (out / f).exists(), f
     r = json.loads((out / "run.json").read_text())
     assert r["exit_code"] == 0 and r["status"] == "passed" and r["passed"] is True
-    assert [s["name"] for s in r["stages"]] == ["score", "select", "prune", "verify", "export", "bench"]
+    assert [s["name"] for s in r["stages"]] == ["score", "select", "prune", "verify", "export", "export-base", "bench"]
     assert all(s["status"] == "ran" for s in r["stages"])
     assert r["config"]["num_layers"] == 1 and r["config"]["method"] == "avss"
     assert r["method_label"] == "avss (robust)"  # never hide which AVSS produced the cut
@@ -66,7 +66,7 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
 
 
 def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypatch):
-    import export.convert as convert
+    import compressor.export.convert as convert
 
     out = tmp_path / "art"
     argv = ["run", str(tiny("qwen2")), "--profile", str(ppl_profile(0.5)), "--out", str(out), "--num-layers", "1",
@@ -91,7 +91,7 @@ def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypa
     r = json.loads((out / "run.json").read_text())
     status = {s["name"]: s["status"] for s in r["stages"]}
     assert status == {"score": "resumed", "select": "resumed", "prune": "resumed", "verify": "resumed",
-                      "export": "ran", "bench": "skipped"}
+                      "export": "ran", "export-base": "skipped", "bench": "skipped"}
     assert "left by an interrupted run" in err and not (out / ".onnx.tmp-dead").exists()
     assert (out / "onnx" / "model.onnx").is_file()
     # a changed setting reruns only what depends on it; --force reruns everything
@@ -246,3 +246,43 @@ def test_bf16_run_exports_fp32_reference(tiny, tmp_path, ppl_profile, capsys):
     for d in ("onnx", "onnx-base"):
         rec = json.loads((out / d / "export.json").read_text())
         assert rec["dtype"] == "float32" and rec["parity"]["passed"]
+
+
+def test_search_checks_max_remove_against_protect_before_any_work(tiny, tmp_path, ppl_profile, capsys):
+    out = tmp_path / "art"
+    code, _, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.5)), "--out", str(out), "--search",
+                        "--methods", "block-influence", "--max-remove", "3", "--protect", "0,1"], capsys)
+    assert code == 2, err
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "--max-remove 3 is more than the 2 layer(s)" in errors[0]
+    assert not out.exists()  # refused before scoring: nothing written
+
+
+def test_search_on_a_one_layer_model_is_bad_input(tmp_path, ppl_profile, decoder_tokenizer, capsys):
+    from tiny_models import build_tiny
+
+    folder = build_tiny("llama", tmp_path / "one", decoder_tokenizer)
+    cfg = json.loads((folder / "config.json").read_text())
+    import transformers as tf
+
+    cfg_obj = tf.LlamaConfig(**{**cfg, "num_hidden_layers": 1})
+    tf.LlamaForCausalLM(cfg_obj).save_pretrained(str(folder))
+    out = tmp_path / "art"
+    code, _, err = run(["run", str(folder), "--profile", str(ppl_profile(0.5)), "--out", str(out), "--search",
+                        "--methods", "block-influence"], capsys)
+    assert code == 2 and "--search has no layer to remove" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_search_scans_non_nested_angular_cuts_upwards(identity_model, tmp_path, ppl_profile, capsys):
+    """angular cuts are contiguous blocks (k=3 need not contain k=2): scan 1, 2, 3, ... to the first
+    failure instead of galloping and bisecting, which assumes nested cuts."""
+    out = tmp_path / "art"
+    code, _, err = run(["run", str(identity_model), "--profile", str(ppl_profile(0.99)), "--out", str(out),
+                        "--search", "--methods", "angular", "--max-remove", "5", "--skip-export"], capsys)
+    assert code == 0, err
+    s = json.loads((out / "search.json").read_text())
+    tried = sorted(c["k"] for c in s["candidates"])
+    assert s["best"] == {"angular": 2} and tried == [1, 2, 3]  # 3 contiguous layers always break the model
+    assert s["chosen"]["removed"] == [3, 4]
+    assert "linear scan" in s["strategy"]

@@ -53,3 +53,48 @@ def test_cuda_is_never_a_silent_fallback():
         with pytest.raises(BadInput, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_an_unknown_model_class_is_refused_not_loaded_headless(tiny, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny("llama"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForSomethingNew"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInput, match="'LlamaForSomethingNew', which transformers .* does not have"):
+        load_model(str(folder))
+
+
+def test_hub_models_are_fingerprinted_by_snapshot_content_and_dtype(tiny, tmp_path, monkeypatch):
+    """A Hub id is never its own fingerprint: bf16 and fp32 loads differ, and so do two revisions."""
+    import huggingface_hub.constants as hc
+    import transformers.utils.hub as th
+
+    from compressor.fingerprint import model_fingerprint
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-llama"
+
+    def publish(commit, scale):
+        snap = repo / "snapshots" / commit
+        shutil.copytree(tiny("llama"), snap)
+        if scale != 1.0:
+            from safetensors.torch import load_file, save_file
+
+            t = load_file(str(snap / "model.safetensors"))
+            save_file({k: v * scale for k, v in t.items()}, str(snap / "model.safetensors"), metadata={"format": "pt"})
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))  # what huggingface_hub and transformers read
+    monkeypatch.setattr(th, "TRANSFORMERS_CACHE", str(cache))
+    publish("a" * 40, 1.0)
+    fp32 = load_model("acme/tiny-llama", dtype="float32")
+    bf16 = load_model("acme/tiny-llama", dtype="bfloat16")
+    assert fp32.path == "acme/tiny-llama"
+    assert model_fingerprint(fp32) != model_fingerprint(bf16)
+    first = model_fingerprint(fp32)
+    publish("b" * 40, 0.5)  # a new revision behind the same id
+    again = load_model("acme/tiny-llama", dtype="float32")
+    assert model_fingerprint(again) != first

@@ -48,7 +48,8 @@ def test_failure_leaves_no_temp_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeFailure, match="simulated crash") as info:
         build_sentiment_classifier(tmp_path / "clf", train_size=4, eval_size=4)
     assert "\n" not in str(info.value) and info.value.fix
-    assert list(tmp_path.iterdir()) == []
+    # nothing half-built; only the (empty) lock file that serialises builders stays
+    assert [p.name for p in tmp_path.iterdir()] == [".clf.lock"] and (tmp_path / ".clf.lock").stat().st_size == 0
 
 
 def test_small_real_fine_tune_and_reuse(tmp_path):
@@ -61,7 +62,7 @@ def test_small_real_fine_tune_and_reuse(tmp_path):
     target = tmp_path / "clf"
     out = build_sentiment_classifier(target, **kwargs)
     assert out == target and (target / "model.safetensors").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["clf"]  # the temp folder was renamed, not left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clf.lock", "clf"]  # renamed, not left behind
     model = AutoModelForSequenceClassification.from_pretrained(str(target))
     assert model.config.num_hidden_layers == 6
     assert {int(k): v for k, v in model.config.id2label.items()} == LABELS

@@ -141,3 +141,24 @@ def test_shared_prefix_cache_equals_full_sequences(arch, tiny):
             lp = F.log_softmax(m.model(x).logits[0].float(), -1)
         n = len(prefix) + len(c)
         assert value == pytest.approx(float(lp[n - 1:-1].gather(-1, x[0, n:, None]).sum()), abs=1e-3, rel=1e-4)
+
+
+def test_generation_truncates_long_prompts_on_the_left(llama, task_files, monkeypatch):
+    """A prompt longer than max_length keeps its "Answer:" ending (as the log-likelihood kinds do)."""
+    task = _task(task_files, "gen")
+    long_ctx = " ".join(["The quick brown fox jumps over the lazy dog."] * 60)
+    ex = [{"context": long_ctx, "question": "What does the fox do?", "answers": ["jumps"]}]
+    seen = []
+    real = llama.model.generate
+
+    def spy(**kw):
+        seen.append(kw["input_ids"])
+        return real(**kw)
+
+    monkeypatch.setattr(llama.model, "generate", spy)
+    before = llama.tokenizer.truncation_side
+    T.eval_generation(llama.model, llama.tokenizer, task, ex, 1, 64)
+    ids = seen[0][0]
+    assert len(ids) == 64 - task.max_new_tokens
+    assert llama.tokenizer.decode(ids).endswith("Question: What does the fox do?\nAnswer:")
+    assert llama.tokenizer.truncation_side == before  # restored

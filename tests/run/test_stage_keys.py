@@ -1,0 +1,174 @@
+"""Resume keys come from content: changing one input class reruns exactly the stages that read it."""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from compressor.cli.app import main
+
+UPSTREAM = {"score", "select", "prune", "verify"}
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def statuses(out):
+    return {s["name"]: s["status"] for s in json.loads((out / "run.json").read_text())["stages"]}
+
+
+def ran(out):
+    return {name for name, status in statuses(out).items() if status == "ran"}
+
+
+@pytest.fixture
+def case(tiny, tmp_path):
+    """A copy of a tiny Llama, calibration and task data in separate files, a profile, a runner."""
+    import pydoc_data.topics as t
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny("llama"), model)
+    keys = sorted(t.topics)
+    calib, task = tmp_path / "calib.txt", tmp_path / "task.txt"
+    calib.write_text("\n\n".join(t.topics[k] for k in keys[10:16]), encoding="utf-8")
+    task.write_text("\n\n".join(t.topics[k] for k in keys[40:46]), encoding="utf-8")
+    prof = {"name": "keys", "model_kind": "causal-lm",
+            "calibration": {"source": str(calib), "samples": 4, "seq_len": 64, "batch_size": 4},
+            "tasks": [{"name": "ppl", "kind": "perplexity", "data": str(task), "limit": 255, "window": 256,
+                       "stride": 256}],
+            "gate": {"min_retention": 0.1}, "eval": {"batch_size": 4, "max_length": 256}}
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(prof), encoding="utf-8")
+    out = tmp_path / "art"
+
+    class Case:
+        pass
+
+    c = Case()
+    c.model, c.calib, c.task, c.profile, c.prof, c.out = model, calib, task, profile, prof, out
+
+    def go(*extra, capsys):
+        code, stdout, err = run(["run", str(model), "--profile", str(profile), "--out", str(out), "--num-layers", "1",
+                                 "--skip-export", *extra], capsys)
+        assert code in (0, 1), err
+        return err
+
+    c.go = go
+    return c
+
+
+def test_unchanged_inputs_resume_everything(case, capsys):
+    case.go(capsys=capsys)
+    assert ran(case.out) == UPSTREAM
+    case.go(capsys=capsys)
+    assert ran(case.out) == set() and statuses(case.out)["verify"] == "resumed"
+
+
+def test_calibration_data_content(case, capsys):
+    case.go(capsys=capsys)
+    text = case.calib.read_text(encoding="utf-8")  # edited in place: same path, new content
+    case.calib.write_text("A new first paragraph about the import system and the garbage collector.\n\n" + text,
+                          encoding="utf-8")
+    err = case.go(capsys=capsys)
+    assert ran(case.out) == UPSTREAM
+    assert "score: running again (changed: calibration_data)" in err
+
+
+def test_task_data_content_reruns_only_verify(case, capsys):
+    case.go(capsys=capsys)
+    case.task.write_text(case.task.read_text(encoding="utf-8")[:500], encoding="utf-8")
+    err = case.go(capsys=capsys)
+    assert ran(case.out) == {"verify"}
+    assert "verify: running again (changed: tasks)" in err
+    report = json.loads((case.out / "report.json").read_text())
+    assert report["tasks"][0]["n"] < 255  # the new, shorter data was evaluated, not the old record served
+
+
+def test_profile_gate_reruns_only_verify_and_calibration_section_reruns_score(case, capsys):
+    case.go(capsys=capsys)
+    case.prof["gate"]["min_retention"] = 0.2
+    case.profile.write_text(yaml.safe_dump(case.prof), encoding="utf-8")
+    case.go(capsys=capsys)
+    assert ran(case.out) == {"verify"}
+    case.prof["calibration"]["samples"] = 3
+    case.profile.write_text(yaml.safe_dump(case.prof), encoding="utf-8")
+    case.go(capsys=capsys)
+    assert ran(case.out) == UPSTREAM
+
+
+def test_model_weights(case, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    case.go(capsys=capsys)
+    f = case.model / "model.safetensors"
+    tensors = load_file(str(f))
+    name = next(k for k in tensors if "layers.0.mlp.down_proj" in k)
+    tensors[name] = tensors[name] * 1.5
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
+    assert torch.is_tensor(tensors[name])
+    case.go(capsys=capsys)
+    assert ran(case.out) == UPSTREAM
+
+
+def test_tokenizer_files(case, capsys):
+    case.go(capsys=capsys)
+    cfg = case.model / "tokenizer_config.json"
+    d = json.loads(cfg.read_text())
+    d["model_max_length"] = 1234
+    cfg.write_text(json.dumps(d), encoding="utf-8")
+    case.go(capsys=capsys)
+    # scoring reruns (the model is different) but writes identical scores here, so the selection,
+    # keyed on the scores' content, is resumed; the cut model and its verdict are recomputed
+    assert ran(case.out) == {"score", "prune", "verify"}
+
+
+def test_dtype(case, capsys):
+    case.go(capsys=capsys)
+    case.go("--dtype", "bfloat16", capsys=capsys)
+    assert ran(case.out) == UPSTREAM
+    comp = json.loads((case.out / "model" / "config.json").read_text())
+    assert comp.get("torch_dtype", comp.get("dtype")) == "bfloat16"  # never a resumed fp32 model/
+
+
+def test_tool_version(case, capsys, monkeypatch):
+    import compressor.fingerprint as fp
+
+    case.go(capsys=capsys)
+    monkeypatch.setattr(fp, "code_digest", lambda: "a-newer-build")
+    err = case.go(capsys=capsys)
+    assert ran(case.out) == UPSTREAM
+    assert "the tool's code or libraries changed" in err
+
+
+def test_edited_output_reruns_its_stage(case, capsys):
+    case.go(capsys=capsys)
+    scores = case.out / "scores.json"
+    d = json.loads(scores.read_text())
+    for layer in d["layers"]:  # make the last layer look least important
+        layer["score"] = 0.0 if layer["index"] == 3 else 1.0
+    scores.write_text(json.dumps(d), encoding="utf-8")
+    err = case.go(capsys=capsys)
+    assert "score" in ran(case.out) and "output changed or missing: scores.json" in err
+    r = json.loads((case.out / "run.json").read_text())
+    comp = json.loads((case.out / "model" / "compression.json").read_text())
+    assert comp["removed_layers"] == r["removed"] == json.loads(scores.read_text())["ranking"][:1]
+
+
+def test_search_and_fixed_cut_never_share_a_verify_record(case, capsys):
+    """A search that picks the same cut as a fixed run writes a different report.md: verify reruns."""
+    code, _, err = run(["run", str(case.model), "--profile", str(case.profile), "--out", str(case.out),
+                        "--search", "--methods", "block-influence", "--max-remove", "1", "--skip-export"], capsys)
+    assert code == 0, err
+    assert "Search: the largest cut" in (case.out / "report.md").read_text()
+    removed = json.loads((case.out / "run.json").read_text())["removed"]
+    code, _, err = run(["run", str(case.model), "--profile", str(case.profile), "--out", str(case.out),
+                        "--method", "block-influence", "--num-layers", "1", "--skip-export"], capsys)
+    assert code == 0, err
+    assert json.loads((case.out / "run.json").read_text())["removed"] == removed
+    assert statuses(case.out)["verify"] == "ran"
+    assert "Search: the largest cut" not in (case.out / "report.md").read_text()
