@@ -29,6 +29,11 @@ class ArchAdapter:
     index_dependent_flags: tuple[str, ...] = ()
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # linear repair: the block's MLP output projection (relative to the block), whose output is added
+    # to the residual stream with nothing in between, so a d x d map folds into it exactly
+    mlp_out: str | None = None
+    mlp_out_kind: str = "linear"  # "linear": weight [d_out, d_in]; "conv1d" (GPT-2): weight [d_in, d_out]
+    no_fold: str = ""  # why a linear patch cannot be folded exactly (then repair refuses it)
 
 
 _ADAPTERS: dict[str, ArchAdapter] = {}
@@ -38,18 +43,26 @@ def _register(a: ArchAdapter) -> None:
     _ADAPTERS[a.model_type] = a
 
 
-_register(ArchAdapter("llama", "decoder", "layers"))
-_register(ArchAdapter("mistral", "decoder", "layers"))
-_register(ArchAdapter("qwen2", "decoder", "layers", ("layer_types",), ("max_window_layers",)))
-_register(ArchAdapter("qwen3", "decoder", "layers", ("layer_types",), ("max_window_layers",)))
+_POST_LN = ("post-LN: the block's LayerNorm follows the residual add ({}), so a matrix folded into the MLP "
+            "output projection is followed by a nonlinear norm")
+_register(ArchAdapter("llama", "decoder", "layers", mlp_out="mlp.down_proj"))
+_register(ArchAdapter("mistral", "decoder", "layers", mlp_out="mlp.down_proj"))
+_register(ArchAdapter("qwen2", "decoder", "layers", ("layer_types",), ("max_window_layers",), mlp_out="mlp.down_proj"))
+_register(ArchAdapter("qwen3", "decoder", "layers", ("layer_types",), ("max_window_layers",), mlp_out="mlp.down_proj"))
 _register(ArchAdapter("gemma3_text", "decoder", "layers", ("layer_types",),
-                      notes="sliding/full attention per layer via layer_types"))
-_register(ArchAdapter("phi3", "decoder", "layers"))
-_register(ArchAdapter("gpt2", "decoder", "h", index_dependent_flags=("scale_attn_by_inverse_layer_idx",)))
-_register(ArchAdapter("gpt_neox", "decoder", "layers"))
-_register(ArchAdapter("bert", "encoder", "encoder.layer"))
-_register(ArchAdapter("roberta", "encoder", "encoder.layer"))
-_register(ArchAdapter("distilbert", "encoder", "transformer.layer"))
+                      notes="sliding/full attention per layer via layer_types", mlp_out="mlp.down_proj",
+                      no_fold="Gemma 3 normalises the MLP output (post_feedforward_layernorm) before adding it to "
+                              "the residual stream, so a matrix folded into down_proj is followed by a nonlinear norm"))
+_register(ArchAdapter("phi3", "decoder", "layers", mlp_out="mlp.down_proj"))
+# GPT-2's Conv1D stores its weight transposed ([d_in, d_out]) and has a bias; dropout is off in eval
+_register(ArchAdapter("gpt2", "decoder", "h", index_dependent_flags=("scale_attn_by_inverse_layer_idx",),
+                      mlp_out="mlp.c_proj", mlp_out_kind="conv1d"))
+# GPT-NeoX (parallel residual: out = x + attn(ln1 x) + mlp(ln2 x)): the MLP output is still added last,
+# unnormalised, so "block output - MLP output" is the rest of the block and the fold stays exact
+_register(ArchAdapter("gpt_neox", "decoder", "layers", mlp_out="mlp.dense_4h_to_h"))
+_register(ArchAdapter("bert", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm")))
+_register(ArchAdapter("roberta", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm")))
+_register(ArchAdapter("distilbert", "encoder", "transformer.layer", no_fold=_POST_LN.format("output_layer_norm")))
 
 
 def supported_model_types() -> list[str]:
@@ -108,3 +121,14 @@ def set_layers(model: "nn.Module", layers: "nn.ModuleList", adapter: ArchAdapter
 
 def num_layers(config: Any) -> int:
     return int(config.num_hidden_layers)
+
+
+def mlp_out_module(block: "nn.Module", adapter: ArchAdapter) -> "nn.Module":
+    """The MLP output projection of one block (for the linear repair's fold)."""
+    obj: Any = block
+    for part in (adapter.mlp_out or "").split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise BadInput(f"this {adapter.model_type} block has no {adapter.mlp_out!r}",
+                           "the checkpoint layout is not the standard transformers one; use --repair distill")
+    return obj

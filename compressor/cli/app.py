@@ -39,12 +39,14 @@ def _register() -> None:
     from compressor.cli import bench as _bench
     from compressor.cli import export as _export
     from compressor.cli import prune as _prune
+    from compressor.cli import repair as _repair
     from compressor.cli import run as _run
     from compressor.cli import score as _score
     from compressor.cli import verify as _verify
 
     app.command("score", help=_score.__doc__)(_score.score)
     app.command("prune", help=_prune.__doc__)(_prune.prune)
+    app.command("repair", help=_repair.__doc__)(_repair.repair)
     app.command("verify", help=_verify.__doc__)(_verify.verify)
     app.command("export", help=_export.__doc__)(_export.export)
     app.command("bench", help=_bench.__doc__)(_bench.bench)

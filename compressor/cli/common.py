@@ -81,3 +81,67 @@ def print_scores(report: Any) -> None:
     for row in to_table_rows(report, removed):
         table.add_row(*row)
     out.print(table)
+
+
+def repair_settings(repair: Optional[str], ridge: Optional[float], heal_steps: Optional[int],
+                    heal_tokens: Optional[int], heal_lr: Optional[float], seed: int) -> Any:
+    """Flags -> RepairSettings (defaults from the library, so CLI and Python agree)."""
+    from compressor.repair.api import RepairSettings, parse_method
+
+    defaults = RepairSettings()
+    s = RepairSettings(method=repair or "none", ridge=defaults.ridge if ridge is None else ridge,
+                       heal_steps=defaults.heal_steps if heal_steps is None else heal_steps,
+                       heal_lr=defaults.heal_lr if heal_lr is None else heal_lr, heal_tokens=heal_tokens, seed=seed)
+    parse_method(s.method)
+    if s.ridge < 0:
+        raise BadInput(f"--ridge must be >= 0 (got {s.ridge})", "e.g. --ridge 1e-4")
+    if s.heal_steps < 1 or (s.heal_tokens is not None and s.heal_tokens < 1):
+        raise BadInput("--heal-steps and --heal-tokens must be at least 1", "e.g. --heal-steps 120")
+    if not s.heal_lr > 0:
+        raise BadInput(f"--heal-lr must be positive (got {s.heal_lr})", "e.g. --heal-lr 1e-4")
+    return s
+
+
+def repair_progress():
+    """A progress display for a repair on stderr: one bar per step (linear patch, distill), the loss shown."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from compressor.cli.output import err
+
+    @contextlib.contextmanager
+    def bars():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=False) as prog:
+            tasks: dict[str, Any] = {}
+
+            def update(label: str, done: int, total: int, loss: Optional[float]) -> None:
+                if label not in tasks:
+                    tasks[label] = prog.add_task(f"repair: {label}", total=total)
+                desc = f"repair: {label}" + (f" (loss {loss:.4f})" if loss is not None else "")
+                prog.update(tasks[label], completed=done, total=total, description=desc)
+            yield update
+
+    return bars()
+
+
+def print_repair(record: dict[str, Any]) -> None:
+    """The repair's evidence on stdout: per-span fit errors, distillation losses."""
+    from rich.table import Table
+
+    from compressor.cli.output import note, out
+
+    if record.get("linear"):
+        t = Table(title=f"linear patch (ridge {record['linear']['ridge']:g})")
+        for col in ("removed span", "folded into", "tokens", "residual error before", "after"):
+            t.add_column(col, justify="left" if col in ("removed span", "folded into") else "right")
+        for sp in record["linear"]["spans"]:
+            t.add_row(str(sp["removed"]), sp["fold_point"], str(sp["tokens"]), f"{sp['error_before']:.4f}",
+                      f"{sp['error_after']:.4f}")
+        out.print(t)
+    d = record.get("distill")
+    if d:
+        note(f"distill: {d['steps']} of {d['budget_steps']} steps ({'stopped early' if d['stopped_early'] else 'full budget'}), "
+             f"held-out loss {d['heldout_loss_before']:.4f} -> {d['heldout_loss_after']:.4f}, held-out KL "
+             f"{d['heldout_kl_before']:.4f} -> {d['heldout_kl_after']:.4f}, {d['seconds']:.0f} s")

@@ -22,3 +22,8 @@ Method = Annotated[str, typer.Option("--method", help="avss, block-influence, an
 AvssMode = Annotated[Optional[str], typer.Option("--avss-mode", help="AVSS only: robust (default) or official (the official code's exact formula; collapses on real LLMs).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --method random.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
+Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut: none (default), linear (closed-form patch, seconds), distill (healing, minutes), linear+distill.")]
+Ridge = Annotated[Optional[float], typer.Option("--ridge", help="linear: relative ridge of the least-squares patch (default: 1e-4).")]
+HealSteps = Annotated[Optional[int], typer.Option("--heal-steps", help="distill: training steps, one calibration batch each (default: 120).")]
+HealTokens = Annotated[Optional[int], typer.Option("--heal-tokens", help="distill: token budget instead of --heal-steps.")]
+HealLr = Annotated[Optional[float], typer.Option("--heal-lr", help="distill: learning rate (default: 1e-4, cosine decay).")]

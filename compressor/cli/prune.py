@@ -27,6 +27,11 @@ def prune(
     text_field: o.TextField = None,
     pack: o.Pack = None,
     seed: o.Seed = 0,
+    repair: o.Repair = None,
+    ridge: o.Ridge = None,
+    heal_steps: o.HealSteps = None,
+    heal_tokens: o.HealTokens = None,
+    heal_lr: o.HealLr = None,
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     device_map: o.DeviceMap = None,
@@ -49,10 +54,18 @@ def prune(
                        "drop --avss-mode, or score with --method avss --avss-mode ...")
     if sum(x is not None for x in (ratio, num_layers, mass)) != 1:
         raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --num-layers 7")
+    settings = common.repair_settings(repair, ridge, heal_steps, heal_tokens, heal_lr, seed)
     check_output_dir(out, force)
     report = ScoreReport.load(scores) if scores else None
     calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
     loaded = common.load(model, device, dtype, device_map, allow_pickle, trust_remote_code)
+    if settings.method != "none":
+        from compressor.repair.api import check_repair, protect_for
+
+        check_repair(settings, loaded.adapter)  # an architecture it cannot repair fails before scoring
+        if protect_for(settings, protect) != protect:
+            note("--repair linear keeps layer 0 (the patch folds into the block before each removed span)")
+            protect = protect_for(settings, protect)
     if report is not None:
         if report.num_layers != loaded.num_layers:
             raise BadInput(f"{scores} scores {report.num_layers} layers but {model} has {loaded.num_layers}",
@@ -78,9 +91,18 @@ def prune(
         "calibration": report.calibration,
         "scores_file": scores,
     }
-    res = prune_model(loaded, sel.removed, out, force=force, provenance=provenance)
+    cal = None
+    if settings.method != "none":
+        from compressor.sources.data import load_calibration
+
+        cal = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
+    with common.repair_progress() as update:
+        res = prune_model(loaded, sel.removed, out, force=force, provenance=provenance, repair=settings,
+                          calibration=cal, progress=update)
     for w in res.warnings:
         warn(w)
+    if settings.method != "none":
+        common.print_repair(res.repair or {})
     from rich.table import Table
 
     t = Table(title=f"pruned {model} -> {out}")

@@ -20,7 +20,7 @@ from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import check_output_dir, replace_dir, staging_dir
 
 COMPRESSION_FILE = "compression.json"
-COMPRESSION_SCHEMA = 1
+COMPRESSION_SCHEMA = 2  # 2: a "repair" record (method, settings, per-span patches, distillation)
 
 
 def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
@@ -69,6 +69,7 @@ class PruneResult:
     parameters_before: int
     parameters_after: int
     warnings: list[str]
+    repair: dict[str, Any] | None = None
 
 
 
@@ -79,16 +80,33 @@ def prune_model(
     *,
     force: bool = False,
     provenance: dict[str, Any] | None = None,
+    repair: Any = None,
+    calibration: Any = None,
+    progress: Any = None,
 ) -> PruneResult:
     """Remove ``removed`` (0-based, original numbering) from ``loaded`` (a LoadedModel) and save to ``out``.
 
-    The in-memory model is modified: callers that still need the full model must reload it.
+    Without ``repair`` (a ``RepairSettings``) the in-memory model is modified: callers that still need
+    the full model must reload it. With a repair, ``loaded`` stays the full model (it is the teacher
+    and the source of the activations) and the cut, repaired copy is saved; ``calibration`` is the
+    ``CalibrationData`` the repair fits on.
     """
     out = check_output_dir(out, force)
     model = loaded.model
     n_before = int(model.config.num_hidden_layers)
     p_before = int(sum(p.numel() for p in model.parameters()))
-    warnings = remove_layers(model, removed, loaded.adapter)
+    if repair is not None and repair.method != "none":
+        from compressor.repair.api import repair_cut
+
+        if calibration is None:
+            raise BadInput(f"--repair {repair.method} needs calibration data", "pass --data or --profile")
+        slim, repair_record, warnings = repair_cut(loaded, removed, repair, calibration.batches, progress)
+        repair_record["calibration"] = calibration.describe()
+        model, tokenizer = slim.model, slim.tokenizer
+    else:
+        warnings = remove_layers(model, removed, loaded.adapter)
+        repair_record = {"method": "none"}
+        tokenizer = loaded.tokenizer
     kept = [i for i in range(n_before) if i not in set(removed)]
     p_after = int(sum(p.numel() for p in model.parameters()))
     record = {
@@ -107,13 +125,21 @@ def prune_model(
         "indexing": "0-based, original numbering",
         "warnings": warnings,
         **(provenance or {}),
+        "repair": repair_record,
     }
+    save_checkpoint(model, tokenizer, out, record)
+    return PruneResult(out, sorted(removed), kept, n_before, len(kept), p_before, p_after, warnings, repair_record)
+
+
+def save_checkpoint(model: Any, tokenizer: Any, out: Path, record: dict[str, Any]) -> None:
+    """Write a plain ``save_pretrained`` folder (safetensors, tokenizer, compression.json) atomically."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
         (tmp / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         replace_dir(tmp, out)
     except BaseException as exc:
@@ -123,4 +149,3 @@ def prune_model(
         if isinstance(exc, OSError):
             raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
         raise
-    return PruneResult(out, sorted(removed), kept, n_before, len(kept), p_before, p_after, warnings)

@@ -68,6 +68,7 @@ class RunResult:
     verdict: str = ""
     tasks: list[dict[str, Any]] = field(default_factory=list)
     search: Optional[dict[str, Any]] = None
+    repair: Optional[dict[str, Any]] = None
     parity: Optional[dict[str, Any]] = None
     bench: Optional[dict[str, Any]] = None
     exit_code: int = EXIT_OK
@@ -135,6 +136,8 @@ class _Run:
             methods.check_mode(m, c.avss_mode if m == "avss" else None)
         cal = self.profile.calibration
         self.calibration = Data(lambda: read_documents(cal.source, cal.text_field, "calibration"))
+        self.repair = c.repair_settings()
+        self.protect = c.protect
         self.task_data = Data(lambda: task_data_digest(self.profile))
         self.task_data.digest()  # a missing or malformed task file fails now, not after pruning
         gate = self.profile.model_dump(mode="json", exclude={"calibration", "description"})
@@ -151,6 +154,14 @@ class _Run:
                                trust_remote_code=c.trust_remote_code)
         self.ev.note(f"loaded {self.base.config.model_type} with {self.base.num_layers} layers on "
                      f"{self.base.device} ({self.base.dtype})")
+        if self.repair.method != "none":
+            from compressor.repair.api import check_repair, protect_for
+
+            check_repair(self.repair, self.base.adapter)  # refused before any stage runs
+            self.protect = protect_for(self.repair, c.protect)
+            if self.protect != c.protect:
+                self.ev.note(f"--repair {self.repair.method} keeps layer 0 (the patch folds into the block before "
+                             f"each removed span): protecting {self.protect}")
 
     # --- stage declarations ------------------------------------------------------------------
     def score_stage(self, method: str, scores_path: Path, name: str = "score") -> Stage:
@@ -189,16 +200,46 @@ class _Run:
         self.run_stage(self.score_stage(method, scores_path, name))
         return ScoreReport.load(scores_path)
 
-    def _prune_to(self, removed: list[int], folder: Path, provenance: dict[str, Any]) -> None:
+    def repair_inputs(self) -> dict[str, Input]:
+        """What a repaired cut depends on besides the base and the cut (nothing without a repair)."""
+        if self.repair.method == "none":
+            return {"repair": Setting("none")}
+        return {"repair": Setting(self.repair.to_dict()), "calibration": Setting(self.profile.calibration.model_dump(mode="json")),
+                "calibration_data": self.calibration}
+
+    def _calibration_batches(self) -> Any:
+        from compressor.sources.data import CalibrationSpec, load_calibration
+
+        if getattr(self, "_calib", None) is None:
+            spec = CalibrationSpec(**self.profile.calibration.model_dump())
+            self._calib = load_calibration(spec, self.base.tokenizer, self.base.adapter.family)
+        return self._calib
+
+    def _prune_to(self, removed: list[int], folder: Path, provenance: dict[str, Any], repaired: bool = False,
+                  label: str = "repair") -> None:
+        """Cut ``removed`` into ``folder``; with ``repaired`` also apply the run's repair (base untouched)."""
         from compressor.prune.surgery import prune_model
         from compressor.sources.models import LoadedModel
 
-        clone = LoadedModel(self.base.spec, self.base.path, copy.deepcopy(self.base.model), self.base.tokenizer,
-                            self.base.adapter, self.base.device, self.base.dtype)
-        res = prune_model(clone, removed, folder, force=True, provenance=provenance)
+        if repaired and self.repair.method != "none":
+            def progress(step: str, done: int, total: int, loss: float | None) -> None:
+                cb = self._repair_bars.get(step)
+                if cb is None:
+                    cb = self._repair_bars[step] = self.ev.start(label, f"{step}")
+                if cb:
+                    cb(done, total)
+
+            self._repair_bars: dict[str, Any] = {}
+            res = prune_model(self.base, removed, folder, force=True, provenance=provenance, repair=self.repair,
+                              calibration=self._calibration_batches(), progress=progress)
+        else:
+            clone = LoadedModel(self.base.spec, self.base.path, copy.deepcopy(self.base.model), self.base.tokenizer,
+                                self.base.adapter, self.base.device, self.base.dtype)
+            res = prune_model(clone, removed, folder, force=True, provenance=provenance)
+            del clone
         for w in res.warnings:
             self.ev.warn(w)
-        del clone
+        self.last_repair = res.repair
 
     def _load_candidate(self, folder: Path) -> Any:
         from compressor.sources.models import load_model
@@ -219,7 +260,8 @@ class _Run:
 
         def work(cb):
             folder = self.out / ".search" / f"{method}-k{k}"
-            self._prune_to(removed, folder, {"method": rep.method, "mode": rep.mode, "label": rep.label})
+            self._prune_to(removed, folder, {"method": rep.method, "mode": rep.mode, "label": rep.label},
+                           repaired=True, label="search")
             try:
                 v = self._verify(self._load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
             finally:
@@ -230,7 +272,8 @@ class _Run:
             state = "pass" if cand.passed else "FAIL"
             return {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
 
-        inputs: dict[str, Input] = {"base": Model(self.base), "removed": Setting(removed), **self.gate_inputs}
+        inputs: dict[str, Input] = {"base": Model(self.base), "removed": Setting(removed), **self.gate_inputs,
+                                    **self.repair_inputs()}
         return Stage(f"search-{method}-k{k}", f"search {method}: {k} layers removed", inputs, (), work)
 
     def search_limits(self) -> int:
@@ -238,14 +281,14 @@ class _Run:
         from compressor.prune.select import parse_protect
 
         c, L = self.cfg, self.base.num_layers
-        removable = L - len(parse_protect(c.protect, L))
+        removable = L - len(parse_protect(self.protect, L))
         limit = min(L - 1, removable)
         if limit < 1:
-            raise BadInput(f"--search has no layer to remove: the model has {L} layer(s) and --protect {c.protect} "
+            raise BadInput(f"--search has no layer to remove: the model has {L} layer(s) and --protect {self.protect} "
                            f"keeps {L - removable}", "protect fewer layers (--protect none), or use a deeper model")
         if c.max_remove is not None and c.max_remove > limit:
             raise BadInput(f"--max-remove {c.max_remove} is more than the {limit} layer(s) this {L}-layer model can "
-                           f"lose with --protect {c.protect}", f"pass --max-remove {limit} or less, or protect fewer")
+                           f"lose with --protect {self.protect}", f"pass --max-remove {limit} or less, or protect fewer")
         return c.max_remove or max(1, min(L // 2, limit))
 
     def run_search(self) -> tuple[Any, list[int]]:
@@ -257,7 +300,7 @@ class _Run:
         max_remove = self.search_limits()
         result = SearchResult(STRATEGY, max_remove)
         reports: dict[str, Any] = {}
-        prot = parse_protect(c.protect, self.base.num_layers)
+        prot = parse_protect(self.protect, self.base.num_layers)
         for method in c.methods:
             scores_path = self.out / "search" / f"scores-{method}.json"
             rep = reports[method] = self.score(method, scores_path, f"score-{method}")
@@ -265,7 +308,7 @@ class _Run:
             limit = max_remove if nested else min(max_remove, longest_free_run(self.base.num_layers, prot))
 
             def check(k: int, rep=rep, method=method) -> Candidate:
-                removed = select_layers(rep, num_layers=k, protect=c.protect).removed
+                removed = select_layers(rep, num_layers=k, protect=self.protect).removed
                 res = self.run_stage(self.candidate_stage(method, k, removed, rep))
                 return Candidate(**res["candidate"])
 
@@ -295,21 +338,40 @@ class _Run:
         return Stage("select", "selecting layers", {"scores": Setting(_score_content(report)),
                                                     "removed": Setting(removed)}, ("scores.png",), work)
 
-    def prune_stage(self, report: Any, removed: list[int]) -> Stage:
+    def _provenance(self, report: Any) -> dict[str, Any]:
         c = self.cfg
-        prov = {"method": report.method, "mode": report.mode, "label": report.label,
-                "run": {"model": c.model, "protect": c.protect, "device": c.device, "dtype": c.dtype,
+        return {"method": report.method, "mode": report.mode, "label": report.label,
+                "run": {"model": c.model, "protect": self.protect, "device": c.device, "dtype": c.dtype,
                         "search": c.search}}
+
+    def _cut_stage(self, name: str, label: str, report: Any, removed: list[int], dest: str, repaired: bool) -> Stage:
+        """prune (the plain cut) and repair (cut + repair) write the same kind of checkpoint."""
+        prov = self._provenance(report)
 
         def work(cb):
             full = {**prov, "ranking": report.ranking, "calibration": report.calibration,
                     "scores": [{"index": l.index, "score": l.score} for l in report.layers]}
-            self._prune_to(removed, self.out / "model", full)
-            return {}, f"{report.num_layers} -> {report.num_layers - len(removed)} layers"
+            self._prune_to(removed, self.out / dest, full, repaired=repaired)
+            detail = f"{report.num_layers} -> {report.num_layers - len(removed)} layers ({dest}/)"
+            if not repaired:
+                return {}, detail
+            rec = self.last_repair or {}
+            return {"repair": rec}, f"{describe_repair(rec)} ({dest}/)"
 
         inputs: dict[str, Input] = {"base": Model(self.base), "removed": Setting(removed),
                                     "scores": Setting(_score_content(report)), "provenance": Setting(prov)}
-        return Stage("prune", "pruning", inputs, ("model",), work)
+        if repaired:
+            inputs.update(self.repair_inputs())
+        return Stage(name, label, inputs, (dest,), work)
+
+    def prune_stage(self, report: Any, removed: list[int]) -> Stage:
+        # with a repair, the plain cut is kept beside the repaired model/ for comparison
+        dest = "model" if self.repair.method == "none" else "cut"
+        return self._cut_stage("prune", "pruning", report, removed, dest, repaired=False)
+
+    def repair_stage(self, report: Any, removed: list[int]) -> Stage:
+        return self._cut_stage("repair", f"repairing the cut: {self.repair.method}", report, removed, "model",
+                               repaired=True)
 
     def verify_stage(self) -> Stage:
         from compressor.run.search import to_markdown
@@ -393,12 +455,16 @@ class _Run:
             report, removed = self.run_search()
         else:
             report = self.score(c.method, self.out / "scores.json")
-            removed = select_layers(report, ratio=c.ratio, num_layers=c.num_layers, protect=c.protect).removed
+            removed = select_layers(report, ratio=c.ratio, num_layers=c.num_layers, protect=self.protect).removed
         self.result.removed, self.result.method_label = removed, report.label
         self.run_stage(self.select_stage(report, removed))
         if len(removed) > report.num_layers // 2:
             self.ev.warn(f"this removes {len(removed)} of {report.num_layers} layers, more than half of the model")
         self.run_stage(self.prune_stage(report, removed))
+        if self.repair.method == "none":
+            self._skip("repair", "--repair none")
+        else:
+            self.result.repair = self.run_stage(self.repair_stage(report, removed)).get("repair")
         vres = self.run_stage(self.verify_stage())
         self.result.passed, self.result.verdict, self.result.tasks = vres["passed"], vres["verdict"], vres["tasks"]
         if c.skip_export:
@@ -415,6 +481,23 @@ class _Run:
         self.result.exit_code = EXIT_OK if self.result.passed else EXIT_GATE_FAILED
         self.result.status = "passed" if self.result.passed else "gate failed"
         return self.result
+
+
+def describe_repair(rec: dict[str, Any]) -> str:
+    """One line: what the repair did and what it measured."""
+    parts = [rec.get("method", "none")]
+    lin = rec.get("linear")
+    if lin:
+        sp = lin["spans"]
+        before = sum(x["error_before"] for x in sp) / len(sp)
+        after = sum(x["error_after"] for x in sp) / len(sp)
+        parts.append(f"{len(sp)} span(s), mean residual error {before:.3f} -> {after:.3f}")
+    d = rec.get("distill")
+    if d:
+        parts.append(f"{d['steps']} steps, held-out KL {d['heldout_kl_before']:.3f} -> {d['heldout_kl_after']:.3f}")
+    if "seconds" in rec:
+        parts.append(f"{rec['seconds']:.0f} s")
+    return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
 
 
 def _score_content(report: Any) -> dict[str, Any]:

@@ -39,10 +39,15 @@ class RunConfig(BaseModel):
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     num_layers: Optional[int] = Field(None, ge=1)
     search: bool = False
-    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_SEARCH_METHODS))
+    methods: Optional[list[str]] = None  # default: avss, block-influence (+ angular with a linear repair)
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)
+    repair: Literal["none", "linear", "distill", "linear+distill"] = "none"
+    ridge: float = Field(1e-4, ge=0)
+    heal_steps: int = Field(120, ge=1)
+    heal_tokens: Optional[int] = Field(None, ge=1)
+    heal_lr: float = Field(1e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     skip_export: bool = False
     skip_bench: bool = False
@@ -63,9 +68,18 @@ class RunConfig(BaseModel):
             raise ValueError("give only one of ratio and num_layers")
         if not self.search and not given:
             self.ratio = 0.25
+        if self.methods is None:
+            # the linear patch rewards contiguous spans (one fold instead of many): with it, the search also
+            # tries ReplaceMe's choice, the contiguous block with the smallest angular distance
+            self.methods = list(DEFAULT_SEARCH_METHODS) + (["angular"] if "linear" in self.repair else [])
         if not self.methods:
             raise ValueError("methods must name at least one scorer")
         return self
+
+    def repair_settings(self):
+        from compressor.repair.api import RepairSettings
+
+        return RepairSettings(self.repair, self.ridge, self.heal_steps, self.heal_lr, self.heal_tokens, self.seed)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

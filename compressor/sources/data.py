@@ -62,6 +62,8 @@ class CalibrationData:
 
 def read_documents(source: str, text_field: str = "text", split: Split = "calibration") -> list[str]:
     """Documents of a source; built-ins honour ``split``; local files are used whole."""
+    if source == "builtin:mixed":
+        return mix_by_characters([read_documents(f"builtin:{n}", text_field, split) for n in builtins.MIXED])
     if builtins.is_builtin(source):
         # de-duplicate first: several pydoc topics share one text, which would leak across the split
         docs = list(dict.fromkeys(builtins.builtin_text(builtins.builtin_name(source))))
@@ -73,6 +75,21 @@ def read_documents(source: str, text_field: str = "text", split: Split = "calibr
     if not docs:
         raise BadInput(f"calibration data {source} is empty", "pass a file with text in it")
     return docs
+
+
+def mix_by_characters(sources: list[list[str]]) -> list[str]:
+    """Interleave documents so every prefix holds about as much text of each source: the next document
+    always comes from the source with the fewest characters so far (long Python-doc topics and short
+    plot summaries would otherwise not mix in a packed calibration window)."""
+    queues = [list(docs) for docs in sources]
+    chars = [0] * len(queues)
+    out: list[str] = []
+    while any(queues):
+        i = min((k for k in range(len(queues)) if queues[k]), key=lambda k: (chars[k], k))
+        doc = queues[i].pop(0)
+        chars[i] += len(doc)
+        out.append(doc)
+    return out
 
 
 def _check_file(path: Path) -> None:

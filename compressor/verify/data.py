@@ -47,7 +47,7 @@ def load_examples(kind: str, source: str, split: str | None, fields: dict[str, s
 def _builtin(kind: str, name: str, split: str | None) -> list[Any]:
     from compressor.sources.data import read_documents
 
-    if name in ("python-docs", "rt-plots"):
+    if name in ("python-docs", "rt-plots", "mixed"):
         if kind != "perplexity":
             raise BadInput(f"builtin:{name} is plain text and only fits perplexity tasks", "use builtin:rt-sentiment or builtin:rt-qa")
         return read_documents(f"builtin:{name}", split=split or "evaluation")  # type: ignore[arg-type]

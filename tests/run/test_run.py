@@ -50,8 +50,9 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
         assert (out / f).exists(), f
     r = json.loads((out / "run.json").read_text())
     assert r["exit_code"] == 0 and r["status"] == "passed" and r["passed"] is True
-    assert [s["name"] for s in r["stages"]] == ["score", "select", "prune", "verify", "export", "export-base", "bench"]
-    assert all(s["status"] == "ran" for s in r["stages"])
+    assert [s["name"] for s in r["stages"]] == ["score", "select", "prune", "repair", "verify", "export", "export-base", "bench"]
+    assert {s["name"]: s["status"] for s in r["stages"]}["repair"] == "skipped"  # --repair none is the default
+    assert all(s["status"] == "ran" for s in r["stages"] if s["name"] != "repair")
     assert r["config"]["num_layers"] == 1 and r["config"]["method"] == "avss"
     assert r["method_label"] == "avss (robust)"  # never hide which AVSS produced the cut
     assert {"torch", "transformers", "onnxruntime", "avss-compressor"} <= set(r["versions"])
@@ -83,14 +84,14 @@ def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypa
     code, _, err = run(argv, capsys)
     assert code == 130 and "interrupted" in err, err
     r = json.loads((out / "run.json").read_text())
-    assert r["status"] == "interrupted" and [s["name"] for s in r["stages"]] == ["score", "select", "prune", "verify"]
+    assert r["status"] == "interrupted" and [s["name"] for s in r["stages"]] == ["score", "select", "prune", "repair", "verify"]
     assert not (out / "onnx").exists()
     monkeypatch.setattr(convert, "export_model", real)
     code, _, err = run(argv, capsys)
     assert code == 0, err
     r = json.loads((out / "run.json").read_text())
     status = {s["name"]: s["status"] for s in r["stages"]}
-    assert status == {"score": "resumed", "select": "resumed", "prune": "resumed", "verify": "resumed",
+    assert status == {"score": "resumed", "select": "resumed", "prune": "resumed", "repair": "skipped", "verify": "resumed",
                       "export": "ran", "export-base": "skipped", "bench": "skipped"}
     assert "left by an interrupted run" in err and not (out / ".onnx.tmp-dead").exists()
     assert (out / "onnx" / "model.onnx").is_file()

@@ -172,3 +172,16 @@ def test_search_and_fixed_cut_never_share_a_verify_record(case, capsys):
     assert json.loads((case.out / "run.json").read_text())["removed"] == removed
     assert statuses(case.out)["verify"] == "ran"
     assert "Search: the largest cut" not in (case.out / "report.md").read_text()
+
+
+def test_repair_settings_rerun_the_repair_and_what_follows(case, capsys):
+    err = case.go("--repair", "linear", capsys=capsys)
+    assert ran(case.out) == {"score", "select", "prune", "repair", "verify"}
+    assert "keeps layer 0" in err
+    r = json.loads((case.out / "run.json").read_text())
+    assert r["repair"]["method"] == "linear" and r["repair"]["linear"]["spans"]
+    comp = json.loads((case.out / "model" / "compression.json").read_text())
+    assert comp["repair"]["method"] == "linear" and 0 not in comp["removed_layers"]
+    assert json.loads((case.out / "cut" / "compression.json").read_text())["repair"]["method"] == "none"
+    err = case.go("--repair", "linear", "--ridge", "0.01", capsys=capsys)
+    assert ran(case.out) == {"repair", "verify"} and "repair: running again (changed: repair)" in err

@@ -68,3 +68,16 @@ def test_short_data_warns(tmp_path, decoder_tokenizer):
     p.write_text("only a few words here")
     d = load_calibration(CalibrationSpec(source=str(p), samples=8, seq_len=64), decoder_tokenizer)
     assert d.warnings and "only 1 of the 8" in d.warnings[0]
+
+
+def test_builtin_mixed_interleaves_both_sources_by_characters():
+    from compressor.sources.data import read_documents
+
+    mixed = read_documents("builtin:mixed")
+    docs, plots = read_documents("builtin:python-docs"), read_documents("builtin:rt-plots")
+    assert set(mixed) == set(docs) | set(plots) and len(mixed) == len(docs) + len(plots)
+    head = mixed[:60]
+    a = sum(len(d) for d in head if d in set(docs))
+    b = sum(len(d) for d in head if d in set(plots))
+    assert a > 0 and b > 0 and 0.5 < a / b < 2.0  # both domains early on, in similar amounts of text
+    assert set(read_documents("builtin:mixed", split="evaluation")).isdisjoint(mixed)  # halves stay disjoint

@@ -1,0 +1,50 @@
+"""Repair a pruned checkpoint: a closed-form linear patch (seconds) and/or short distillation healing."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from compressor.cli import options as o
+
+
+def repair(
+    base: Annotated[str, typer.Argument(help="The full model the slim one was pruned from.")],
+    slim: Annotated[str, typer.Argument(help="A checkpoint written by `avss prune` (its compression.json names the removed layers).")],
+    out: Annotated[str, typer.Option("--out", help="Folder for the repaired checkpoint (atomic write).")],
+    method: Annotated[str, typer.Option("--method", help="linear, distill or linear+distill.")] = "linear",
+    ridge: o.Ridge = None,
+    heal_steps: o.HealSteps = None,
+    heal_tokens: o.HealTokens = None,
+    heal_lr: o.HealLr = None,
+    data: o.Data = None,
+    profile: o.Profile = None,
+    samples: o.Samples = None,
+    seq_len: o.SeqLen = None,
+    batch_size: o.BatchSize = None,
+    text_field: o.TextField = None,
+    pack: o.Pack = None,
+    seed: o.Seed = 0,
+    device: o.Device = "cpu",
+    dtype: o.Dtype = "auto",
+    allow_pickle: o.AllowPickle = False,
+    trust_remote_code: o.TrustRemoteCode = False,
+    force: o.Force = False,
+) -> None:
+    from compressor.cli import common
+    from compressor.cli.output import note
+    from compressor.files import check_output_dir
+    from compressor.repair.api import repair_checkpoint
+    from compressor.sources.data import load_calibration
+
+    settings = common.repair_settings(method, ridge, heal_steps, heal_tokens, heal_lr, seed)
+    check_output_dir(out, force)
+    calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
+    loaded = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
+    if not have_data:
+        note(f"no --data or --profile given: calibrating on {calib.source} ({calib.split} split)")
+    cal = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
+    with common.repair_progress() as update:
+        record = repair_checkpoint(loaded, slim, settings, cal, out, force=force, progress=update)
+    common.print_repair(record)
+    note(f"wrote {out} (compression.json records the repair: method, settings, per-span errors)")

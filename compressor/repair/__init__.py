@@ -1,0 +1,1 @@
+"""Repair after removal: make a cut model do what the full one did (``linear``, ``distill``)."""

@@ -1,0 +1,236 @@
+"""The repair registry and ``repair_cut``: cut a full model and repair it, in memory.
+
+A repair method is one class here with ``check`` (refuse before any work) and ``apply`` (one step on
+the model being cut); a ``--repair`` value is one method or several joined by ``+``, applied in
+order (``linear+distill``: fold the closed-form patch, then heal from it). ``none`` is the plain cut.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from compressor.errors import BadInput
+
+Progress = Callable[[str, int, int, float | None], None]  # (step label, done, total, loss)
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    """What decides a repair's result (part of every resume and cache key that depends on it)."""
+
+    method: str = "none"
+    ridge: float = 1e-4
+    heal_steps: int = 120
+    heal_lr: float = 1e-4
+    heal_tokens: int | None = None  # overrides heal_steps: steps = tokens / tokens per batch
+    seed: int = 0
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return () if self.method == "none" else tuple(self.method.split("+"))
+
+    def distill_steps(self, batches: list[dict[str, Any]]) -> int:
+        """``heal_steps``, or ``heal_tokens`` converted to steps (one calibration batch per step)."""
+        if self.heal_tokens is None:
+            return self.heal_steps
+        per = max(1, int(sum(int(b["attention_mask"].sum()) for b in batches) / max(len(batches), 1)))
+        return max(1, self.heal_tokens // per)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "ridge": self.ridge, "heal_steps": self.heal_steps, "heal_lr": self.heal_lr,
+                "heal_tokens": self.heal_tokens, "seed": self.seed}
+
+
+@dataclass
+class _Ctx:
+    student: Any  # the model being cut (in place)
+    teacher: Any  # the full model (never modified)
+    removed: list[int]
+    kept: list[int]
+    batches: list[dict[str, Any]]
+    settings: RepairSettings
+    progress: Progress | None
+    cut_done: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class LinearRepair:
+    name = "linear"
+    description = ("closed-form d x d patch per removed span (ridge least squares on calibration activations), "
+                   "folded into the MLP output projection of the kept block before the span; no training")
+
+    def check(self, adapter: Any, removed: list[int]) -> None:
+        from compressor.repair.linear import check_foldable
+
+        check_foldable(adapter, removed)
+
+    def apply(self, ctx: _Ctx) -> None:
+        from compressor.repair.linear import linear_repair
+
+        if ctx.cut_done:
+            raise BadInput("linear must come first in --repair (it cuts the full model span by span)",
+                           "use --repair linear+distill")
+
+        def prog(done: int, total: int) -> None:
+            if ctx.progress:
+                ctx.progress("linear patch", done, total, None)
+
+        patches, warnings = linear_repair(ctx.student, ctx.removed, ctx.batches, ridge=ctx.settings.ridge, progress=prog)
+        ctx.cut_done = True
+        ctx.warnings += warnings
+        ctx.record["linear"] = {"ridge": ctx.settings.ridge, "spans": [p.to_dict() for p in patches]}
+
+
+class DistillRepair:
+    name = "distill"
+    description = ("short healing from the full model: the blocks next to each cut train on a relative MSE of "
+                   "hidden states at the cut points and at the final norm, early-stopped on held-out calibration")
+
+    def check(self, adapter: Any, removed: list[int]) -> None:
+        if adapter.family != "decoder":
+            raise BadInput(f"--repair distill is implemented for decoder models, not {adapter.model_type}",
+                           "use --repair none for encoders")
+
+    def apply(self, ctx: _Ctx) -> None:
+        from compressor.repair.distill import distill
+
+        if not ctx.cut_done:
+            ctx.warnings += _cut(ctx)
+        s = ctx.settings
+        steps = s.distill_steps(ctx.batches)
+
+        def prog(done: int, total: int, loss: float) -> None:
+            if ctx.progress:
+                ctx.progress("distill", done, total, loss)
+
+        rec = distill(ctx.student, ctx.teacher, ctx.kept, ctx.removed, ctx.batches, steps=steps, lr=s.heal_lr,
+                      seed=s.seed, progress=prog)
+        ctx.record["distill"] = rec.to_dict()
+
+
+REPAIRS: dict[str, Any] = {r.name: r for r in (LinearRepair(), DistillRepair())}
+CHOICES = ("none", "linear", "distill", "linear+distill")
+
+
+def parse_method(method: str) -> list[Any]:
+    if method == "none":
+        return []
+    steps = method.split("+")
+    unknown = [s for s in steps if s not in REPAIRS]
+    if unknown or len(set(steps)) != len(steps):
+        raise BadInput(f"unknown --repair {method!r}", f"use one of: {', '.join(CHOICES)}")
+    return [REPAIRS[s] for s in steps]
+
+
+def check_repair(settings: RepairSettings, adapter: Any, removed: list[int] | None = None) -> None:
+    """Everything that can be refused without touching the model (``removed`` may be unknown yet)."""
+    for r in parse_method(settings.method):
+        r.check(adapter, removed or [])
+
+
+def protect_for(settings: RepairSettings, protect: str) -> str:
+    """The --protect a repair needs: the linear patch folds into the block *before* each span, so
+    with ``linear`` layer 0 is always kept (added to --protect, and said so by the caller)."""
+    if "linear" not in settings.steps:
+        return protect
+    items = [p.strip() for p in (protect or "").split(",") if p.strip() and p.strip().lower() != "none"]
+    if "first" in items or "0" in items:
+        return protect
+    return ",".join(["first", *items])
+
+
+def _cut(ctx: _Ctx) -> list[str]:
+    from compressor.prune.surgery import remove_layers
+
+    ctx.cut_done = True
+    return remove_layers(ctx.student, ctx.removed)
+
+
+def repair_cut(base: Any, removed: list[int], settings: RepairSettings, batches: list[dict[str, Any]],
+               progress: Progress | None = None) -> tuple[Any, dict[str, Any], list[str]]:
+    """A new LoadedModel: ``base`` with ``removed`` cut and repaired (``base`` is not modified).
+
+    Returns (slim LoadedModel, repair record for compression.json, warnings).
+    """
+    from compressor.sources.models import LoadedModel
+
+    steps = parse_method(settings.method)
+    for r in steps:
+        r.check(base.adapter, removed)
+    t0 = time.perf_counter()
+    student = copy.deepcopy(base.model)
+    kept = [i for i in range(base.num_layers) if i not in set(removed)]
+    ctx = _Ctx(student, base.model, sorted(removed), kept, batches, settings, progress)
+    for r in steps:
+        r.apply(ctx)
+    if not ctx.cut_done:
+        ctx.warnings += _cut(ctx)
+    record = {**settings.to_dict(), **ctx.record, "seconds": round(time.perf_counter() - t0, 2)}
+    # not the base's folder: a fingerprint of this model must hash its own (repaired) weights
+    slim = LoadedModel(f"{base.spec} (cut, {settings.method})", f"{base.path}#in-memory-cut", student, base.tokenizer,
+                       base.adapter, base.device, base.dtype)
+    return slim, record, ctx.warnings
+
+
+def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calibration: Any, out: str, *,
+                      force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """``avss repair``: repair a checkpoint written by ``avss prune`` (its compression.json says which
+    layers of ``base`` were removed) into ``out``. ``linear`` is fitted on ``base`` (it needs the full
+    model's activations); ``distill`` alone heals the slim weights as they are (e.g. after linear)."""
+    import json
+    from pathlib import Path
+
+    from compressor.files import check_output_dir
+    from compressor.prune.surgery import COMPRESSION_FILE, prune_model, save_checkpoint
+
+    out_p = check_output_dir(out, force)
+    rec_file = Path(slim_path) / COMPRESSION_FILE
+    try:
+        prov = json.loads(rec_file.read_text(encoding="utf-8"))
+        removed = [int(i) for i in prov["removed_layers"]]
+        n_before = int(prov["num_layers_before"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{slim_path} has no readable {COMPRESSION_FILE} naming its removed layers",
+                       "pass a checkpoint written by `avss prune` (or `avss run`'s model/ folder)") from exc
+    if n_before != base.num_layers or prov.get("base_model", {}).get("model_type") not in (None, base.config.model_type):
+        raise BadInput(f"{slim_path} was cut from a {n_before}-layer {prov.get('base_model', {}).get('model_type')} "
+                       f"model, but the base is a {base.num_layers}-layer {base.config.model_type}",
+                       "pass the base model the slim one was pruned from")
+    steps = parse_method(settings.method)
+    if not steps:
+        raise BadInput("--method none repairs nothing", f"use one of: {', '.join(CHOICES[1:])}")
+    for r in steps:
+        r.check(base.adapter, removed)
+    keep = {k: v for k, v in prov.items() if k not in ("repair", "created", "parameters_after", "warnings")}
+    if steps[0].name == "linear":
+        if prov.get("repair", {}).get("method", "none") != "none":
+            keep["repaired_from"] = {"previous_repair": prov["repair"]}
+        res = prune_model(base, removed, out_p, force=True, provenance=keep, repair=settings, calibration=calibration,
+                          progress=progress)
+        return res.repair or {}
+    # distill alone: heal the slim checkpoint's own weights from the base
+    from compressor.repair.distill import distill
+    from compressor.sources.models import load_model
+
+    slim = load_model(slim_path, device=base.device, dtype=base.dtype)
+    if slim.num_layers != base.num_layers - len(removed):
+        raise BadInput(f"{slim_path} has {slim.num_layers} layers, but its {COMPRESSION_FILE} says "
+                       f"{base.num_layers - len(removed)}", "re-run avss prune")
+    kept = [i for i in range(base.num_layers) if i not in set(removed)]
+    s = settings
+    steps_n = s.distill_steps(calibration.batches)
+
+    def prog(done: int, total: int, loss: float) -> None:
+        if progress:
+            progress("distill", done, total, loss)
+
+    d = distill(slim.model, base.model, kept, removed, calibration.batches, steps=steps_n, lr=s.heal_lr, seed=s.seed,
+                progress=prog)
+    previous = prov.get("repair", {"method": "none"})
+    method = "distill" if previous.get("method", "none") == "none" else f"{previous['method']}+distill"
+    record = {**previous, **s.to_dict(), "method": method, "distill": d.to_dict(), "calibration": calibration.describe()}
+    save_checkpoint(slim.model, slim.tokenizer, out_p, {**prov, "repair": record})
+    return record

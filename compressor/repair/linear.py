@@ -1,0 +1,187 @@
+"""``linear``: a training-free, closed-form patch per removed span, folded into the weights.
+
+For a span of consecutive removed blocks [i..j], the kept block i-1 is made to produce what the
+span produced: with M = block i-1's MLP output, Y = its output minus M (everything else the block
+adds) and L = the residual stream leaving block j, solve the ridge least-squares problem
+min ||M T - (L - Y)||^2 over real (unpadded) tokens, in float64, streaming M^T M and M^T (L - Y)
+(activations are never stored). T is then folded into block i-1's MLP output projection, which
+feeds the residual stream with nothing in between (the architecture registry says where that is,
+and refuses architectures where a norm follows it). Spans are estimated one after another on the
+model already cut and patched before them, and L is the block's own output, never
+``hidden_states[-1]`` (which transformers returns after the final norm).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from compressor.architectures import adapter_for_config, get_layers, mlp_out_module
+from compressor.errors import BadInput, RuntimeFailure
+
+DEFAULT_RIDGE = 1e-4  # relative: lambda = ridge * trace(M^T M) / d
+
+
+@dataclass
+class SpanPatch:
+    removed: list[int]  # original indices of the span
+    fold_block: int  # original index of the kept block the patch is folded into
+    fold_point: str  # e.g. "layers.12.mlp.down_proj" (index in the original numbering)
+    tokens: int
+    ridge: float  # relative ridge
+    ridge_lambda: float  # absolute lambda added to M^T M's diagonal
+    error_before: float  # ||M - target||^2 / ||target||^2: the cut without a patch
+    error_after: float  # ||M T - target||^2 / ||target||^2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def spans_of(removed: list[int]) -> list[list[int]]:
+    """Runs of consecutive indices: [1, 2, 5] -> [[1, 2], [5]]."""
+    spans: list[list[int]] = []
+    for i in sorted(removed):
+        if spans and i == spans[-1][-1] + 1:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    return spans
+
+
+def check_foldable(adapter: Any, removed: list[int]) -> None:
+    """Refuse, before any work, what the linear patch cannot repair exactly."""
+    if adapter.no_fold:
+        raise BadInput(f"--repair linear cannot be folded exactly into a {adapter.model_type} model: {adapter.no_fold}",
+                       "use --repair distill (trained healing) for this architecture, or --repair none")
+    if adapter.mlp_out is None:  # pragma: no cover - every registered decoder names its projection
+        raise BadInput(f"no MLP output projection is known for {adapter.model_type}", "use --repair distill")
+    if removed and min(removed) == 0:
+        raise BadInput("--repair linear needs a kept block before every removed span, and layer 0 is removed "
+                       "(nothing precedes it to fold a patch into)",
+                       "keep layer 0 (--protect first), or use --repair distill")
+
+
+class _Stop(Exception):
+    """Raised by the hook on the span's last block: later blocks are not needed for this span."""
+
+
+def _rows(t: Any, mask: Any) -> Any:
+    """Real tokens of a [batch, seq, d] tensor as float64 rows."""
+    return t[mask].double()
+
+
+def fit_span(model: Any, adapter: Any, fold_at: int, end_at: int, batches: list[dict[str, Any]],
+             ridge: float = DEFAULT_RIDGE, progress: Callable[[int, int], None] | None = None) -> tuple[Any, dict[str, float]]:
+    """Solve T for the span ending at block ``end_at`` (current numbering), folded into ``fold_at``."""
+    import torch
+
+    from compressor.architectures import body_of
+    from compressor.score.stats import _block_io
+
+    layers = get_layers(model, adapter)
+    body = body_of(model, adapter)
+    proj = mlp_out_module(layers[fold_at], adapter)
+    got: dict[str, Any] = {}
+    acc: dict[str, Any] = {}
+
+    def on_mlp(module, args, output):
+        got["M"] = output
+
+    def on_fold(module, args, kwargs, output):
+        got["L_prev"] = _block_io(args, kwargs, output)[1]
+
+    def on_end(module, args, kwargs, output):
+        got["L_end"] = _block_io(args, kwargs, output)[1]
+        raise _Stop
+
+    handles = [proj.register_forward_hook(on_mlp), layers[fold_at].register_forward_hook(on_fold, with_kwargs=True),
+               layers[end_at].register_forward_hook(on_end, with_kwargs=True)]
+    dev = model.get_input_embeddings().weight.device
+    try:
+        with torch.inference_mode():
+            for n, batch in enumerate(batches, 1):
+                got.clear()
+                try:
+                    body(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                         use_cache=False)
+                except _Stop:
+                    pass
+                if "L_end" not in got or "M" not in got:
+                    raise RuntimeFailure("the linear repair's hooks saw no activations", "report this model's config")
+                mask = batch["attention_mask"].to(got["M"].device).bool()
+                M = _rows(got["M"], mask)
+                Y = _rows(got["L_end"], mask) - _rows(got["L_prev"], mask) + M
+                if not acc:
+                    d = M.shape[1]
+                    acc = {"MtM": torch.zeros(d, d, dtype=torch.float64, device=M.device),
+                           "MtY": torch.zeros(d, d, dtype=torch.float64, device=M.device),
+                           "yy": torch.zeros((), dtype=torch.float64, device=M.device), "tokens": 0}
+                acc["MtM"] += M.T @ M
+                acc["MtY"] += M.T @ Y
+                acc["yy"] += (Y * Y).sum()
+                acc["tokens"] += int(M.shape[0])
+                if progress:
+                    progress(n, len(batches))
+    finally:
+        for h in handles:
+            h.remove()
+    MtM, MtY, yy = acc["MtM"], acc["MtY"], acc["yy"]
+    d = MtM.shape[0]
+    lam = ridge * float(torch.trace(MtM)) / d
+    T = torch.linalg.solve(MtM + lam * torch.eye(d, dtype=MtM.dtype, device=MtM.device), MtY)
+
+    def rel_err(X: Any) -> float:
+        e = torch.trace(X.T @ MtM @ X) - 2 * torch.trace(X.T @ MtY) + yy
+        return float(e / yy) if float(yy) > 0 else 0.0
+
+    eye = torch.eye(d, dtype=MtM.dtype, device=MtM.device)
+    if not torch.isfinite(T).all():
+        raise RuntimeFailure("the linear repair's solve produced non-finite values", "raise --ridge or use float32")
+    return T, {"tokens": acc["tokens"], "ridge_lambda": lam, "error_before": rel_err(eye), "error_after": rel_err(T)}
+
+
+def fold(module: Any, kind: str, T: Any) -> None:
+    """Make ``module``'s output y become y @ T (weights and bias), exactly, in float64 then cast back."""
+    import torch
+
+    with torch.no_grad():
+        W = module.weight.data
+        T = T.to(W.device)
+        if kind == "conv1d":  # y = x W + b, W [d_in, d_out]
+            new = W.double() @ T
+        else:  # nn.Linear: y = x W^T + b, W [d_out, d_in]
+            new = T.T @ W.double()
+        module.weight.data = new.to(W.dtype)
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            bias.data = (bias.data.double() @ T).to(bias.dtype)
+
+
+def linear_repair(model: Any, removed: list[int], batches: list[dict[str, Any]], *, ridge: float = DEFAULT_RIDGE,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[list[SpanPatch], list[str]]:
+    """Cut ``removed`` from ``model`` (a full model, modified in place) span by span, patching each.
+
+    Returns the patches and the surgery's warnings."""
+    from compressor.prune.surgery import remove_layers
+
+    adapter = adapter_for_config(model.config)
+    check_foldable(adapter, removed)
+    if not batches:
+        raise BadInput("the linear repair needs calibration data", "pass --data or --profile")
+    patches, warnings, offset = [], [], 0
+    spans = spans_of(removed)
+    total = len(spans) * len(batches)
+    for si, span in enumerate(spans):
+        i, j = span[0], span[-1]
+        fold_at, end_at = i - 1 - offset, j - offset
+
+        def step(done: int, _n: int, si=si) -> None:
+            if progress:
+                progress(si * len(batches) + done, total)
+
+        T, st = fit_span(model, adapter, fold_at, end_at, batches, ridge, step)
+        fold(mlp_out_module(get_layers(model, adapter)[fold_at], adapter), adapter.mlp_out_kind, T)
+        warnings = remove_layers(model, list(range(i - offset, j - offset + 1)), adapter)
+        offset += len(span)
+        patches.append(SpanPatch(span, i - 1, f"{adapter.layers_path}.{i - 1}.{adapter.mlp_out}", st["tokens"], ridge,
+                                 st["ridge_lambda"], st["error_before"], st["error_after"]))
+    return patches, warnings
