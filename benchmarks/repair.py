@@ -35,12 +35,13 @@ from compressor import library_versions  # noqa: E402
 START = time.perf_counter()
 # scorer | repair | cut sizes | calibration source of the repair
 DEFAULT_PLAN = [
-    "block-influence|none|1,2,4,7,10|builtin:python-docs",
+    "block-influence|none|1,2,4|builtin:python-docs",
     "block-influence|linear|1,2,4,7,10|builtin:python-docs",
-    "angular|linear|2,4,7,10|builtin:python-docs",
+    "block-influence|linear+distill|7|builtin:python-docs",
+    "angular|linear|4,7|builtin:python-docs",
     "block-influence|linear|7|builtin:mixed",
-    "block-influence|linear+distill|4,7|builtin:python-docs",
     "block-influence|distill|7|builtin:python-docs",
+    "block-influence|linear+distill|4|builtin:python-docs",
 ]
 
 
@@ -62,6 +63,11 @@ def measure(args: argparse.Namespace) -> dict:
     base = load_model(args.model)
     L = base.num_layers
     rows, reports = [], {}
+    partial = Path(args.out) / "results" / "repair.partial.json"
+    if args.resume and partial.is_file():  # rows measured by an interrupted run with the same code
+        rows = json.loads(partial.read_text(encoding="utf-8"))
+        log(f"resuming: {len(rows)} rows from {partial}")
+    done = {(r["scorer_id"], r["k"], r["repair"], r["calibration"]) for r in rows if "scorer_id" in r}
     work = Path(tempfile.mkdtemp(prefix="avss-repair-bench-"))
     cals = {}
     try:
@@ -78,6 +84,8 @@ def measure(args: argparse.Namespace) -> dict:
                 cals[cal_source] = load_calibration(spec, base.tokenizer, base.adapter.family)
             cal = cals[cal_source]
             for k in [int(x) for x in cuts.split(",")]:
+                if (scorer, k, method_r, cal_source) in done:
+                    continue
                 removed = select_layers(rep, num_layers=k, protect="first").removed
                 settings = RepairSettings(method_r, heal_steps=args.heal_steps, heal_lr=args.heal_lr)
                 log(f"{rep.label} k={k} {removed} repair={method_r} calibration={cal_source}")
@@ -91,7 +99,7 @@ def measure(args: argparse.Namespace) -> dict:
                 cand = load_model(str(folder))
                 v = verify(base, cand, profile)
                 shutil.rmtree(folder, ignore_errors=True)
-                row = {"scorer": rep.label, "k": k, "removed": removed, "repair": method_r,
+                row = {"scorer": rep.label, "scorer_id": scorer, "k": k, "removed": removed, "repair": method_r,
                        "calibration": cal_source, "passed": v.passed,
                        "tasks": {t.name: {"metric": t.metric, "base": t.base, "candidate": t.candidate,
                                           "retention": t.retention, "threshold": t.threshold,
@@ -101,8 +109,8 @@ def measure(args: argparse.Namespace) -> dict:
                 worst = min(t["retention"] for t in row["tasks"].values())
                 log(f"  -> worst retention {worst:.3f} ({'pass' if v.passed else 'fail'}), repair {secs:.0f} s")
                 rows.append(row)
-                (Path(args.out) / "results").mkdir(parents=True, exist_ok=True)
-                (Path(args.out) / "results" / "repair.partial.json").write_text(json.dumps(rows, indent=2))
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps(rows, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"model": args.model, "profile": args.profile, "num_layers": L, "rows": rows,
@@ -172,6 +180,7 @@ def main() -> None:
     ap.add_argument("--heal-steps", type=int, default=30)
     ap.add_argument("--heal-lr", type=float, default=3e-4)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run (repair.partial.json)")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     a = ap.parse_args()
     a.plan = a.plan or DEFAULT_PLAN
