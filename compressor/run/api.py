@@ -140,7 +140,12 @@ class _Run:
         self.protect = c.protect
         self.task_data = Data(lambda: task_data_digest(self.profile))
         self.task_data.digest()  # a missing or malformed task file fails now, not after pruning
+        # settings by value, data by content: file paths are left out (a moved checkout still resumes),
+        # what they point at is in the ``tasks`` and ``calibration_data`` digests
         gate = self.profile.model_dump(mode="json", exclude={"calibration", "description"})
+        for t in gate["tasks"]:
+            t.pop("data", None)
+        self.calibration_settings = Setting(self.profile.calibration.model_dump(mode="json", exclude={"source"}))
         self.gate_inputs: dict[str, Input] = {
             "profile": Setting(gate), "tasks": self.task_data, "calibration_data": self.calibration,
             "min_retention": Setting(c.min_retention), "load": Setting({"device": c.device, "dtype": c.dtype})}
@@ -189,7 +194,7 @@ class _Run:
         inputs: dict[str, Input] = {"model": Model(self.base), "method": Setting([method, mode, c.seed]),
                                     "device": Setting(c.device)}
         if needs_data:
-            inputs.update(calibration=Setting(self.profile.calibration.model_dump(mode="json")),
+            inputs.update(calibration=self.calibration_settings,
                           calibration_data=self.calibration)
         label = f"{method} ({mode})" if mode else method
         return Stage(name, f"scoring layers: {label}", inputs, (rel,), work)
@@ -204,7 +209,7 @@ class _Run:
         """What a repaired cut depends on besides the base and the cut (nothing without a repair)."""
         if self.repair.method == "none":
             return {"repair": Setting("none")}
-        return {"repair": Setting(self.repair.to_dict()), "calibration": Setting(self.profile.calibration.model_dump(mode="json")),
+        return {"repair": Setting(self.repair.to_dict()), "calibration": self.calibration_settings,
                 "calibration_data": self.calibration}
 
     def _calibration_batches(self) -> Any:
