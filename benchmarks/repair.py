@@ -113,7 +113,9 @@ def measure(args: argparse.Namespace) -> dict:
                 partial.write_text(json.dumps(rows, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"model": args.model, "profile": args.profile, "num_layers": L, "rows": rows,
+    prof = Path(args.profile).resolve()
+    shown = str(prof.relative_to(ROOT)) if prof.is_relative_to(ROOT) else str(prof)
+    return {"model": args.model, "profile": shown, "num_layers": L, "rows": rows,
             "settings": {"heal_steps": args.heal_steps, "heal_lr": args.heal_lr, "plan": args.plan},
             "machine": {"python": platform.python_version(), "cpu_threads": __import__("torch").get_num_threads()},
             "versions": library_versions(), "seconds": round(time.perf_counter() - START)}
@@ -153,7 +155,11 @@ def render(res: dict) -> str:
                    f"{f'{at7[0]:.3f}' if at7 else 'n/a'} |")
     spans = [(r, sp) for r in rows if r["record"].get("linear") for sp in r["record"]["linear"]["spans"]]
     if spans:
-        out += ["", "## Linear patch fit (relative residual error of the removed span's effect)", "",
+        out += ["", "## Linear patch fit", "",
+                "Relative residual error ‖pred − target‖²/‖target‖² with target = (span output) − (rest of the fold "
+                "block), before (no patch: pred = M) and after (pred = M·T). Where the fold block's MLP output M is "
+                "very large (SmolLM2's massive activations around layer 11) the ratio is small for any prediction, so "
+                "compare before with after, not spans with each other.", "",
                 "| scorer | calibration | layers removed | span | folded into | error before | after |", "|---|---|---|---|---|---|---|"]
         for r, sp in spans:
             if r["repair"] == "linear":
@@ -181,16 +187,21 @@ def main() -> None:
     ap.add_argument("--heal-lr", type=float, default=3e-4)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run (repair.partial.json)")
+    ap.add_argument("--render-only", action="store_true", help="re-render OUT/REPAIR.md from OUT/results/repair.json")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     a = ap.parse_args()
     a.plan = a.plan or DEFAULT_PLAN
     if a.quick:
         a.plan, a.heal_steps = ["block-influence|linear|1|builtin:python-docs", "block-influence|linear+distill|1|builtin:python-docs"], 2
-    res = measure(a)
     out = Path(a.out)
+    if a.render_only:
+        (out / "REPAIR.md").write_text(render(json.loads((out / "results" / "repair.json").read_text())), encoding="utf-8")
+        return
+    res = measure(a)
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "results" / "repair.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     (out / "REPAIR.md").write_text(render(res), encoding="utf-8")
+    (out / "results" / "repair.partial.json").unlink(missing_ok=True)
     log(f"wrote {out / 'REPAIR.md'}")
 
 

@@ -96,9 +96,9 @@ def repair_settings(repair: Optional[str], ridge: Optional[float], heal_steps: O
     if s.ridge < 0:
         raise BadInput(f"--ridge must be >= 0 (got {s.ridge})", "e.g. --ridge 1e-4")
     if s.heal_steps < 1 or (s.heal_tokens is not None and s.heal_tokens < 1):
-        raise BadInput("--heal-steps and --heal-tokens must be at least 1", "e.g. --heal-steps 120")
+        raise BadInput("--heal-steps and --heal-tokens must be at least 1", "e.g. --heal-steps 30")
     if not s.heal_lr > 0:
-        raise BadInput(f"--heal-lr must be positive (got {s.heal_lr})", "e.g. --heal-lr 1e-4")
+        raise BadInput(f"--heal-lr must be positive (got {s.heal_lr})", "e.g. --heal-lr 3e-4")
     return s
 
 

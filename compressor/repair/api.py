@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from compressor.errors import BadInput
+from compressor.repair.distill import DEFAULT_LR, DEFAULT_STEPS
 
 Progress = Callable[[str, int, int, float | None], None]  # (step label, done, total, loss)
 
@@ -22,8 +23,8 @@ class RepairSettings:
 
     method: str = "none"
     ridge: float = 1e-4
-    heal_steps: int = 120
-    heal_lr: float = 1e-4
+    heal_steps: int = DEFAULT_STEPS
+    heal_lr: float = DEFAULT_LR
     heal_tokens: int | None = None  # overrides heal_steps: steps = tokens / tokens per batch
     seed: int = 0
 

@@ -21,8 +21,8 @@ from typing import Any, Callable
 from compressor.architectures import body_of, get_layers
 from compressor.errors import BadInput
 
-DEFAULT_STEPS = 120
-DEFAULT_LR = 1e-4
+DEFAULT_STEPS = 30  # measured on SmolLM2-135M, 2 cores: ~5 s per 2,048-token step, ~2.5 min in all
+DEFAULT_LR = 3e-4
 
 
 @dataclass
@@ -97,9 +97,9 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
     import torch
 
     if steps < 1:
-        raise BadInput(f"--heal-steps must be at least 1 (got {steps})", "e.g. --heal-steps 120")
+        raise BadInput(f"--heal-steps must be at least 1 (got {steps})", "e.g. --heal-steps 30")
     if not lr > 0:
-        raise BadInput(f"--heal-lr must be positive (got {lr})", "e.g. --heal-lr 1e-4")
+        raise BadInput(f"--heal-lr must be positive (got {lr})", "e.g. --heal-lr 3e-4")
     if len(batches) < 2:
         raise BadInput("distillation needs at least 2 calibration batches (one is held out)",
                        "raise --samples or lower --batch-size")

@@ -233,6 +233,8 @@ class _Run:
                     cb = self._repair_bars[step] = self.ev.start(label, f"{step}")
                 if cb:
                     cb(done, total)
+                if loss is not None and (done % 10 == 0 or done == total):
+                    self.ev.note(f"{label}: {step} step {done}/{total}, loss {loss:.4f}")
 
             self._repair_bars: dict[str, Any] = {}
             res = prune_model(self.base, removed, folder, force=True, provenance=provenance, repair=self.repair,

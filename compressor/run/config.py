@@ -45,9 +45,9 @@ class RunConfig(BaseModel):
     min_retention: Optional[float] = Field(None, gt=0, le=2)
     repair: Literal["none", "linear", "distill", "linear+distill"] = "none"
     ridge: float = Field(1e-4, ge=0)
-    heal_steps: int = Field(120, ge=1)
+    heal_steps: int = Field(30, ge=1)
     heal_tokens: Optional[int] = Field(None, ge=1)
-    heal_lr: float = Field(1e-4, gt=0)
+    heal_lr: float = Field(3e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     skip_export: bool = False
     skip_bench: bool = False

@@ -25,6 +25,19 @@ def fingerprint(loaded: Any) -> str:
     return model_fingerprint(loaded)
 
 
+def _provenance(loaded: Any) -> dict[str, Any]:
+    """Which scorer and which repair made a candidate (from its compression.json): never hidden."""
+    from pathlib import Path
+
+    f = Path(loaded.path) / "compression.json"
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"cut": {"method": d.get("label") or d.get("method"), "removed_layers": d.get("removed_layers"),
+                    "repair": (d.get("repair") or {}).get("method", "none")}}
+
+
 def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
     name = type(loaded.model).__name__
     if profile.model_kind == "causal-lm":
@@ -225,6 +238,7 @@ def verify(
         passed=passed, min_retention=floor, aggregate=gate.aggregate, aggregate_retention=agg,
         confidence=gate.confidence, profile={"name": profile.name, "path": profile_path},
         base={"spec": base.spec, "fingerprint": fps["base"], "num_layers": base.num_layers},
-        candidate={"spec": candidate.spec, "fingerprint": fps["candidate"], "num_layers": candidate.num_layers},
+        candidate={"spec": candidate.spec, "fingerprint": fps["candidate"], "num_layers": candidate.num_layers,
+                   **_provenance(candidate)},
         tasks=results, warnings=warnings, tool_version=__version__, seconds=time.perf_counter() - t0,
         complete=len(results) == len(profile.tasks))

@@ -82,7 +82,9 @@ def to_markdown(r: VerifyReport) -> str:
     head = "✅ passed" if r.passed else "❌ failed"
     lines = [f"### avss verify: {head}", "",
              f"Profile **{r.profile['name']}**: base `{r.base['spec']}` vs candidate `{r.candidate['spec']}` "
-             f"({r.candidate.get('num_layers', '?')} of {r.base.get('num_layers', '?')} layers).",
+             f"({r.candidate.get('num_layers', '?')} of {r.base.get('num_layers', '?')} layers"
+             + (f"; cut by {r.candidate['cut']['method']}, removed {r.candidate['cut']['removed_layers']}, "
+                f"repair {r.candidate['cut']['repair']}" if r.candidate.get("cut") else "") + ").",
              f"Gate: `{r.aggregate}` tasks at retention ≥ {r.min_retention:.2f}"
              + (f", on the {r.confidence:.0%} bootstrap lower bound" if r.confidence else "") + ".", "",
              "| task | metric | base | candidate | retention | threshold | result | agreement | n |",

@@ -1,5 +1,4 @@
 """Repaired checkpoints are standard models: they reload, generate, export and pass parity; distill heals."""
-import copy
 import json
 
 import pytest

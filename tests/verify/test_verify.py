@@ -176,3 +176,17 @@ def test_sentiment_encoder_profile_on_a_real_classifier(small_classifier, tmp_pa
     assert t["kind"] == "classification" and t["n"] == 300 and t["base"] > 0.6
     assert "macro_f1" in t["base_metrics"] and 0 < t["agreement"] <= 1
     assert code == (0 if rep["passed"] else 1) and rep["candidate"]["num_layers"] == 5
+
+
+def test_report_names_the_scorer_and_repair_that_made_the_candidate(tiny, task_files, tmp_path, capsys, text_file):
+    slim = tmp_path / "slim"
+    code, _, err = run(["prune", str(tiny("llama")), "--method", "last-k", "--num-layers", "1", "--repair", "linear",
+                        "--data", str(text_file), "--samples", "4", "--seq-len", "32", "--out", str(slim)], capsys)
+    assert code == 0, err
+    prof = write_profile(tmp_path / "p.yaml", causal_profile(task_files, min_retention=0.01))
+    code, _, err = run(["verify", str(tiny("llama")), str(slim), "--profile", str(prof), "--report-dir",
+                        str(tmp_path / "r")], capsys)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "cut by last-k, removed [2], repair linear" in md
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["candidate"]["cut"] == {"method": "last-k", "removed_layers": [2], "repair": "linear"}
