@@ -12,7 +12,6 @@ bought.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from compressor.architectures import body_of, get_layers
 from compressor.errors import BadInput
+from compressor.repair.linear import spans_of
 
 DEFAULT_STEPS = 30  # measured on SmolLM2-135M, 2 cores: ~5 s per 2,048-token step, ~2.5 min in all
 DEFAULT_LR = 3e-4
@@ -51,8 +51,6 @@ class DistillRecord:
 def cut_points(kept: list[int], removed: list[int]) -> list[tuple[int, int]]:
     """(student block, teacher block) pairs whose outputs should agree: the kept block before each
     removed span against the span's last block."""
-    from compressor.repair.linear import spans_of
-
     pairs = []
     for span in spans_of(removed):
         if span[0] == 0:
@@ -113,7 +111,7 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
     # trainable: the kept blocks on both sides of every cut
     n = len(s_layers)
     trainable = set()
-    for span in _spans(removed):
+    for span in spans_of(removed):
         if span[0] > 0:
             trainable.add(kept.index(span[0] - 1))
         if span[-1] + 1 in kept:
@@ -163,7 +161,7 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
     try:
         kl_before = _kl(student, teacher, heldout, dev)
         before = best = heldout_loss()
-        best_state = copy.deepcopy([p.detach().clone() for p in params])
+        best_state = [p.detach().clone() for p in params]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         order = torch.Generator().manual_seed(seed)
@@ -207,8 +205,3 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
                          len(heldout), tokens, before, after, kl_before, kl_after, stopped,
                          round(time.perf_counter() - t0, 2))
 
-
-def _spans(removed: list[int]) -> list[list[int]]:
-    from compressor.repair.linear import spans_of
-
-    return spans_of(removed)
