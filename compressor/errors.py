@@ -40,3 +40,11 @@ class GateFailed(AvssError):
     """A retention gate did not pass (exit 1). Reserved for `verify` / `run`."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, the shell convention
+EXIT_TERMINATED = 143  # SIGTERM (timeout, docker stop, Kubernetes, CI cancellation): 128 + 15
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so every cleanup that handles Ctrl-C also runs."""

@@ -7,13 +7,88 @@ would be process-wide and racy).
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
+import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from compressor.errors import BadInput
+from compressor.errors import BadInput, RuntimeFailure
+
+# ``.NAME.tmp-PID-XXXXXXXX`` (staging) and ``.NAME.old-PID`` (an old copy being replaced): the pid says
+# whether the process that made it is still alive, so a leftover is removed only when its owner is gone
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)-[0-9a-f]{8}|(?P<okind>old)-(?P<opid>\d+))$")
+
+
+def _tmp_name(name: str) -> str:
+    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a pid we may not signal still exists)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_path(p: Path) -> None:
+    """Remove a file, a link or a folder tree (a link is removed, never followed)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clean_leftovers(target: Path, any_owner: bool = False) -> list[str]:
+    """Remove what killed processes left beside ``target``: its staging entries and hidden old copies.
+
+    Only entries named for ``target`` by this module (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) whose
+    process is gone are touched; ``any_owner`` (a caller holding the folder's lock) also takes those of
+    live pids and the pid-less names of older versions. A hidden old copy is *restored* when the target
+    itself is missing (a replace killed between its two renames), else removed. Returns one line per action.
+    """
+    target = Path(target)
+    parent, name = target.parent, target.name
+    if not parent.is_dir():
+        return []
+    done: list[str] = []
+    olds: list[Path] = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = _LEFTOVER.match(p.name)
+        legacy = any_owner and p.name.startswith(f".{name}.tmp-") and m is None
+        if not legacy and (m is None or m["name"] != name):
+            continue
+        if m is not None and not any_owner:
+            pid = int(m["pid"] or m["opid"])
+            if pid == os.getpid() or pid_alive(pid):
+                continue
+        if m is not None and m["okind"]:
+            olds.append(p)
+            continue
+        remove_path(p)
+        done.append(f"removed {p.name}, left by an interrupted process")
+    for old in olds:
+        if not target.exists() and not target.is_symlink():
+            os.replace(old, target)
+            done.append(f"restored {name} from {old.name} (a replace was interrupted between its two renames)")
+        else:
+            remove_path(old)
+            done.append(f"removed {old.name}, an old copy left by an interrupted replace")
+    return done
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -24,7 +99,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+    tmp = path.parent / _tmp_name(path.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like any new file
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -50,21 +125,93 @@ def atomic_write_figure(fig, path: Path) -> Path:
     return Path(path)
 
 
-def check_output_dir(out: str | Path, force: bool) -> Path:
-    """An existing output folder is replaced only with ``--force``."""
+def check_output_dir(out: str | Path, force: bool, note: Callable[[str], None] | None = None) -> Path:
+    """An existing output folder is replaced only with ``--force``; the place must be writable now.
+
+    What killed processes left beside it is cleaned first (and an interrupted replace rolled back), so
+    the ``--force`` rule applies to what is really there.
+    """
     out = Path(out)
+    check_target(out, "output")
+    for line in clean_leftovers(out):
+        if note:
+            note(line)
     if out.exists() and not force:
         raise BadInput(f"output {out} already exists", "pass --force to replace it, or choose another --out")
     if out.exists() and not out.is_dir():
         raise BadInput(f"output {out} exists and is not a folder", "choose another --out")
+    check_writable(out)
     return out
+
+
+def check_target(out: Path, what: str = "--out") -> None:
+    """A dangling symlink would make ``mkdir`` fail with a confusing 'file exists'."""
+    if out.is_symlink() and not out.exists():
+        raise BadInput(f"{what} {out} is a symbolic link to {os.readlink(out)}, which does not exist",
+                       "create the link's target folder, remove the link, or choose another path")
+
+
+def _nearest_existing(p: Path) -> Path:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` (or the folder it will be created in) cannot be written."""
+    anc = _nearest_existing(out.parent if not out.exists() else out)
+    if os.access(anc, os.W_OK | os.X_OK):
+        return
+    why = "permission denied"
+    try:
+        if os.statvfs(anc).f_flag & os.ST_RDONLY:
+            why = "read-only file system"
+    except OSError:  # pragma: no cover - statvfs is always there on Linux/macOS
+        pass
+    raise BadInput(f"cannot write {out}: {anc} is not writable ({why})", "choose an output folder you can write to")
+
+
+def check_free_space(where: Path, need_bytes: int, what: str) -> None:
+    """Refuse to start work whose outputs cannot fit: a full disk found after an hour of compute helps nobody."""
+    anc = _nearest_existing(Path(where))
+    free = shutil.disk_usage(anc).free
+    if free < need_bytes:
+        raise RuntimeFailure(f"not enough free space for {what} in {anc}: about {need_bytes / 2**20:,.0f} MB needed, "
+                             f"{free / 2**20:,.0f} MB free", "free some space there, or choose --out on a larger disk")
+
+
+def describe_os_error(exc: OSError) -> BadInput | RuntimeFailure | None:
+    """The file-system errors a user can act on, as our one-line error (exit 2 or 3); else None."""
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", -1):
+        return RuntimeFailure(f"no space left on the device while writing {where}",
+                              "free some space there (or choose --out / TMPDIR on a larger disk) and re-run")
+    if exc.errno == errno.EROFS:
+        return BadInput(f"cannot write {where}: read-only file system", "choose an output folder on a writable disk")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return BadInput(f"cannot write {where}: permission denied",
+                        "choose a folder you can write to, or fix its permissions")
+    return None
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError in an exception's cause/context chain (libraries wrap disk errors)."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and describe_os_error(seen) is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def staging_dir(out: Path) -> Path:
     """A temporary folder beside ``out`` (same file system, so the final rename is atomic)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+        tmp = out.parent / _tmp_name(out.name)
         try:
             os.mkdir(tmp, 0o777)  # 0777 & ~umask: the published folder is as readable as any new folder
             return tmp
@@ -73,14 +220,24 @@ def staging_dir(out: Path) -> Path:
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished staging folder to ``out``, replacing an old one."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
+    """Move a finished staging folder to ``out``, replacing an old one.
+
+    Two renames (old aside, new in); a failure (or a signal) between them puts the old copy back, and
+    one killed there is restored by ``clean_leftovers`` on the next start.
+    """
+    if not (out.exists() or out.is_symlink()):
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if old.exists() or old.is_symlink():
+        remove_path(old)
+    os.replace(out, old)
+    try:
         os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    remove_path(old)
 
 
 @contextlib.contextmanager
@@ -95,6 +252,86 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def make_temp_dir(prefix: str) -> Path:
+    """A folder in the system temp dir named with our pid, so ``clean_temp`` can tell a dead owner's."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-"))
+
+
+def clean_temp(prefix: str) -> int:
+    """Remove temp folders ``make_temp_dir(prefix)`` made for processes that no longer run; returns how many."""
+    import tempfile
+
+    n = 0
+    pat = re.compile(rf"^{re.escape(prefix)}-(\d+)-")
+    for p in Path(tempfile.gettempdir()).glob(f"{prefix}-*"):
+        m = pat.match(p.name)
+        if m and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
+            remove_path(p)
+            n += 1
+    return n
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder (``flock`` on a file in it), naming its holder.
+
+    Why non-blocking: a second ``avss run`` on the same folder must stop at once, naming the first,
+    not wait for hours or (as before) delete the first run's live staging folders. The kernel releases
+    an ``flock`` when its process dies, so a lock file left by a killed run is simply taken over;
+    ``previous`` then names that dead process for the log.
+    """
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+        self.fd: int | None = None
+        self.previous: dict | None = None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            who = (f"pid {holder.get('pid')}, started {holder.get('started', '?')}" if holder else "another process")
+            raise BadInput(f"{self.what} is in use by another avss run ({who})",
+                           "wait for it to finish, or choose another --out") from None
+        prev = _read_holder(fd)
+        if prev and prev.get("pid") != os.getpid() and not pid_alive(int(prev.get("pid") or 0)):
+            self.previous = prev
+        me = json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)  # a clean exit leaves no holder to report
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        data = os.pread(fd, 4096, 0)
+        d = json.loads(data) if data.strip() else None
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def build_once(target: Path, is_complete: Callable[[Path], bool], build_into: Callable[[Path], None]) -> Path:

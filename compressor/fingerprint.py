@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,42 @@ def _in_memory_fingerprint(loaded: Any) -> str:
         h.update(json.dumps(sorted(loaded.tokenizer.get_vocab().items())).encode())
     h.update(f"dtype={loaded.dtype}".encode())
     return h.hexdigest()
+
+
+_PROBE = ("Hello world! The QUICK brown fox's 3.14 jumps, café naïve 東京 x=f(y)\n\tdef  __init__(self):"
+          " <|endoftext|> [CLS] </s>")
+_SPECIALS = ("bos", "eos", "unk", "sep", "cls", "pad", "mask")
+
+
+_VOCAB_MEMO: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
+
+
+def _vocab_digest(tok: Any) -> str:
+    """Digest of the sorted vocabulary (~0.15 s for 49k tokens), memoised per tokenizer object and size:
+    a search verifies the same base model many times."""
+    n = len(tok)
+    try:
+        hit = _VOCAB_MEMO.get(tok)
+    except TypeError:  # not weak-referenceable: no memo
+        hit = None
+    if hit and hit[0] == n:
+        return hit[1]
+    d = digest_json(sorted(tok.get_vocab().items()))
+    try:
+        _VOCAB_MEMO[tok] = (n, d)
+    except TypeError:
+        pass
+    return d
+
+
+def tokenizer_identity(tok: Any) -> dict[str, Any]:
+    """What a tokenizer does, not which files hold it: its vocabulary (with added tokens), how it
+    encodes a fixed probe text (normalisation, pre-tokenisation, special tokens it adds) and its
+    special token ids. Two tokenizers with equal identities give every task the same token ids."""
+    probe = {"plain": tok(_PROBE, add_special_tokens=False)["input_ids"],
+             "special": tok(_PROBE, add_special_tokens=True)["input_ids"]}
+    return {"size": len(tok), "vocab": _vocab_digest(tok), "probe": digest_json(probe),
+            "special": {name: getattr(tok, f"{name}_token_id", None) for name in _SPECIALS}}
 
 
 def data_digest(value: Any) -> str:

@@ -5,7 +5,7 @@ not loaded torch, transformers or another model. This module therefore imports o
 numpy, psutil, the standard library and ``compressor.export.runtime`` (stdlib-only at import time); a test checks
 the list it reports in ``modules``.
 
-JOB keys: model, provider, threads, batch_size, prompt_len, new_tokens, warmup, runs, io_binding
+JOB keys: parent (the pid this worker dies with), model, provider, threads, batch_size, prompt_len, new_tokens, warmup, runs, io_binding
 (null: on for CUDA only; true on CPU exercises the CUDA code path), seed. RESULT is either the
 measurement or ``{"error": {"kind": "bad_input" | "runtime", "problem": ..., "fix": ...}}``.
 """
@@ -282,10 +282,36 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def exit_with_parent(parent: int | None) -> None:
+    """Die with the parent: a benchmark whose ``avss`` was killed must not spin on the CPUs for minutes.
+
+    Linux's PR_SET_PDEATHSIG sends SIGKILL when the parent goes; a watchdog thread that polls the
+    parent pid covers the other systems and a parent that died before the call.
+    """
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        except (OSError, AttributeError):  # pragma: no cover - every glibc/musl has prctl
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(70)
+            time.sleep(0.5)
+
+    if os.getppid() != parent:
+        os._exit(70)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def main(argv: list[str]) -> int:
     job_path, result_path = argv
     with open(job_path, encoding="utf-8") as fh:
         job = json.load(fh)
+    exit_with_parent(job.get("parent"))
     rc = 0
     try:
         result: dict[str, Any] = measure(job)

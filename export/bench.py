@@ -21,18 +21,17 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.files import atomic_write_figure, atomic_write_text
-from compressor.prune.surgery import COMPRESSION_FILE
+from compressor.files import atomic_write_figure, atomic_write_text, clean_temp, make_temp_dir
 from compressor.export import layout, runtime
 
 SCHEMA_VERSION = 1
+TEMP_PREFIX = "avss-bench"
 WORKER_FILE = str(Path(__file__).resolve().with_name("_bench_worker.py"))
 
 
@@ -176,6 +175,27 @@ class _Target:
     restaged: bool = False
 
 
+def check_positions(prompt_len: int, new_tokens: int, config: Any, decoder: bool, flag: str = "--prompt-len") -> None:
+    """Refuse a benchmark longer than the model's positions before anything is allocated.
+
+    ``config``: a transformers config or a config.json dict. Without this, a huge --prompt-len was
+    found only when ONNX Runtime tried to allocate the attention for it (160 GB for one typo).
+    """
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    limit = next((get(k) for k in ("max_position_embeddings", "n_positions") if isinstance(get(k), int)), None)
+    if limit is None:
+        return
+    need = prompt_len + (new_tokens if decoder else 0)
+    if need > limit:
+        what = f"{prompt_len} prompt + {new_tokens} new tokens" if decoder else f"{prompt_len} tokens"
+        raise BadInput(f"the benchmark needs {what} = {need} positions, but the model has {limit}",
+                       f"lower {flag} (and the new tokens) to fit {limit} positions")
+
+
+def _is_decoder(config: dict) -> bool:
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+
+
 def _resolve(path: str) -> _Target:
     p = Path(path)
     if not p.exists():
@@ -210,9 +230,10 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
     A worker that reports an error raises BadInput / RuntimeFailure by its kind; one that dies
     (e.g. killed for memory) raises RuntimeFailure with the end of its stderr.
     """
-    with tempfile.TemporaryDirectory(prefix="avss-bench-job-") as tmp:
-        job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_file.write_text(json.dumps(job), encoding="utf-8")
+    tmp = make_temp_dir(TEMP_PREFIX)
+    try:
+        job_file, result_file = tmp / "job.json", tmp / "result.json"
+        job_file.write_text(json.dumps({**job, "parent": os.getpid()}), encoding="utf-8")
         # by absolute path, isolated (-I: neither the working directory nor PYTHONPATH on sys.path), so a
         # user's own export.py / compressor.py / onnxruntime.py in the working directory is never run instead
         proc = subprocess.run([sys.executable, "-I", WORKER_FILE, str(job_file), str(result_file)],
@@ -222,14 +243,17 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeFailure(f"the benchmark worker for {job['model']} exited with code {proc.returncode}: {tail}",
                                  "check free memory (a killed worker exits with -9) and re-run")
         result = json.loads(result_file.read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if "error" in result:
         raise runtime.RuntimeSetupError(**result["error"]).as_avss_error()
     return result
 
 
 def _compression(folder: Path) -> dict[str, Any]:
-    f = folder / COMPRESSION_FILE
-    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+    from compressor.prune.surgery import read_compression
+
+    return read_compression(folder)
 
 
 def _file_mb(model_file: Path) -> float:
@@ -336,12 +360,16 @@ def bench_models(paths: list[str], options: BenchOptions,
         raise exc.as_avss_error() from exc
     say = progress or (lambda msg: None)
     targets = [_resolve(p) for p in paths]
+    for t in targets:
+        cfg = layout.read_config(t.folder)
+        check_positions(options.prompt_len, options.new_tokens, cfg, _is_decoder(cfg))
     threads = options.resolved_threads()
     job = {"provider": options.provider, "threads": threads, "batch_size": options.batch_size,
            "prompt_len": options.prompt_len, "new_tokens": options.new_tokens, "warmup": options.warmup,
            "runs": options.runs, "io_binding": options.io_binding, "seed": options.seed}
     results: list[list[dict[str, Any]]] = [[] for _ in targets]
-    staging = Path(tempfile.mkdtemp(prefix="avss-bench-stage-"))
+    clean_temp(TEMP_PREFIX)  # what a killed benchmark left in the temp dir
+    staging = make_temp_dir(TEMP_PREFIX)
     try:
         for i, t in enumerate(targets):
             if not _uses_external_data(t):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from compressor import __version__, library_versions
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.files import check_output_dir, replace_dir, staging_dir
+from compressor.files import check_free_space, check_output_dir, describe_os_error, os_error_in, replace_dir, staging_dir
 from compressor.prune.surgery import COMPRESSION_FILE
 from compressor.export.layout import DATA_FILE, EXPORT_RECORD, ONNX_FILE, store_external_data
 
@@ -100,6 +100,16 @@ def _quiet_exporter():
             lg.setLevel(lv)
 
 
+MIN_OPSET, MAX_OPSET = 14, 23  # Optimum's decoder configs need 14; torch 2.13's exporter stops at 23
+
+
+def check_opset(opset: int) -> None:
+    """Checked before any work (``avss run`` calls it before scoring)."""
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise BadInput(f"--opset {opset} is outside what this exporter supports",
+                       f"use --opset {MIN_OPSET}..{MAX_OPSET} (default 18)")
+
+
 def export_model(
     model: Any,
     out: str | Path,
@@ -123,8 +133,7 @@ def export_model(
 
     out = check_output_dir(out, force)
     dt = check_dtype_device(dtype, device)
-    if not 14 <= int(opset) <= 23:
-        raise BadInput(f"opset {opset} is outside what this exporter supports", "use --opset 14..23 (default 18)")
+    check_opset(opset)
     from compressor.export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
 
     try:
@@ -156,6 +165,8 @@ def export_model(
         loaded = load_model(str(model), device=device, dtype=dt, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code)
     stage("load", t0)
+    # Optimum's graph and our re-saved copy both sit in the staging folder: about twice the fp32 weights
+    check_free_space(out, 2 * 4 * sum(p.numel() for p in loaded.model.parameters()), f"the ONNX export {out}")
     cfg = loaded.config
     real_task = resolve_task(task, loaded.adapter.family, getattr(cfg, "architectures", None))
     num_layers = int(cfg.num_hidden_layers)
@@ -173,6 +184,8 @@ def export_model(
                 onnx_export_from_model(loaded.model, str(raw), task=real_task, opset=int(opset), device=export_device,
                                        do_validation=False)  # our parity check below replaces it
             except Exception as exc:  # noqa: BLE001 - the exporter raises anything
+                if os_error_in(exc) is not None:  # a full or read-only disk, not a version problem
+                    raise os_error_in(exc) from exc
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise RuntimeFailure(f"Optimum could not export this {cfg.model_type} model: {first}",
                                      "re-run with --debug for the traceback; check the pins in README (transformers<4.58)") from exc
@@ -219,11 +232,12 @@ def export_model(
         (final / EXPORT_RECORD).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         result.files[EXPORT_RECORD] = (final / EXPORT_RECORD).stat().st_size
         replace_dir(final, out)
-    except BaseException as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, (BadInput, RuntimeFailure)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
-        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        known = describe_os_error(exc)
+        if known is not None:
+            raise known from exc
+        raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result

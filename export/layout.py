@@ -76,12 +76,25 @@ def count_parameters(model_file: str | Path) -> int:
     return total
 
 
-def read_num_layers(folder: str | Path) -> int | None:
-    """``num_hidden_layers`` (or GPT-2's ``n_layer``) from the folder's config.json."""
+def read_config(folder: str | Path) -> dict:
+    """The folder's config.json as a dict ({} when absent); a damaged one is exit 2 naming it."""
+    from compressor.errors import BadInput
+
     cfg = Path(folder) / "config.json"
     if not cfg.exists():
-        return None
-    data = json.loads(cfg.read_text(encoding="utf-8"))
+        return {}
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{cfg} is not valid JSON ({exc})", "re-export the model with `avss export`") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"{cfg} is not a JSON object", "re-export the model with `avss export`")
+    return data
+
+
+def read_num_layers(folder: str | Path) -> int | None:
+    """``num_hidden_layers`` (or GPT-2's ``n_layer``) from the folder's config.json."""
+    data = read_config(folder)
     for key in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
         if isinstance(data.get(key), int):
             return int(data[key])

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 
 from compressor import __version__
-from compressor.errors import EXIT_RUNTIME, AvssError
+from compressor.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, AvssError, Terminated
 
 app = typer.Typer(
     name="avss",
@@ -56,17 +58,32 @@ def _register() -> None:
 _register()
 
 
-_INTERRUPTED = ("interrupted; nothing half-written was kept (re-run the same `avss run` command to resume "
-                "from the last finished stage)")
-
-
-def _interrupted(exc: BaseException) -> bool:
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _interrupted_line(command: str | None, exc: KeyboardInterrupt) -> str:
+    how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+    if command == "run":
+        return (f"avss run {how}; nothing half-written was kept and run.json says so (re-run the same "
+                "`avss run` command to resume from the last finished stage)")
+    return f"avss {command or ''} {how}; nothing half-written was kept (re-run the command)".replace("  ", " ")
+
+
+def _command(argv: list[str] | None) -> str | None:
+    """The subcommand named on the command line (the root has only flags)."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,15 +94,20 @@ def main(argv: list[str] | None = None) -> None:
     from compressor.cli.output import error
 
     _state["debug"] = os.environ.get("AVSS_DEBUG", "") not in ("", "0")
+    command = _command(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         app(args=argv, prog_name="avss")
     except SystemExit as exc:
-        if exc.code == 130 and _interrupted(exc):  # Typer turns Ctrl-C into a silent exit 130
-            error(_INTERRUPTED)
+        intr = _interruption(exc) if exc.code == EXIT_INTERRUPTED else None  # Typer: Ctrl-C -> silent exit 130
+        if intr is not None:
+            error(_interrupted_line(command, intr))
+            sys.exit(EXIT_TERMINATED if isinstance(intr, Terminated) else EXIT_INTERRUPTED)
         raise
-    except KeyboardInterrupt:
-        error(_INTERRUPTED)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        error(_interrupted_line(command, exc))
+        sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
     except AvssError as exc:
         if _state["debug"]:
             import traceback
@@ -98,6 +120,16 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
+        from compressor.files import describe_os_error, os_error_in
+
+        disk = os_error_in(exc)
+        if disk is not None:  # a full or read-only disk, however deep a library wrapped it
+            known = describe_os_error(disk)
+            error(known.line())
+            sys.exit(known.exit_code)
         first = str(exc).splitlines()[0] if str(exc) else ""
         error(f"unexpected {type(exc).__name__}: {first}; re-run with --debug for the traceback and report it")
         sys.exit(EXIT_RUNTIME)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -44,6 +44,14 @@ def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_p
     return loaded
 
 
+def check_room(out: str, loaded: Any, what: str) -> None:
+    """Free space for one checkpoint the size of ``loaded`` (a full disk is found before the compute)."""
+    from compressor.files import check_free_space
+
+    need = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    check_free_space(Path(out), need, what)
+
+
 def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, have_data: bool, seed: int) -> Any:
     """Calibration (when the method needs it) + scoring with a progress bar."""
     from compressor.cli.output import note, progress_bar, warn

@@ -23,6 +23,9 @@ def export(
 
     from compressor.cli.output import note, out as stdout, warn
     from compressor.export.convert import export_model
+    from compressor.files import check_output_dir
+
+    check_output_dir(out, force, note=note)  # also cleans what a killed export left beside it
 
     def started(stage: str) -> None:
         note(f"{stage} ...")

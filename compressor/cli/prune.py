@@ -55,10 +55,11 @@ def prune(
     if sum(x is not None for x in (ratio, num_layers, mass)) != 1:
         raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --num-layers 7")
     settings = common.repair_settings(repair, ridge, heal_steps, heal_tokens, heal_lr, seed)
-    check_output_dir(out, force)
+    check_output_dir(out, force, note=note)
     report = ScoreReport.load(scores) if scores else None
     calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
     loaded = common.load(model, device, dtype, device_map, allow_pickle, trust_remote_code)
+    common.check_room(out, loaded, f"the slim checkpoint {out}")
     if settings.method != "none":
         from compressor.repair.api import check_repair, protect_for
 

@@ -38,9 +38,10 @@ def repair(
     from compressor.sources.data import load_calibration
 
     settings = common.repair_settings(method, ridge, heal_steps, heal_tokens, heal_lr, seed)
-    check_output_dir(out, force)
+    check_output_dir(out, force, note=note)
     calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
     loaded = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
+    common.check_room(out, loaded, f"the repaired checkpoint {out}")
     if not have_data:
         note(f"no --data or --profile given: calibrating on {calib.source} ({calib.split} split)")
     cal = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)

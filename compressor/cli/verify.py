@@ -19,6 +19,7 @@ def verify(
     dtype: o.Dtype = "auto",
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
+    allow_different_tokenizers: Annotated[bool, typer.Option("--allow-different-tokenizers", help="Accept a candidate whose tokenizer differs from the base's: accuracy tasks only; never perplexity.")] = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -27,11 +28,12 @@ def verify(
     from compressor.cli.output import err, note, out, warn
     from compressor.errors import GateFailed
     from compressor.profiles import load_profile
-    from compressor.verify.api import verify as run_verify
+    from compressor.verify.api import check_task_data, verify as run_verify
     from compressor.verify.report import result_word
     from compressor.verify.report import write_reports
 
     prof = load_profile(profile)
+    check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
     loaded_base = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
     loaded_cand = common.load(candidate, device, dtype, None, allow_pickle, trust_remote_code)
 
@@ -42,7 +44,8 @@ def verify(
             return lambda done, total: prog.update(tid, completed=done, total=total)
 
         report = run_verify(loaded_base, loaded_cand, prof, profile_path=profile, min_retention=min_retention,
-                            use_cache=not no_cache, progress=stage)
+                            use_cache=not no_cache, progress=stage,
+                            allow_different_tokenizers=allow_different_tokenizers)
     paths = write_reports(report, report_dir)
     t = Table(title=f"avss verify: profile {prof.name}, {candidate} vs {base}")
     for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result", "agreement", "n"):

@@ -17,10 +17,30 @@ from typing import Any
 from compressor import __version__
 from compressor.architectures import ArchAdapter, adapter_for_config, get_layers, set_layers
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.files import check_output_dir, replace_dir, staging_dir
+from compressor.files import check_output_dir, describe_os_error, replace_dir, staging_dir
 
 COMPRESSION_FILE = "compression.json"
 COMPRESSION_SCHEMA = 2  # 2: a "repair" record (method, settings, per-span patches, distillation)
+
+
+def read_compression(folder: str | Path) -> dict[str, Any]:
+    """The one reader of a checkpoint's ``compression.json``: {} when there is none; a corrupt one is
+    an error naming the file, never a silently missing provenance."""
+    f = Path(folder) / COMPRESSION_FILE
+    if not f.is_file():
+        return {}
+    fix = "re-create the model with avss prune, or delete the file"
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{f} is not valid JSON (line {exc.lineno})", fix) from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{f} is not UTF-8 text ({exc.reason})", fix) from exc
+    except OSError as exc:
+        raise BadInput(f"cannot read {f}: {exc.strerror}", "check the file's permissions") from exc
+    if not isinstance(d, dict):
+        raise BadInput(f"{f} holds a JSON {type(d).__name__}, not an object", fix)
+    return d
 
 
 def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
@@ -147,5 +167,8 @@ def save_checkpoint(model: Any, tokenizer: Any, out: Path, record: dict[str, Any
         if isinstance(exc, (BadInput, KeyboardInterrupt)):
             raise
         if isinstance(exc, OSError):
+            known = describe_os_error(exc)  # a full or read-only disk, named as such
+            if known is not None:
+                raise known from exc
             raise RuntimeFailure(f"writing {out} failed: {exc}", "check free disk space and permissions") from exc
         raise

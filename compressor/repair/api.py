@@ -181,19 +181,15 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
     """``avss repair``: repair a checkpoint written by ``avss prune`` (its compression.json says which
     layers of ``base`` were removed) into ``out``. ``linear`` is fitted on ``base`` (it needs the full
     model's activations); ``distill`` alone heals the slim weights as they are (e.g. after linear)."""
-    import json
-    from pathlib import Path
-
     from compressor.files import check_output_dir
-    from compressor.prune.surgery import COMPRESSION_FILE, prune_model, save_checkpoint
+    from compressor.prune.surgery import COMPRESSION_FILE, prune_model, read_compression, save_checkpoint
 
     out_p = check_output_dir(out, force)
-    rec_file = Path(slim_path) / COMPRESSION_FILE
+    prov = read_compression(slim_path)  # a corrupt record is an error naming the file
     try:
-        prov = json.loads(rec_file.read_text(encoding="utf-8"))
         removed = [int(i) for i in prov["removed_layers"]]
         n_before = int(prov["num_layers_before"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise BadInput(f"{slim_path} has no readable {COMPRESSION_FILE} naming its removed layers",
                        "pass a checkpoint written by `avss prune` (or `avss run`'s model/ folder)") from exc
     if n_before != base.num_layers or prov.get("base_model", {}).get("model_type") not in (None, base.config.model_type):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from compressor import library_versions
-from compressor.errors import EXIT_GATE_FAILED, EXIT_OK, AvssError, BadInput
+from compressor.errors import (EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, AvssError, BadInput,
+                               Terminated)
 from compressor.files import atomic_write_text
 from compressor.run.config import RunConfig
 from compressor.run.search import STRATEGY, Candidate, SearchResult, save_curve, search_method
@@ -24,6 +25,12 @@ from compressor.run.stages import Data, Files, Input, Model, Setting, Stage, Sta
 
 RUN_FILE = "run.json"
 RUN_SCHEMA = 1
+# every top-level entry a run writes (a test checks it against a real run): the only names whose
+# leftovers a run cleans, so a file of the user's is never touched
+RUN_ENTRIES = (RUN_FILE, "scores.json", "scores.png", "search.json", "search.png", "search", ".search", "model",
+               "cut", "report.json", "report.md", "junit.xml", "onnx", "onnx-base", "bench.json", "bench.png")
+RUN_FOLDERS = ("search",)  # folders of our own whose hidden leftovers are cleaned too
+RUN_SCRATCH = (".search",)  # removed whole when a run starts (search candidates are cut there)
 
 
 class Events(Protocol):
@@ -130,6 +137,12 @@ class _Run:
         from compressor.verify.api import task_data_digest
 
         c = self.cfg
+        if self.store.check():  # an existing run folder: lock it now, so a second run stops at once
+            self.claim()
+        if not c.skip_export:
+            from compressor.export.convert import check_opset
+
+            check_opset(c.opset)
         self.profile = load_profile(c.profile)
         for m in (c.methods if c.search else [c.method]):
             methods.get_scorer(m)
@@ -140,6 +153,7 @@ class _Run:
         self.protect = c.protect
         self.task_data = Data(lambda: task_data_digest(self.profile))
         self.task_data.digest()  # a missing or malformed task file fails now, not after pruning
+        self.calibration.digest()  # and so does a missing calibration file
         # settings by value, data by content: file paths are left out (a moved checkout still resumes),
         # what they point at is in the ``tasks`` and ``calibration_data`` digests
         gate = self.profile.model_dump(mode="json", exclude={"calibration", "description"})
@@ -167,6 +181,40 @@ class _Run:
             if self.protect != c.protect:
                 self.ev.note(f"--repair {self.repair.method} keeps layer 0 (the patch folds into the block before "
                              f"each removed span): protecting {self.protect}")
+
+    def check_model_settings(self) -> None:
+        """What needs the model's config but no compute: checked before any stage runs."""
+        from compressor.files import check_free_space
+        from compressor.prune.select import parse_protect
+
+        c = self.cfg
+        parse_protect(self.protect, self.base.num_layers)  # also a --protect from --config
+        if c.search:
+            self.search_limits()
+        if not (c.skip_export or c.skip_bench):
+            from compressor.export.bench import check_positions
+
+            check_positions(c.bench.prompt_len, c.bench.new_tokens, self.base.config,
+                            self.base.adapter.family == "decoder", "--bench-prompt-len")
+        check_free_space(self.out, self.disk_need(), f"the artifacts of this run ({self.cfg.out})")
+
+    def disk_need(self) -> int:
+        """About how many bytes the run writes: checkpoints in the load dtype, ONNX in fp32 (full-size bound)."""
+        p = sum(t.numel() for t in self.base.model.parameters())
+        size = {"float32": 4}.get(self.base.dtype, 2)
+        c = self.cfg
+        need = p * size * (1 + (self.repair.method != "none") + c.search)
+        if not c.skip_export:
+            need += p * 4 * (1 + (not c.skip_bench))
+        return need
+
+    def claim(self) -> None:
+        """Lock the run folder and clean its leftovers (``run.json`` is left alone until stages start)."""
+        if getattr(self, "claimed", False):
+            return
+        for line in self.store.claim(RUN_ENTRIES, RUN_FOLDERS, RUN_SCRATCH):
+            self.ev.note(line)
+        self.claimed = True
 
     # --- stage declarations ------------------------------------------------------------------
     def score_stage(self, method: str, scores_path: Path, name: str = "score") -> Stage:
@@ -453,11 +501,10 @@ class _Run:
         c = self.cfg
         self.prepare()  # bad input fails before anything is written
         self.load_base()
-        if c.search:
-            self.search_limits()
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in self.store.clean_stale():
-            self.ev.note(f"removed {stale}, left by an interrupted run")
+        self.check_model_settings()
+        self.claim()
+        self.started = True  # from here run.json says "running", then how the run ended
+        self.write_run_json()
         if c.search:
             report, removed = self.run_search()
         else:
@@ -527,8 +574,11 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, events: Optional[Events
     r = _Run(cfg, force, events or _Silent())
     try:
         return r.run()
-    except KeyboardInterrupt:
-        r.result.status, r.result.exit_code, r.result.error = "interrupted", 130, "interrupted"
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        r.result.status = "interrupted"
+        r.result.exit_code = EXIT_TERMINATED if term else EXIT_INTERRUPTED
+        r.result.error = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
         raise
     except AvssError as exc:
         r.result.status, r.result.exit_code, r.result.error = "error", exc.exit_code, exc.line()
@@ -537,5 +587,10 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, events: Optional[Events
         r.result.status, r.result.exit_code, r.result.error = "error", 3, f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        if r.out.is_dir():
-            r.write_run_json()
+        try:
+            # only once stages started in a folder this run locked: bad input refused before that leaves
+            # the previous run's run.json (which still describes the folder's artifacts) as it was
+            if getattr(r, "started", False):
+                r.write_run_json()
+        finally:
+            r.store.release()

@@ -16,13 +16,14 @@ output reruns the stage. A run killed at any point therefore resumes correctly.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from compressor.files import atomic_write_text
+from compressor.errors import BadInput
+from compressor.files import (FolderLock, atomic_write_text, check_target, check_writable, clean_leftovers,
+                              remove_path)
 from compressor import fingerprint
 from compressor.fingerprint import data_digest, digest_json, model_fingerprint, path_digest
 
@@ -105,14 +106,57 @@ class StageStore:
         self.dir = root / RECORDS
         self.force = force
 
-    def clean_stale(self) -> list[str]:
-        """Remove staging folders/files a killed run left behind (``.name.tmp-*``)."""
-        removed = []
-        if self.root.is_dir():
-            for p in self.root.rglob(".*.tmp-*"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                removed.append(str(p.relative_to(self.root)))
-        return removed
+    def check(self) -> bool:
+        """Refuse an ``--out`` this tool must not write into; True when it is an existing run folder.
+
+        Why: a run writes, replaces and cleans entries in its folder. A folder that is neither new,
+        empty nor a run folder (``.avss-run/`` inside) holds someone else's files, which a run must
+        never mix with its own or remove.
+        """
+        out = self.root
+        check_target(out, "--out")
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"--out {out} is a file, not a folder", "choose a new folder (or an earlier run's) for --out")
+        if out.is_dir() and not self.dir.is_dir() and any(out.iterdir()):
+            raise BadInput(f"--out {out} is not empty and is not an avss run folder (it has no {RECORDS}/)",
+                           "choose a new or empty folder for --out; a run only resumes in a folder an earlier "
+                           "`avss run` made")
+        check_writable(out)
+        return out.is_dir() and self.dir.is_dir()
+
+    def claim(self, owned: tuple[str, ...], folders: tuple[str, ...] = (), scratch: tuple[str, ...] = ()) -> list[str]:
+        """Create and lock the run folder, then clean what a killed run left in it (one line each).
+
+        Only this tool's own entries are touched: staging entries and hidden old copies named for the
+        run's outputs (``owned``) at the top level, hidden leftovers inside the record folder and the
+        run's own ``folders``, and its ``scratch`` folders (removed whole). Nothing else, at any depth.
+        """
+        self.check()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(exist_ok=True)
+        self.lock = FolderLock(self.dir / "lock", f"run folder {self.root}").acquire()
+        notes = []
+        if self.lock.previous:
+            notes.append(f"took over the run folder's lock from pid {self.lock.previous.get('pid')}, "
+                         "which is no longer running")
+        for name in owned:
+            notes += clean_leftovers(self.root / name, any_owner=True)
+        for name in scratch:
+            if (self.root / name).exists():
+                remove_path(self.root / name)
+                notes.append(f"removed {name}/, the scratch folder of an interrupted run")
+        for sub in (RECORDS, *folders):
+            d = self.root / sub
+            for p in sorted(d.iterdir()) if d.is_dir() and not d.is_symlink() else []:
+                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+                    remove_path(p)
+                    notes.append(f"removed {sub}/{p.name}, left by an interrupted run")
+        return notes
+
+    def release(self) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
 
     def load(self, name: str) -> StageRecord | None:
         try:

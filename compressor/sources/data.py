@@ -60,10 +60,12 @@ class CalibrationData:
         }
 
 
-def read_documents(source: str, text_field: str = "text", split: Split = "calibration") -> list[str]:
-    """Documents of a source; built-ins honour ``split``; local files are used whole."""
+def read_documents(source: str, text_field: str = "text", split: Split = "calibration",
+                   role: str = "calibration data") -> list[str]:
+    """Documents of a source; built-ins honour ``split``; local files are used whole. ``role`` names
+    what the text is for (calibration data, perplexity task data) in the error a user reads."""
     if source == "builtin:mixed":
-        return mix_by_characters([read_documents(f"builtin:{n}", text_field, split) for n in builtins.MIXED])
+        return mix_by_characters([read_documents(f"builtin:{n}", text_field, split, role) for n in builtins.MIXED])
     if builtins.is_builtin(source):
         # de-duplicate first: several pydoc topics share one text, which would leak across the split
         docs = list(dict.fromkeys(builtins.builtin_text(builtins.builtin_name(source))))
@@ -73,7 +75,7 @@ def read_documents(source: str, text_field: str = "text", split: Split = "calibr
         docs = _read_file(Path(source).expanduser(), text_field)
     docs = [d for d in docs if d and d.strip()]
     if not docs:
-        raise BadInput(f"calibration data {source} is empty", "pass a file with text in it")
+        raise BadInput(f"{role} {source} is empty", "pass a file with text in it")
     return docs
 
 

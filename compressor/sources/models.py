@@ -139,6 +139,76 @@ def model_class_for(config: Any, family: str):
     return transformers.AutoModelForCausalLM if family == "decoder" else transformers.AutoModel
 
 
+def _first(names: list[str], n: int = 3) -> str:
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def _checkpoint_shapes(path: str, keys: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``keys`` as stored in a local folder's safetensors files (header only; no tensor is read)."""
+    out: dict[str, tuple[int, ...]] = {}
+    p = Path(path)
+    if not p.is_dir():
+        return out
+    from safetensors import safe_open
+
+    for f in sorted(p.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in set(keys) & set(fh.keys()):
+                    out[k] = tuple(fh.get_slice(k).get_shape())
+        except Exception:  # noqa: BLE001 - shapes only make the message better
+            continue
+    return out
+
+
+def check_loading_info(path: str, model: Any, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights do not fill it exactly.
+
+    transformers fills a missing tensor with random values and drops an unused one with only a
+    warning (which we silence): a config.json whose ``num_hidden_layers`` disagrees with the weights
+    would otherwise load as a different, silently wrong model. Tied weights (lm_head with
+    ``tie_word_embeddings``) are not reported missing by transformers.
+    """
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys") or [])
+    errors = [str(e).splitlines()[0] for e in info.get("error_msgs") or []]
+    fix = ("make config.json match the weights (e.g. num_hidden_layers, hidden sizes, vocab_size), "
+           "or re-save the model with save_pretrained")
+    if mismatched:
+        stored = _checkpoint_shapes(path, mismatched)
+        model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k in set(mismatched)}
+
+        def shape(k: str) -> str:
+            got = stored.get(k)
+            return f"{k} {list(got) if got else '?'} in the weights vs {list(model_shapes.get(k, ()))} from config.json"
+
+        raise BadInput(f"{path}: {len(mismatched)} tensor(s) of the weights do not have the shape its config.json "
+                       f"gives ({_first([shape(k) for k in mismatched], 2)})", fix)
+    if missing:
+        raise BadInput(f"{path}: {len(missing)} tensor(s) the model needs are missing from its weights and would "
+                       f"be random ({_first(missing)})", fix)
+    if unexpected:
+        raise BadInput(f"{path}: {len(unexpected)} tensor(s) in its weights are not part of the model its "
+                       f"config.json describes and would be dropped ({_first(unexpected)})", fix)
+    if errors:
+        raise BadInput(f"{path}: its weights did not load cleanly ({_first(errors, 1)})", fix)
+
+
+def check_vocabulary(path: str, model: Any, tokenizer: Any) -> None:
+    """Token ids past the input embeddings would index out of range (or, on some kernels, read garbage);
+    a larger embedding matrix than the tokenizer is ordinary padding (e.g. to a multiple of 64)."""
+    emb = model.get_input_embeddings()
+    rows = getattr(emb, "num_embeddings", None) or int(emb.weight.shape[0])
+    n_tok = len(tokenizer)
+    if rows < n_tok:
+        raise BadInput(f"{path}: its input embeddings have {rows} rows but its tokenizer has {n_tok} tokens "
+                       f"(ids {rows}..{n_tok - 1} have no embedding)",
+                       "save the tokenizer the model was trained with next to it, or resize the embeddings "
+                       "(model.resize_token_embeddings(len(tokenizer))) and fine-tune")
+
+
 def load_model(
     spec: str,
     *,
@@ -168,8 +238,11 @@ def load_model(
         kwargs["use_safetensors"] = True
     if device_map == "auto":
         kwargs["device_map"] = "auto"
+    # ignore_mismatched_sizes turns a shape mismatch into a named entry of the loading info (instead of
+    # a RuntimeError naming only the module class); check_loading_info refuses it either way.
+    kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
     try:
-        model = cls.from_pretrained(path, **kwargs)
+        model, info = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "safetensors" in first.lower() and not allow_pickle:
@@ -177,6 +250,7 @@ def load_model(
         raise BadInput(f"cannot load model {path!r}: {first}", "check the folder or Hub id") from exc
     except Exception as exc:  # noqa: BLE001
         raise RuntimeFailure(f"loading {path!r} failed: {exc}") from exc
+    check_loading_info(path, model, info)
     if device_map != "auto":
         model.to(dev)
     model.eval()
@@ -187,8 +261,12 @@ def load_model(
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as exc:  # noqa: BLE001
+            if "trust_remote_code" in str(exc):
+                raise BadInput(f"the tokenizer of {path} needs custom code to load (its tokenizer_config.json "
+                               "names a class by auto_map)", "pass --trust-remote-code if you trust it") from exc
             raise BadInput(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]})",
                            "save the tokenizer next to the model (tokenizer.save_pretrained)") from exc
+        check_vocabulary(path, model, tokenizer)
         if tokenizer.pad_token is None:
             # Padding is masked out (robust statistics) or faithfully included (official); its id only
             # has to exist.

@@ -26,16 +26,50 @@ def fingerprint(loaded: Any) -> str:
 
 
 def _provenance(loaded: Any) -> dict[str, Any]:
-    """Which scorer and which repair made a candidate (from its compression.json): never hidden."""
+    """Which scorer and which repair made a candidate (from its compression.json): never hidden, so a
+    corrupt record is an error, not an empty provenance."""
     from pathlib import Path
 
-    f = Path(loaded.path) / "compression.json"
-    try:
-        d = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from compressor.prune.surgery import read_compression
+
+    p = Path(loaded.path)
+    d = read_compression(p) if p.is_dir() else {}
+    if not d:
         return {}
+    repair = d.get("repair")
     return {"cut": {"method": d.get("label") or d.get("method"), "removed_layers": d.get("removed_layers"),
-                    "repair": (d.get("repair") or {}).get("method", "none")}}
+                    "repair": repair.get("method", "none") if isinstance(repair, dict) else "none"}}
+
+
+def _check_tokenizers(base: Any, candidate: Any, profile: Profile, allow_different: bool) -> str | None:
+    """Base and candidate must see the same token ids, or their scores measure different inputs.
+
+    Returns a warning when different tokenizers were allowed (accuracy-like tasks only: per-token
+    perplexities over different tokenizations are not comparable, so never for perplexity)."""
+    from compressor.fingerprint import tokenizer_identity
+
+    if base.tokenizer is candidate.tokenizer:
+        return None
+    a, b = tokenizer_identity(base.tokenizer), tokenizer_identity(candidate.tokenizer)
+    if a == b:
+        return None
+    if a["size"] != b["size"] or a["vocab"] != b["vocab"]:
+        how = f"different vocabularies ({a['size']} vs {b['size']} tokens)"
+    elif a["probe"] != b["probe"]:
+        how = "the same vocabulary but a different tokenization of the same text"
+    else:
+        diff = [k for k in a["special"] if a["special"][k] != b["special"][k]]
+        how = "different special tokens (" + ", ".join(f"{k}: {a['special'][k]} vs {b['special'][k]}" for k in diff) + ")"
+    what = f"the base model {base.spec} and the candidate {candidate.spec} use different tokenizers: {how}"
+    if not allow_different:
+        raise BadInput(what, "save the base's tokenizer next to the candidate (tokenizer.save_pretrained), or pass "
+                             "--allow-different-tokenizers (accuracy tasks only; never perplexity)")
+    ppl = [t.name for t in profile.tasks if t.kind == "perplexity"]
+    if ppl:
+        raise BadInput(f"{what}; profile {profile.name!r} has perplexity task(s) {', '.join(ppl)}, and per-token "
+                       "perplexities over different tokenizations are not comparable",
+                       "use the same tokenizer for both models, or a profile without perplexity tasks")
+    return f"{what}; allowed by --allow-different-tokenizers (accuracy-like tasks only)"
 
 
 def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
@@ -61,22 +95,47 @@ class _Cache:
         return digest_json({"model": fp, "task": task.model_dump(mode="json"), "eval": profile.eval.model_dump(mode="json"),
                             "data": data_hash, "code": code_digest()})
 
-    def get(self, key: str) -> T.TaskOutput | None:
+    @staticmethod
+    def _payload_digest(records: Any, metrics: Any) -> str:
+        from compressor.fingerprint import digest_json
+
+        return digest_json({"records": records, "metrics": metrics})
+
+    def get(self, key: str, metric: str) -> T.TaskOutput | None:
+        """A cached result, or None for anything short of an intact entry of the right shape with a
+        finite ``metric``: a damaged entry is recomputed, never trusted and never fatal."""
+        import math
+
         f = self.dir / f"{key}.json"
         if not self.enabled or not f.exists():
             return None
         try:
             d = json.loads(f.read_text(encoding="utf-8"))
-            return T.TaskOutput(d["records"], d["metrics"])
-        except (ValueError, KeyError, TypeError, OSError):
-            return None  # a damaged entry is recomputed, never trusted
+        except (ValueError, OSError):
+            return None
+        if not isinstance(d, dict):
+            return None
+        records, metrics = d.get("records"), d.get("metrics")
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+            return None
+        if not isinstance(metrics, dict):
+            return None
+        value = metrics.get(metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        if d.get("digest") != self._payload_digest(records, metrics):
+            return None  # edited (or written by older code): its numbers cannot be vouched for
+        return T.TaskOutput(records, metrics)
 
     def put(self, key: str, out: T.TaskOutput) -> None:
         if not self.enabled:
             return
         from compressor.files import atomic_write_text
 
-        atomic_write_text(self.dir / f"{key}.json", json.dumps({"records": out.records, "metrics": out.metrics}))
+        # digest what a reader will parse back (tuples become lists, keys become strings)
+        payload = json.loads(json.dumps({"records": out.records, "metrics": out.metrics}))
+        payload["digest"] = self._payload_digest(payload["records"], payload["metrics"])
+        atomic_write_text(self.dir / f"{key}.json", json.dumps(payload))
 
 
 def task_data_digest(profile: Profile) -> str:
@@ -84,6 +143,14 @@ def task_data_digest(profile: Profile) -> str:
     from compressor.fingerprint import data_digest
 
     return data_digest({t.name: _examples(t, profile) for t in profile.tasks})
+
+
+def check_task_data(profile: Profile) -> list[tuple[Any, list[Any], list[Any]]]:
+    """Load every task's examples (and read the calibration source for the overlap check): the CLI
+    calls this before loading any model, so a missing or malformed data file fails in a second."""
+    loaded = [(task, *_examples(task, profile)) for task in profile.tasks]
+    calibration_overlap(profile, {t.name: items for t, items, _ in loaded})
+    return loaded
 
 
 def _data_hash(items: list[Any], shots: list[Any]) -> str:
@@ -156,15 +223,20 @@ def verify(
     use_cache: bool = True,
     progress: StageProgress | None = None,
     stop_at_failure: bool = False,
+    allow_different_tokenizers: bool = False,
 ) -> VerifyReport:
     """Evaluate two loaded models on every task of ``profile`` and apply the gate.
 
     ``stop_at_failure``: stop at the first task that fails on its own (``--search`` puts the cheapest,
     most sensitive task first); the report then says ``complete: false``.
+    ``allow_different_tokenizers``: accept base and candidate tokenizers that differ, for profiles
+    without perplexity tasks only.
     """
     t0 = time.perf_counter()
     _check_kind(base, profile, "base")
     _check_kind(candidate, profile, "candidate")
+    tokenizer_warning = _check_tokenizers(base, candidate, profile, allow_different_tokenizers)
+    provenance = _provenance(candidate)  # a corrupt compression.json fails before any compute
     gate = profile.gate
     floor = min_retention if min_retention is not None else gate.min_retention
     if not 0 < floor <= 2:
@@ -173,7 +245,7 @@ def verify(
         raise BadInput(f"profile {profile.name!r} has no tasks", "add tasks to the profile")
     cache = _Cache(use_cache)
     fps = {"base": fingerprint(base), "candidate": fingerprint(candidate)}
-    warnings: list[str] = []
+    warnings: list[str] = [tokenizer_warning] if tokenizer_warning else []
     results: list[TaskResult] = []
     all_items: dict[str, list[Any]] = {}
     loaded_tasks = [(task, *_examples(task, profile)) for task in profile.tasks]  # bad data fails before compute
@@ -187,7 +259,7 @@ def verify(
         for role, loaded in (("base", base), ("candidate", candidate)):
             key = cache.key(fps[role], task, profile, data_hash)
             t = time.perf_counter()
-            hit = cache.get(key)
+            hit = cache.get(key, task.metric)
             if hit is None:
                 cb = progress(f"{task.name} [{role}]") if progress else None
                 try:
@@ -239,6 +311,6 @@ def verify(
         confidence=gate.confidence, profile={"name": profile.name, "path": profile_path},
         base={"spec": base.spec, "fingerprint": fps["base"], "num_layers": base.num_layers},
         candidate={"spec": candidate.spec, "fingerprint": fps["candidate"], "num_layers": candidate.num_layers,
-                   **_provenance(candidate)},
+                   **provenance},
         tasks=results, warnings=warnings, tool_version=__version__, seconds=time.perf_counter() - t0,
         complete=len(results) == len(profile.tasks))

@@ -50,7 +50,8 @@ def _builtin(kind: str, name: str, split: str | None) -> list[Any]:
     if name in ("python-docs", "rt-plots", "mixed"):
         if kind != "perplexity":
             raise BadInput(f"builtin:{name} is plain text and only fits perplexity tasks", "use builtin:rt-sentiment or builtin:rt-qa")
-        return read_documents(f"builtin:{name}", split=split or "evaluation")  # type: ignore[arg-type]
+        return read_documents(f"builtin:{name}", split=split or "evaluation",  # type: ignore[arg-type]
+                              role="perplexity task data")
     if name == "rt-sentiment":
         if kind not in ("classification", "zero-shot-classification"):
             raise BadInput(f"builtin:rt-sentiment is labelled text and does not fit {kind} tasks",
@@ -73,7 +74,7 @@ def _from_file(kind: str, path: Path, fields: dict[str, str]) -> list[Any]:
     from compressor.sources.data import read_documents, read_records
 
     if kind == "perplexity":
-        return read_documents(str(path), fields.get("text", "text"), "all")
+        return read_documents(str(path), fields.get("text", "text"), "all", role="perplexity task data")
     if path.suffix.lower() not in (".jsonl", ".ndjson", ".csv"):
         raise BadInput(f"{kind} data must be .jsonl or .csv (got {path.name})", "convert the file")
     rows = read_records(path)

@@ -5,14 +5,7 @@ import sys
 
 import pytest
 
-from compressor.cli.app import main
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
+from helpers import run
 
 
 def assert_bad_input(code, err, needle):

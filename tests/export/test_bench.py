@@ -10,21 +10,14 @@ import sys
 
 import pytest
 
-from compressor.cli.app import main
 from compressor.errors import BadInput
 from compressor.export import layout
 from compressor.export.bench import BenchOptions, bench_models, run_worker
+from helpers import run
 
 TINY = dict(provider="cpu", prompt_len=8, new_tokens=4, warmup=1, runs=2, threads=1)
 SCHEMA_MODEL_KEYS = {"path", "layers", "params", "prefill_ms", "decode_ms_per_token", "tokens_per_s",
                      "rss_peak_mb", "device_mem_peak_mb"}
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def assert_percentiles(p):

@@ -4,18 +4,11 @@ import json
 import pytest
 import torch
 
-from compressor.cli.app import main
 from compressor.errors import BadInput
 from compressor.repair.api import RepairSettings, protect_for, repair_cut
 from compressor.sources.models import load_model
 from repair.test_linear import batches
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
+from helpers import run
 
 
 EXPORTED = {"llama", "gpt2", "gpt_neox"}  # one of each fold kind: plain Linear, Conv1D, Linear + bias (parallel residual)

@@ -4,41 +4,12 @@ import json
 import pytest
 import yaml
 
-from compressor.cli.app import main
+from helpers import run
 
 BENCH = ["--bench-prompt-len", "8", "--bench-new-tokens", "4", "--bench-runs", "2", "--bench-warmup", "1", "--bench-rounds", "1"]
 LAYOUT = ["scores.json", "scores.png", "model/config.json", "model/compression.json", "report.json", "report.md",
           "junit.xml", "onnx/model.onnx", "onnx/model.onnx_data", "onnx/export.json", "onnx-base/model.onnx",
           "bench.json", "bench.png", "run.json"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
-
-
-@pytest.fixture
-def ppl_profile(tmp_path):
-    """Calibration and a perplexity task over local text (the gate threshold is set per test)."""
-    import pydoc_data.topics as t
-
-    text = tmp_path / "text.txt"
-    text.write_text("\n\n".join(t.topics[k] for k in sorted(t.topics)[40:46]), encoding="utf-8")
-
-    def make(min_retention: float, name: str = "profile.yaml"):
-        prof = {"name": "tiny-ppl", "model_kind": "causal-lm",
-                "calibration": {"source": str(text), "samples": 4, "seq_len": 64, "batch_size": 4},
-                "tasks": [{"name": "ppl", "kind": "perplexity", "data": str(text), "limit": 255, "window": 256,
-                           "stride": 256}],
-                "gate": {"min_retention": min_retention}, "eval": {"batch_size": 4, "max_length": 256}}
-        p = tmp_path / name
-        p.write_text(yaml.safe_dump(prof), encoding="utf-8")
-        return p
-
-    make.text = text
-    return make
 
 
 def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
@@ -64,6 +35,11 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
     assert bench["ratios"][0]["layer_ratio"] == pytest.approx(0.75)
     assert "avss run" in stdout and "PASS" in stdout
     assert not list(out.rglob(".*.tmp-*"))
+    from compressor.run.api import RUN_ENTRIES
+    from compressor.run.stages import RECORDS
+
+    # the names whose leftovers a run may clean are exactly the names it writes
+    assert {p.name for p in out.iterdir()} <= {*RUN_ENTRIES, RECORDS}
 
 
 def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypatch):
@@ -93,7 +69,7 @@ def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypa
     status = {s["name"]: s["status"] for s in r["stages"]}
     assert status == {"score": "resumed", "select": "resumed", "prune": "resumed", "repair": "skipped", "verify": "resumed",
                       "export": "ran", "export-base": "skipped", "bench": "skipped"}
-    assert "left by an interrupted run" in err and not (out / ".onnx.tmp-dead").exists()
+    assert "left by an interrupted" in err and not (out / ".onnx.tmp-dead").exists()
     assert (out / "onnx" / "model.onnx").is_file()
     # a changed setting reruns only what depends on it; --force reruns everything
     code, _, err = run(argv[:-1] + ["--skip-bench", "--opset", "17"], capsys)

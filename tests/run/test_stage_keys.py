@@ -6,15 +6,9 @@ import pytest
 import yaml
 
 from compressor.cli.app import main
+from helpers import run
 
 UPSTREAM = {"score", "select", "prune", "verify"}
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def statuses(out):

@@ -4,16 +4,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from compressor.cli.app import main
 from compressor.verify.gate import aggregate_verdict, retention, task_passes
 from verify.conftest import write_profile
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
+from helpers import run
 
 
 def test_rule_all_mean_and_task_thresholds():

@@ -4,19 +4,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from compressor.cli.app import main
 from compressor.profiles import Profile
 from compressor.sources.models import load_model
 from compressor.verify.api import verify
 from compressor.verify.gate import retention
 from verify.conftest import causal_profile, write_profile
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
+from helpers import run
 
 
 def test_retention_definitions():

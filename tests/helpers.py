@@ -1,0 +1,39 @@
+"""Helpers shared by the tests (importable: tests/ is on sys.path through the root conftest)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def run(argv, capsys):
+    """``avss ARGV`` in-process -> (exit code, stdout, stderr)."""
+    from compressor.cli.app import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def error_lines(err: str) -> list[str]:
+    """The ``error:`` lines of a command's stderr (a bad input must give exactly one)."""
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def write_ppl_profile(folder: Path, min_retention: float, name: str = "profile.yaml") -> Path:
+    """Calibration and a perplexity task over local text (``folder/text.txt``) with this gate threshold."""
+    import pydoc_data.topics as t
+
+    text = folder / "text.txt"
+    if not text.exists():
+        text.write_text("\n\n".join(t.topics[k] for k in sorted(t.topics)[40:46]), encoding="utf-8")
+    prof = {"name": "tiny-ppl", "model_kind": "causal-lm",
+            "calibration": {"source": str(text), "samples": 4, "seq_len": 64, "batch_size": 4},
+            "tasks": [{"name": "ppl", "kind": "perplexity", "data": str(text), "limit": 255, "window": 256,
+                       "stride": 256}],
+            "gate": {"min_retention": min_retention}, "eval": {"batch_size": 4, "max_length": 256}}
+    p = folder / name
+    p.write_text(yaml.safe_dump(prof), encoding="utf-8")
+    return p

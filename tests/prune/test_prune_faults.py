@@ -1,0 +1,70 @@
+"""Faults in `avss prune`: leftovers of a killed prune, Ctrl-C named for prune, disk errors, odd --out paths."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import error_lines, run
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _prune(tiny, out, *extra):
+    return ["prune", str(tiny("llama")), "--method", "random", "--num-layers", "1", "--out", str(out), *extra]
+
+
+def test_leftovers_of_a_killed_prune_are_removed_by_the_next(tiny, tmp_path, capsys):
+    out = tmp_path / "slim"
+    stale = tmp_path / f".slim.tmp-{_dead_pid()}-0123abcd"  # as `kill -9` during the save leaves it
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 1000)
+    code, _, err = run(_prune(tiny, out), capsys)
+    assert code == 0, err
+    assert not stale.exists() and f"removed {stale.name}, left by an interrupted process" in err
+
+
+def test_ctrl_c_in_prune_names_prune(tiny, tmp_path, capsys, monkeypatch):
+    import compressor.prune.surgery as surgery
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(surgery, "save_checkpoint", interrupted)
+    code, _, err = run(_prune(tiny, tmp_path / "slim"), capsys)
+    assert code == 130
+    (line,) = error_lines(err)
+    assert line.startswith("error: avss prune interrupted (Ctrl-C)") and "avss run" not in line
+
+
+@pytest.mark.parametrize("errno_,code_wanted,needle", [(28, 3, "no space left on the device while writing"),
+                                                       (30, 2, "read-only file system")])
+def test_disk_errors_while_saving_name_the_file_and_the_fix(errno_, code_wanted, needle, tiny, tmp_path, capsys,
+                                                           monkeypatch):
+    import transformers.modeling_utils as mu
+
+    argv = _prune(tiny, tmp_path / "slim")  # the tiny model is saved before the disk "fails"
+
+    def fail(*a, **kw):
+        raise OSError(errno_, os.strerror(errno_), str(tmp_path / "x.safetensors"))
+
+    monkeypatch.setattr(mu, "safe_save_file", fail)  # the disk fails under save_pretrained
+    out = tmp_path / "slim"
+    code, _, err = run(argv, capsys)
+    assert code == code_wanted, err
+    (line,) = error_lines(err)
+    assert needle in line and "x.safetensors" in line and "unexpected" not in line
+    assert not out.exists() and not list(tmp_path.glob(".slim.*"))
+
+
+def test_a_dangling_symlink_out_is_named(tiny, tmp_path, capsys):
+    out = tmp_path / "slim"
+    out.symlink_to(tmp_path / "missing-disk" / "slim")
+    code, _, err = run(_prune(tiny, out), capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "is a symbolic link to" in line and "does not exist" in line

@@ -1,0 +1,100 @@
+"""load_model refuses a model that would load silently wrong: weights that do not fill the model,
+a tokenizer with ids past the embeddings, a tokenizer that needs custom code."""
+import json
+import shutil
+
+import pytest
+
+from compressor.errors import BadInput
+from compressor.sources.models import load_model
+from tiny_models import ARCHS
+
+
+def _copy_with_config(src, dst, **changes):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_tiny_arch_loads_with_no_weight_error(tiny, arch):
+    """Tied weights (lm_head with tie_word_embeddings) and ignored buffers are not reported as missing."""
+    loaded = load_model(str(tiny(arch)))
+    assert loaded.num_layers == 4
+
+
+def test_builtin_model_loads_with_no_weight_error():
+    loaded = load_model("builtin:smollm2-135m")
+    assert loaded.config.tie_word_embeddings and loaded.model.get_output_embeddings() is not None
+    assert loaded.model.get_input_embeddings().num_embeddings == len(loaded.tokenizer) == 49152
+
+
+def _refusal(tiny, tmp_path, **config) -> tuple[str, str]:
+    """(folder, message) of loading a tiny llama whose config.json was edited with ``config``."""
+    folder = _copy_with_config(tiny("llama"), tmp_path / "m", **config)
+    with pytest.raises(BadInput) as e:
+        load_model(str(folder))
+    return str(folder), e.value.line()
+
+
+def test_more_layers_in_config_than_in_weights_is_refused(tiny, tmp_path):
+    folder, msg = _refusal(tiny, tmp_path, num_hidden_layers=6)
+    assert "18 tensor(s) the model needs are missing from its weights and would be random" in msg
+    assert "model.layers.4.input_layernorm.weight" in msg and "(18 in all)" in msg and folder in msg
+    assert "make config.json match the weights (e.g. num_hidden_layers" in msg
+
+
+def test_fewer_layers_in_config_than_in_weights_is_refused(tiny, tmp_path):
+    _, msg = _refusal(tiny, tmp_path, num_hidden_layers=2)
+    assert "18 tensor(s) in its weights are not part of the model" in msg and "would be dropped" in msg
+    assert "model.layers.2.input_layernorm.weight" in msg and "num_hidden_layers" in msg
+
+
+def test_shape_mismatch_is_bad_input_naming_the_tensor(tiny, tmp_path):
+    _, msg = _refusal(tiny, tmp_path, intermediate_size=48)
+    assert "12 tensor(s) of the weights do not have the shape its config.json gives" in msg
+    assert "model.layers.0.mlp.down_proj.weight [32, 64] in the weights vs [32, 48] from config.json" in msg
+
+
+def _small_vocab_llama(folder, vocab, tokenizer):
+    import torch
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_embeddings_smaller_than_the_tokenizer_are_refused(tmp_path, decoder_tokenizer):
+    folder = _small_vocab_llama(tmp_path / "m", 1000, decoder_tokenizer)
+    with pytest.raises(BadInput) as e:
+        load_model(str(folder))
+    msg = e.value.line()
+    assert "input embeddings have 1000 rows but its tokenizer has 49152 tokens" in msg and str(folder) in msg
+    assert "resize_token_embeddings" in msg
+
+
+def test_embeddings_padded_past_the_tokenizer_are_fine(tmp_path, decoder_tokenizer):
+    folder = _small_vocab_llama(tmp_path / "m", 49152 + 64, decoder_tokenizer)
+    loaded = load_model(str(folder))
+    assert loaded.model.get_input_embeddings().num_embeddings == 49216 and len(loaded.tokenizer) == 49152
+
+
+def test_tokenizer_needing_custom_code_suggests_trust_remote_code(tiny, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny("llama"), folder)
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    tc.update(tokenizer_class="XTokenizer", auto_map={"AutoTokenizer": ["tokenization_x.XTokenizer", None]})
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+    (folder / "tokenization_x.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(BadInput) as e:
+        load_model(str(folder))  # tokenization_x.py would raise SystemExit if it were imported
+    msg = e.value.line()
+    assert f"the tokenizer of {folder} needs custom code to load" in msg
+    assert msg.endswith("pass --trust-remote-code if you trust it")
