@@ -19,7 +19,7 @@ from typing import Any
 _MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
                 "chat_template.jinja", "chat_template.json")
-_MODEL_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken")
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".onnx", ".onnx_data")
 
 _FILE_MEMO: dict[tuple, str] = {}
 _CODE: dict[str, str] = {}

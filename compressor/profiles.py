@@ -112,6 +112,9 @@ class GateSection(_Strict):
     # a task whose base model scores 0 (accuracy-like metrics) has no defined retention: by default
     # that is bad input (exit 2); ``report`` keeps it in the reports, marked and not gating
     zero_base: Literal["error", "report"] = "error"
+    # which artifacts of ``avss run`` the verdict (and exit code) judges: ``all`` of them (the PyTorch
+    # checkpoint, its ONNX export and, with --quantize, the quantized export), or only one
+    target: Literal["all", "pytorch", "onnx", "quantized"] = "all"
 
 
 class EvalSection(_Strict):

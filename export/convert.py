@@ -44,10 +44,12 @@ class ExportResult:
     parity: Any  # compressor.export.parity.ParityReport
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # with --quantize: the settings and the structural checks
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["parity"] = self.parity.to_dict()
+        d.pop("quantization", None)
         return d
 
 
@@ -123,6 +125,7 @@ def export_model(
     trust_remote_code: bool = False,
     on_stage: Optional[Stage] = None,
     on_start: Optional[Callable[[str], None]] = None,
+    quantize: Optional[str] = None,
 ) -> ExportResult:
     """Export ``model`` (a spec like ``builtin:smollm2-135m`` / a folder, or a ``LoadedModel``) to ``out``.
 
@@ -134,6 +137,11 @@ def export_model(
     out = check_output_dir(out, force)
     dt = check_dtype_device(dtype, device)
     check_opset(opset)
+    from compressor.export.quantize import check_method
+
+    check_method(quantize)
+    if quantize and dt != "float32":
+        raise BadInput(f"--quantize {quantize} starts from the fp32 graph, not {dtype}", "drop --dtype or --quantize")
     from compressor.export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
 
     try:
@@ -231,6 +239,17 @@ def export_model(
         record.pop("out", None)
         (final / EXPORT_RECORD).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         result.files[EXPORT_RECORD] = (final / EXPORT_RECORD).stat().st_size
+        if quantize:
+            from compressor.export.quantize import quantize_folder
+
+            t0 = start("quantize")
+            qdir = tmp / "quantized"
+            qdir.mkdir()
+            rec = quantize_folder(final, qdir, quantize, provider=parity_provider)
+            result.quantization = {"settings": rec["quantization"], "structural_checks": rec["structural_checks"]}
+            result.files = dict(rec["files"])
+            stage("quantize", t0)
+            final = qdir
         replace_dir(final, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

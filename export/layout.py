@@ -41,9 +41,15 @@ def store_external_data(src: str | Path, dst_dir: str | Path) -> Path:
     """
     import onnx
 
+    return save_with_external_data(onnx.load(str(src), load_external_data=True), dst_dir)
+
+
+def save_with_external_data(model, dst_dir: str | Path) -> Path:
+    """Save a loaded ``ModelProto`` as ``dst_dir/model.onnx`` + ``model.onnx_data`` (our one layout)."""
+    import onnx
+
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(src), load_external_data=True)
     out = dst_dir / ONNX_FILE
     for stale in (out, dst_dir / DATA_FILE):
         if stale.exists():
@@ -76,20 +82,29 @@ def count_parameters(model_file: str | Path) -> int:
     return total
 
 
-def read_config(folder: str | Path) -> dict:
-    """The folder's config.json as a dict ({} when absent); a damaged one is exit 2 naming it."""
+def _read_object(f: Path) -> dict:
+    """A JSON object file of an export folder ({} when absent); a damaged one is exit 2 naming it."""
     from compressor.errors import BadInput
 
-    cfg = Path(folder) / "config.json"
-    if not cfg.exists():
+    if not f.exists():
         return {}
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
+        data = json.loads(f.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{cfg} is not valid JSON ({exc})", "re-export the model with `avss export`") from exc
+        raise BadInput(f"{f} is not valid JSON ({exc})", "re-export the model with `avss export`") from exc
     if not isinstance(data, dict):
-        raise BadInput(f"{cfg} is not a JSON object", "re-export the model with `avss export`")
+        raise BadInput(f"{f} is not a JSON object", "re-export the model with `avss export`")
     return data
+
+
+def read_config(folder: str | Path) -> dict:
+    """The folder's config.json as a dict ({} when absent)."""
+    return _read_object(Path(folder) / "config.json")
+
+
+def read_record(folder: str | Path) -> dict:
+    """The folder's export.json (what was exported, parity, quantization) as a dict ({} when absent)."""
+    return _read_object(Path(folder) / EXPORT_RECORD)
 
 
 def read_num_layers(folder: str | Path) -> int | None:

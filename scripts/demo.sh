@@ -13,5 +13,5 @@ if [ "$rc" -eq 1 ]; then
 elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
-echo "artifacts in $OUT/: scores.json scores.png model/ report.md junit.xml onnx/ bench.json bench.png run.json"
+echo "artifacts in $OUT/: scores.json scores.png model/ report.md junit.xml onnx/ reports/onnx/ bench.json bench.png run.json"
 echo "(re-running resumes finished stages; add --force to recompute; $((SECONDS - start)) s)"

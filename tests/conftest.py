@@ -69,3 +69,33 @@ def small_classifier(tmp_path_factory) -> Path:
 
     return build_sentiment_classifier(tmp_path_factory.mktemp("clf") / "clf", train_size=300, eval_size=200,
                                       max_length=48, epochs=2, batch_size=16, lr=2e-4)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny, tmp_path_factory):
+    """tiny_onnx(arch, pruned=False) -> export folder (model.onnx, config.json[, compression.json]).
+
+    ``pruned`` removes layer 1 (of 4) before exporting, so ideal layer ratios are 3/4.
+    """
+
+    made: dict[tuple[str, bool], Path] = {}
+
+    def get(arch: str, pruned: bool = False) -> Path:
+        key = (arch, pruned)
+        if key not in made:
+            src = tiny(arch)
+            if pruned:
+                from compressor.prune.surgery import prune_model
+                from compressor.sources.models import load_model
+
+                slim = tmp_path_factory.mktemp(f"slim-{arch}") / "model"
+                prune_model(load_model(str(src)), [1], slim)
+                src = slim
+            from compressor.export.convert import export_model
+
+            out = tmp_path_factory.mktemp(f"onnx-{arch}{'-pruned' if pruned else ''}") / "onnx"
+            export_model(str(src), out)  # parity-checked; copies compression.json
+            made[key] = out
+        return made[key]
+
+    return get

@@ -65,7 +65,7 @@ def _models_table(report: "BenchReport") -> "Table":
     t = Table(title=f"avss bench: {report.provider}, batch {s['batch_size']}, prompt {s['prompt_len']}"
                     + (f", {s['new_tokens']} new tokens" if decoder else "")
                     + f", {s['threads']} threads, {s['runs']} runs x {s['rounds']} rounds")
-    cols = ["model", "provider", "layers", "params", "session s"]
+    cols = ["model", "provider", "layers", "params", "size MB", "session s"]
     cols += (["prefill p50", "p90", "decode p50", "p90", "p99", "tok/s"] if decoder
              else ["batch p50", "p90", "p99", "seq/s"])
     cols += ["RSS peak", "device peak"]
@@ -75,7 +75,7 @@ def _models_table(report: "BenchReport") -> "Table":
                      overflow="fold" if c == "model" else "ellipsis")
     for m in report.models:
         row = [m.path, m.provider.removesuffix("ExecutionProvider"), _num(m.layers, "d"), f"{m.params:,}",
-               f"{m.session_create_s:.2f}"]
+               f"{m.file_mb:.1f}", f"{m.session_create_s:.2f}"]
         if decoder:
             row += _pct(m.prefill_ms, ("p50", "p90")) + _pct(m.decode_ms_per_token, ("p50", "p90", "p99"))
             row.append(_num(m.tokens_per_s, ".1f"))

@@ -44,6 +44,23 @@ def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_p
     return loaded
 
 
+def load_for_eval(model: str, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool,
+                  provider: str) -> Any:
+    """A model to evaluate: an ONNX export folder runs in ONNX Runtime (what ships is what is gated),
+    anything else loads as for every other command."""
+    from compressor.cli.output import note
+    from compressor.export.ort_model import is_onnx_export
+
+    if not is_onnx_export(model):
+        return load(model, device, dtype, None, allow_pickle, trust_remote_code)
+    from compressor.export.ort_model import load_onnx_model
+
+    note(f"loading {model} (ONNX export) in ONNX Runtime, provider {provider} ...")
+    loaded = load_onnx_model(model, provider=provider, trust_remote_code=trust_remote_code)
+    note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers ({loaded.dtype}, {loaded.device})")
+    return loaded
+
+
 def check_room(out: str, loaded: Any, what: str) -> None:
     """Free space for one checkpoint the size of ``loaded`` (a full disk is found before the compute)."""
     from compressor.files import check_free_space

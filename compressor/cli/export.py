@@ -1,7 +1,7 @@
 """Export a full or slim model to ONNX through Optimum, then check ONNX Runtime against PyTorch (exit 3 if not)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,6 +15,7 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only).")] = "fp32",
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic, MatMul weights per channel) or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph.")] = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     force: o.Force = False,
@@ -36,7 +37,7 @@ def export(
     note(f"exporting {model} to {out} (opset {opset}, {dtype}, {device})")
     res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                       on_start=started, on_stage=ended)
+                       on_start=started, on_stage=ended, quantize=quantize)
     for w in res.warnings:
         warn(w)
     t = Table(title=f"parity: ONNX Runtime ({res.parity.provider}) vs PyTorch, {res.dtype}")
@@ -47,6 +48,11 @@ def export(
                   "" if c.max_abs_diff is None else f"{c.max_abs_diff:.2e}",
                   "" if c.tolerance is None else f"{c.tolerance:.2e}", c.detail)
     stdout.print(t)
+    if res.quantization:
+        q = res.quantization["settings"]
+        checks = ", ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in res.quantization["structural_checks"])
+        note(f"quantized to {q['method']} with {q['tool']} ({checks}); gate it on tasks: "
+             f"avss verify BASE {out} --profile FILE")
     size = sum(v for k, v in res.files.items() if k.startswith("model.onnx"))
     total = sum(res.timings.values())
     note(f"wrote {out}: {res.task}, {res.num_layers} layers, model {size / 2**20:.1f} MB, {total:.1f} s "

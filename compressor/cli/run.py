@@ -30,7 +30,8 @@ def run(
     heal_steps: o.HealSteps = None,
     heal_tokens: o.HealTokens = None,
     heal_lr: o.HealLr = None,
-    provider: Annotated[Optional[str], typer.Option("--provider", help="Bench provider: auto, cpu or cuda (cuda never falls back).")] = None,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider for the ONNX gate and the bench: auto, cpu or cuda (cuda never falls back).")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="Also write onnx-int8/ or onnx-int4/ (ONNX Runtime quantization), gate it and bench it.")] = None,
     skip_export: Annotated[Flag, typer.Option("--skip-export", help="Stop after verify (no ONNX, no bench).", show_default=False)] = None,
     skip_bench: Annotated[Flag, typer.Option("--skip-bench", help="Export the slim model but do not benchmark.", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto for score/verify/export (default: cpu).")] = None,
@@ -57,7 +58,7 @@ def run(
     overrides = dict(model=model, profile=profile, out=out, method=method, avss_mode=avss_mode, ratio=ratio,
                      num_layers=num_layers, search=search, max_remove=max_remove, protect=protect,
                      min_retention=min_retention, repair=repair, ridge=ridge, heal_steps=heal_steps,
-                     heal_tokens=heal_tokens, heal_lr=heal_lr, provider=provider, skip_export=skip_export, skip_bench=skip_bench,
+                     heal_tokens=heal_tokens, heal_lr=heal_lr, provider=provider, quantize=quantize, skip_export=skip_export, skip_bench=skip_bench,
                      device=device, dtype=dtype, opset=opset, seed=seed, allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code, bench_prompt_len=bench_prompt_len,
                      bench_new_tokens=bench_new_tokens, bench_runs=bench_runs, bench_warmup=bench_warmup,
@@ -75,6 +76,8 @@ def run(
     note(f"artifacts in {cfg.out}/ (run.json records the configuration, versions and timings)")
     if result.exit_code == 1:
         failed = [f"{t['name']} {t['retention']:.3f} < {t['threshold']:.2f}" for t in result.tasks if t["passed"] is False]
+        failed += [f"{a['artifact']}/ {t['name']} {t['retention']:.3f} < {t['threshold']:.2f}"
+                   for a in result.artifacts for t in a["tasks"] if t["passed"] is False]
         what = "no cut passes the gate" if cfg.search and not (result.search or {}).get("chosen") else "retention gate failed"
         raise GateFailed(f"{what} ({', '.join(failed) or result.verdict}); every artifact was still written",
                          f"see {cfg.out}/report.md")

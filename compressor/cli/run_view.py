@@ -65,6 +65,10 @@ class RunView:
         self.console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
 
 
+def _f(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def print_summary(result: Any) -> None:
     from rich.table import Table
 
@@ -86,20 +90,36 @@ def print_summary(result: Any) -> None:
             v.add_row(r["name"], r["metric"], f"{r['base']:.4g}", f"{r['candidate']:.4g}", "n/a" if r["retention"] is None else f"{r['retention']:.3f}",
                       f"{r['threshold']:.2f}", result_word(r["passed"], "[red]FAIL[/red]", r["retention"]))
         out.print(v)
+    for a in result.artifacts:
+        v = Table(title=f"verify {a['artifact']}/ in ONNX Runtime ({a['runtime']}): {a['verdict']}")
+        for col in ("task", "metric", "candidate", "retention", "threshold", "result", "vs PyTorch slim", "agreement"):
+            v.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
+        for r in a["tasks"]:
+            vs = r.get("vs_slim") or {}
+            v.add_row(r["name"], r["metric"], f"{r['candidate']:.4g}",
+                      "n/a" if r["retention"] is None else f"{r['retention']:.3f}", f"{r['threshold']:.2f}",
+                      result_word(r["passed"], "[red]FAIL[/red]", r["retention"]),
+                      "n/a" if vs.get("retention") is None else f"{vs['retention']:.3f}",
+                      "n/a" if vs.get("agreement") is None else f"{vs['agreement']:.3f}")
+        out.print(v)
     if result.bench:
         b = Table(title=f"bench: ONNX Runtime, {result.bench['provider']}")
-        for col in ("model", "layers", "prefill p50 (ms)", "decode p50 (ms/token)", "tokens/s", "RSS peak (MB)"):
+        for col in ("model", "layers", "size (MB)", "prefill p50 (ms)", "decode p50 (ms/token)", "tokens/s",
+                    "RSS peak (MB)"):
             b.add_column(col, justify="left" if col == "model" else "right")
         for m in result.bench["models"]:
             pre = (m.get("prefill_ms") or m.get("batch_ms") or {}).get("p50")
             dec = (m.get("decode_ms_per_token") or {}).get("p50")
             tps = m.get("tokens_per_s")
-            b.add_row(m["path"], str(m["layers"]), "-" if pre is None else f"{pre:.1f}",
+            b.add_row(m["path"], str(m["layers"]), f"{m['file_mb']:.1f}", "-" if pre is None else f"{pre:.1f}",
                       "-" if dec is None else f"{dec:.2f}", "-" if tps is None else f"{tps:.1f}",
                       f"{m['rss_peak_mb']:.0f}")
+        lines = []
         for r in result.bench.get("ratios", []):
             dr = r.get("decode_ratio") or r.get("batch_ratio")
             if dr is not None:
-                b.caption = (f"slim/full latency {dr:.3f} vs ideal {r['layer_ratio']:.3f} (kept layers), "
-                             f"{r['param_ratio']:.3f} (kept params); memory {r['rss_peak_ratio']:.3f}")
+                lines.append(f"{r['model']} / full: latency {dr:.3f} vs ideal {r['layer_ratio']:.3f} (kept layers), "
+                             f"{r['param_ratio']:.3f} (kept params); size {_f(r['file_ratio'])}; memory "
+                             f"{r['rss_peak_ratio']:.3f}")
+        b.caption = "\n".join(lines) or None
         out.print(b)

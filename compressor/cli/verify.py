@@ -9,12 +9,13 @@ from compressor.cli import options as o
 
 
 def verify(
-    base: Annotated[str, typer.Argument(help="The original model (builtin:, folder, or Hub id).")],
-    candidate: Annotated[str, typer.Argument(help="The slim model to check.")],
+    base: Annotated[str, typer.Argument(help="The original model (builtin:, folder, Hub id, or an ONNX export folder).")],
+    candidate: Annotated[str, typer.Argument(help="The slim model to check (a checkpoint, or an ONNX export folder: evaluated in ONNX Runtime).")],
     profile: Annotated[str, typer.Option("--profile", help="Task profile YAML, e.g. profiles/default.yaml.")],
     min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Override the profile's gate.min_retention (task-level thresholds still win).")] = None,
     report_dir: Annotated[str, typer.Option("--report-dir", help="Where report.json, report.md and junit.xml go (rewritten each run).")] = "avss-report",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every result instead of reusing cached ones.")] = False,
+    provider: Annotated[str, typer.Option("--provider", help="For an ONNX export folder (base or candidate): auto, cpu or cuda (cuda never falls back).")] = "cpu",
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     allow_pickle: o.AllowPickle = False,
@@ -34,8 +35,8 @@ def verify(
 
     prof = load_profile(profile)
     check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
-    loaded_base = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
-    loaded_cand = common.load(candidate, device, dtype, None, allow_pickle, trust_remote_code)
+    loaded_base = common.load_for_eval(base, device, dtype, allow_pickle, trust_remote_code, provider)
+    loaded_cand = common.load_for_eval(candidate, device, dtype, allow_pickle, trust_remote_code, provider)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as prog:

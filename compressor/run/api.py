@@ -28,8 +28,9 @@ RUN_SCHEMA = 1
 # every top-level entry a run writes (a test checks it against a real run): the only names whose
 # leftovers a run cleans, so a file of the user's is never touched
 RUN_ENTRIES = (RUN_FILE, "scores.json", "scores.png", "search.json", "search.png", "search", ".search", "model",
-               "cut", "report.json", "report.md", "junit.xml", "onnx", "onnx-base", "bench.json", "bench.png")
-RUN_FOLDERS = ("search",)  # folders of our own whose hidden leftovers are cleaned too
+               "cut", "report.json", "report.md", "junit.xml", "onnx", "onnx-base", "onnx-int8", "onnx-int4",
+               "reports", "bench.json", "bench.png")
+RUN_FOLDERS = ("search", "reports")  # folders of our own whose hidden leftovers are cleaned too
 RUN_SCRATCH = (".search",)  # removed whole when a run starts (search candidates are cut there)
 
 
@@ -77,6 +78,7 @@ class RunResult:
     search: Optional[dict[str, Any]] = None
     repair: Optional[dict[str, Any]] = None
     parity: Optional[dict[str, Any]] = None
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # the gate per shipped artifact
     bench: Optional[dict[str, Any]] = None
     exit_code: int = EXIT_OK
     status: str = "running"
@@ -84,7 +86,6 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
 
 
 class _Run:
@@ -144,6 +145,13 @@ class _Run:
 
             check_opset(c.opset)
         self.profile = load_profile(c.profile)
+        target = self.profile.gate.target
+        if target in ("onnx", "quantized") and c.skip_export:
+            raise BadInput(f"profile {self.profile.name!r} gates the {target} artifact (gate.target: {target}), but "
+                           "--skip-export writes none", "drop --skip-export, or set gate.target: pytorch")
+        if target == "quantized" and not c.quantize:
+            raise BadInput(f"profile {self.profile.name!r} gates the quantized artifact (gate.target: quantized)",
+                           "pass --quantize int8 (or int4), or set gate.target: all")
         for m in (c.methods if c.search else [c.method]):
             methods.get_scorer(m)
             methods.check_mode(m, c.avss_mode if m == "avss" else None)
@@ -471,6 +479,62 @@ class _Run:
         what = "the slim model" if name == "export" else "the full model (bench reference)"
         return Stage(name, f"exporting {what} to ONNX (+ parity check)", inputs, (dest,), work)
 
+    def quantize_stage(self, dest: str) -> Stage:
+        from compressor.export.quantize import settings
+
+        c = self.cfg
+
+        def work(cb):
+            from compressor.export.quantize import quantize_export
+
+            rec = quantize_export(self.out / "onnx", self.out / dest, c.quantize, force=True, provider=c.provider)
+            mb = sum(v for k, v in rec["files"].items() if k.startswith("model.onnx")) / 2**20
+            return {"quantization": rec["quantization"]}, f"{c.quantize}: {mb:.1f} MB ({dest}/)"
+
+        inputs: dict[str, Input] = {"onnx": Files(self.out / "onnx"), "quantize": Setting(settings(c.quantize)),
+                                    "provider": Setting(c.provider)}
+        return Stage("quantize", f"quantizing the ONNX export ({c.quantize})", inputs, (dest,), work)
+
+    def artifact_verify_stage(self, dest: str, kind: str) -> Stage:
+        """Gate an ONNX artifact as it ships (in ONNX Runtime): against the full model, and compared
+        with the PyTorch slim checkpoint it was exported from (both evaluations from the verify cache)."""
+        c = self.cfg
+        reports = f"reports/{dest}"
+
+        def work(cb):
+            from compressor.export.ort_model import load_onnx_model
+            from compressor.verify.api import verify
+            from compressor.verify.report import write_reports
+
+            art = load_onnx_model(str(self.out / dest), provider=c.provider)
+            rep = self._verify(art, f"verify {dest}")
+            write_reports(rep, self.out / reports)
+            vs = {}
+            md = [f"#### {dest}/ against the PyTorch slim model it was exported from (`model/`)", "",
+                  "| task | metric | PyTorch slim | this artifact | retention | agreement |", "|---|---|---|---|---|---|"]
+            try:  # how far the artifact is from what it was exported from (both sides from the verify cache)
+                slim = self._load_candidate(self.out / "model")
+                for t in verify(slim, art, self.profile, min_retention=c.min_retention).tasks:
+                    vs[t.name] = {"retention": t.retention, "agreement": t.agreement}
+                    md.append(f"| {t.name} | {t.metric} | {t.base:.4g} | {t.candidate:.4g} | "
+                              f"{'n/a' if t.retention is None else f'{t.retention:.3f}'} | {t.agreement:.3f} |")
+            except AvssError as exc:  # e.g. the slim model scores 0 on a task: no ratio to report
+                self.ev.warn(f"{dest}: no comparison with the PyTorch slim model ({exc.problem})")
+                md.append(f"| (no comparison: {exc.problem}) | | | | | |")
+            report_md = self.out / reports / "report.md"
+            atomic_write_text(report_md, report_md.read_text(encoding="utf-8") + "\n" + "\n".join(md) + "\n")
+            tasks = [{"name": t.name, "metric": t.metric, "base": t.base, "candidate": t.candidate,
+                      "retention": t.retention, "threshold": t.threshold, "passed": t.passed,
+                      "agreement": t.agreement, "vs_slim": vs.get(t.name)} for t in rep.tasks]
+            res = {"artifact": dest, "kind": kind, "passed": rep.passed, "verdict": rep.verdict_line(), "tasks": tasks,
+                   "runtime": art.device}
+            return res, f"{dest}: {rep.verdict_line()}"
+
+        inputs: dict[str, Input] = {"base": Model(self.base), "artifact": Files(self.out / dest),
+                                    "slim": Files(self.out / "model"), "provider": Setting(c.provider),
+                                    **self.gate_inputs}
+        return Stage(f"verify-{dest}", f"verifying {dest}/ in ONNX Runtime", inputs, (reports,), work)
+
     def bench_stage(self) -> Stage:
         c = self.cfg
 
@@ -480,7 +544,7 @@ class _Run:
             opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size, prompt_len=c.bench.prompt_len,
                                 new_tokens=c.bench.new_tokens, warmup=c.bench.warmup, runs=c.bench.runs,
                                 rounds=c.bench.rounds, threads=c.bench.threads)
-            rep = bench_models([str(self.out / "onnx-base"), str(self.out / "onnx")], opts, progress=self.ev.note)
+            rep = bench_models([str(self.out / d) for d in folders], opts, progress=self.ev.note)
             write_json(rep, self.out / "bench.json")
             bench_plot(rep, self.out / "bench.png")
             d = rep.to_dict()
@@ -490,9 +554,11 @@ class _Run:
                 detail += f", decode {r['decode_ratio']:.2f}x of full (ideal {r['layer_ratio']:.2f})"
             return {"bench": d}, detail
 
-        inputs: dict[str, Input] = {"full": Files(self.out / "onnx-base"), "slim": Files(self.out / "onnx"),
-                                    "provider": Setting(c.provider), "bench": Setting(c.bench.model_dump(mode="json"))}
-        return Stage("bench", "benchmarking full vs slim (ONNX Runtime)", inputs, ("bench.json", "bench.png"), work)
+        folders = ["onnx-base", "onnx"] + ([f"onnx-{c.quantize}"] if c.quantize else [])
+        inputs: dict[str, Input] = {f"model-{i}": Files(self.out / d) for i, d in enumerate(folders)}
+        inputs.update(provider=Setting(c.provider), bench=Setting(c.bench.model_dump(mode="json")))
+        what = "full vs slim" + (f" vs slim {c.quantize}" if c.quantize else "")
+        return Stage("bench", f"benchmarking {what} (ONNX Runtime)", inputs, ("bench.json", "bench.png"), work)
 
     # --- the pipeline ------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -522,19 +588,34 @@ class _Run:
         vres = self.run_stage(self.verify_stage())
         self.result.passed, self.result.verdict, self.result.tasks = vres["passed"], vres["verdict"], vres["tasks"]
         if c.skip_export:
-            for name in ("export", "export-base", "bench"):
+            for name in ("export", "verify-onnx", "export-base", "bench"):
                 self._skip(name, "--skip-export")
         else:
             self.result.parity = self.run_stage(self.export_stage("export", "onnx", Files(self.out / "model")))["parity"]
+            self.result.artifacts.append(self.run_stage(self.artifact_verify_stage("onnx", "onnx")))
+            if c.quantize:
+                dest = f"onnx-{c.quantize}"
+                self.run_stage(self.quantize_stage(dest))
+                self.result.artifacts.append(self.run_stage(self.artifact_verify_stage(dest, "quantized")))
             if c.skip_bench:
                 self._skip("export-base", "--skip-bench (only the benchmark needs the full model in ONNX)")
                 self._skip("bench", "--skip-bench")
             else:
                 self.run_stage(self.export_stage("export-base", "onnx-base", Model(self.base)))
                 self.result.bench = self.run_stage(self.bench_stage()).get("bench")
+        self.result.passed = gated_verdict(self.profile.gate.target, self.result.passed, self.result.artifacts)
         self.result.exit_code = EXIT_OK if self.result.passed else EXIT_GATE_FAILED
         self.result.status = "passed" if self.result.passed else "gate failed"
         return self.result
+
+
+def gated_verdict(target: str, pytorch_passed: bool, artifacts: list[dict[str, Any]]) -> bool:
+    """``gate.target`` decides which artifacts the verdict judges (default ``all``: every one the run wrote)."""
+    verdicts: dict[str, list[bool]] = {"pytorch": [pytorch_passed]}
+    for a in artifacts:
+        verdicts.setdefault(a["kind"], []).append(a["passed"])
+    chosen = [v for vs in verdicts.values() for v in vs] if target == "all" else verdicts.get(target, [])
+    return bool(chosen) and all(chosen)
 
 
 def describe_repair(rec: dict[str, Any]) -> str:

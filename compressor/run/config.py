@@ -49,6 +49,7 @@ class RunConfig(BaseModel):
     heal_tokens: Optional[int] = Field(None, ge=1)
     heal_lr: float = Field(3e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
+    quantize: Optional[Literal["int8", "int4"]] = None
     skip_export: bool = False
     skip_bench: bool = False
     device: str = "cpu"
@@ -74,6 +75,8 @@ class RunConfig(BaseModel):
             self.methods = list(DEFAULT_SEARCH_METHODS) + (["angular"] if "linear" in self.repair else [])
         if not self.methods:
             raise ValueError("methods must name at least one scorer")
+        if self.quantize and self.skip_export:
+            raise ValueError("quantize works on the ONNX export; drop skip_export")
         return self
 
     def repair_settings(self):

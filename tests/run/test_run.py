@@ -8,8 +8,8 @@ from helpers import run
 
 BENCH = ["--bench-prompt-len", "8", "--bench-new-tokens", "4", "--bench-runs", "2", "--bench-warmup", "1", "--bench-rounds", "1"]
 LAYOUT = ["scores.json", "scores.png", "model/config.json", "model/compression.json", "report.json", "report.md",
-          "junit.xml", "onnx/model.onnx", "onnx/model.onnx_data", "onnx/export.json", "onnx-base/model.onnx",
-          "bench.json", "bench.png", "run.json"]
+          "junit.xml", "onnx/model.onnx", "onnx/model.onnx_data", "onnx/export.json", "reports/onnx/report.json",
+          "onnx-base/model.onnx", "bench.json", "bench.png", "run.json"]
 
 
 def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
@@ -21,7 +21,11 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
         assert (out / f).exists(), f
     r = json.loads((out / "run.json").read_text())
     assert r["exit_code"] == 0 and r["status"] == "passed" and r["passed"] is True
-    assert [s["name"] for s in r["stages"]] == ["score", "select", "prune", "repair", "verify", "export", "export-base", "bench"]
+    assert [s["name"] for s in r["stages"]] == ["score", "select", "prune", "repair", "verify", "export", "verify-onnx",
+                                                "export-base", "bench"]
+    (art,) = r["artifacts"]  # the ONNX export is gated as it ships, in ONNX Runtime
+    assert art["artifact"] == "onnx" and art["passed"] is True and (out / "reports/onnx/junit.xml").is_file()
+    assert art["tasks"][0]["vs_slim"]["retention"] == pytest.approx(1.0, abs=1e-3)
     assert {s["name"]: s["status"] for s in r["stages"]}["repair"] == "skipped"  # --repair none is the default
     assert all(s["status"] == "ran" for s in r["stages"] if s["name"] != "repair")
     assert r["config"]["num_layers"] == 1 and r["config"]["method"] == "avss"
@@ -68,7 +72,7 @@ def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypa
     r = json.loads((out / "run.json").read_text())
     status = {s["name"]: s["status"] for s in r["stages"]}
     assert status == {"score": "resumed", "select": "resumed", "prune": "resumed", "repair": "skipped", "verify": "resumed",
-                      "export": "ran", "export-base": "skipped", "bench": "skipped"}
+                      "export": "ran", "verify-onnx": "ran", "export-base": "skipped", "bench": "skipped"}
     assert "left by an interrupted" in err and not (out / ".onnx.tmp-dead").exists()
     assert (out / "onnx" / "model.onnx").is_file()
     # a changed setting reruns only what depends on it; --force reruns everything
@@ -263,3 +267,33 @@ def test_search_scans_non_nested_angular_cuts_upwards(identity_model, tmp_path, 
     assert s["best"] == {"angular": 2} and tried == [1, 2, 3]  # 3 contiguous layers always break the model
     assert s["chosen"]["removed"] == [3, 4]
     assert "linear scan" in s["strategy"]
+
+
+def test_quantized_run_gates_and_benches_three_artifacts(tiny, tmp_path, ppl_profile, capsys):
+    out = tmp_path / "art"
+    code, stdout, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.5)), "--out", str(out),
+                             "--num-layers", "1", "--quantize", "int8", *BENCH], capsys)
+    assert code == 0, err
+    r = json.loads((out / "run.json").read_text())
+    assert [a["artifact"] for a in r["artifacts"]] == ["onnx", "onnx-int8"] and all(a["passed"] for a in r["artifacts"])
+    assert json.loads((out / "onnx-int8/export.json").read_text())["quantization"]["method"] == "int8"
+    assert (out / "reports/onnx-int8/report.md").is_file()
+    bench = json.loads((out / "bench.json").read_text())
+    assert [m["layers"] for m in bench["models"]] == [4, 3, 3] and len(bench["ratios"]) == 2
+    assert bench["models"][2]["file_mb"] < bench["models"][1]["file_mb"]
+    assert "verify onnx-int8/ in ONNX Runtime" in stdout
+    prof = yaml.safe_load(ppl_profile(0.5).read_text())
+    prof["gate"]["target"] = "quantized"
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(prof))
+    code, _, err = run(["run", str(tiny("llama")), "--profile", str(tmp_path / "q.yaml"), "--out", str(tmp_path / "x"),
+                        "--num-layers", "1"], capsys)
+    assert code == 2 and "pass --quantize int8" in err
+
+
+def test_gate_target_decides_which_artifacts_the_verdict_judges():
+    from compressor.run.api import gated_verdict
+
+    arts = [{"kind": "onnx", "passed": True}, {"kind": "quantized", "passed": False}]
+    assert gated_verdict("all", True, arts) is False  # the default: every artifact the run wrote must pass
+    assert gated_verdict("pytorch", True, arts) is True and gated_verdict("onnx", True, arts) is True
+    assert gated_verdict("quantized", True, arts) is False and gated_verdict("all", False, arts[:1]) is False

@@ -1,0 +1,228 @@
+"""An ONNX export as a model ``verify`` can evaluate: what ships is what is gated.
+
+The task evaluators (``compressor.verify.tasks``) call a small part of a transformers model:
+``model(input_ids=…, attention_mask=…, past_key_values=…, use_cache=…).logits``, a KV cache with
+``batch_repeat_interleave`` / ``get_seq_length`` (shared few-shot and context prefixes), greedy
+``generate`` and ``get_input_embeddings().weight.device``. ``OrtModelForCausalLM`` and
+``OrtModelForSequenceClassification`` provide exactly that over one ONNX Runtime session made by
+``compressor.export.runtime.make_session`` (the one place sessions are created, with its provider
+rules: ``cuda`` never falls back). Positions follow transformers: ``past length + arange`` in a
+forward pass (our batches are right-padded), ``cumsum(mask) - 1`` in ``generate`` (left-padded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import BadInput
+from compressor.export import layout
+
+PAST, PRESENT = "past_key_values", "present"
+
+
+def is_onnx_export(path: str | Path) -> bool:
+    """A folder written by ``avss export`` or ``optimum-cli export onnx`` (model.onnx + config.json)."""
+    p = Path(path)
+    return p.is_dir() and (p / layout.ONNX_FILE).is_file() and (p / "config.json").is_file()
+
+
+@dataclass
+class _Device:
+    device: Any
+
+
+class _Embeddings:
+    """``tasks._dev`` reads ``get_input_embeddings().weight.device``: where input tensors go (the CPU)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.weight = _Device(torch.device("cpu"))
+
+
+class OrtCache:
+    """The KV cache as ONNX Runtime returns it (``present.*`` arrays), with the two cache methods the
+    evaluators use. Deep-copying copies the arrays."""
+
+    def __init__(self, arrays: dict[str, Any]):
+        self.arrays = arrays
+
+    def get_seq_length(self) -> int:
+        first = next(iter(self.arrays.values()))
+        return int(first.shape[2])
+
+    def batch_repeat_interleave(self, n: int) -> None:
+        import numpy as np
+
+        self.arrays = {k: np.repeat(v, n, axis=0) for k, v in self.arrays.items()}
+
+    def __deepcopy__(self, memo: dict) -> "OrtCache":
+        return OrtCache({k: v.copy() for k, v in self.arrays.items()})
+
+
+@dataclass
+class _Output:
+    logits: Any
+    past_key_values: Any = None
+
+
+class _OrtBase:
+    def __init__(self, session: Any, config: Any):
+        self.sess = session  # runtime.Session
+        self.config = config
+        self._inputs = {i.name: i for i in session.session.get_inputs()}
+        self._outputs = [o.name for o in session.session.get_outputs()]
+        self._emb = _Embeddings()
+
+    def get_input_embeddings(self) -> _Embeddings:
+        return self._emb
+
+    def eval(self) -> "_OrtBase":
+        return self
+
+    def _run(self, feed: dict[str, Any]) -> dict[str, Any]:
+        return dict(zip(self._outputs, self.sess.session.run(None, feed)))
+
+    def __call__(self, **kwargs: Any) -> _Output:
+        return self.forward(**kwargs)
+
+
+class OrtModelForCausalLM(_OrtBase):
+    """A decoder export with KV cache (``text-generation-with-past``)."""
+
+    def __init__(self, session: Any, config: Any):
+        super().__init__(session, config)
+        self._past_names = [n for n in self._inputs if n.startswith(PAST)]
+        if "logits" not in self._outputs or not self._past_names:
+            raise BadInput("the ONNX model has no logits output or no KV-cache inputs (past_key_values.*)",
+                           "export it with `avss export` (task text-generation-with-past)")
+        t = self._inputs[self._past_names[0]].type
+        import numpy as np
+
+        self._fdt = np.float16 if "float16" in t else np.float32
+
+    def get_output_embeddings(self) -> bool:  # verify's kind check: a decoder with an LM head
+        return True
+
+    def forward(self, input_ids: Any = None, attention_mask: Any = None, past_key_values: OrtCache | None = None,
+                use_cache: bool = False, position_ids: Any = None, **_: Any) -> _Output:
+        import numpy as np
+        import torch
+
+        from compressor.export.runtime import empty_past_shape
+
+        ids = input_ids.cpu().numpy().astype(np.int64)
+        b, n = ids.shape
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        mask = (np.ones((b, past_len + n), np.int64) if attention_mask is None
+                else attention_mask.cpu().numpy().astype(np.int64))
+        feed: dict[str, Any] = {"input_ids": ids}
+        if "attention_mask" in self._inputs:
+            feed["attention_mask"] = mask
+        if "position_ids" in self._inputs:
+            pos = (position_ids.cpu().numpy().astype(np.int64) if position_ids is not None
+                   else np.broadcast_to(np.arange(past_len, past_len + n, dtype=np.int64), (b, n)).copy())
+            feed["position_ids"] = pos
+        for name in self._past_names:
+            if past_key_values is None:
+                feed[name] = np.zeros(empty_past_shape(self._inputs[name].shape, b), self._fdt)
+            else:
+                feed[name] = past_key_values.arrays[name.replace(PAST, PRESENT)]
+        res = self._run(feed)
+        logits = torch.from_numpy(np.asarray(res["logits"], dtype=np.float32))
+        cache = OrtCache({k: v for k, v in res.items() if k.startswith(PRESENT)}) if use_cache else None
+        return _Output(logits, cache)
+
+    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, pad_token_id: int | None = None,
+                 eos_token_id: int | None = None, do_sample: bool = False, num_beams: int = 1, **_: Any) -> Any:
+        """Greedy decoding as transformers' ``generate`` does it (finished rows continue with the pad id)."""
+        import torch
+
+        if do_sample or num_beams != 1:
+            raise BadInput("ONNX evaluation only decodes greedily", "use do_sample=False, num_beams=1")
+        ids, mask = input_ids.cpu(), attention_mask.cpu().long()
+        pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        out = ids
+        past = None
+        step_ids = ids
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        for _ in range(max_new_tokens):
+            res = self.forward(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True,
+                               position_ids=pos)
+            nxt = res.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if eos_token_id is not None:
+                done = done | (nxt == eos_token_id)
+            if bool(done.all()):
+                break
+            past, step_ids = res.past_key_values, nxt[:, None]
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype)], dim=1)
+            pos = pos[:, -1:] + 1
+        return out
+
+
+class OrtModelForSequenceClassification(_OrtBase):
+    """An encoder classifier export (``text-classification``)."""
+
+    def forward(self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None,
+                **_: Any) -> _Output:
+        import numpy as np
+        import torch
+
+        feed = {"input_ids": input_ids.cpu().numpy().astype(np.int64)}
+        if "attention_mask" in self._inputs:
+            feed["attention_mask"] = (np.ones_like(feed["input_ids"]) if attention_mask is None
+                                      else attention_mask.cpu().numpy().astype(np.int64))
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if token_type_ids is None
+                                      else token_type_ids.cpu().numpy().astype(np.int64))
+        res = self._run(feed)
+        return _Output(torch.from_numpy(np.asarray(res["logits"], dtype=np.float32)))
+
+
+def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool = False) -> Any:
+    """An export folder as a ``LoadedModel`` whose ``model`` runs in ONNX Runtime."""
+    from compressor.architectures import adapter_for_config
+    from compressor.export.runtime import RuntimeSetupError, make_session
+    from compressor.sources.models import LoadedModel, check_vocabulary, load_config, quiet_transformers
+
+    quiet_transformers()
+    folder = Path(spec).expanduser()
+    config = load_config(str(folder), trust_remote_code)
+    adapter = adapter_for_config(config)
+    try:
+        sess = make_session(str(folder / layout.ONNX_FILE), provider)
+    except RuntimeSetupError as exc:
+        raise exc.as_avss_error() from exc
+    if adapter.family == "decoder":
+        model: Any = OrtModelForCausalLM(sess, config)
+    else:
+        model = OrtModelForSequenceClassification(sess, config)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise BadInput(f"{folder} has no usable tokenizer ({str(exc).splitlines()[0]})",
+                       "export with `avss export`, which saves the tokenizer next to the model") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int):
+        check_vocabulary(str(folder), _Rows(rows), tok)
+    rec = layout.read_record(folder)
+    dtype = f"onnx-{(rec.get('quantization') or {}).get('method') or rec.get('dtype', 'float32')}"
+    return LoadedModel(spec, str(folder), model, tok, adapter, f"onnx:{sess.provider}", dtype)
+
+
+class _Rows:
+    """Just enough of a model for ``check_vocabulary``: an embedding with ``rows`` rows."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def get_input_embeddings(self) -> Any:
+        return type("E", (), {"num_embeddings": self.rows})()

@@ -1,0 +1,165 @@
+"""Quantize an ONNX export for CPU and edge serving, with ONNX Runtime's own quantization tools.
+
+- ``int8``: dynamic quantization (``quantize_dynamic``): MatMul weights int8 per output channel,
+  activations quantized at run time. No calibration data.
+- ``int4``: block-wise weight-only quantization to ``MatMulNBits`` (``MatMulNBitsQuantizer``,
+  symmetric, blocks of 32 along the input dimension), what ONNX Runtime recommends for LLMs:
+  activations stay fp32, so the int8 activation error that hurts some LLMs does not arise.
+
+Only MatMuls with a constant weight are quantized. In our exports of tied-embedding models (SmolLM2)
+the LM head multiplies by ``Transpose(embed_tokens.weight)``, so the embedding Gather and the LM
+head share one fp32 matrix and stay fp32 (quantizing them is not exact for the tie and would double
+the matrix). The result keeps our folder layout (``model.onnx`` + ``model.onnx_data``, config,
+tokenizer, ``compression.json``) and ``export.json`` records the settings. Logit parity is the wrong
+check for a quantized graph: ``structural_check`` runs it once (outputs, KV-cache count, a greedy
+generation) and the task gate (``avss verify`` on the folder) judges its quality.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from compressor.errors import BadInput, RuntimeFailure
+from compressor.export import layout
+
+METHODS = ("int8", "int4")
+INT4_BLOCK = 32
+_COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "chat_template.jinja",
+         "added_tokens.json", "compression.json")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The quantizers log advice and progress on the root logger; our stderr keeps one line per event."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def check_method(method: str | None) -> None:
+    if method is not None and method not in METHODS:
+        raise BadInput(f"unknown --quantize {method!r}", "use --quantize int8 or --quantize int4")
+
+
+def settings(method: str) -> dict[str, Any]:
+    """What ``export.json`` records (and what a run's quantize stage is keyed on)."""
+    if method == "int8":
+        return {"method": "int8", "tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel",
+                "activations": "int8, quantized at run time", "op_types": ["MatMul"], "tied_embedding": "fp32"}
+    return {"method": "int4", "tool": "onnxruntime.quantization.MatMulNBitsQuantizer", "bits": 4,
+            "block_size": INT4_BLOCK, "symmetric": True, "activations": "fp32", "op_types": ["MatMul"],
+            "tied_embedding": "fp32"}
+
+
+def _quantize_graph(src: Path, dst: Path, method: str) -> None:
+    """``src``/``model.onnx`` (external data beside it) -> ``dst``/model.onnx + model.onnx_data."""
+    import onnx
+
+    if method == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        scratch = dst / ".quantized"
+        scratch.mkdir()
+        try:
+            quantize_dynamic(str(src / layout.ONNX_FILE), str(scratch / layout.ONNX_FILE),
+                             op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+                             use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+            layout.store_external_data(scratch / layout.ONNX_FILE, dst)  # its data file, under our layout's name
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(onnx.load(str(src / layout.ONNX_FILE), load_external_data=True), bits=4,
+                             block_size=INT4_BLOCK, is_symmetric=True, op_types_to_quantize=("MatMul",))
+    q.process()
+    layout.save_with_external_data(q.model.model if hasattr(q.model, "model") else q.model, dst)
+
+
+def quantize_export(src: str | Path, out: str | Path, method: str, *, force: bool = False,
+                    provider: str = "cpu") -> dict[str, Any]:
+    """Quantize the export folder ``src`` into ``out`` (staged beside it, renamed into place)."""
+    from compressor.files import check_output_dir, replace_dir, staging_dir
+
+    check_method(method)
+    out = check_output_dir(out, force)
+    tmp = staging_dir(out)
+    try:
+        rec = quantize_folder(Path(src), tmp, method, provider)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rec
+
+
+def structural_check(folder: Path, provider: str = "cpu") -> list[dict[str, Any]]:
+    """The quantized graph loads, has the fp32 graph's outputs and KV cache, and decodes a few tokens."""
+    import torch
+
+    from compressor.export.ort_model import OrtModelForCausalLM, load_onnx_model
+
+    loaded = load_onnx_model(str(folder), provider=provider)
+    checks = []
+    m = loaded.model
+    outs = m._outputs
+    if isinstance(m, OrtModelForCausalLM):
+        n_layers = int(loaded.config.num_hidden_layers)
+        presents = [o for o in outs if o.startswith("present")]
+        checks.append({"name": "kv-cache outputs", "passed": len(presents) == 2 * n_layers,
+                       "detail": f"{len(presents)} present.* outputs for {n_layers} layers"})
+        ids = torch.tensor([[1, 2, 3, 4]])
+        gen = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, eos_token_id=None)
+        ok = gen.shape == (1, 8) and bool(torch.isfinite(m(input_ids=ids).logits).all())
+        checks.append({"name": "greedy generation (4 tokens)", "passed": ok, "detail": f"tokens {gen[0, 4:].tolist()}"})
+    else:
+        ids = torch.tensor([[1, 2, 3, 4]])
+        logits = m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        checks.append({"name": "forward", "passed": bool(torch.isfinite(logits).all()),
+                       "detail": f"logits {list(logits.shape)}"})
+    return checks
+
+
+def quantize_folder(src: Path, dst: Path, method: str, provider: str = "cpu") -> dict[str, Any]:
+    """Quantize the export in ``src`` into the (empty, staged) folder ``dst``; returns the record it writes."""
+    check_method(method)
+    src, dst = Path(src), Path(dst)
+    if not (src / layout.ONNX_FILE).is_file():
+        raise BadInput(f"{src} has no {layout.ONNX_FILE}", "quantize a folder written by `avss export`")
+    t0 = time.perf_counter()
+    try:
+        with _quiet():
+            _quantize_graph(src, dst, method)
+    except (BadInput, RuntimeFailure, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the quantizers raise anything on a graph they cannot handle
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RuntimeFailure(f"ONNX Runtime could not quantize {src} to {method}: {first}",
+                             "re-run with --debug; try the other --quantize method") from exc
+    for name in _COPY:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    seconds = round(time.perf_counter() - t0, 2)
+    checks = structural_check(dst, provider)
+    if not all(c["passed"] for c in checks):
+        bad = "; ".join(f"{c['name']}: {c['detail']}" for c in checks if not c["passed"])
+        raise RuntimeFailure(f"the {method} graph does not run like the fp32 one ({bad})",
+                             "nothing was written; try the other --quantize method")
+    rec = layout.read_record(src)
+    rec["parity_fp32"] = rec.pop("parity", None)  # the parity of the graph this one was quantized from
+    rec.update(quantization={**settings(method), "seconds": seconds}, structural_checks=checks,
+               dtype=f"{method} (weights), fp32 (the rest)",
+               files={p.name: p.stat().st_size for p in sorted(dst.iterdir()) if p.is_file()})
+    (dst / layout.EXPORT_RECORD).write_text(json.dumps(rec, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return rec
