@@ -15,7 +15,7 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only).")] = "fp32",
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic, MatMul weights per channel) or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph.")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph.")] = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     force: o.Force = False,

@@ -31,7 +31,7 @@ def run(
     heal_tokens: o.HealTokens = None,
     heal_lr: o.HealLr = None,
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider for the ONNX gate and the bench: auto, cpu or cuda (cuda never falls back).")] = None,
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="Also write onnx-int8/ or onnx-int4/ (ONNX Runtime quantization), gate it and bench it.")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8, int8-weights or int4: also write onnx-<q>/ (ONNX Runtime quantization), gate it and bench it.")] = None,
     skip_export: Annotated[Flag, typer.Option("--skip-export", help="Stop after verify (no ONNX, no bench).", show_default=False)] = None,
     skip_bench: Annotated[Flag, typer.Option("--skip-bench", help="Export the slim model but do not benchmark.", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto for score/verify/export (default: cpu).")] = None,

@@ -28,7 +28,8 @@ RUN_SCHEMA = 1
 # every top-level entry a run writes (a test checks it against a real run): the only names whose
 # leftovers a run cleans, so a file of the user's is never touched
 RUN_ENTRIES = (RUN_FILE, "scores.json", "scores.png", "search.json", "search.png", "search", ".search", "model",
-               "cut", "report.json", "report.md", "junit.xml", "onnx", "onnx-base", "onnx-int8", "onnx-int4",
+               "cut", "report.json", "report.md", "junit.xml", "onnx", "onnx-base", "onnx-int8", "onnx-int8-weights",
+               "onnx-int4",
                "reports", "bench.json", "bench.png")
 RUN_FOLDERS = ("search", "reports")  # folders of our own whose hidden leftovers are cleaned too
 RUN_SCRATCH = (".search",)  # removed whole when a run starts (search candidates are cut there)

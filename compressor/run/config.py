@@ -49,7 +49,7 @@ class RunConfig(BaseModel):
     heal_tokens: Optional[int] = Field(None, ge=1)
     heal_lr: float = Field(3e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    quantize: Optional[Literal["int8", "int4"]] = None
+    quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
     skip_export: bool = False
     skip_bench: bool = False
     device: str = "cpu"

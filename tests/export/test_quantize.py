@@ -12,7 +12,7 @@ from compressor.sources.models import load_model
 from compressor.verify.api import verify
 from helpers import error_lines, run
 
-QUANT_OPS = {"int8": "DynamicQuantizeLinear", "int4": "MatMulNBits"}
+QUANT_OPS = {"int8": "DynamicQuantizeLinear", "int8-weights": "MatMulNBits", "int4": "MatMulNBits"}
 
 
 def _ops(folder) -> set[str]:
@@ -28,7 +28,7 @@ def _ppl_profile(text_file):
         "gate": {"min_retention": 0.5}, "eval": {"batch_size": 2, "max_length": 64}})
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("method", ["int8", "int8-weights", "int4"])
 def test_a_quantized_decoder_runs_is_gated_and_benched(method, tiny, tiny_onnx, tmp_path, text_file):
     out = tmp_path / method
     res = export_model(str(tiny("llama")), out, quantize=method)
@@ -70,7 +70,7 @@ def test_unknown_quantize_method_is_bad_input_before_any_work(tiny, tmp_path, ca
     code, _, err = run(["export", str(tiny("llama")), "--out", str(tmp_path / "q"), "--quantize", "int3"], capsys)
     assert code == 2
     (line,) = error_lines(err)
-    assert "unknown --quantize 'int3'; use --quantize int8 or --quantize int4" in line
+    assert "unknown --quantize 'int3'; use --quantize int8, int8-weights or int4" in line
     assert not (tmp_path / "q").exists()
 
 
