@@ -78,6 +78,10 @@ class _OrtBase:
     def get_input_embeddings(self) -> _Embeddings:
         return self._emb
 
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
     def eval(self) -> "_OrtBase":
         return self
 

@@ -121,7 +121,7 @@ def structural_check(folder: Path, provider: str = "cpu") -> list[dict[str, Any]
     loaded = load_onnx_model(str(folder), provider=provider)
     checks = []
     m = loaded.model
-    outs = m._outputs
+    outs = m.output_names
     if isinstance(m, OrtModelForCausalLM):
         n_layers = int(loaded.config.num_hidden_layers)
         presents = [o for o in outs if o.startswith("present")]
