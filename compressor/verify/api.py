@@ -88,12 +88,13 @@ class _Cache:
         self.enabled = enabled
         self.dir = cache_dir() / "verify"
 
-    def key(self, fp: str, task: Any, profile: Profile, data_hash: str) -> str:
-        """Model content, task definition, evaluation settings, data content and the code that evaluates."""
+    def key(self, fp: str, device: str, task: Any, profile: Profile, data_hash: str) -> str:
+        """Model content, where it ran (CPU, CUDA, an ONNX Runtime provider: the numbers differ), task
+        definition, evaluation settings, data content and the code that evaluates."""
         from compressor.fingerprint import code_digest, digest_json
 
-        return digest_json({"model": fp, "task": task.model_dump(mode="json"), "eval": profile.eval.model_dump(mode="json"),
-                            "data": data_hash, "code": code_digest()})
+        return digest_json({"model": fp, "device": device, "task": task.model_dump(mode="json"),
+                            "eval": profile.eval.model_dump(mode="json"), "data": data_hash, "code": code_digest()})
 
     @staticmethod
     def _payload_digest(records: Any, metrics: Any) -> str:
@@ -257,7 +258,7 @@ def verify(
         cached: dict[str, bool] = {}
         secs: dict[str, float] = {}
         for role, loaded in (("base", base), ("candidate", candidate)):
-            key = cache.key(fps[role], task, profile, data_hash)
+            key = cache.key(fps[role], str(loaded.device), task, profile, data_hash)
             t = time.perf_counter()
             hit = cache.get(key, task.metric)
             if hit is None:

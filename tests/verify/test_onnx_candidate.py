@@ -89,3 +89,12 @@ def test_provider_cuda_without_a_cuda_runtime_is_refused(tiny_onnx, tiny, task_f
     assert code == 2
     (line,) = error_lines(err)
     assert "--provider cuda" in line  # never a silent CPU run
+
+
+def test_cached_results_are_keyed_on_where_they_ran(task_files):
+    from compressor.verify.api import _Cache
+
+    prof = Profile.model_validate(causal_profile(task_files))
+    task = prof.tasks[0]
+    keys = {_Cache(True).key("fp", device, task, prof, "data") for device in ("cpu", "cuda", "onnx:CPUExecutionProvider")}
+    assert len(keys) == 3  # a CUDA or ONNX Runtime result is never served for a CPU evaluation
