@@ -192,10 +192,6 @@ def check_positions(prompt_len: int, new_tokens: int, config: Any, decoder: bool
                        f"lower {flag} (and the new tokens) to fit {limit} positions")
 
 
-def _is_decoder(config: dict) -> bool:
-    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
-
-
 def _resolve(path: str) -> _Target:
     p = Path(path)
     if not p.exists():
@@ -362,7 +358,7 @@ def bench_models(paths: list[str], options: BenchOptions,
     targets = [_resolve(p) for p in paths]
     for t in targets:
         cfg = layout.read_config(t.folder)
-        check_positions(options.prompt_len, options.new_tokens, cfg, _is_decoder(cfg))
+        check_positions(options.prompt_len, options.new_tokens, cfg, layout.has_kv_cache(t.model_file))
     threads = options.resolved_threads()
     job = {"provider": options.provider, "threads": threads, "batch_size": options.batch_size,
            "prompt_len": options.prompt_len, "new_tokens": options.new_tokens, "warmup": options.warmup,

@@ -105,6 +105,12 @@ def _quiet_exporter():
 MIN_OPSET, MAX_OPSET = 14, 23  # Optimum's decoder configs need 14; torch 2.13's exporter stops at 23
 
 
+def export_bytes(num_parameters: int) -> int:
+    """Disk an export needs while it runs: Optimum's graph and our re-saved copy both sit in the
+    staging folder, about twice the fp32 weights."""
+    return 2 * 4 * num_parameters
+
+
 def check_opset(opset: int) -> None:
     """Checked before any work (``avss run`` calls it before scoring)."""
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
@@ -173,8 +179,7 @@ def export_model(
         loaded = load_model(str(model), device=device, dtype=dt, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code)
     stage("load", t0)
-    # Optimum's graph and our re-saved copy both sit in the staging folder: about twice the fp32 weights
-    check_free_space(out, 2 * 4 * sum(p.numel() for p in loaded.model.parameters()), f"the ONNX export {out}")
+    check_free_space(out, export_bytes(loaded.num_parameters), f"the ONNX export {out}")
     cfg = loaded.config
     real_task = resolve_task(task, loaded.adapter.family, getattr(cfg, "architectures", None))
     num_layers = int(cfg.num_hidden_layers)

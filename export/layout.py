@@ -34,6 +34,14 @@ def uses_external_data(model_file: str | Path) -> bool:
     return True
 
 
+def has_kv_cache(model_file: str | Path) -> bool:
+    """A decoder export with the KV cache (``past_key_values.*`` inputs), as the bench worker decides it."""
+    import onnx
+
+    m = onnx.load(str(model_file), load_external_data=False)
+    return any(i.name.startswith("past_key_values") for i in m.graph.input)
+
+
 def store_external_data(src: str | Path, dst_dir: str | Path) -> Path:
     """Write ``src`` (a .onnx file, weights inline or external) to ``dst_dir/model.onnx`` + ``model.onnx_data``.
 

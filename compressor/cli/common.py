@@ -65,8 +65,7 @@ def check_room(out: str, loaded: Any, what: str) -> None:
     """Free space for one checkpoint the size of ``loaded`` (a full disk is found before the compute)."""
     from compressor.files import check_free_space
 
-    need = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    check_free_space(Path(out), need, what)
+    check_free_space(Path(out), loaded.weight_bytes, what)
 
 
 def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, have_data: bool, seed: int) -> Any:

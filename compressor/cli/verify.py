@@ -34,7 +34,7 @@ def verify(
     from compressor.verify.report import write_reports
 
     prof = load_profile(profile)
-    check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
+    task_data = check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
     loaded_base = common.load_for_eval(base, device, dtype, allow_pickle, trust_remote_code, provider)
     loaded_cand = common.load_for_eval(candidate, device, dtype, allow_pickle, trust_remote_code, provider)
 
@@ -45,7 +45,7 @@ def verify(
             return lambda done, total: prog.update(tid, completed=done, total=total)
 
         report = run_verify(loaded_base, loaded_cand, prof, profile_path=profile, min_retention=min_retention,
-                            use_cache=not no_cache, progress=stage,
+                            use_cache=not no_cache, progress=stage, task_data=task_data,
                             allow_different_tokenizers=allow_different_tokenizers)
     paths = write_reports(report, report_dir)
     t = Table(title=f"avss verify: profile {prof.name}, {candidate} vs {base}")

@@ -208,13 +208,14 @@ class _Run:
         check_free_space(self.out, self.disk_need(), f"the artifacts of this run ({self.cfg.out})")
 
     def disk_need(self) -> int:
-        """About how many bytes the run writes: checkpoints in the load dtype, ONNX in fp32 (full-size bound)."""
-        p = sum(t.numel() for t in self.base.model.parameters())
-        size = {"float32": 4}.get(self.base.dtype, 2)
-        c = self.cfg
-        need = p * size * (1 + (self.repair.method != "none") + c.search)
+        """About how many bytes the run writes (full-size bounds): a checkpoint per model/, cut/ and search
+        candidate, an export per ONNX folder, and a quantized copy (under half the fp32 graph)."""
+        from compressor.export.convert import export_bytes
+
+        c, b = self.cfg, self.base
+        need = b.weight_bytes * (1 + (self.repair.method != "none") + c.search)
         if not c.skip_export:
-            need += p * 4 * (1 + (not c.skip_bench))
+            need += export_bytes(b.num_parameters) * (1 + (not c.skip_bench)) + 2 * b.num_parameters * bool(c.quantize)
         return need
 
     def claim(self) -> None:

@@ -128,8 +128,8 @@ class StageStore:
         """Create and lock the run folder, then clean what a killed run left in it (one line each).
 
         Only this tool's own entries are touched: staging entries and hidden old copies named for the
-        run's outputs (``owned``) at the top level, hidden leftovers inside the record folder and the
-        run's own ``folders``, and its ``scratch`` folders (removed whole). Nothing else, at any depth.
+        run's outputs (``owned``) at the top level, hidden leftovers at any depth inside the record
+        folder and the run's own ``folders``, and its ``scratch`` folders (removed whole). Nothing else.
         """
         self.check()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -145,12 +145,12 @@ class StageStore:
             if (self.root / name).exists():
                 remove_path(self.root / name)
                 notes.append(f"removed {name}/, the scratch folder of an interrupted run")
-        for sub in (RECORDS, *folders):
+        for sub in (RECORDS, *folders):  # wholly ours: at any depth (reports/onnx/.report.json.tmp-…)
             d = self.root / sub
-            for p in sorted(d.iterdir()) if d.is_dir() and not d.is_symlink() else []:
-                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+            for p in sorted(d.rglob(".*")) if d.is_dir() and not d.is_symlink() else []:
+                if (".tmp-" in p.name or ".old-" in p.name) and (p.exists() or p.is_symlink()):
                     remove_path(p)
-                    notes.append(f"removed {sub}/{p.name}, left by an interrupted run")
+                    notes.append(f"removed {p.relative_to(self.root).as_posix()}, left by an interrupted run")
         return notes
 
     def release(self) -> None:

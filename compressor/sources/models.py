@@ -36,6 +36,15 @@ class LoadedModel:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    @property
+    def weight_bytes(self) -> int:
+        """The checkpoint's size in its load dtype (what one saved copy needs on disk)."""
+        return int(sum(p.numel() * p.element_size() for p in self.model.parameters()))
+
 
 def quiet_transformers() -> None:
     """transformers' info/warning chatter would drown our one-line diagnostics on stderr."""

@@ -146,12 +146,15 @@ def task_data_digest(profile: Profile) -> str:
     return data_digest({t.name: _examples(t, profile) for t in profile.tasks})
 
 
-def check_task_data(profile: Profile) -> list[tuple[Any, list[Any], list[Any]]]:
-    """Load every task's examples (and read the calibration source for the overlap check): the CLI
-    calls this before loading any model, so a missing or malformed data file fails in a second."""
+TaskData = tuple[list[tuple[Any, list[Any], list[Any]]], list[str]]
+
+
+def check_task_data(profile: Profile) -> TaskData:
+    """Every task's (task, examples, few-shot pool), and the calibration-overlap warnings: the CLI
+    calls this before loading any model, so a missing or malformed data file fails in a second, and
+    hands the result to ``verify`` (``task_data=``), which would otherwise load it itself."""
     loaded = [(task, *_examples(task, profile)) for task in profile.tasks]
-    calibration_overlap(profile, {t.name: items for t, items, _ in loaded})
-    return loaded
+    return loaded, calibration_overlap(profile, {t.name: items for t, items, _ in loaded})
 
 
 def _data_hash(items: list[Any], shots: list[Any]) -> str:
@@ -225,6 +228,7 @@ def verify(
     progress: StageProgress | None = None,
     stop_at_failure: bool = False,
     allow_different_tokenizers: bool = False,
+    task_data: TaskData | None = None,
 ) -> VerifyReport:
     """Evaluate two loaded models on every task of ``profile`` and apply the gate.
 
@@ -248,11 +252,9 @@ def verify(
     fps = {"base": fingerprint(base), "candidate": fingerprint(candidate)}
     warnings: list[str] = [tokenizer_warning] if tokenizer_warning else []
     results: list[TaskResult] = []
-    all_items: dict[str, list[Any]] = {}
-    loaded_tasks = [(task, *_examples(task, profile)) for task in profile.tasks]  # bad data fails before compute
-    warnings += calibration_overlap(profile, {t.name: items for t, items, _ in loaded_tasks})
+    loaded_tasks, overlap = task_data if task_data is not None else check_task_data(profile)  # before compute
+    warnings += overlap
     for task, items, shots in loaded_tasks:
-        all_items[task.name] = items
         data_hash = _data_hash(items, shots)
         outs: dict[str, T.TaskOutput] = {}
         cached: dict[str, bool] = {}

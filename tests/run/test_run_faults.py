@@ -47,7 +47,8 @@ def test_a_run_cleans_only_its_own_leftovers(tmp_path):
     out = tmp_path / "art"
     (out / ".avss-run").mkdir(parents=True)
     ours = [out / ".model.tmp-123-0123abcd", out / ".onnx.tmp-dead", out / ".cut.old-77", out / ".run.json.tmp-5-89abcdef",
-            out / ".search", out / ".avss-run" / ".verify.json.tmp-5-89abcdef", out / "search" / ".scores-avss.json.tmp-1"]
+            out / ".search", out / ".avss-run" / ".verify.json.tmp-5-89abcdef", out / "search" / ".scores-avss.json.tmp-1",
+            out / "reports" / "onnx" / ".report.json.tmp-5-89abcdef"]
     for p in ours:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.mkdir() if p.name in (".search", ".model.tmp-123-0123abcd") else p.write_text("half")
