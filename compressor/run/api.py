@@ -8,6 +8,7 @@ error: every artifact is still written and ``RunResult.exit_code`` is 1.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -366,6 +367,7 @@ class _Run:
         result = SearchResult(STRATEGY, max_remove)
         reports: dict[str, Any] = {}
         prot = parse_protect(self.protect, self.base.num_layers)
+        seen: dict[tuple[int, ...], Candidate] = {}
         for method in c.methods:
             scores_path = self.out / "search" / f"scores-{method}.json"
             rep = reports[method] = self.score(method, scores_path, f"score-{method}")
@@ -374,8 +376,14 @@ class _Run:
 
             def check(k: int, rep=rep, method=method) -> Candidate:
                 removed = select_layers(rep, num_layers=k, protect=self.protect).removed
+                hit = seen.get(tuple(sorted(removed)))
+                if hit is not None:  # the verdict depends on the cut, not on which scorer proposed it
+                    self.ev.note(f"search {method} k={k}: the same cut as {hit.method} k={hit.k}; its verdict is "
+                                 "reused (no second cut, repair and verify)")
+                    return dataclasses.replace(hit, method=method, k=k)
                 res = self.run_stage(self.candidate_stage(method, k, removed, rep))
-                return Candidate(**res["candidate"])
+                seen[tuple(sorted(removed))] = cand = Candidate(**res["candidate"])
+                return cand
 
             best, cands = search_method(method, check, limit, nested=nested)
             result.best[method] = best

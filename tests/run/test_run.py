@@ -137,6 +137,12 @@ def test_search_finds_the_known_answer(identity_model, tmp_path, ppl_profile, ca
     assert s["chosen"]["k"] == 3 and sorted(s["chosen"]["removed"]) == list(IDENTITY)
     tried = sorted(c["k"] for c in s["candidates"] if c["method"] == "block-influence")
     assert tried == [1, 2, 3, 4]  # gallop 1, 2, 4 (fails), then bisect to 3
+    stages = [st["name"] for st in json.loads((out / "run.json").read_text())["stages"]]
+    reused = [c for c in s["candidates"] if c["method"] == "avss" and f"search-avss-k{c['k']}" not in stages]
+    assert reused  # here both scorers propose the same cuts
+    for c in reused:  # a cut another scorer already verified is not cut, repaired and verified again
+        assert any(o["method"] == "block-influence" and sorted(o["removed"]) == sorted(c["removed"])
+                   for o in s["candidates"]) and f"search avss k={c['k']}: the same cut as" in err
     assert json.loads((out / "model/compression.json").read_text())["removed_layers"] == list(IDENTITY)
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert "Search: the largest cut that passes" in (out / "report.md").read_text()
