@@ -208,8 +208,7 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
         res = prune_model(base, removed, out_p, force=True, provenance=keep, repair=settings, calibration=calibration,
                           progress=progress)
         return res.repair or {}
-    # distill alone: heal the slim checkpoint's own weights from the base
-    from compressor.repair.distill import distill
+    # distill alone: heal the slim checkpoint's own weights (already cut) from the base
     from compressor.sources.models import load_model
 
     slim = load_model(slim_path, device=base.device, dtype=base.dtype)
@@ -217,17 +216,11 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
         raise BadInput(f"{slim_path} has {slim.num_layers} layers, but its {COMPRESSION_FILE} says "
                        f"{base.num_layers - len(removed)}", "re-run avss prune")
     kept = [i for i in range(base.num_layers) if i not in set(removed)]
-    s = settings
-    steps_n = s.distill_steps(calibration.batches)
-
-    def prog(done: int, total: int, loss: float) -> None:
-        if progress:
-            progress("distill", done, total, loss)
-
-    d = distill(slim.model, base.model, kept, removed, calibration.batches, steps=steps_n, lr=s.heal_lr, seed=s.seed,
-                progress=prog)
+    ctx = _Ctx(slim.model, base.model, sorted(removed), kept, calibration.batches, settings, progress, cut_done=True)
+    DistillRepair().apply(ctx)
     previous = prov.get("repair", {"method": "none"})
     method = "distill" if previous.get("method", "none") == "none" else f"{previous['method']}+distill"
-    record = {**previous, **s.to_dict(), "method": method, "distill": d.to_dict(), "calibration": calibration.describe()}
+    record = {**previous, **settings.to_dict(), "method": method, "distill": ctx.record["distill"],
+              "calibration": calibration.describe()}
     save_checkpoint(slim.model, slim.tokenizer, out_p, {**prov, "repair": record})
     return record
