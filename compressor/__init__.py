@@ -17,7 +17,8 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"avss-compressor": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
+                 "lm_eval", "datasets"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

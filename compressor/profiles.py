@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from compressor.errors import BadInput
 
-CAUSAL_KINDS = ("perplexity", "zero-shot-classification", "multiple-choice", "generation")
+CAUSAL_KINDS = ("perplexity", "zero-shot-classification", "multiple-choice", "generation", "lm-eval")
 
 
 class _Strict(BaseModel):
@@ -85,10 +85,11 @@ class ZeroShotTask(_TaskBase):
 
 
 class MultipleChoiceTask(_TaskBase):
-    """Log-likelihood of each choice after the prompt, as lm-evaluation-harness does it."""
+    """Log-likelihood of each choice after the prompt, as lm-evaluation-harness's ``multiple_choice``
+    (``acc_norm``: per character of the choice; ``acc_bytes``: per UTF-8 byte)."""
 
     kind: Literal["multiple-choice"]
-    metric: Literal["acc", "acc_norm"] = "acc_norm"
+    metric: Literal["acc", "acc_norm", "acc_bytes"] = "acc_norm"
     template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
 
 
@@ -100,7 +101,26 @@ class GenerationTask(_TaskBase):
     stop: list[str] = ["\n"]
 
 
-Task = Annotated[Union[PerplexityTask, ClassificationTask, ZeroShotTask, MultipleChoiceTask, GenerationTask],
+class LmEvalTask(_Strict):
+    """A task of lm-evaluation-harness (a registered name, or a YAML task under ``include_path``),
+    evaluated by the harness itself on the loaded model. Needs the ``[lm-eval]`` extra. Its data must
+    be on disk unless ``allow_download`` is set: a gate never waits on the network."""
+
+    name: str
+    kind: Literal["lm-eval"]
+    task: str = Field(min_length=1)
+    include_path: str | None = None
+    num_fewshot: int | None = Field(None, ge=0)
+    fewshot_seed: int = 1234  # lm-eval's own default
+    limit: int | None = Field(None, ge=1)
+    metric: str = Field("acc", min_length=1)
+    filter: str = Field("none", min_length=1)  # lm-eval reports a metric per filter ("acc,none")
+    min_retention: float | None = Field(None, gt=0, le=2)
+    allow_download: bool = False
+
+
+Task = Annotated[Union[PerplexityTask, ClassificationTask, ZeroShotTask, MultipleChoiceTask, GenerationTask,
+                       LmEvalTask],
                  Field(discriminator="kind")]
 
 
@@ -141,6 +161,9 @@ class Profile(_Strict):
         for t in self.tasks:
             if self.model_kind == "causal-lm" and t.kind == "classification":
                 raise ValueError(f"task {t.name!r}: kind classification needs model_kind sequence-classification")
+            if self.model_kind == "sequence-classification" and t.kind == "lm-eval":
+                raise ValueError(f"task {t.name!r}: lm-evaluation-harness tasks evaluate causal LMs; encoder "
+                                 "classifiers are out of its scope (use kind classification)")
             if self.model_kind == "sequence-classification" and t.kind in CAUSAL_KINDS:
                 raise ValueError(f"task {t.name!r}: kind {t.kind} needs model_kind causal-lm")
         return self

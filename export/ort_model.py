@@ -85,11 +85,21 @@ class _OrtBase:
     def eval(self) -> "_OrtBase":
         return self
 
+    @property
+    def device(self) -> Any:
+        """Where inputs go and outputs come back (ONNX Runtime copies to and from its provider)."""
+        import torch
+
+        return torch.device("cpu")
+
+    def tie_weights(self) -> None:  # lm-evaluation-harness calls it on any model it wraps
+        return None
+
     def _run(self, feed: dict[str, Any]) -> dict[str, Any]:
         return dict(zip(self._outputs, self.sess.session.run(None, feed)))
 
-    def __call__(self, **kwargs: Any) -> _Output:
-        return self.forward(**kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> _Output:
+        return self.forward(*args, **kwargs)  # lm-evaluation-harness passes input_ids positionally
 
 
 class OrtModelForCausalLM(_OrtBase):
@@ -138,14 +148,20 @@ class OrtModelForCausalLM(_OrtBase):
         cache = OrtCache({k: v for k, v in res.items() if k.startswith(PRESENT)}) if use_cache else None
         return _Output(logits, cache)
 
-    def generate(self, input_ids: Any, attention_mask: Any, max_new_tokens: int, pad_token_id: int | None = None,
-                 eos_token_id: int | None = None, do_sample: bool = False, num_beams: int = 1, **_: Any) -> Any:
-        """Greedy decoding as transformers' ``generate`` does it (finished rows continue with the pad id)."""
+    def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int | None = None,
+                 pad_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
+                 num_beams: int = 1, max_length: int | None = None, stopping_criteria: Any = None,
+                 **_: Any) -> Any:
+        """Greedy decoding as transformers' ``generate`` does it (finished rows continue with the pad id);
+        ``max_length`` and ``stopping_criteria`` as lm-evaluation-harness passes them."""
         import torch
 
         if do_sample or num_beams != 1:
             raise BadInput("ONNX evaluation only decodes greedily", "use do_sample=False, num_beams=1")
-        ids, mask = input_ids.cpu(), attention_mask.cpu().long()
+        ids = input_ids.cpu()
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask.cpu().long()
+        if max_new_tokens is None:
+            max_new_tokens = max((max_length or ids.shape[1] + 1) - ids.shape[1], 0)
         pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
         done = torch.zeros(ids.shape[0], dtype=torch.bool)
         out = ids
@@ -160,6 +176,9 @@ class OrtModelForCausalLM(_OrtBase):
             out = torch.cat([out, nxt[:, None]], dim=1)
             if eos_token_id is not None:
                 done = done | (nxt == eos_token_id)
+            if stopping_criteria is not None:
+                stop = stopping_criteria(out, None)
+                done = done | (stop if isinstance(stop, torch.Tensor) else torch.full_like(done, bool(stop)))
             if bool(done.all()):
                 break
             past, step_ids = res.past_key_values, nxt[:, None]

@@ -31,7 +31,7 @@ def verify(
     from compressor.profiles import load_profile
     from compressor.verify.api import check_task_data, verify as run_verify
     from compressor.verify.report import result_word
-    from compressor.verify.report import write_reports
+    from compressor.verify.report import fmt_agreement, write_reports
 
     prof = load_profile(profile)
     task_data = check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
@@ -55,7 +55,7 @@ def verify(
         ret = ("n/a" if r.retention is None else f"{r.retention:.3f}") + (
             f" (≥{r.retention_lower:.3f})" if r.retention_lower is not None else "")
         t.add_row(r.name, r.metric, f"{r.base:.4g}", f"{r.candidate:.4g}", ret, f"{r.threshold:.2f}",
-                  result_word(r.passed, "[red]FAIL[/red]", r.retention), f"{r.agreement:.3f}", str(r.n))
+                  result_word(r.passed, "[red]FAIL[/red]", r.retention), fmt_agreement(r.agreement), str(r.n))
     out.print(t)
     for w in report.warnings:
         warn(w)

@@ -514,7 +514,7 @@ class _Run:
         def work(cb):
             from compressor.export.ort_model import load_onnx_model
             from compressor.verify.api import verify
-            from compressor.verify.report import write_reports
+            from compressor.verify.report import fmt_agreement, write_reports
 
             art = load_onnx_model(str(self.out / dest), provider=c.provider)
             rep = self._verify(art, f"verify {dest}")
@@ -527,7 +527,7 @@ class _Run:
                 for t in verify(slim, art, self.profile, min_retention=c.min_retention).tasks:
                     vs[t.name] = {"retention": t.retention, "agreement": t.agreement}
                     md.append(f"| {t.name} | {t.metric} | {t.base:.4g} | {t.candidate:.4g} | "
-                              f"{'n/a' if t.retention is None else f'{t.retention:.3f}'} | {t.agreement:.3f} |")
+                              f"{'n/a' if t.retention is None else f'{t.retention:.3f}'} | {fmt_agreement(t.agreement)} |")
             except AvssError as exc:  # e.g. the slim model scores 0 on a task: no ratio to report
                 self.ev.warn(f"{dest}: no comparison with the PyTorch slim model ({exc.problem})")
                 md.append(f"| (no comparison: {exc.problem}) | | | | | |")

@@ -11,7 +11,6 @@ from compressor.errors import BadInput, RuntimeFailure
 from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
 from compressor.verify import tasks as T
-from compressor.verify.data import load_examples
 from compressor.verify.gate import aggregate_verdict, bootstrap_lower, retention, task_passes
 from compressor.verify.report import TaskResult, VerifyReport
 
@@ -165,35 +164,10 @@ def _data_hash(items: list[Any], shots: list[Any]) -> str:
 
 def _examples(task: Any, profile: Profile) -> tuple[list[Any], list[Any]]:
     """(evaluation examples, few-shot pool)."""
-    spec = task.data_spec()
-    items = load_examples(task.kind, spec.source, spec.split, spec.fields)
-    shots: list[Any] = []
-    if task.kind == "zero-shot-classification" and task.few_shot:
-        if spec.source == "builtin:rt-sentiment":
-            pool = load_examples(task.kind, spec.source, "train", {})
-        else:  # local file: the first examples become shots and leave the evaluation set
-            pool, items = items[: 4 * task.few_shot], items[4 * task.few_shot:]
-        shots = T.pick_shots(pool, task.few_shot, profile.eval.seed)
-    if task.kind != "perplexity" and task.limit:
-        items = items[: task.limit]
+    items, shots = T.kind(task.kind).load(task, profile)
     if not items:
         raise BadInput(f"task {task.name}: no evaluation examples", "check the task's data and limit")
     return items, shots
-
-
-def _evaluate(loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Profile,
-              progress: Callable[[int, int], None] | None) -> T.TaskOutput:
-    bs, ml = profile.eval.batch_size, profile.eval.max_length
-    m, tok = loaded.model, loaded.tokenizer
-    if task.kind == "perplexity":
-        return T.eval_perplexity(m, tok, task, items, bs, ml, progress)
-    if task.kind == "classification":
-        return T.eval_classification(m, tok, task, items, bs, ml, progress)
-    if task.kind == "zero-shot-classification":
-        return T.eval_zero_shot(m, tok, task, items, bs, ml, shots, progress)
-    if task.kind == "multiple-choice":
-        return T.eval_multiple_choice(m, tok, task, items, bs, ml, progress)
-    return T.eval_generation(m, tok, task, items, bs, ml, progress)
 
 
 def calibration_overlap(profile: Profile, task_items: dict[str, list[Any]]) -> list[str]:
@@ -266,7 +240,7 @@ def verify(
             if hit is None:
                 cb = progress(f"{task.name} [{role}]") if progress else None
                 try:
-                    hit = _evaluate(loaded, task, items, shots, profile, cb)
+                    hit = T.kind(task.kind).evaluate(loaded, task, items, shots, profile, cb)
                 except RuntimeError as exc:
                     raise RuntimeFailure(f"task {task.name} failed on the {role} model: {str(exc).splitlines()[0]}",
                                          "lower eval.batch_size or eval.max_length in the profile") from exc
@@ -293,12 +267,13 @@ def verify(
                                     gate.confidence, gate.bootstrap_samples, profile.eval.seed)
         threshold = task.min_retention if task.min_retention is not None else floor
         value = lower if lower is not None else ret
-        n = sum(r["n"] for r in outs["base"].records) if task.kind == "perplexity" else len(outs["base"].records)
+        kind = T.kind(task.kind)
+        n = kind.count(outs["base"].records)
         results.append(TaskResult(
             name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
             threshold=threshold,
             passed=None if value is None else task_passes(value, task.min_retention, floor, gate.aggregate),
-            agreement=T.agreement(task.kind, task.metric, outs["base"].records, outs["candidate"].records),
+            agreement=kind.agreement(task.metric, outs["base"].records, outs["candidate"].records),
             n=n, higher_is_better=task.metric not in T.LOWER_IS_BETTER, retention_lower=lower,
             base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs))
         if stop_at_failure and results[-1].passed is False:

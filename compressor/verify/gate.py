@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from compressor.verify.tasks import LOWER_IS_BETTER, METRICS
+from compressor.verify.tasks import LOWER_IS_BETTER, kind as task_kind
 
 
 def retention(metric: str, base: float, cand: float) -> float:
@@ -47,7 +47,7 @@ def aggregate_verdict(values: list[float], passed: list[bool | None], floor: flo
 def bootstrap_lower(kind: str, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]],
                     confidence: float, samples: int, seed: int) -> float:
     """One-sided lower bound of retention from a paired bootstrap over examples (windows for perplexity)."""
-    fn = METRICS[kind]
+    fn = task_kind(kind).metrics
     rng = random.Random(seed)
     n = len(base)
     values = []

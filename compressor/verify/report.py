@@ -23,7 +23,7 @@ class TaskResult:
     retention: float | None  # None: undefined (base scores 0, gate.zero_base: report)
     threshold: float
     passed: bool | None  # None: no threshold of its own under ``aggregate: mean`` (counted in the mean only)
-    agreement: float
+    agreement: float | None  # None: the kind has no answer to agree on (lm-eval loglikelihood_rolling)
     n: int
     higher_is_better: bool
     retention_lower: float | None = None
@@ -74,6 +74,10 @@ class VerifyReport:
         return "FAIL: " + "; ".join(parts)
 
 
+def fmt_agreement(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _f(v: float | None, nd: int = 4) -> str:
     return "" if v is None else f"{v:.{nd}g}" if abs(v) >= 1000 else f"{v:.{nd}f}"
 
@@ -92,7 +96,7 @@ def to_markdown(r: VerifyReport) -> str:
     for t in r.tasks:
         ret = _f(t.retention, 3) + (f" (lower {_f(t.retention_lower, 3)})" if t.retention_lower is not None else "")
         lines.append(f"| {t.name} | {t.metric} | {_f(t.base)} | {_f(t.candidate)} | {ret} | {t.threshold:.2f} | "
-                     f"{result_word(t.passed, '**FAIL**', t.retention)} | {t.agreement:.3f} | {t.n} |")
+                     f"{result_word(t.passed, '**FAIL**', t.retention)} | {fmt_agreement(t.agreement)} | {t.n} |")
     lines += ["", f"**{r.verdict_line()}**", "",
               "Retention = candidate / base for accuracy-like metrics, base / candidate for perplexity. "
               "Agreement = share of examples (perplexity: tokens) where both models give the same answer."]
@@ -126,7 +130,7 @@ def to_junit(r: VerifyReport) -> str:
         secs = sum(t.seconds.values())
         out.append(f'  <testcase classname={quoteattr("avss." + r.profile["name"])} name={quoteattr(t.name)} time="{secs:.2f}">')
         detail = (f"{t.metric}: base {_f(t.base)}, candidate {_f(t.candidate)}, retention {_f(t.retention, 3)}, "
-                  f"threshold {t.threshold:.2f}, agreement {t.agreement:.3f}, n {t.n}")
+                  f"threshold {t.threshold:.2f}, agreement {fmt_agreement(t.agreement)}, n {t.n}")
         if t.retention is None:
             detail += " (not gated: the base model scores 0, retention is undefined)"
         elif t.passed is None:

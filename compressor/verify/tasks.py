@@ -1,7 +1,9 @@
 """Task kinds: each turns (model, examples) into per-example records, and records into metrics.
 
 Per-example records (not just a final number) let the gate compute agreement between base and
-candidate, and paired bootstrap confidence intervals, from the same data.
+candidate, and paired bootstrap confidence intervals, from the same data. One ``TaskKind`` class per
+kind (at the end of this file) holds its data loading, evaluation, metrics and agreement; ``kind()``
+finds it, so adding a kind is one class in one place (lm-evaluation-harness tasks: ``harness.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Any, Callable
 from compressor.sources.data import pad_right
 
 Progress = Callable[[int, int], None]
-LOWER_IS_BETTER = {"perplexity", "loss"}
+# lower-is-better metric names: ours, and lm-evaluation-harness's rolling-log-likelihood metrics
+LOWER_IS_BETTER = {"perplexity", "loss", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 
 
 @dataclass
@@ -54,32 +57,13 @@ def cls_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
 def mc_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     n = max(len(records), 1)
     return {"acc": sum(r["pred"] == r["answer"] for r in records) / n,
-            "acc_norm": sum(r["pred_norm"] == r["answer"] for r in records) / n}
+            "acc_norm": sum(r["pred_norm"] == r["answer"] for r in records) / n,
+            "acc_bytes": sum(r["pred_bytes"] == r["answer"] for r in records) / n}
 
 
 def gen_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     n = max(len(records), 1)
     return {k: sum(r[k] for r in records) / n for k in ("exact_match", "f1", "contains")}
-
-
-METRICS: dict[str, Callable[[list[dict[str, Any]]], dict[str, float]]] = {
-    "perplexity": ppl_metrics, "classification": cls_metrics, "zero-shot-classification": cls_metrics,
-    "multiple-choice": mc_metrics, "generation": gen_metrics,
-}
-
-
-def agreement(kind: str, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float:
-    """Share of examples (perplexity: scored tokens) where both models give the same answer."""
-    if kind == "perplexity":
-        pairs = [(a, b) for rb, rc in zip(base, cand) for a, b in zip(rb["top1"], rc["top1"])]
-    elif kind == "multiple-choice":
-        key = "pred_norm" if metric == "acc_norm" else "pred"
-        pairs = [(rb[key], rc[key]) for rb, rc in zip(base, cand)]
-    elif kind == "generation":
-        pairs = [(normalize(rb["pred"]), normalize(rc["pred"])) for rb, rc in zip(base, cand)]
-    else:
-        pairs = [(rb["pred"], rc["pred"]) for rb, rc in zip(base, cand)]
-    return sum(a == b for a, b in pairs) / max(len(pairs), 1)
 
 
 # ---------------------------------------------------------------- shared log-likelihood engine
@@ -261,7 +245,9 @@ def few_shot_prefix(task: Any, shots: list[dict[str, Any]]) -> str:
 
 def eval_zero_shot(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int, max_length: int,
                    shots: list[dict[str, Any]], progress: Progress | None = None) -> TaskOutput:
-    prefix = tok(few_shot_prefix(task, shots), add_special_tokens=False)["input_ids"] if shots else []
+    prefix = leading_special(tok)  # BOS where the tokenizer asks for one, as lm-eval
+    if shots:
+        prefix += tok(few_shot_prefix(task, shots), add_special_tokens=False)["input_ids"]
     labels = sorted(task.labels)
     pairs, keys = [], []
     cont = {y: tok(task.labels[y], add_special_tokens=False)["input_ids"] for y in labels}
@@ -278,13 +264,42 @@ def eval_zero_shot(model: Any, tok: Any, task: Any, examples: list[dict[str, Any
     return TaskOutput(records, cls_metrics(records))
 
 
+def leading_special(tok: Any) -> list[int]:
+    """Token ids the tokenizer puts before any text by default (its BOS, if ``add_bos_token``).
+
+    lm-evaluation-harness encodes with the tokenizer's defaults, so a model whose tokenizer asks for a
+    BOS is evaluated with one; ours follows the tokenizer the same way (a pruned model keeps its
+    tokenizer, so base and candidate always see the same ids)."""
+    probe = "x"
+    a = tok(probe)["input_ids"]
+    b = tok(probe, add_special_tokens=False)["input_ids"]
+    return list(a[: len(a) - len(b)]) if b and a[len(a) - len(b):] == b else []
+
+
+def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) exactly as lm-evaluation-harness 0.4 encodes a causal LM request:
+    trailing spaces of the context move to the continuation, the whole string is encoded with the
+    tokenizer's defaults (BOS) and split at the context's length."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    bos = getattr(tok, "bos_token", None)
+    special = {"add_special_tokens": False} if bos and context.startswith(bos) else {}
+    whole = tok(context + continuation, **special)["input_ids"]
+    ctx = tok(context, **special)["input_ids"]
+    return list(ctx), list(whole[len(ctx):])
+
+
 def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int,
                          max_length: int, progress: Progress | None = None) -> TaskOutput:
+    """lm-evaluation-harness's ``multiple_choice``: each choice after ``target_delimiter`` (" "), ``acc``
+    on the summed log-likelihood, ``acc_norm`` on it divided by the choice's length in characters,
+    ``acc_bytes`` by its UTF-8 bytes (the choice without the delimiter, as lm-eval 0.4.13)."""
     pairs, keys = [], []
     for i, e in enumerate(examples):
-        ctx = tok(task.template.format(context=e.get("context", ""), question=e["question"]), add_special_tokens=False)["input_ids"]
+        ctx = task.template.format(context=e.get("context", ""), question=e["question"])
         for c, choice in enumerate(e["choices"]):
-            pairs.append((ctx, tok(" " + choice, add_special_tokens=False)["input_ids"]))
+            pairs.append(encode_pair(tok, ctx, " " + choice))
             keys.append((i, c))
     lls = loglikelihoods(model, pairs, batch_size, max_length, progress)
     per: dict[int, list[float]] = {}
@@ -293,10 +308,14 @@ def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[st
     records = []
     for i, e in enumerate(examples):
         ll = per[i]
-        norm = [v / max(len((" " + ch).encode("utf-8")), 1) for v, ch in zip(ll, e["choices"])]  # lm-eval: bytes
-        records.append({"pred": max(range(len(ll)), key=lambda c: (ll[c], -c)),
-                        "pred_norm": max(range(len(norm)), key=lambda c: (norm[c], -c)),
-                        "answer": int(e["answer"])})
+
+        def best(scores: list[float]) -> int:
+            return max(range(len(scores)), key=lambda c: (scores[c], -c))  # first of equals, as numpy's argmax
+
+        records.append({"pred": best(ll),
+                        "pred_norm": best([v / max(len(ch), 1) for v, ch in zip(ll, e["choices"])]),
+                        "pred_bytes": best([v / max(len(ch.encode("utf-8")), 1) for v, ch in zip(ll, e["choices"])]),
+                        "answer": int(e["answer"]), "lls": ll})
     return TaskOutput(records, mc_metrics(records))
 
 
@@ -325,38 +344,37 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
     import torch
 
     dev = _dev(model)
-    old_side = tok.padding_side
-    old_trunc = tok.truncation_side
-    tok.padding_side = "left"
-    tok.truncation_side = "left"  # a long prompt loses its start, never its "Answer:" ending (as log-likelihood tasks)
+    bos = leading_special(tok)  # as lm-eval's generate_until: the tokenizer's defaults
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    keep = max(max_length - task.max_new_tokens, 8)
     records = []
-    try:
-        for s in range(0, len(examples), batch_size):
-            chunk = examples[s:s + batch_size]
-            prompts = [task.template.format(context=e.get("context", ""), question=e["question"]) for e in chunk]
-            enc = tok(prompts, add_special_tokens=False, padding=True, truncation=True,
-                      max_length=max(max_length - task.max_new_tokens, 8), return_tensors="pt")
-            with torch.inference_mode():
-                out = model.generate(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
-                                     max_new_tokens=task.max_new_tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            for e, row in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
-                text = tok.decode(row, skip_special_tokens=True)
-                for stop in task.stop:
-                    if stop and stop in text:
-                        text = text[: text.index(stop)]
-                text = text.strip()
-                golds = [str(a) for a in e["answers"]]
-                records.append({
-                    "pred": text,
-                    "exact_match": float(any(normalize(text) == normalize(g) for g in golds)),
-                    "f1": max(token_f1(text, g) for g in golds),
-                    "contains": float(any(normalize(g) and normalize(g) in normalize(text) for g in golds)),
-                })
-            if progress:
-                progress(min(s + batch_size, len(examples)), len(examples))
-    finally:
-        tok.padding_side, tok.truncation_side = old_side, old_trunc
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s:s + batch_size]
+        # a long prompt loses its start, never its "Answer:" ending (as log-likelihood tasks); left padding
+        rows = [(bos + tok(task.template.format(context=e.get("context", ""), question=e["question"]),
+                           add_special_tokens=False)["input_ids"])[-keep:] for e in chunk]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                 max_new_tokens=task.max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for e, row in zip(chunk, out[:, width:]):
+            text = tok.decode(row, skip_special_tokens=True)
+            for stop in task.stop:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            text = text.strip()
+            golds = [str(a) for a in e["answers"]]
+            records.append({
+                "pred": text,
+                "exact_match": float(any(normalize(text) == normalize(g) for g in golds)),
+                "f1": max(token_f1(text, g) for g in golds),
+                "contains": float(any(normalize(g) and normalize(g) in normalize(text) for g in golds)),
+            })
+        if progress:
+            progress(min(s + batch_size, len(examples)), len(examples))
     return TaskOutput(records, gen_metrics(records))
 
 
@@ -374,3 +392,142 @@ def pick_shots(pool: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, 
         shots.append(rng.choice(by_label[labels[i % len(labels)]]))
     rng.shuffle(shots)
     return shots
+
+
+# ---------------------------------------------------------------- the kinds (registry)
+
+class TaskKind:
+    """One task kind: where its examples come from, how a model is evaluated on them, the metrics
+    of per-example records, and how often two models give the same answer."""
+
+    name = ""
+
+    def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
+        """(evaluation examples, few-shot pool), read before any model loads."""
+        from compressor.verify.data import load_examples
+
+        spec = task.data_spec()
+        items = load_examples(self.name, spec.source, spec.split, spec.fields)
+        return (items[: task.limit] if task.limit else items), []
+
+    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
+                 progress: Progress | None) -> TaskOutput:
+        raise NotImplementedError
+
+    def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
+        """Share of examples where both models give the same answer (None: the kind has no answer)."""
+        pairs = [(rb["pred"], rc["pred"]) for rb, rc in zip(base, cand)]
+        return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+
+    def count(self, records: list[dict[str, Any]]) -> int:
+        """What ``n`` means in a report: examples (perplexity: scored tokens)."""
+        return len(records)
+
+
+KINDS: dict[str, TaskKind] = {}
+
+
+def register(cls: type[TaskKind]) -> type[TaskKind]:
+    KINDS[cls.name] = cls()
+    return cls
+
+
+def kind(name: str) -> TaskKind:
+    if name == "lm-eval" and name not in KINDS:
+        from compressor.verify import harness  # noqa: F401  (registers itself; imports lm_eval lazily)
+    return KINDS[name]
+
+
+@register
+class Perplexity(TaskKind):
+    name = "perplexity"
+
+    def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
+        from compressor.verify.data import load_examples
+
+        spec = task.data_spec()
+        return load_examples(self.name, spec.source, spec.split, spec.fields), []  # limit counts tokens
+
+    def evaluate(self, loaded, task, items, shots, profile, progress):
+        return eval_perplexity(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                               profile.eval.max_length, progress)
+
+    def metrics(self, records):
+        return ppl_metrics(records)
+
+    def agreement(self, metric, base, cand):
+        """Scored tokens where both models predict the same next token."""
+        pairs = [(a, b) for rb, rc in zip(base, cand) for a, b in zip(rb["top1"], rc["top1"])]
+        return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+
+    def count(self, records):
+        return sum(r["n"] for r in records)
+
+
+@register
+class Classification(TaskKind):
+    name = "classification"
+
+    def evaluate(self, loaded, task, items, shots, profile, progress):
+        return eval_classification(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                                   profile.eval.max_length, progress)
+
+    def metrics(self, records):
+        return cls_metrics(records)
+
+
+@register
+class ZeroShotClassification(Classification):
+    name = "zero-shot-classification"
+
+    def load(self, task, profile):
+        from compressor.verify.data import load_examples
+
+        spec = task.data_spec()
+        items = load_examples(self.name, spec.source, spec.split, spec.fields)
+        shots: list[Any] = []
+        if task.few_shot:
+            if spec.source == "builtin:rt-sentiment":
+                pool = load_examples(self.name, spec.source, "train", {})
+            else:  # local file: the first examples become shots and leave the evaluation set
+                pool, items = items[: 4 * task.few_shot], items[4 * task.few_shot:]
+            shots = pick_shots(pool, task.few_shot, profile.eval.seed)
+        return (items[: task.limit] if task.limit else items), shots
+
+    def evaluate(self, loaded, task, items, shots, profile, progress):
+        return eval_zero_shot(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                              profile.eval.max_length, shots, progress)
+
+
+@register
+class MultipleChoice(TaskKind):
+    name = "multiple-choice"
+
+    def evaluate(self, loaded, task, items, shots, profile, progress):
+        return eval_multiple_choice(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                                    profile.eval.max_length, progress)
+
+    def metrics(self, records):
+        return mc_metrics(records)
+
+    def agreement(self, metric, base, cand):
+        key = {"acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}.get(metric, "pred")
+        return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)
+
+
+@register
+class Generation(TaskKind):
+    name = "generation"
+
+    def evaluate(self, loaded, task, items, shots, profile, progress):
+        return eval_generation(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                               profile.eval.max_length, progress)
+
+    def metrics(self, records):
+        return gen_metrics(records)
+
+    def agreement(self, metric, base, cand):
+        return sum(normalize(rb["pred"]) == normalize(rc["pred"]) for rb, rc in zip(base, cand)) / max(len(base), 1)

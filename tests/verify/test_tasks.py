@@ -52,7 +52,8 @@ def test_multiple_choice_picks_the_highest_loglikelihood(llama, task_files):
     out = T.eval_multiple_choice(llama.model, llama.tokenizer, task, ex, batch_size=3, max_length=128)
     tok = llama.tokenizer
     for e, rec in zip(ex, out.records):
-        ctx = tok(task.template.format(**e), add_special_tokens=False)["input_ids"]
+        # the tokenizer's BOS first (it asks for one), as lm-evaluation-harness encodes
+        ctx = [tok.bos_token_id] + tok(task.template.format(**e), add_special_tokens=False)["input_ids"]
         lls = []
         for c in e["choices"]:
             cont = tok(" " + c, add_special_tokens=False)["input_ids"]
@@ -61,8 +62,11 @@ def test_multiple_choice_picks_the_highest_loglikelihood(llama, task_files):
                 lp = F.log_softmax(llama.model(x).logits[0].float(), -1)
             lls.append(float(lp[len(ctx) - 1:-1].gather(-1, x[0, len(ctx):, None]).sum()))
         assert rec["pred"] == max(range(4), key=lambda i: lls[i])
-        norm = [v / len((" " + c).encode()) for v, c in zip(lls, e["choices"])]
+        norm = [v / len(c) for v, c in zip(lls, e["choices"])]  # lm-eval 0.4.13: characters, no delimiter
         assert rec["pred_norm"] == max(range(4), key=lambda i: norm[i])
+        per_byte = [v / len(c.encode()) for v, c in zip(lls, e["choices"])]
+        assert rec["pred_bytes"] == max(range(4), key=lambda i: per_byte[i])
+        assert rec["lls"] == pytest.approx(lls, abs=1e-4)
     assert out.metrics["acc"] == sum(r["pred"] == r["answer"] for r in out.records) / 3
 
 
@@ -81,7 +85,7 @@ def test_generation_greedy_with_stop_strings(llama, task_files):
     ex = load_examples("generation", str(task_files / "gen.jsonl"), None, {})
     out = T.eval_generation(llama.model, llama.tokenizer, task, ex, 2, 128)
     for e, r in zip(ex, out.records):
-        prompt = llama.tokenizer(task.template.format(**e), add_special_tokens=False, return_tensors="pt")
+        prompt = llama.tokenizer(task.template.format(**e), return_tensors="pt")  # with the tokenizer's BOS
         with torch.no_grad():
             g = llama.model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=llama.tokenizer.pad_token_id)
         text = llama.tokenizer.decode(g[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -106,7 +110,9 @@ def test_metric_helpers():
     m = T.cls_metrics(recs)
     assert m["accuracy"] == 0.75 and m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert T.normalize("The Baker!") == "baker" and T.token_f1("a red car", "the red car") == 1.0
-    assert T.agreement("classification", "accuracy", recs, [dict(r, pred=1) for r in recs]) == 0.5
+    assert T.kind("classification").agreement("accuracy", recs, [dict(r, pred=1) for r in recs]) == 0.5
+    kinds = {"perplexity", "classification", "zero-shot-classification", "multiple-choice", "generation", "lm-eval"}
+    assert T.kind("lm-eval") is T.KINDS["lm-eval"] and set(T.KINDS) == kinds  # one class per kind, found by name
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox", "phi3", "gemma3_text"])
