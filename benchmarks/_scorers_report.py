@@ -202,7 +202,9 @@ def what_this_means(results: dict[str, Any]) -> list[str]:
     pick += f"; scoring costs {', '.join(p['cost'])} a plain forward pass." if p["cost"] else "."
     nxt = ranking[1] if len(ranking) > 1 else None
     if one is not None and one["id"] != p["id"]:
-        why = "runs the model once per layer plus once" if p["passes"] == "L + 1" else "does not read the model"
+        why = {"L + 1": "runs the model once per layer plus once",
+               "iterative": "re-measures every remaining block after each removal (a round per removed layer)"
+               }.get(p["passes"], "does not read the model")
         pick += (f" {p['label']} {why}; the best single-pass scorer, {one['label']}, is "
                  f"{p['worst'] - one['worst']:.2f} behind (largest passing cuts {', '.join(one['cuts'])}; "
                  f"scoring costs {', '.join(one['cost'])} a forward pass).")
@@ -336,7 +338,9 @@ def speed_tables(results: dict[str, Any]) -> list[str]:
              "Each measurement in a fresh process (one pass, after a one-batch warm-up), on the calibration "
              "batches of the model's profile. The reference is the model's plain forward pass with its head; "
              "AVSS, block influence and angular run the bare body under hooks (no head), leave-one-out runs "
-             "the full model once per layer plus once. Peak RSS is sampled every 2 ms.", ""]
+             "the full model once per layer plus once, SLEB one round per removed layer (the current model "
+             "once, then every remaining block skipped in turn, each from the cached state entering it: the "
+             "blocks after it plus the head). Peak RSS is sampled every 2 ms.", ""]
     for m in results["models"]:
         sp = m["speed"]
         fwd = sp["forward"]

@@ -77,6 +77,7 @@ class ModelPlan:
     cuts: tuple[int, ...]
     claim_cuts: tuple[int, ...]  # the grid cuts nearest the paper's "about 25 % of the layers"
     fallback_cut: int  # benchmarked (robust AVSS) when no cut passes the gate
+    sleb_rounds: int  # SLEB's removals computed (its cuts up to this size are its own; it costs a round each)
 
 
 SCORERS = [
@@ -85,15 +86,16 @@ SCORERS = [
     ScorerPlan("block-influence", "block influence", "block-influence"),
     ScorerPlan("angular", "angular", "angular"),
     ScorerPlan("leave-one-out", "leave-one-out", "leave-one-out"),
+    ScorerPlan("sleb", "SLEB", "sleb"),
     ScorerPlan("last-k", "last-k", "last-k"),
     *(ScorerPlan(f"random-{s}", f"random (seed {s})", "random", seed=s) for s in (0, 1, 2)),
 ]
 QUICK_SCORERS = ("avss-official", "avss-robust", "angular", "last-k", "random-0", "random-1")
 
 SMOLLM2 = ModelPlan("smollm2", "SmolLM2-135M-Instruct", "builtin:smollm2-135m", "profiles/default.yaml",
-                    (1, 2, 4, 7, 10), (7,), 7)
+                    (1, 2, 4, 7, 10), (7,), 7, 10)
 MINILM = ModelPlan("minilm", "MiniLM-L6 sentiment classifier", "builtin:minilm-l6-rt-sentiment",
-                   "profiles/sentiment-encoder.yaml", (1, 2), (1, 2), 2)
+                   "profiles/sentiment-encoder.yaml", (1, 2), (1, 2), 2, 3)
 
 # --quick: smaller tasks and calibration, so the smoke run takes minutes (never written to docs/)
 QUICK_LIMITS = {"perplexity": 512, "multiple-choice": 12, "zero-shot-classification": 40, "classification": 200}
@@ -130,8 +132,9 @@ def run_child(job_file: str) -> None:
     gc.collect()
 
     def progress(done: int, total: int) -> None:
-        if job["method"] == "leave-one-out" and (done % 5 == 0 or done == total):
-            print(f"    {job['label']}: {done}/{total} layers skipped", file=sys.stderr, flush=True)
+        if job["method"] in ("leave-one-out", "sleb") and (done % 5 == 0 or done == total):
+            what = "layers skipped" if job["method"] == "leave-one-out" else "round x batch steps"
+            print(f"    {job['label']}: {done}/{total} {what}", file=sys.stderr, flush=True)
 
     with PeakRSS() as rss:
         t0 = time.perf_counter()
@@ -141,7 +144,7 @@ def run_child(job_file: str) -> None:
                     loaded.model(**_forward_kwargs(loaded, b))
         else:
             report = score_layers(loaded, job["method"], mode=job["mode"], data=data, seed=job["seed"],
-                                  progress=progress)
+                                  progress=progress, **job.get("options", {}))
         seconds = time.perf_counter() - t0
     if job["method"] != "forward":
         report.save(job["out"])
@@ -332,8 +335,9 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
         if get_scorer(sc.method).needs_data:
             log(f"{plan.key}: scoring with {sc.label}")
             out = work / f"{plan.key}-{sc.id}.json"
+            opts = {"max_remove": min(plan.sleb_rounds, L - 1)} if sc.method == "sleb" else {}
             speed[sc.id] = spawn({**job, "method": sc.method, "mode": sc.mode, "label": f"{plan.key}-{sc.id}",
-                                  "out": str(out)}, work)
+                                  "out": str(out), "options": opts}, work)
             reports[sc.id] = ScoreReport.load(out)
         else:
             reports[sc.id] = score_layers(base, sc.method, seed=sc.seed)
@@ -363,7 +367,8 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
             return Candidate(sid, k, removed, gate_passed(profile, res), len(done) == len(profile.tasks),
                              {n: res[n]["retention"] for n in done}, {n: res[n]["threshold"] for n in done})
 
-        best, cands = search_method(sc.id, check, max_remove)
+        limit = min(max_remove, plan.sleb_rounds) if sc.method == "sleb" else max_remove
+        best, cands = search_method(sc.id, check, limit)
         search[sc.id] = {"best": best, "candidates": [asdict(c) for c in sorted(cands, key=lambda c: c.k)]}
         log(f"{plan.key}: {sc.label}: largest passing cut {best} layer(s)")
     secs["search"] = time.perf_counter() - t
@@ -395,8 +400,8 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
         "cuts": list(plan.cuts), "claim_cuts": list(plan.claim_cuts), "max_remove": max_remove,
         "scorers": [{"id": sc.id, "label": sc.label, "group": sc.group, "method": sc.method, "mode": sc.mode,
                      "seed": sc.seed if sc.method == "random" else None,
-                     "passes": ("L + 1" if get_scorer(sc.method).multi_pass else
-                                "1" if get_scorer(sc.method).needs_data else "0"),
+                     "passes": ("iterative" if sc.method == "sleb" else "L + 1" if get_scorer(sc.method).multi_pass
+                                else "1" if get_scorer(sc.method).needs_data else "0"),
                      "ranking": reports[sc.id].ranking, "warnings": reports[sc.id].warnings} for sc in scorers],
         "grid": grid, "search": search, "speed": {"threads": threads, **speed}, "onnx": onnx,
         "evaluations": {"cuts": len(ev.results), "computed": ev.computed, "cached": ev.cached},

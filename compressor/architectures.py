@@ -34,6 +34,8 @@ class ArchAdapter:
     mlp_out: str | None = None
     mlp_out_kind: str = "linear"  # "linear": weight [d_out, d_in]; "conv1d" (GPT-2): weight [d_in, d_out]
     no_fold: str = ""  # why a linear patch cannot be folded exactly (then repair refuses it)
+    # the norm after the last block (relative to the body); None: the last block's output is final (BERT)
+    final_norm: str | None = None
 
 
 _ADAPTERS: dict[str, ArchAdapter] = {}
@@ -45,21 +47,23 @@ def _register(a: ArchAdapter) -> None:
 
 _POST_LN = ("post-LN: the block's LayerNorm follows the residual add ({}), so a matrix folded into the MLP "
             "output projection is followed by a nonlinear norm")
-_register(ArchAdapter("llama", "decoder", "layers", mlp_out="mlp.down_proj"))
-_register(ArchAdapter("mistral", "decoder", "layers", mlp_out="mlp.down_proj"))
-_register(ArchAdapter("qwen2", "decoder", "layers", ("layer_types",), ("max_window_layers",), mlp_out="mlp.down_proj"))
-_register(ArchAdapter("qwen3", "decoder", "layers", ("layer_types",), ("max_window_layers",), mlp_out="mlp.down_proj"))
+_register(ArchAdapter("llama", "decoder", "layers", mlp_out="mlp.down_proj", final_norm="norm"))
+_register(ArchAdapter("mistral", "decoder", "layers", mlp_out="mlp.down_proj", final_norm="norm"))
+_register(ArchAdapter("qwen2", "decoder", "layers", ("layer_types",), ("max_window_layers",), mlp_out="mlp.down_proj",
+                      final_norm="norm"))
+_register(ArchAdapter("qwen3", "decoder", "layers", ("layer_types",), ("max_window_layers",), mlp_out="mlp.down_proj",
+                      final_norm="norm"))
 _register(ArchAdapter("gemma3_text", "decoder", "layers", ("layer_types",),
-                      notes="sliding/full attention per layer via layer_types", mlp_out="mlp.down_proj",
+                      notes="sliding/full attention per layer via layer_types", mlp_out="mlp.down_proj", final_norm="norm",
                       no_fold="Gemma 3 normalises the MLP output (post_feedforward_layernorm) before adding it to "
                               "the residual stream, so a matrix folded into down_proj is followed by a nonlinear norm"))
-_register(ArchAdapter("phi3", "decoder", "layers", mlp_out="mlp.down_proj"))
+_register(ArchAdapter("phi3", "decoder", "layers", mlp_out="mlp.down_proj", final_norm="norm"))
 # GPT-2's Conv1D stores its weight transposed ([d_in, d_out]) and has a bias; dropout is off in eval
 _register(ArchAdapter("gpt2", "decoder", "h", index_dependent_flags=("scale_attn_by_inverse_layer_idx",),
-                      mlp_out="mlp.c_proj", mlp_out_kind="conv1d"))
+                      mlp_out="mlp.c_proj", mlp_out_kind="conv1d", final_norm="ln_f"))
 # GPT-NeoX (parallel residual: out = x + attn(ln1 x) + mlp(ln2 x)): the MLP output is still added last,
 # unnormalised, so "block output - MLP output" is the rest of the block and the fold stays exact
-_register(ArchAdapter("gpt_neox", "decoder", "layers", mlp_out="mlp.dense_4h_to_h"))
+_register(ArchAdapter("gpt_neox", "decoder", "layers", mlp_out="mlp.dense_4h_to_h", final_norm="final_layer_norm"))
 _register(ArchAdapter("bert", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm")))
 _register(ArchAdapter("roberta", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm")))
 _register(ArchAdapter("distilbert", "encoder", "transformer.layer", no_fold=_POST_LN.format("output_layer_norm")))
@@ -100,6 +104,17 @@ def body_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any:
         f"could not find the block list {adapter.layers_path!r} in this {adapter.model_type} model",
         "the checkpoint layout is not the standard transformers one; file an issue with its config.json",
     )
+
+
+def final_norm_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any:
+    """The module applied to the last block's output (identity for encoders, whose last block is final)."""
+    adapter = adapter or adapter_for_config(model.config)
+    if adapter.final_norm is None:
+        return lambda h: h
+    obj: Any = body_of(model, adapter)
+    for part in adapter.final_norm.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def get_layers(model: "nn.Module", adapter: ArchAdapter | None = None) -> "nn.ModuleList":

@@ -68,8 +68,10 @@ def check_room(out: str, loaded: Any, what: str) -> None:
     check_free_space(Path(out), loaded.weight_bytes, what)
 
 
-def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, have_data: bool, seed: int) -> Any:
-    """Calibration (when the method needs it) + scoring with a progress bar."""
+def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, have_data: bool, seed: int,
+                **options: Any) -> Any:
+    """Calibration (when the method needs it) + scoring with a progress bar; ``options``: the scorer's
+    own (``objective``, ``max_remove``, ``protect``, ``last_state``: see ``score_layers``)."""
     from compressor.cli.output import note, progress_bar, warn
     from compressor.score import methods
     from compressor.score.api import score_layers
@@ -77,6 +79,7 @@ def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, 
 
     scorer = methods.get_scorer(method)
     mode = methods.check_mode(method, avss_mode)
+    methods.check_options(method, options.get("objective"), options.get("max_remove"), options.get("last_state"))
     data = None
     if scorer.needs_data:
         if not have_data:
@@ -84,9 +87,12 @@ def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, 
         data = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
         note(f"calibration: {data.tokens} tokens in {len(data.batches)} batches, sha256 {data.sha256[:12]}")
     label = f"{method} ({mode})" if mode else method
-    what = "skipping each layer" if scorer.multi_pass else "batches"
+    what = ("removing one block per round" if method == "sleb" else "skipping each layer") if scorer.multi_pass else "batches"
     with progress_bar(f"scoring {label}: {what}") as update:
-        report = score_layers(loaded, method, mode=mode, data=data, seed=seed, progress=update)
+        report = score_layers(loaded, method, mode=mode, data=data, seed=seed, progress=update, **options)
+    cost = (report.extra.get("sleb") or {}).get("cost_vs_forward")
+    if cost is not None:
+        note(f"sleb: {report.seconds:.1f} s, {cost:.1f}x a plain forward pass over the same calibration data")
     for w in report.warnings:
         warn(w)
     return report

@@ -14,6 +14,9 @@ def prune(
     scores: Annotated[Optional[str], typer.Option("--scores", help="A scores JSON from `avss score`.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Score now with this method instead of --scores.")] = None,
     avss_mode: o.AvssMode = None,
+    objective: o.Objective = None,
+    max_remove: o.MaxRemove = None,
+    last_state: o.LastState = None,
     ratio: Annotated[Optional[float], typer.Option("--ratio", help="Remove round-half-up(ratio x layers) layers.")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Remove exactly this many layers.")] = None,
     mass: Annotated[Optional[float], typer.Option("--mass", help="Remove the lowest layers whose normalised scores sum to <= MASS (sorted first).")] = None,
@@ -52,6 +55,15 @@ def prune(
     if scores is not None and avss_mode is not None:
         raise BadInput("--avss-mode applies to --method; a scores file already records its mode",
                        "drop --avss-mode, or score with --method avss --avss-mode ...")
+    given = [f for f, v in (("--objective", objective), ("--max-remove", max_remove), ("--last-state", last_state))
+             if v is not None]
+    if scores is not None and given:
+        raise BadInput(f"{given[0]} applies to --method; a scores file was computed with its own settings",
+                       f"drop {given[0]}, or score now with --method")
+    if method is not None:
+        from compressor.score import methods as scorers
+
+        scorers.check_options(method, objective, max_remove, last_state)
     if sum(x is not None for x in (ratio, num_layers, mass)) != 1:
         raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --num-layers 7")
     settings = common.repair_settings(repair, ridge, heal_steps, heal_tokens, heal_lr, seed)
@@ -77,7 +89,14 @@ def prune(
         if report.model.get("spec") != model:
             warn(f"{scores} was computed for {report.model.get('spec')!r}; pruning {model!r}")
     else:
-        report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed)
+        from compressor.prune.select import parse_protect
+
+        opts: dict = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
+        if method == "sleb":  # its removal order depends on what it may not remove
+            opts["protect"] = parse_protect(protect, loaded.num_layers)
+            if max_remove is None and num_layers is not None:
+                opts["max_remove"] = num_layers  # compute only the rounds this cut needs
+        report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed, **opts)
     sel = select_layers(report, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect)
     if sel.num_layers > report.num_layers // 2:
         warn(f"this removes {sel.num_layers} of {report.num_layers} layers, more than half of the model")

@@ -18,6 +18,8 @@ def run(
     save_config: Annotated[Optional[str], typer.Option("--save-config", help="Write the resolved configuration as YAML here.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Scorer for a fixed cut (default: avss).")] = None,
     avss_mode: o.AvssMode = None,
+    objective: o.Objective = None,
+    last_state: o.LastState = None,
     ratio: Annotated[Optional[float], typer.Option("--ratio", help="Remove round-half-up(ratio x layers) layers (default: 0.25).")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Remove exactly this many layers.")] = None,
     search: Annotated[Flag, typer.Option("--search", help="Find the largest cut that passes the gate (see --methods).", show_default=False)] = None,
@@ -56,6 +58,7 @@ def run(
     from compressor.run.config import load_run_config
 
     overrides = dict(model=model, profile=profile, out=out, method=method, avss_mode=avss_mode, ratio=ratio,
+                     objective=objective, last_state=last_state,
                      num_layers=num_layers, search=search, max_remove=max_remove, protect=protect,
                      min_retention=min_retention, repair=repair, ridge=ridge, heal_steps=heal_steps,
                      heal_tokens=heal_tokens, heal_lr=heal_lr, provider=provider, quantize=quantize, skip_export=skip_export, skip_bench=skip_bench,

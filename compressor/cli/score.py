@@ -14,6 +14,10 @@ def score(
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write a PNG bar chart here.")] = None,
     method: o.Method = "avss",
     avss_mode: o.AvssMode = None,
+    objective: o.Objective = None,
+    max_remove: o.MaxRemove = None,
+    protect: Annotated[Optional[str], typer.Option("--protect", help="sleb only: blocks it never removes (first,last | 0-based indices); its order depends on them.")] = None,
+    last_state: o.LastState = None,
     data: o.Data = None,
     profile: o.Profile = None,
     samples: o.Samples = None,
@@ -34,11 +38,21 @@ def score(
     from compressor.score import methods
     from compressor.score.report import save_plot
 
+    from compressor.errors import BadInput
+    from compressor.prune.select import parse_protect
+
     methods.check_mode(methods.get_scorer(method).name, avss_mode)
+    methods.check_options(method, objective, max_remove, last_state)
+    if protect is not None and method != "sleb":
+        raise BadInput(f"--protect on avss score only applies to --method sleb (got --method {method}); other "
+                       "scores do not depend on it", "drop --protect here and pass it to avss prune")
     common.refuse_existing([out, plot], force)
     calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
     loaded = common.load(model, device, dtype, device_map, allow_pickle, trust_remote_code)
-    report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed)
+    opts = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
+    if method == "sleb":
+        opts["protect"] = parse_protect(protect, loaded.num_layers)
+    report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed, **opts)
     common.print_scores(report)
     sel = report.default_selection
     note(f"method: {report.label}; ranking (least important first): {report.ranking}")

@@ -100,14 +100,15 @@ def select_layers(
             raise BadInput("--mass needs scores with a positive sum", "use --num-layers or --ratio")
         if mass_order not in ("sorted", "depth"):
             raise BadInput(f"unknown mass order {mass_order!r}", "use sorted (default) or depth (official code, buggy)")
-        order = sorted(candidates, key=lambda i: (scores[i], i)) if mass_order == "sorted" else list(candidates)
-        removed, cum = [], 0.0
-        for i in order:
-            cum += scores[i] / total
-            if cum <= mass + 1e-12:
+        if mass_order == "depth":
+            removed = _official_depth_cut(report, candidates, scores, mass)
+        else:
+            removed, cum = [], 0.0
+            for i in sorted(candidates, key=lambda i: (scores[i], i)):
+                cum += scores[i] / total
+                if cum > mass + 1e-12:
+                    break
                 removed.append(i)
-            elif mass_order == "sorted":
-                break
         if not removed:
             raise BadInput(f"--mass {mass} selects no layer (the least important one alone holds more)",
                            "raise --mass or use --num-layers")
@@ -140,6 +141,34 @@ def select_layers(
     else:
         removed = sorted(candidates, key=lambda i: (scores[i], i))[:k]
     return _make(removed, L, rule, ratio=ratio, protect=prot)
+
+
+def _official_depth_cut(report: Any, candidates: list[int], scores: dict[int, float], mass: float) -> list[int]:
+    """The official AVSS.py selection, bug for bug: shares normalised by the sum, ``cumsum`` in layer order
+    (before any sort), keep the layers whose cumulative share is <= ``mass``.
+
+    With official AVSS scores it also reproduces the official arithmetic of a zero sparsity: the score
+    is variance / 0 = inf (0 / 0 = NaN), the sum is inf, so every finite layer's share is 0 and every
+    inf layer's is NaN; pandas' cumsum skips NaN, so *exactly the finite layers* are selected (our
+    scores' 1e-12 guard would give a different cut). Without a zero sparsity it is the plain rule."""
+    stats = {l.index: l.stats for l in report.layers}
+    raw: dict[int, float] = {}
+    for i in candidates:
+        st = stats.get(i) or {}
+        if st.get("sparsity_zero"):
+            raw[i] = math.inf if st.get("variance", 0.0) > 0 else math.nan
+        else:
+            raw[i] = scores[i]
+    total = sum(v for v in raw.values() if not math.isnan(v))
+    removed, cum = [], 0.0
+    for i in candidates:  # layer order
+        share = raw[i] / total if total else math.nan
+        if math.isnan(share):  # pandas: cumsum skips NaN, the row's own value stays NaN (never <= mass)
+            continue
+        cum += share
+        if cum <= mass + 1e-12:
+            removed.append(i)
+    return removed
 
 
 def _contiguous_block(matrix: list[list[float]], L: int, k: int, protected: set[int]) -> list[int]:

@@ -154,9 +154,15 @@ class _Run:
         if target == "quantized" and not c.quantize:
             raise BadInput(f"profile {self.profile.name!r} gates the quantized artifact (gate.target: quantized)",
                            "pass --quantize int8 (or int4), or set gate.target: all")
-        for m in (c.methods if c.search else [c.method]):
+        used = c.methods if c.search else [c.method]
+        for m in used:
             methods.get_scorer(m)
             methods.check_mode(m, c.avss_mode if m == "avss" else None)
+        if c.objective is not None and "sleb" not in used:
+            raise BadInput("--objective only applies to --method sleb (none of this run's scorers)", "drop --objective")
+        if c.last_state is not None and not {"block-influence", "angular", "avss"} & set(used):
+            raise BadInput("--last-state only applies to block-influence, angular and avss (none of this run's "
+                           "scorers)", "drop --last-state")
         cal = self.profile.calibration
         self.calibration = Data(lambda: read_documents(cal.source, cal.text_field, "calibration"))
         self.repair = c.repair_settings()
@@ -244,19 +250,33 @@ class _Run:
             if needs_data:
                 spec = CalibrationSpec(**self.profile.calibration.model_dump())
                 data = load_calibration(spec, self.base.tokenizer, self.base.adapter.family)
-            report = score_layers(self.base, method, mode=mode, data=data, seed=c.seed, progress=cb)
+            report = score_layers(self.base, method, mode=mode, data=data, seed=c.seed, progress=cb, **opts)
             for w in report.warnings:
                 self.ev.warn(w)
             report.save(scores_path)
             return {}, f"{report.label}: lowest {report.ranking[:5]}"
 
+        opts = self.scorer_options(method)
         inputs: dict[str, Input] = {"model": Model(self.base), "method": Setting([method, mode, c.seed]),
-                                    "device": Setting(c.device)}
+                                    "device": Setting(c.device), "options": Setting(opts)}
         if needs_data:
             inputs.update(calibration=self.calibration_settings,
                           calibration_data=self.calibration)
         label = f"{method} ({mode})" if mode else method
         return Stage(name, f"scoring layers: {label}", inputs, (rel,), work)
+
+    def scorer_options(self, method: str) -> dict[str, Any]:
+        """A scorer's own settings (part of its stage key): SLEB's loss, protection and rounds (as many as
+        this run's cut, or its search, needs); the last-state convention of the stream scorers."""
+        from compressor.prune.select import count_for_ratio, parse_protect
+
+        c, L = self.cfg, self.base.num_layers
+        if method == "sleb":
+            rounds = self.search_limits() if c.search else (c.num_layers or count_for_ratio(c.ratio or 0.25, L))
+            return {"objective": c.objective or "nll", "protect": parse_protect(self.protect, L), "max_remove": rounds}
+        if method in ("block-influence", "angular", "avss") and c.last_state is not None:
+            return {"last_state": c.last_state}
+        return {}
 
     def score(self, method: str, scores_path: Path, name: str = "score") -> Any:
         from compressor.score.report import ScoreReport

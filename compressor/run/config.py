@@ -36,6 +36,8 @@ class RunConfig(BaseModel):
     out: str
     method: str = "avss"
     avss_mode: Optional[str] = None
+    objective: Optional[Literal["nll", "kl"]] = None  # sleb: its loss (default nll)
+    last_state: Optional[Literal["block", "final-norm"]] = None  # block-influence, angular, avss
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     num_layers: Optional[int] = Field(None, ge=1)
     search: bool = False

@@ -5,7 +5,7 @@ import time
 from typing import Any, Callable
 
 from compressor import __version__
-from compressor.architectures import body_of, get_layers, set_layers
+from compressor.architectures import body_of, final_norm_of, get_layers, set_layers
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.score import methods
 from compressor.score.report import ScoreReport
@@ -31,7 +31,8 @@ def _forward_kwargs(loaded: LoadedModel, batch: dict[str, Any]) -> dict[str, Any
 
 
 def collect_stats(loaded: LoadedModel, data: CalibrationData, groups: frozenset[str],
-                  tau: float = ROBUST_TAU, progress: Progress | None = None) -> StatsCollector:
+                  tau: float = ROBUST_TAU, progress: Progress | None = None,
+                  final_norm: bool = False) -> StatsCollector:
     """One pass over the calibration batches with hooks on every block.
 
     Runs the bare transformer (no task head): block statistics need no LM head, and skipping
@@ -42,7 +43,8 @@ def collect_stats(loaded: LoadedModel, data: CalibrationData, groups: frozenset[
     layers = get_layers(loaded.model, loaded.adapter)
     body = body_of(loaded.model, loaded.adapter)
     total = len(data.batches)
-    with StatsCollector(layers, StatConfig(groups, tau)) as col, torch.inference_mode():
+    last = final_norm_of(loaded.model, loaded.adapter) if final_norm else None
+    with StatsCollector(layers, StatConfig(groups, tau, last)) as col, torch.inference_mode():
         for n, batch in enumerate(data.batches, 1):
             col.start_batch(batch["attention_mask"])
             body(**_forward_kwargs(loaded, batch))
@@ -127,24 +129,43 @@ def score_layers(
     seed: int = 0,
     tau: float = ROBUST_TAU,
     progress: Progress | None = None,
+    objective: str | None = None,
+    max_remove: int | None = None,
+    protect: list[int] | None = None,
+    last_state: str | None = None,
 ) -> ScoreReport:
-    """Score every block of ``loaded``; returns a report whose ``ranking`` is least important first."""
+    """Score every block of ``loaded``; returns a report whose ``ranking`` is least important first.
+
+    ``objective`` / ``max_remove`` / ``protect``: SLEB's loss (nll, kl), how many removals to compute
+    (default: half the layers) and the blocks it may never remove. ``last_state``: ``final-norm`` reads
+    the last block's output after the model's final norm, as ShortGPT and PruneMe do (transformers'
+    ``hidden_states[-1]``); ``block`` (default) its raw output, like every other block's."""
     scorer = methods.get_scorer(method)
     mode = methods.check_mode(method, mode)
+    methods.check_options(method, objective, max_remove, last_state)
     n = loaded.num_layers
     if scorer.needs_data and data is None:
         raise BadInput(f"--method {method} needs calibration data", "pass --data SOURCE or --profile FILE")
     t0 = time.perf_counter()
     try:
+        final = last_state == "final-norm"
         if method == "avss" and mode == "official":
-            outcome = methods.avss_official(collect_stats(loaded, data, methods.stat_groups(method, mode), tau, progress).results())
+            outcome = methods.avss_official(collect_stats(loaded, data, methods.stat_groups(method, mode), tau, progress,
+                                                          final).results())
         elif method == "avss":
-            outcome = methods.avss_robust(collect_stats(loaded, data, methods.stat_groups(method, mode), tau, progress).results(), tau)
+            outcome = methods.avss_robust(collect_stats(loaded, data, methods.stat_groups(method, mode), tau, progress,
+                                                        final).results(), tau)
         elif method == "block-influence":
-            outcome = methods.block_influence(collect_stats(loaded, data, scorer.groups, tau, progress).results())
+            outcome = methods.block_influence(collect_stats(loaded, data, scorer.groups, tau, progress, final).results())
         elif method == "angular":
-            col = collect_stats(loaded, data, scorer.groups, tau, progress)
+            col = collect_stats(loaded, data, scorer.groups, tau, progress, final)
             outcome = methods.angular(col.angular_matrix(), n)
+        elif method == "sleb":
+            from compressor.score import sleb
+
+            result = sleb.sleb_order(loaded, data, max_remove if max_remove is not None else n // 2,
+                                     sorted(protect or []), objective or "nll", progress)
+            outcome = sleb.sleb_outcome(result, n)
         elif method == "leave-one-out":
             base, skipped, kind = leave_one_out_losses(loaded, data, progress)
             outcome = methods.leave_one_out(base, skipped, kind)
@@ -167,6 +188,8 @@ def score_layers(
     )
     if method == "random":
         report.extra["seed"] = seed
+    if last_state is not None:
+        report.extra["last_state"] = last_state
     from compressor.prune.select import select_layers
 
     sel = select_layers(report, ratio=DEFAULT_RATIO)

@@ -49,6 +49,9 @@ SCORERS: dict[str, Scorer] = {
         Scorer("leave-one-out", "loss increase when the block is skipped (causal LM: next-token NLL; "
                "classifier: KL of the logits; bare encoder: 1 - cos of the final hidden state)",
                frozenset(), multi_pass=True),
+        Scorer("sleb", "SLEB (Song et al., ICML 2024): greedy iterative removal; each round skips every remaining "
+               "block in turn and removes the one whose absence costs least on the calibration loss (nll, or kl "
+               "to the full model); the ranking is the removal order", frozenset(), multi_pass=True),
         Scorer("last-k", "positional baseline: the k layers before the final one are least important",
                frozenset(), needs_data=False),
         Scorer("random", "seeded random scores (a floor every real scorer must beat)", frozenset(), needs_data=False),
@@ -66,6 +69,22 @@ def stat_groups(name: str, mode: str | None) -> frozenset[str]:
     if name == "avss":
         return frozenset({"official"}) if mode == "official" else frozenset({"stream"})
     return get_scorer(name).groups
+
+
+LAST_STATES = ("block", "final-norm")
+
+
+def check_options(name: str, objective: str | None, max_remove: int | None, last_state: str | None) -> None:
+    """Options that belong to one scorer are refused with any other (a typo never silently does nothing)."""
+    if name != "sleb" and (objective is not None or max_remove is not None):
+        flag = "--objective" if objective is not None else "--max-remove"
+        raise BadInput(f"{flag} only applies to --method sleb (got --method {name})", f"drop {flag}")
+    if last_state is not None:
+        if last_state not in LAST_STATES:
+            raise BadInput(f"unknown --last-state {last_state!r}", "use block (default) or final-norm")
+        if name not in ("block-influence", "angular", "avss"):
+            raise BadInput(f"--last-state only applies to block-influence, angular and avss (got --method {name})",
+                           "drop --last-state")
 
 
 def check_mode(name: str, mode: str | None) -> str | None:

@@ -26,6 +26,9 @@ ROBUST_TAU = 0.05  # robust sparsity: |delta_d| < tau on the unit-RMS stream
 class StatConfig:
     groups: frozenset[str]
     tau: float = ROBUST_TAU
+    # applied to the last block's output before any statistic (``--last-state final-norm``: the model's
+    # final norm, as ShortGPT/PruneMe read ``hidden_states[-1]``); None: the raw output, like every block
+    last_transform: Callable[[Any], Any] | None = None
 
 
 def _block_io(args: tuple, kwargs: dict, output: Any):
@@ -122,6 +125,8 @@ class StatsCollector:
             import torch
 
             h_in, h_out = _block_io(args, kwargs, output)
+            if index == len(self.layers) - 1 and self.cfg.last_transform is not None:
+                h_out = self.cfg.last_transform(h_out)
             acc = self.acc[index]
             acc.batches += 1
             with torch.no_grad():

@@ -1,5 +1,6 @@
 """Selection rules: counts, rounding, the paper's mass rule done right (and the official bug),
 protection, and every bad request."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -91,3 +92,43 @@ def test_mass_needs_non_negative_scores():
 def test_angular_scores_without_their_matrix_are_refused_not_scattered():
     with pytest.raises(BadInput, match="no angular_distance_matrix"):
         select_layers(rep([0.3, 0.2, 0.1, 0.4, 0.5], method="angular", extra={}), num_layers=2)
+
+
+def _official(rows):
+    """A report of official AVSS scores: (variance, sparsity) per layer, as avss_official records them."""
+    from compressor.score.methods import avss_official
+
+    out = avss_official([{"variance": v, "sparsity": s} for v, s in rows])
+    return SimpleNamespace(num_layers=len(rows), method="avss", extra={}, layers=out.layers)
+
+
+def _pandas_official_selection(rows, mass):
+    """Transcription of the official AVSS.py selection, with pandas' semantics written out: scores
+    variance / sparsity with no guard (x/0 = inf, 0/0 = NaN), shares = score / sum (sum skips NaN),
+    cumsum in layer order skipping NaN (a NaN row keeps NaN), keep the rows with cumsum <= mass."""
+    raw = [v / s if s else (math.inf if v else math.nan) for v, s in rows]
+    total = sum(x for x in raw if not math.isnan(x))
+    kept, cum = [], 0.0
+    for i, x in enumerate(raw):
+        share = x / total
+        if math.isnan(share):
+            continue
+        cum += share
+        if cum <= mass:
+            kept.append(i)
+    return kept
+
+
+def test_mass_depth_follows_the_official_inf_nan_arithmetic_when_a_sparsity_is_zero():
+    # layers 2 and 5 have no |a| < 1e-5 at all (sparsity 0): the official code's scores are inf there,
+    # every finite layer's share becomes 0 and is selected, the inf layers never are
+    rows = [(4.0, 0.01), (2.0, 0.02), (9.0, 0.0), (1.0, 0.05), (3.0, 0.01), (7.0, 0.0), (5.0, 0.02)]
+    s = select_layers(_official(rows), mass=0.25, mass_order="depth")
+    assert s.removed == _pandas_official_selection(rows, 0.25) == [0, 1, 3, 4, 6]
+    # our guarded scores (variance / 1e-12) would have selected a different set with the same rule
+    guarded = rep([v / max(sp, 1e-12) for v, sp in rows])
+    assert select_layers(guarded, mass=0.25, mass_order="depth").removed != s.removed
+    # without a zero sparsity the official arithmetic is the plain depth-order rule
+    finite = [(v, sp or 0.03) for v, sp in rows]
+    assert select_layers(_official(finite), mass=0.25, mass_order="depth").removed == \
+        _pandas_official_selection(finite, 0.25)

@@ -107,3 +107,58 @@ def test_device_map_auto_scores_like_a_plain_load(tiny, text_file):
     a = score_layers(plain, "avss", data=data)
     b = score_layers(mapped, "avss", data=data)
     assert [x.score for x in a.layers] == pytest.approx([y.score for y in b.layers], rel=1e-5)
+
+
+def _shortgpt_block_influence(model, batches):
+    """Transcription of ShortGPT's block influence (icip-cas/ShortGPT): transformers' hidden_states,
+    BI_i = 1 - cos(hidden_states[i], hidden_states[i+1]) per token, averaged over tokens."""
+    import torch.nn.functional as F
+
+    sums, n = None, 0
+    with torch.no_grad():
+        for b in batches:
+            hs = model(**b, output_hidden_states=True, use_cache=False).hidden_states
+            d = hs[0].shape[-1]
+            cos = torch.stack([F.cosine_similarity(hs[i].reshape(-1, d).double(), hs[i + 1].reshape(-1, d).double(),
+                                                   dim=-1) for i in range(len(hs) - 1)])
+            s = (1 - cos).sum(-1)
+            sums = s if sums is None else sums + s
+            n += cos.shape[-1]
+    return (sums / n).tolist()
+
+
+def _angular_last_token(model, batches, l, m):
+    """PruneMe's / Gromov et al.'s distance between hidden_states[l] and hidden_states[m], last token."""
+    vals = []
+    with torch.no_grad():
+        for b in batches:
+            hs = model(**b, output_hidden_states=True, use_cache=False).hidden_states
+            a, c = hs[l][:, -1].double(), hs[m][:, -1].double()
+            cos = torch.nn.functional.cosine_similarity(a, c, dim=-1).clamp(-1, 1)
+            vals += (torch.arccos(cos) / math.pi).tolist()
+    return sum(vals) / len(vals)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_last_state_conventions_match_the_reference_formulas(arch, tiny, text_file):
+    """--last-state final-norm is ShortGPT's and PruneMe's hidden_states[-1] (after the final norm) on
+    every layer; the default (block) differs from theirs on the last layer only."""
+    from compressor.architectures import final_norm_of
+
+    loaded = load_model(str(tiny(arch)))
+    with torch.no_grad():  # a freshly initialised norm has weight 1 (cosine-invariant): give it a shape
+        torch.manual_seed(0)
+        final_norm_of(loaded.model, loaded.adapter).weight.mul_(torch.rand(loaded.config.hidden_size) + 0.5)
+    spec = CalibrationSpec(source=str(text_file), samples=4, seq_len=32, batch_size=2)  # packed: no padding
+    data = load_calibration(spec, loaded.tokenizer, loaded.adapter.family)
+    ref = _shortgpt_block_influence(loaded.model, data.batches)
+    ours_ref = score_layers(loaded, "block-influence", data=data, last_state="final-norm")
+    ours = score_layers(loaded, "block-influence", data=data)
+    assert [l.score for l in ours_ref.layers] == pytest.approx(ref, abs=2e-5)
+    assert [l.score for l in ours.layers][:-1] == pytest.approx(ref[:-1], abs=2e-5)
+    assert abs(ours.layers[-1].score - ref[-1]) > 1e-3  # the raw last block output is another state
+    assert ours_ref.extra["last_state"] == "final-norm"
+    ang = score_layers(loaded, "angular", data=data, last_state="final-norm").extra["angular_distance_matrix"]
+    L = loaded.num_layers
+    assert ang[1][L] == pytest.approx(_angular_last_token(loaded.model, data.batches, 1, L), abs=2e-5)
+    assert ang[0][2] == pytest.approx(_angular_last_token(loaded.model, data.batches, 0, 2), abs=2e-5)
