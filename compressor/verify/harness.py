@@ -16,7 +16,7 @@ import os
 from typing import Any, Iterator
 
 from compressor.errors import BadInput
-from compressor.verify.tasks import TaskKind, TaskOutput, register
+from compressor.verify.tasks import MC_PREDICTION, TaskKind, TaskOutput, first_argmax, register
 
 REQUIREMENT = "lm_eval==0.4.13"
 INSTALL = "pip install 'avss-compressor[lm-eval]' (from a checkout: pip install -e '.[lm-eval]')"
@@ -167,10 +167,6 @@ def _aggregation_names(obj: Any) -> dict[str, str]:
     return {m: names.get(fn, "mean") for m, fn in obj.aggregation().items()}
 
 
-def _argmax(scores: list[float]) -> int:
-    return max(range(len(scores)), key=lambda c: (scores[c], -c))  # numpy's argmax: the first of equals
-
-
 def _records(obj: Any, samples: list[dict[str, Any]], filt: str) -> list[dict[str, Any]]:
     agg = _aggregation_names(obj)
     out = []
@@ -181,9 +177,9 @@ def _records(obj: Any, samples: list[dict[str, Any]], filt: str) -> list[dict[st
         if obj.OUTPUT_TYPE == "multiple_choice":
             lls = [float(r[0]) for r in resps]
             choices = obj.doc_to_choice(s["doc"])
-            rec["pred"] = _argmax(lls)
-            rec["pred_norm"] = _argmax([v / max(len(c), 1) for v, c in zip(lls, choices)])
-            rec["pred_bytes"] = _argmax([v / max(len(c.encode("utf-8")), 1) for v, c in zip(lls, choices)])
+            rec["pred"] = first_argmax(lls)
+            rec["pred_norm"] = first_argmax([v / max(len(c), 1) for v, c in zip(lls, choices)])
+            rec["pred_bytes"] = first_argmax([v / max(len(c.encode("utf-8")), 1) for v, c in zip(lls, choices)])
             rec["lls"] = lls
         elif obj.OUTPUT_TYPE == "loglikelihood":
             rec["pred"] = bool(resps[0][1])  # the continuation is the greedy one
@@ -260,6 +256,6 @@ class LmEval(TaskKind):
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         if not base or "pred" not in base[0]:
             return None  # loglikelihood_rolling: a score per document, no answer to agree on
-        key = {"acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}.get(metric, "pred")
+        key = MC_PREDICTION.get(metric, "pred")
         key = key if key in base[0] else "pred"
         return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)

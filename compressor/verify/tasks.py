@@ -54,6 +54,15 @@ def cls_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     return {"accuracy": acc, "macro_f1": sum(f1s) / max(len(f1s), 1)}
 
 
+# which per-example prediction a multiple-choice metric reads (our kind and lm-eval's multiple_choice)
+MC_PREDICTION = {"acc": "pred", "acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}
+
+
+def first_argmax(scores: list[float]) -> int:
+    """Index of the highest score, the first of equals (numpy's argmax, which lm-eval uses)."""
+    return max(range(len(scores)), key=lambda c: (scores[c], -c))
+
+
 def mc_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     n = max(len(records), 1)
     return {"acc": sum(r["pred"] == r["answer"] for r in records) / n,
@@ -308,13 +317,10 @@ def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[st
     records = []
     for i, e in enumerate(examples):
         ll = per[i]
-
-        def best(scores: list[float]) -> int:
-            return max(range(len(scores)), key=lambda c: (scores[c], -c))  # first of equals, as numpy's argmax
-
-        records.append({"pred": best(ll),
-                        "pred_norm": best([v / max(len(ch), 1) for v, ch in zip(ll, e["choices"])]),
-                        "pred_bytes": best([v / max(len(ch.encode("utf-8")), 1) for v, ch in zip(ll, e["choices"])]),
+        records.append({"pred": first_argmax(ll),
+                        "pred_norm": first_argmax([v / max(len(ch), 1) for v, ch in zip(ll, e["choices"])]),
+                        "pred_bytes": first_argmax([v / max(len(ch.encode("utf-8")), 1)
+                                                    for v, ch in zip(ll, e["choices"])]),
                         "answer": int(e["answer"]), "lls": ll})
     return TaskOutput(records, mc_metrics(records))
 
@@ -514,7 +520,7 @@ class MultipleChoice(TaskKind):
         return mc_metrics(records)
 
     def agreement(self, metric, base, cand):
-        key = {"acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}.get(metric, "pred")
+        key = MC_PREDICTION.get(metric, "pred")
         return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)
 
 
