@@ -12,7 +12,6 @@ and the goals of the SLEB issue (7 layers: SLEB >= block influence + 0.05; cost 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -39,10 +38,10 @@ def main() -> int:
 
     from compressor.profiles import load_profile
     from compressor.prune.select import select_layers
-    from compressor.prune.surgery import prune_model
     from compressor.score.api import score_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
-    from compressor.sources.models import LoadedModel, load_model
+    from compressor.sources.models import load_model
+    from scorers import save_cut
     from compressor.verify.api import verify
 
     profile = load_profile(ROOT / "profiles" / "default.yaml")
@@ -78,9 +77,7 @@ def main() -> int:
             for name, rep in reports.items():
                 removed = select_layers(rep, num_layers=k).removed
                 folder = Path(tmp) / f"{name.replace(' ', '-')}-{k}"
-                clone = LoadedModel(base.spec, base.path, copy.deepcopy(base.model), base.tokenizer, base.adapter,
-                                    base.device, base.dtype)  # prune_model cuts in place: keep the base whole
-                prune_model(clone, removed, folder)
+                save_cut(base, removed, folder)  # a pruned copy: the base stays whole for the next cut
                 res = verify(base, load_model(str(folder)), profile)
                 rows.append((k, name, removed, {t.name: t.retention for t in res.tasks}))
                 print(f"  {name} k={k} {removed}: " + ", ".join(f"{t.name} {t.retention:.3f}" for t in res.tasks),

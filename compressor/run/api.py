@@ -160,9 +160,9 @@ class _Run:
             methods.check_mode(m, c.avss_mode if m == "avss" else None)
         if c.objective is not None and "sleb" not in used:
             raise BadInput("--objective only applies to --method sleb (none of this run's scorers)", "drop --objective")
-        if c.last_state is not None and not {"block-influence", "angular", "avss"} & set(used):
-            raise BadInput("--last-state only applies to block-influence, angular and avss (none of this run's "
-                           "scorers)", "drop --last-state")
+        if c.last_state is not None and not set(methods.last_state_scorers()) & set(used):
+            raise BadInput(f"--last-state only applies to {methods.names_text(methods.last_state_scorers())} (none of this "
+                           "run's scorers)", "drop --last-state")
         cal = self.profile.calibration
         self.calibration = Data(lambda: read_documents(cal.source, cal.text_field, "calibration"))
         self.repair = c.repair_settings()
@@ -269,12 +269,13 @@ class _Run:
         """A scorer's own settings (part of its stage key): SLEB's loss, protection and rounds (as many as
         this run's cut, or its search, needs); the last-state convention of the stream scorers."""
         from compressor.prune.select import count_for_ratio, parse_protect
+        from compressor.score import methods
 
         c, L = self.cfg, self.base.num_layers
         if method == "sleb":
             rounds = self.search_limits() if c.search else (c.num_layers or count_for_ratio(c.ratio or 0.25, L))
             return {"objective": c.objective or "nll", "protect": parse_protect(self.protect, L), "max_remove": rounds}
-        if method in ("block-influence", "angular", "avss") and c.last_state is not None:
+        if methods.get_scorer(method).reads_last_state and c.last_state is not None:
             return {"last_state": c.last_state}
         return {}
 

@@ -25,6 +25,7 @@ class Scorer:
     multi_pass: bool = False  # leave-one-out: one extra pass per layer
     modes: tuple[str, ...] = ()
     nested_cuts: bool = True  # the k+1 cut contains the k cut (ranking order); False: contiguous blocks
+    reads_last_state: bool = False  # its statistics read the last block's output (--last-state applies)
 
 
 @dataclass
@@ -40,12 +41,12 @@ SCORERS: dict[str, Scorer] = {
         Scorer("avss", "Activation Variance-Sparsity Score (arXiv 2411.02117): variance / sparsity; "
                "mode 'official' = the official code's quantities, 'robust' = the same idea on the block's "
                "padding-masked effect on the RMS-normalised residual stream",
-               frozenset(), modes=AVSS_MODES),
+               frozenset(), modes=AVSS_MODES, reads_last_state=True),
         Scorer("block-influence", "ShortGPT block influence: 1 - mean cos(h_in, h_out) over real tokens",
-               frozenset({"stream"})),
+               frozenset({"stream"}), reads_last_state=True),
         Scorer("angular", "Gromov et al. angular distance arccos(cos(h_l, h_l+n))/pi on the last real token; "
                "prune removes the contiguous block with the smallest distance", frozenset({"last_token"}),
-               nested_cuts=False),
+               nested_cuts=False, reads_last_state=True),
         Scorer("leave-one-out", "loss increase when the block is skipped (causal LM: next-token NLL; "
                "classifier: KL of the logits; bare encoder: 1 - cos of the final hidden state)",
                frozenset(), multi_pass=True),
@@ -74,6 +75,16 @@ def stat_groups(name: str, mode: str | None) -> frozenset[str]:
 LAST_STATES = ("block", "final-norm")
 
 
+def last_state_scorers() -> list[str]:
+    return [s.name for s in SCORERS.values() if s.reads_last_state]
+
+
+def names_text(names: list[str]) -> str:
+    """"a, b and c", streaming scorers first (the order the README and messages use)."""
+    names = sorted(names, key=lambda n: (n == "avss", list(SCORERS).index(n)))
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def check_options(name: str, objective: str | None, max_remove: int | None, last_state: str | None) -> None:
     """Options that belong to one scorer are refused with any other (a typo never silently does nothing)."""
     if name != "sleb" and (objective is not None or max_remove is not None):
@@ -82,8 +93,8 @@ def check_options(name: str, objective: str | None, max_remove: int | None, last
     if last_state is not None:
         if last_state not in LAST_STATES:
             raise BadInput(f"unknown --last-state {last_state!r}", "use block (default) or final-norm")
-        if name not in ("block-influence", "angular", "avss"):
-            raise BadInput(f"--last-state only applies to block-influence, angular and avss (got --method {name})",
+        if not get_scorer(name).reads_last_state:
+            raise BadInput(f"--last-state only applies to {names_text(last_state_scorers())} (got --method {name})",
                            "drop --last-state")
 
 

@@ -416,12 +416,18 @@ class TaskKind:
         items = load_examples(self.name, spec.source, spec.split, spec.fields)
         return (items[: task.limit] if task.limit else items), []
 
+    # most kinds are one evaluator ``f(model, tok, task, items, batch_size, max_length, progress)`` and
+    # one metrics function of the records; a kind that needs more overrides the methods below
+    evaluator: Callable[..., TaskOutput] | None = None
+    metrics_of: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
+
     def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
                  progress: Progress | None) -> TaskOutput:
-        raise NotImplementedError
+        return type(self).evaluator(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                                    profile.eval.max_length, progress)
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
-        raise NotImplementedError
+        return type(self).metrics_of(records)
 
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         """Share of examples where both models give the same answer (None: the kind has no answer)."""
@@ -457,12 +463,8 @@ class Perplexity(TaskKind):
         spec = task.data_spec()
         return load_examples(self.name, spec.source, spec.split, spec.fields), []  # limit counts tokens
 
-    def evaluate(self, loaded, task, items, shots, profile, progress):
-        return eval_perplexity(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
-                               profile.eval.max_length, progress)
-
-    def metrics(self, records):
-        return ppl_metrics(records)
+    evaluator = staticmethod(eval_perplexity)
+    metrics_of = staticmethod(ppl_metrics)
 
     def agreement(self, metric, base, cand):
         """Scored tokens where both models predict the same next token."""
@@ -477,12 +479,8 @@ class Perplexity(TaskKind):
 class Classification(TaskKind):
     name = "classification"
 
-    def evaluate(self, loaded, task, items, shots, profile, progress):
-        return eval_classification(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
-                                   profile.eval.max_length, progress)
-
-    def metrics(self, records):
-        return cls_metrics(records)
+    evaluator = staticmethod(eval_classification)
+    metrics_of = staticmethod(cls_metrics)
 
 
 @register
@@ -512,12 +510,8 @@ class ZeroShotClassification(Classification):
 class MultipleChoice(TaskKind):
     name = "multiple-choice"
 
-    def evaluate(self, loaded, task, items, shots, profile, progress):
-        return eval_multiple_choice(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
-                                    profile.eval.max_length, progress)
-
-    def metrics(self, records):
-        return mc_metrics(records)
+    evaluator = staticmethod(eval_multiple_choice)
+    metrics_of = staticmethod(mc_metrics)
 
     def agreement(self, metric, base, cand):
         key = MC_PREDICTION.get(metric, "pred")
@@ -528,12 +522,8 @@ class MultipleChoice(TaskKind):
 class Generation(TaskKind):
     name = "generation"
 
-    def evaluate(self, loaded, task, items, shots, profile, progress):
-        return eval_generation(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
-                               profile.eval.max_length, progress)
-
-    def metrics(self, records):
-        return gen_metrics(records)
+    evaluator = staticmethod(eval_generation)
+    metrics_of = staticmethod(gen_metrics)
 
     def agreement(self, metric, base, cand):
         return sum(normalize(rb["pred"]) == normalize(rc["pred"]) for rb, rc in zip(base, cand)) / max(len(base), 1)
