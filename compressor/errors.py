@@ -48,3 +48,31 @@ EXIT_TERMINATED = 143  # SIGTERM (timeout, docker stop, Kubernetes, CI cancellat
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C so every cleanup that handles Ctrl-C also runs."""
+
+
+def as_avss_error(exc: BaseException) -> AvssError | None:
+    """The user-facing error an exception stands for: itself, or a disk error (full, read-only,
+    permission) however deep a library wrapped it; None for anything else (a bug: exit 3)."""
+    if isinstance(exc, AvssError):
+        return exc
+    from compressor.files import describe_os_error, os_error_in
+
+    disk = os_error_in(exc)
+    return describe_os_error(disk) if disk is not None else None
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one mapping from how a command ended to its exit code (the CLI's and run.json's)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    known = as_avss_error(exc)
+    return known.exit_code if known is not None else EXIT_RUNTIME
+
+
+def error_line_for(exc: BaseException) -> str:
+    """The one stderr line for an exception (``run.json``'s ``error`` says the same)."""
+    known = as_avss_error(exc)
+    if known is not None:
+        return known.line()
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"unexpected {type(exc).__name__}: {first}; re-run with --debug for the traceback and report it"

@@ -151,6 +151,35 @@ def check_target(out: Path, what: str = "--out") -> None:
                        "create the link's target folder, remove the link, or choose another path")
 
 
+def check_output_file(path: str | Path, what: str, force: bool) -> Path:
+    """A file a command will write when it is done: checked before the work (a path under a file, a
+    folder in its place or an unwritable place used to fail after the compute, as an internal error)."""
+    f = Path(path)
+    check_target(f, what)
+    if f.is_dir():
+        raise BadInput(f"{what} {f} is a folder", "give a file name")
+    if f.exists() and not force:
+        raise BadInput(f"output {f} already exists", "pass --force to replace it, or choose another name")
+    folder = _nearest_existing(f.parent)  # a file is written beside itself and renamed: its folder must take it
+    if not folder.is_dir():
+        raise BadInput(f"cannot write {f}: {folder} is a file, not a folder", "choose a path whose folders are folders")
+    check_writable(folder)
+    return f
+
+
+def check_report_dir(folder: str | Path, what: str = "--report-dir") -> Path:
+    """A folder reports are (re)written into: it may exist, but must be a folder, and writable now."""
+    out = Path(folder)
+    check_target(out, what)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{what} {out} is a file, not a folder", f"choose a folder for {what}")
+    anc = _nearest_existing(out)
+    if anc != out.absolute() and not anc.is_dir():
+        raise BadInput(f"{what} {out} cannot be created: {anc} is a file", f"choose a folder for {what}")
+    check_writable(out)
+    return out
+
+
 def _nearest_existing(p: Path) -> Path:
     p = p.absolute()
     while not p.exists() and p != p.parent:
@@ -161,6 +190,8 @@ def _nearest_existing(p: Path) -> Path:
 def check_writable(out: Path) -> None:
     """Fail before any work when ``out`` (or the folder it will be created in) cannot be written."""
     anc = _nearest_existing(out.parent if not out.exists() else out)
+    if not anc.is_dir() and anc != out.absolute():
+        raise BadInput(f"cannot write {out}: {anc} is a file, not a folder", "choose a path whose folders are folders")
     if os.access(anc, os.W_OK | os.X_OK):
         return
     why = "permission denied"

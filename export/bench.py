@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.files import atomic_write_figure, atomic_write_text, clean_temp, make_temp_dir
+from compressor.files import atomic_write_figure, atomic_write_text, check_output_file, clean_temp, make_temp_dir
 from compressor.export import layout, runtime
 
 SCHEMA_VERSION = 1
@@ -201,6 +201,7 @@ def _resolve(path: str) -> _Target:
         raise BadInput(f"{path} has no {layout.ONNX_FILE}", "give a folder written by `avss export`, or the .onnx file")
     if p.is_file() and p.suffix != ".onnx":
         raise BadInput(f"{path} is not a .onnx file", "give an export folder or a .onnx file")
+    layout.check_onnx_files(model_file)
     return _Target(path, model_file, p if p.is_dir() else p.parent, model_file)
 
 
@@ -426,11 +427,9 @@ def output_paths(json_path: str | None, plot_path: str | None, force: bool) -> t
     p = Path(plot_path) if plot_path else (j.with_suffix(".png") if j else None)
     if j is not None and p is not None and j.resolve() == p.resolve():
         raise BadInput(f"--json and --plot are both {j}", "give the plot a .png name")
-    for f in (j, p):
-        if f is not None and f.exists() and not force:
-            raise BadInput(f"output {f} already exists", "pass --force to replace it, or choose another name")
-        if f is not None and f.is_dir():
-            raise BadInput(f"output {f} is a folder", "give a file name")
+    for f, flag in ((j, "--json"), (p, "--plot")):
+        if f is not None:
+            check_output_file(f, flag, force)
     return j, p
 
 

@@ -233,6 +233,10 @@ def export_model(
         files = {f.name: f.stat().st_size for f in sorted(final.iterdir()) if f.is_file()}
         result = ExportResult(str(out), real_task, int(opset), export_device, dt, num_layers, files, report, timings,
                               warns)
+        if report.reference_nonfinite:
+            raise BadInput(f"{loaded.spec} gives NaN/inf logits in PyTorch itself, so no export can match it",
+                           "its weights are broken: check them (re-download or re-save "
+                           "the model, or re-run the repair that wrote them); nothing was written")
         if not report.passed:
             raise RuntimeFailure(f"parity check failed: {report.summary()}",
                                  "the ONNX graph does not compute what the PyTorch model computes; nothing was "

@@ -23,6 +23,41 @@ def onnx_path(folder: str | Path) -> Path:
     return p / ONNX_FILE if p.is_dir() else p
 
 
+def check_onnx_files(model_file: str | Path, fix: str = "re-export it with `avss export`") -> None:
+    """Refuse a damaged ``model.onnx`` or external data file before ONNX Runtime reads it: ``BadInput``
+    (exit 2) naming the file and ``fix``. Reads the graph without its weights, then checks that every
+    external tensor's file exists and holds its byte range (a truncated ``model.onnx_data`` would
+    otherwise be an ONNX Runtime error that names no file)."""
+    import onnx
+
+    from compressor.errors import BadInput
+
+    model_file = Path(model_file)
+    try:
+        m = onnx.load(str(model_file), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"the ONNX model {model_file} is damaged: it cannot be parsed ({first[:200]})", fix) from exc
+    sizes: dict[str, int | None] = {}
+    for t in m.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        name = info.get("location", "")
+        f = model_file.parent / name
+        if name not in sizes:
+            sizes[name] = f.stat().st_size if name and f.is_file() else None
+        if sizes[name] is None:
+            raise BadInput(f"the ONNX model {model_file} keeps tensor {t.name!r} in {f}, which is missing", fix)
+        try:
+            end = int(info.get("offset", 0)) + int(info["length"])
+        except (KeyError, ValueError):
+            continue  # no length recorded: ONNX Runtime reads to the end of the file
+        if end > sizes[name]:
+            raise BadInput(f"the ONNX external data file {f} is damaged: tensor {t.name!r} needs bytes up to "
+                           f"{end:,} but the file has {sizes[name]:,} (truncated)", fix)
+
+
 def uses_external_data(model_file: str | Path) -> bool:
     """True when every large initializer lives in external data (no weights inside the protobuf)."""
     import onnx

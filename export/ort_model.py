@@ -151,9 +151,10 @@ class OrtModelForCausalLM(_OrtBase):
     def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int | None = None,
                  pad_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
                  num_beams: int = 1, max_length: int | None = None, stopping_criteria: Any = None,
-                 **_: Any) -> Any:
+                 logits_processor: Any = None, **_: Any) -> Any:
         """Greedy decoding as transformers' ``generate`` does it (finished rows continue with the pad id);
-        ``max_length`` and ``stopping_criteria`` as lm-evaluation-harness passes them."""
+        ``max_length`` and ``stopping_criteria`` as lm-evaluation-harness passes them, ``logits_processor``
+        as ``verify`` passes its NaN watch."""
         import torch
 
         if do_sample or num_beams != 1:
@@ -171,7 +172,10 @@ class OrtModelForCausalLM(_OrtBase):
         for _ in range(max_new_tokens):
             res = self.forward(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True,
                                position_ids=pos)
-            nxt = res.logits[:, -1].argmax(-1)
+            scores = res.logits[:, -1]
+            for proc in logits_processor or ():
+                scores = proc(out, scores)
+            nxt = scores.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
             if eos_token_id is not None:
@@ -216,6 +220,7 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
     folder = Path(spec).expanduser()
     config = load_config(str(folder), trust_remote_code)
     adapter = adapter_for_config(config)
+    layout.check_onnx_files(folder / layout.ONNX_FILE)  # a damaged file is bad input naming it
     try:
         sess = make_session(str(folder / layout.ONNX_FILE), provider)
     except RuntimeSetupError as exc:

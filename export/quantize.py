@@ -145,6 +145,7 @@ def quantize_folder(src: Path, dst: Path, method: str, provider: str = "cpu") ->
     src, dst = Path(src), Path(dst)
     if not (src / layout.ONNX_FILE).is_file():
         raise BadInput(f"{src} has no {layout.ONNX_FILE}", "quantize a folder written by `avss export`")
+    layout.check_onnx_files(src / layout.ONNX_FILE)
     t0 = time.perf_counter()
     try:
         with _quiet():

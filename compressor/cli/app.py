@@ -9,7 +9,7 @@ import threading
 import typer
 
 from compressor import __version__
-from compressor.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_TERMINATED, AvssError, Terminated
+from compressor.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 
 app = typer.Typer(
     name="avss",
@@ -108,28 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as exc:
         error(_interrupted_line(command, exc))
         sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
-    except AvssError as exc:
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, one exit code
+        from compressor.errors import error_line_for, exit_code_for
+
         if _state["debug"]:
             import traceback
 
             traceback.print_exc()
-        error(exc.line())
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence
-        if _state["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        from compressor.files import describe_os_error, os_error_in
-
-        disk = os_error_in(exc)
-        if disk is not None:  # a full or read-only disk, however deep a library wrapped it
-            known = describe_os_error(disk)
-            error(known.line())
-            sys.exit(known.exit_code)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        error(f"unexpected {type(exc).__name__}: {first}; re-run with --debug for the traceback and report it")
-        sys.exit(EXIT_RUNTIME)
+        error(error_line_for(exc))
+        sys.exit(exit_code_for(exc))
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -28,9 +28,12 @@ def calibration_spec(data: Optional[str], profile: Optional[str], samples: Optio
 
 
 def refuse_existing(paths: list[Optional[str]], force: bool) -> None:
+    """Output files, checked before any work: not existing (unless ``force``), and writable where they go."""
+    from compressor.files import check_output_file
+
     for p in paths:
-        if p and Path(p).exists() and not force:
-            raise BadInput(f"output {p} already exists", "pass --force to replace it, or choose another path")
+        if p:
+            check_output_file(p, "output", force)
 
 
 def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_pickle: bool, trust_remote_code: bool) -> Any:

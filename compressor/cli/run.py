@@ -77,10 +77,10 @@ def run(
         result = run_pipeline(cfg, force=force, events=view)
     print_summary(result)
     note(f"artifacts in {cfg.out}/ (run.json records the configuration, versions and timings)")
-    if result.exit_code == 1:
-        failed = [f"{t['name']} {t['retention']:.3f} < {t['threshold']:.2f}" for t in result.tasks if t["passed"] is False]
-        failed += [f"{a['artifact']}/ {t['name']} {t['retention']:.3f} < {t['threshold']:.2f}"
-                   for a in result.artifacts for t in a["tasks"] if t["passed"] is False]
+    if result.exit_code != 0:  # run_pipeline returns only passed (0) or gate failed (1); it raises the rest
+        failed = [t["failed_because"] for t in result.tasks if t["passed"] is False]
+        failed += [f"{a['artifact']}/ {t['failed_because']}" for a in result.artifacts for t in a["tasks"]
+                   if t["passed"] is False]
         what = "no cut passes the gate" if cfg.search and not (result.search or {}).get("chosen") else "retention gate failed"
         raise GateFailed(f"{what} ({', '.join(failed) or result.verdict}); every artifact was still written",
                          f"see {cfg.out}/report.md")

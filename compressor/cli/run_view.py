@@ -69,6 +69,10 @@ def _f(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _g(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
 def print_summary(result: Any) -> None:
     from rich.table import Table
 
@@ -87,8 +91,8 @@ def print_summary(result: Any) -> None:
         for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result"):
             v.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
         for r in result.tasks:
-            v.add_row(r["name"], r["metric"], f"{r['base']:.4g}", f"{r['candidate']:.4g}", "n/a" if r["retention"] is None else f"{r['retention']:.3f}",
-                      f"{r['threshold']:.2f}", result_word(r["passed"], "[red]FAIL[/red]", r["retention"]))
+            v.add_row(r["name"], r["metric"], f"{r['base']:.4g}", _g(r["candidate"]), _f(r["retention"]),
+                      f"{r['threshold']:.2f}", result_word(r["passed"], "[red]FAIL[/red]", r["retention"], r.get("failure")))
         out.print(v)
     for a in result.artifacts:
         v = Table(title=f"verify {a['artifact']}/ in ONNX Runtime ({a['runtime']}): {a['verdict']}")
@@ -96,9 +100,8 @@ def print_summary(result: Any) -> None:
             v.add_column(col, justify="left" if col in ("task", "metric", "result") else "right")
         for r in a["tasks"]:
             vs = r.get("vs_slim") or {}
-            v.add_row(r["name"], r["metric"], f"{r['candidate']:.4g}",
-                      "n/a" if r["retention"] is None else f"{r['retention']:.3f}", f"{r['threshold']:.2f}",
-                      result_word(r["passed"], "[red]FAIL[/red]", r["retention"]),
+            v.add_row(r["name"], r["metric"], _g(r["candidate"]), _f(r["retention"]), f"{r['threshold']:.2f}",
+                      result_word(r["passed"], "[red]FAIL[/red]", r["retention"], r.get("failure")),
                       "n/a" if vs.get("retention") is None else f"{vs['retention']:.3f}",
                       "n/a" if vs.get("agreement") is None else f"{vs['agreement']:.3f}")
         out.print(v)

@@ -28,13 +28,18 @@ def verify(
     from compressor.cli import common
     from compressor.cli.output import err, note, out, warn
     from compressor.errors import GateFailed
+    from compressor.files import check_report_dir
     from compressor.profiles import load_profile
+    from compressor.sources.cache import check_cache
     from compressor.verify.api import check_task_data, verify as run_verify
     from compressor.verify.report import result_word
     from compressor.verify.report import fmt_agreement, write_reports
 
     prof = load_profile(profile)
     task_data = check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
+    check_report_dir(report_dir)  # and so does a report folder that cannot be written
+    if not no_cache:
+        check_cache("or pass --no-cache")
     loaded_base = common.load_for_eval(base, device, dtype, allow_pickle, trust_remote_code, provider)
     loaded_cand = common.load_for_eval(candidate, device, dtype, allow_pickle, trust_remote_code, provider)
 
@@ -54,8 +59,9 @@ def verify(
     for r in report.tasks:
         ret = ("n/a" if r.retention is None else f"{r.retention:.3f}") + (
             f" (≥{r.retention_lower:.3f})" if r.retention_lower is not None else "")
-        t.add_row(r.name, r.metric, f"{r.base:.4g}", f"{r.candidate:.4g}", ret, f"{r.threshold:.2f}",
-                  result_word(r.passed, "[red]FAIL[/red]", r.retention), fmt_agreement(r.agreement), str(r.n))
+        t.add_row(r.name, r.metric, f"{r.base:.4g}", "n/a" if r.candidate is None else f"{r.candidate:.4g}", ret,
+                  f"{r.threshold:.2f}", result_word(r.passed, "[red]FAIL[/red]", r.retention, r.failure),
+                  fmt_agreement(r.agreement), str(r.n))
     out.print(t)
     for w in report.warnings:
         warn(w)

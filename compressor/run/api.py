@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from compressor import library_versions
-from compressor.errors import (EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, AvssError, BadInput,
-                               Terminated)
+from compressor.errors import (EXIT_GATE_FAILED, EXIT_OK, AvssError, BadInput, Terminated, error_line_for,
+                               exit_code_for)
 from compressor.files import atomic_write_text
 from compressor.run.config import RunConfig
 from compressor.run.search import STRATEGY, Candidate, SearchResult, save_curve, search_method
-from compressor.run.stages import Data, Files, Input, Model, Setting, Stage, StageStore, input_digests, stage_key
+from compressor.run.stages import (Data, Files, Input, Model, Setting, Stage, StageStore, Stale, input_digests,
+                                   stage_key)
 
 RUN_FILE = "run.json"
 RUN_SCHEMA = 1
@@ -105,12 +106,18 @@ class _Run:
         digests = input_digests(stage)
         key = stage_key(stage.name, digests)
         rec = self.store.done(stage.name, key)
+        why = ""
         if rec is not None:
-            detail = rec.result.get("detail", "")
-            self.ev.end(stage.name, "resumed", 0.0, detail)
-            self.result.stages.append(StageInfo(stage.name, "resumed", 0.0, detail))
-            return rec.result
-        why = self.store.why_rerun(stage.name, key, digests)
+            try:
+                result = stage.recheck(rec.result) if stage.recheck else rec.result
+            except Stale as exc:
+                why = str(exc)
+            else:
+                detail = result.get("detail", "")
+                self.ev.end(stage.name, "resumed", 0.0, detail)
+                self.result.stages.append(StageInfo(stage.name, "resumed", 0.0, detail))
+                return result
+        why = why or self.store.why_rerun(stage.name, key, digests)
         if why:
             self.ev.note(f"{stage.name}: running again ({why})")
         t0 = time.perf_counter()
@@ -139,9 +146,12 @@ class _Run:
         from compressor.sources.data import read_documents
         from compressor.verify.api import task_data_digest
 
+        from compressor.sources.cache import check_cache
+
         c = self.cfg
         if self.store.check():  # an existing run folder: lock it now, so a second run stops at once
             self.claim()
+        check_cache()  # verify's results are cached: an unusable $AVSS_CACHE fails now, not after pruning
         if not c.skip_export:
             from compressor.export.convert import check_opset
 
@@ -353,8 +363,8 @@ class _Run:
                 v = self._verify(self._load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-            gated = [t for t in v.tasks if t.gated_value is not None]
-            cand = Candidate(method, k, removed, v.passed, v.complete, {t.name: t.gated_value for t in gated},
+            gated = [t for t in v.tasks if t.verdict_value is not None]
+            cand = Candidate(method, k, removed, v.passed, v.complete, {t.name: t.verdict_value for t in gated},
                              {t.name: t.threshold for t in gated})
             state = "pass" if cand.passed else "FAIL"
             return {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
@@ -481,15 +491,12 @@ class _Run:
                 md = self.out / "report.md"
                 atomic_write_text(md, md.read_text(encoding="utf-8") + search_md
                                   + "\n![retention against layers removed](search.png)\n")
-            res = {"passed": rep.passed, "verdict": rep.verdict_line(),
-                   "tasks": [{"name": t.name, "metric": t.metric, "base": t.base, "candidate": t.candidate,
-                              "retention": t.retention, "threshold": t.threshold, "passed": t.passed}
-                             for t in rep.tasks]}
-            return res, rep.verdict_line()
+            return verdict_result(rep), rep.verdict_line()
 
         inputs: dict[str, Input] = {"base": Model(self.base), "candidate": Files(self.out / "model"),
                                     "search": Setting(search_md), **self.gate_inputs}
-        return Stage("verify", "verifying", inputs, ("report.json", "report.md", "junit.xml"), work)
+        return Stage("verify", "verifying", inputs, ("report.json", "report.md", "junit.xml"), work,
+                     recheck=rejudge(self.out / "report.json"))
 
     def export_stage(self, name: str, dest: str, source: Input) -> Stage:
         c = self.cfg
@@ -547,24 +554,23 @@ class _Run:
                 slim = self._load_candidate(self.out / "model")
                 for t in verify(slim, art, self.profile, min_retention=c.min_retention).tasks:
                     vs[t.name] = {"retention": t.retention, "agreement": t.agreement}
-                    md.append(f"| {t.name} | {t.metric} | {t.base:.4g} | {t.candidate:.4g} | "
+                    md.append(f"| {t.name} | {t.metric} | {t.base:.4g} | {_num(t.candidate)} | "
                               f"{'n/a' if t.retention is None else f'{t.retention:.3f}'} | {fmt_agreement(t.agreement)} |")
             except AvssError as exc:  # e.g. the slim model scores 0 on a task: no ratio to report
                 self.ev.warn(f"{dest}: no comparison with the PyTorch slim model ({exc.problem})")
                 md.append(f"| (no comparison: {exc.problem}) | | | | | |")
             report_md = self.out / reports / "report.md"
             atomic_write_text(report_md, report_md.read_text(encoding="utf-8") + "\n" + "\n".join(md) + "\n")
-            tasks = [{"name": t.name, "metric": t.metric, "base": t.base, "candidate": t.candidate,
-                      "retention": t.retention, "threshold": t.threshold, "passed": t.passed,
-                      "agreement": t.agreement, "vs_slim": vs.get(t.name)} for t in rep.tasks]
-            res = {"artifact": dest, "kind": kind, "passed": rep.passed, "verdict": rep.verdict_line(), "tasks": tasks,
-                   "runtime": art.device}
-            return res, f"{dest}: {rep.verdict_line()}"
+            res = verdict_result(rep)
+            for t in res["tasks"]:
+                t["vs_slim"] = vs.get(t["name"])
+            return {"artifact": dest, "kind": kind, **res, "runtime": art.device}, f"{dest}: {rep.verdict_line()}"
 
         inputs: dict[str, Input] = {"base": Model(self.base), "artifact": Files(self.out / dest),
                                     "slim": Files(self.out / "model"), "provider": Setting(c.provider),
                                     **self.gate_inputs}
-        return Stage(f"verify-{dest}", f"verifying {dest}/ in ONNX Runtime", inputs, (reports,), work)
+        return Stage(f"verify-{dest}", f"verifying {dest}/ in ONNX Runtime", inputs, (reports,), work,
+                     recheck=rejudge(self.out / reports / "report.json"))
 
     def bench_stage(self) -> Stage:
         c = self.cfg
@@ -618,9 +624,15 @@ class _Run:
             self.result.repair = self.run_stage(self.repair_stage(report, removed)).get("repair")
         vres = self.run_stage(self.verify_stage())
         self.result.passed, self.result.verdict, self.result.tasks = vres["passed"], vres["verdict"], vres["tasks"]
-        if c.skip_export:
-            for name in ("export", "verify-onnx", "export-base", "bench"):
-                self._skip(name, "--skip-export")
+        broken = [t["name"] for t in vres["tasks"] if t.get("failure")]
+        if c.skip_export or broken:  # a model with NaN outputs has no export that could match it
+            why = "--skip-export" if c.skip_export else (f"the slim model gives non-finite outputs "
+                                                         f"({', '.join(broken)}): nothing to export")
+            later = ["export", "verify-onnx"]
+            if c.quantize and broken:
+                later += ["quantize", f"verify-onnx-{c.quantize}"]
+            for name in later + ["export-base", "bench"]:
+                self._skip(name, why)
         else:
             self.result.parity = self.run_stage(self.export_stage("export", "onnx", Files(self.out / "model")))["parity"]
             self.result.artifacts.append(self.run_stage(self.artifact_verify_stage("onnx", "onnx")))
@@ -634,10 +646,62 @@ class _Run:
             else:
                 self.run_stage(self.export_stage("export-base", "onnx-base", Model(self.base)))
                 self.result.bench = self.run_stage(self.bench_stage()).get("bench")
+        self.conclude()
+        return self.result
+
+    # --- how the run ended: one place for run.json's status and exit code --------------------
+    def conclude(self) -> None:
+        """From the verdicts computed (or re-judged on resume) by the verify stages; the CLI exits with
+        exactly ``exit_code``."""
         self.result.passed = gated_verdict(self.profile.gate.target, self.result.passed, self.result.artifacts)
         self.result.exit_code = EXIT_OK if self.result.passed else EXIT_GATE_FAILED
         self.result.status = "passed" if self.result.passed else "gate failed"
-        return self.result
+
+    def conclude_error(self, exc: BaseException) -> None:
+        """A run that raised: the same exit code and line the process ends with (``errors.exit_code_for``)."""
+        self.result.exit_code = exit_code_for(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            self.result.status = "interrupted"
+            self.result.error = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        else:
+            self.result.status, self.result.error = "error", error_line_for(exc)
+
+
+def verdict_result(rep: Any) -> dict[str, Any]:
+    """What a verify stage returns (and ``run.json`` shows): the verdict and each task's numbers."""
+    return {"passed": rep.passed, "verdict": rep.verdict_line(),
+            "tasks": [{"name": t.name, "metric": t.metric, "base": t.base, "candidate": t.candidate,
+                       "retention": t.retention, "threshold": t.threshold, "passed": t.passed,
+                       "agreement": t.agreement, "failure": t.failure, "ties": t.ties,
+                       "failed_because": t.failed_because() if t.passed is False else None}
+                      for t in rep.tasks]}
+
+
+def rejudge(report_file: Path) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A resumed verify stage's result, re-derived from its report's numbers under its gate: a verdict is
+    never taken from a record. A record or report whose verdict does not follow reruns the stage."""
+
+    def recheck(recorded: dict[str, Any]) -> dict[str, Any]:
+        from compressor.verify.report import VerifyReport
+
+        try:
+            rep = VerifyReport.from_dict(json.loads(report_file.read_text(encoding="utf-8")))
+            passed, _ = rep.judged()
+        except (OSError, ValueError) as exc:
+            raise Stale(f"{report_file.name} cannot be re-judged ({exc})") from exc
+        if passed != rep.passed or recorded.get("passed") is not passed:
+            raise Stale(f"the recorded verdict does not follow from the numbers in {report_file.name}")
+        derived = verdict_result(rep)
+        for t, old in zip(derived["tasks"], recorded.get("tasks") or []):
+            if isinstance(old, dict) and "vs_slim" in old:
+                t["vs_slim"] = old["vs_slim"]
+        return {**recorded, **derived}
+
+    return recheck
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
 
 
 def gated_verdict(target: str, pytorch_passed: bool, artifacts: list[dict[str, Any]]) -> bool:
@@ -686,17 +750,8 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, events: Optional[Events
     r = _Run(cfg, force, events or _Silent())
     try:
         return r.run()
-    except KeyboardInterrupt as exc:
-        term = isinstance(exc, Terminated)
-        r.result.status = "interrupted"
-        r.result.exit_code = EXIT_TERMINATED if term else EXIT_INTERRUPTED
-        r.result.error = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
-        raise
-    except AvssError as exc:
-        r.result.status, r.result.exit_code, r.result.error = "error", exc.exit_code, exc.line()
-        raise
-    except Exception as exc:
-        r.result.status, r.result.exit_code, r.result.error = "error", 3, f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # how the run ended, in run.json: the same code and line as the process exit
+        r.conclude_error(exc)
         raise
     finally:
         try:

@@ -12,6 +12,12 @@ place, folders staged beside the target), then its record, which holds the key, 
 (so a rerun can say what changed) and each output's digest. A stage is resumed only when its key
 matches *and* every recorded output is still there with the recorded digest; an edited or deleted
 output reruns the stage. A run killed at any point therefore resumes correctly.
+
+Why records carry a digest of their own content (as verify-cache entries do): a record is what a
+resumed stage returns, so an edited or damaged one (``"passed": true`` typed into ``verify.json``)
+would otherwise decide the run. A record that does not match its digest is not trusted: the stage
+runs again, with a note. A stage may also ``recheck`` a resumed result against its outputs (the
+verify stages re-judge their report's numbers), so the verdict is never read from a record alone.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from compressor import fingerprint
 from compressor.fingerprint import data_digest, digest_json, model_fingerprint, path_digest
 
 RECORDS = ".avss-run"
-RECORD_SCHEMA = 2
+RECORD_SCHEMA = 3  # 3: every record carries the digest of its own content
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,17 @@ class Stage:
     inputs: dict[str, Input]
     outputs: tuple[str, ...]  # paths relative to the run folder, written by ``work``
     work: Work  # progress callback -> (result dict, one-line detail)
+    # a resumed result -> the result to use (re-derived from the outputs), or raise ``Stale`` to rerun
+    recheck: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+class Stale(Exception):
+    """A resumed result that does not follow from the stage's outputs: the stage runs again."""
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """The digest a stage record carries of its own content (everything but the digest)."""
+    return digest_json({k: v for k, v in record.items() if k != "digest"})
 
 
 def input_digests(stage: Stage) -> dict[str, str]:
@@ -159,14 +176,24 @@ class StageStore:
             lock.release()
 
     def load(self, name: str) -> StageRecord | None:
+        return self._read(name)[0]
+
+    def _read(self, name: str) -> tuple[StageRecord | None, str]:
+        """(record, why it cannot be used): a missing record is (None, ""), an unusable one names why."""
+        f = self.dir / f"{name}.json"
+        if not f.exists():
+            return None, ""
         try:
-            d = json.loads((self.dir / f"{name}.json").read_text(encoding="utf-8"))
+            d = json.loads(f.read_text(encoding="utf-8"))
+            digest = d.pop("digest", None) if isinstance(d, dict) else None
             rec = StageRecord(**d)
         except (OSError, ValueError, TypeError):
-            return None  # missing, damaged or of an older schema: the stage runs again
+            return None, "its record is damaged"
         if rec.schema != RECORD_SCHEMA or not isinstance(rec.outputs, dict):
-            return None
-        return rec
+            return None, "its record was written by an older version"
+        if digest != record_digest(d):
+            return None, "its record was edited or damaged (its digest does not match)"
+        return rec, ""
 
     def done(self, name: str, key: str) -> StageRecord | None:
         """The record of a finished stage with this key whose outputs are all unchanged, else None."""
@@ -183,9 +210,9 @@ class StageStore:
         """Why a stage that has a record runs again (for the progress note); '' if it never ran."""
         if self.force:
             return "--force"
-        rec = self.load(name)
+        rec, unusable = self._read(name)
         if rec is None:
-            return ""
+            return unusable
         changed = sorted(k for k in set(digests) | set(rec.inputs) if digests.get(k) != rec.inputs.get(k))
         if changed:
             return "changed: " + ", ".join(changed)
@@ -203,8 +230,11 @@ class StageStore:
                 raise RuntimeError(f"stage {stage.name} did not write its declared output {rel}")
             outputs[rel] = d
         rec = StageRecord(stage.name, key, digests, outputs, round(time.perf_counter() - started, 3), result)
-        atomic_write_text(self.dir / f"{stage.name}.json", json.dumps(rec.__dict__, indent=2, allow_nan=False) + "\n")
-        return rec
+        # digest what a reader parses back (tuples become lists, keys strings), as the verify cache does
+        d = json.loads(json.dumps(rec.__dict__, allow_nan=False))
+        atomic_write_text(self.dir / f"{stage.name}.json",
+                          json.dumps({**d, "digest": record_digest(d)}, indent=2, allow_nan=False) + "\n")
+        return StageRecord(**d)
 
     def forget(self, name: str) -> None:
         (self.dir / f"{name}.json").unlink(missing_ok=True)

@@ -121,6 +121,9 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
             raise BadInput(f"{path} needs custom code to load", "pass --trust-remote-code if you trust it") from exc
         raise BadInput(f"cannot read the config of {path}: {msg.splitlines()[0]}", "check the model folder or Hub id") from exc
     except OSError as exc:
+        if "is not a valid JSON file" in str(exc):  # a damaged config.json is not a missing model
+            raise BadInput(f"the config file {Path(path) / 'config.json'} is damaged: it is not valid JSON",
+                           "re-download or re-save the model (save_pretrained)") from exc
         raise BadInput(
             f"cannot load model {path!r}: {str(exc).splitlines()[0]}",
             "pass a local model folder, a builtin: model, or a Hub id on a machine with network access",
@@ -237,6 +240,11 @@ def load_model(
     config = load_config(path, trust_remote_code)
     adapter = adapter_for_config(config)
     check_weights_safety(path, is_local, allow_pickle)
+    if is_local:  # a damaged file is bad input naming the file, not a deserializer's internal error
+        from compressor.sources.integrity import check_safetensors
+
+        check_safetensors(path, f"delete {path} so avss converts the built-in model again" if builtins.is_builtin(spec)
+                          else "re-download or re-save the model (save_pretrained)")
     if device_map not in (None, "auto"):
         raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
     dev = resolve_device(device)
@@ -258,6 +266,9 @@ def load_model(
             raise BadInput(f"{path} has no safetensors weights ({first})", "pass --allow-pickle if you trust the source") from exc
         raise BadInput(f"cannot load model {path!r}: {first}", "check the folder or Hub id") from exc
     except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "SafetensorError":  # e.g. a Hub snapshot damaged on disk (local ones are checked)
+            raise BadInput(f"the weights of {path!r} are damaged ({str(exc).splitlines()[0]})",
+                           "re-download or re-save the model") from exc
         raise RuntimeFailure(f"loading {path!r} failed: {exc}") from exc
     check_loading_info(path, model, info)
     if device_map != "auto":

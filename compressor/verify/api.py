@@ -11,7 +11,7 @@ from compressor.errors import BadInput, RuntimeFailure
 from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
 from compressor.verify import tasks as T
-from compressor.verify.gate import aggregate_verdict, bootstrap_lower, retention, task_passes
+from compressor.verify.gate import bootstrap_lower, judge, retention, task_passes
 from compressor.verify.report import TaskResult, VerifyReport
 
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
@@ -85,7 +85,7 @@ def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
 class _Cache:
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.dir = cache_dir() / "verify"
+        self.dir = cache_dir() / "verify" if enabled else None  # --no-cache never touches $AVSS_CACHE
 
     def key(self, fp: str, device: str, task: Any, profile: Profile, data_hash: str) -> str:
         """Model content, where it ran (CPU, CUDA, an ONNX Runtime provider: the numbers differ), task
@@ -106,8 +106,10 @@ class _Cache:
         finite ``metric``: a damaged entry is recomputed, never trusted and never fatal."""
         import math
 
+        if not self.enabled or self.dir is None:
+            return None
         f = self.dir / f"{key}.json"
-        if not self.enabled or not f.exists():
+        if not f.exists():
             return None
         try:
             d = json.loads(f.read_text(encoding="utf-8"))
@@ -128,7 +130,7 @@ class _Cache:
         return T.TaskOutput(records, metrics)
 
     def put(self, key: str, out: T.TaskOutput) -> None:
-        if not self.enabled:
+        if not self.enabled or self.dir is None:
             return
         from compressor.files import atomic_write_text
 
@@ -136,6 +138,13 @@ class _Cache:
         payload = json.loads(json.dumps({"records": out.records, "metrics": out.metrics}))
         payload["digest"] = self._payload_digest(payload["records"], payload["metrics"])
         atomic_write_text(self.dir / f"{key}.json", json.dumps(payload))
+
+
+def _tie_warnings(task: Any, ties: dict[str, int], n: int) -> list[str]:
+    """A task where most predictions are ties measures the argmax's first-of-equals rule, not a model."""
+    return [f"task {task.name}: {k} of {n} predictions of the {role} model are ties (choices scored exactly the "
+            f"same; the first is taken), so its {task.metric} says little about the model"
+            for role, k in ties.items() if k * 2 > n]
 
 
 def task_data_digest(profile: Profile) -> str:
@@ -233,6 +242,7 @@ def verify(
         outs: dict[str, T.TaskOutput] = {}
         cached: dict[str, bool] = {}
         secs: dict[str, float] = {}
+        broken: T.NonFiniteOutputs | None = None
         for role, loaded in (("base", base), ("candidate", candidate)):
             key = cache.key(fps[role], str(loaded.device), task, profile, data_hash)
             t = time.perf_counter()
@@ -241,6 +251,15 @@ def verify(
                 cb = progress(f"{task.name} [{role}]") if progress else None
                 try:
                     hit = T.kind(task.kind).evaluate(loaded, task, items, shots, profile, cb)
+                except T.NonFiniteOutputs as exc:
+                    if role == "base":
+                        raise BadInput(f"task {task.name}: the base model {base.spec} gives {exc.what()}, so there "
+                                       "is no reference to compare the candidate with",
+                                       "check the base model's weights (re-download or re-save it); a float16 load "
+                                       "that overflows needs --dtype float32 or bfloat16") from exc
+                    broken = exc
+                    cached[role], secs[role] = False, round(time.perf_counter() - t, 3)
+                    break
                 except RuntimeError as exc:
                     raise RuntimeFailure(f"task {task.name} failed on the {role} model: {str(exc).splitlines()[0]}",
                                          "lower eval.batch_size or eval.max_length in the profile") from exc
@@ -250,7 +269,22 @@ def verify(
                 cached[role] = True
             outs[role] = hit
             secs[role] = round(time.perf_counter() - t, 3)
-        b, c = outs["base"].metrics[task.metric], outs["candidate"].metrics[task.metric]
+        kind = T.kind(task.kind)
+        threshold = task.min_retention if task.min_retention is not None else floor
+        b = outs["base"].metrics[task.metric]
+        ties = {role: n for role, o in outs.items() if (n := kind.ties(task.metric, o.records)) is not None}
+        warnings += _tie_warnings(task, ties, kind.count(outs["base"].records))
+        if broken is not None:  # no score: the task fails, whatever the other tasks say
+            results.append(TaskResult(
+                name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=None, retention=None,
+                threshold=threshold, passed=False, agreement=None, n=kind.count(outs["base"].records),
+                higher_is_better=task.metric not in T.LOWER_IS_BETTER, base_metrics=outs["base"].metrics,
+                cached=cached, seconds=secs, own_threshold=task.min_retention is not None,
+                failure=broken.what("candidate"), ties=ties or None))
+            if stop_at_failure:
+                break
+            continue
+        c = outs["candidate"].metrics[task.metric]
         degenerate = task.metric not in T.LOWER_IS_BETTER and b <= 0
         if degenerate and gate.zero_base == "error":
             raise BadInput(f"task {task.name}: the base model scores {b:g} on {task.metric}, so retention "
@@ -265,9 +299,7 @@ def verify(
         if gate.confidence and not degenerate:
             lower = bootstrap_lower(task.kind, task.metric, outs["base"].records, outs["candidate"].records,
                                     gate.confidence, gate.bootstrap_samples, profile.eval.seed)
-        threshold = task.min_retention if task.min_retention is not None else floor
         value = lower if lower is not None else ret
-        kind = T.kind(task.kind)
         n = kind.count(outs["base"].records)
         results.append(TaskResult(
             name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
@@ -275,15 +307,16 @@ def verify(
             passed=None if value is None else task_passes(value, task.min_retention, floor, gate.aggregate),
             agreement=kind.agreement(task.metric, outs["base"].records, outs["candidate"].records),
             n=n, higher_is_better=task.metric not in T.LOWER_IS_BETTER, retention_lower=lower,
-            base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs))
+            base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs,
+            own_threshold=task.min_retention is not None, ties=ties or None))
         if stop_at_failure and results[-1].passed is False:
             break
-    gating = [r for r in results if r.gated_value is not None]
-    if not gating:
+    try:
+        passed, agg = judge(results, floor, gate.aggregate)
+    except ValueError:
         raise BadInput(f"profile {profile.name!r}: no task has a defined retention (the base model scores 0 on "
-                       "every accuracy-like task), so nothing can be gated", "give the profile tasks the base model can do")
-    passed, agg = aggregate_verdict([r.gated_value for r in gating], [r.passed for r in gating], floor,
-                                    gate.aggregate)
+                       "every accuracy-like task), so nothing can be gated",
+                       "give the profile tasks the base model can do") from None
     return VerifyReport(
         passed=passed, min_retention=floor, aggregate=gate.aggregate, aggregate_retention=agg,
         confidence=gate.confidence, profile={"name": profile.name, "path": profile_path},

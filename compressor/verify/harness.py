@@ -16,7 +16,8 @@ import os
 from typing import Any, Iterator
 
 from compressor.errors import BadInput
-from compressor.verify.tasks import MC_PREDICTION, TaskKind, TaskOutput, first_argmax, register
+from compressor.verify.tasks import (MC_PREDICTION, FiniteCount, TaskKind, TaskOutput, all_finite, mc_predictions,
+                                      mc_ties, register)
 
 REQUIREMENT = "lm_eval==0.4.13"
 INSTALL = "pip install 'avss-compressor[lm-eval]' (from a checkout: pip install -e '.[lm-eval]')"
@@ -170,22 +171,26 @@ def _aggregation_names(obj: Any) -> dict[str, str]:
 def _records(obj: Any, samples: list[dict[str, Any]], filt: str) -> list[dict[str, Any]]:
     agg = _aggregation_names(obj)
     out = []
+    # a NaN log-likelihood is no score (generate_until: the harness's generate keeps no logits to check)
+    finite = FiniteCount("documents")
     for s in sorted((s for s in samples if s.get("filter", "none") == filt), key=lambda s: s["doc_id"]):
         rec: dict[str, Any] = {"doc_id": s["doc_id"], "values": {m: s[m] for m in s["metrics"] if m in s},
                                "aggregation": {m: agg.get(m, "mean") for m in s["metrics"]}}
         resps = s["filtered_resps"]
         if obj.OUTPUT_TYPE == "multiple_choice":
             lls = [float(r[0]) for r in resps]
-            choices = obj.doc_to_choice(s["doc"])
-            rec["pred"] = first_argmax(lls)
-            rec["pred_norm"] = first_argmax([v / max(len(c), 1) for v, c in zip(lls, choices)])
-            rec["pred_bytes"] = first_argmax([v / max(len(c.encode("utf-8")), 1) for v, c in zip(lls, choices)])
+            finite.see(all_finite(lls))
+            rec.update(mc_predictions(lls, obj.doc_to_choice(s["doc"])))
             rec["lls"] = lls
         elif obj.OUTPUT_TYPE == "loglikelihood":
+            finite.see(all_finite([float(resps[0][0])]))
             rec["pred"] = bool(resps[0][1])  # the continuation is the greedy one
+        elif obj.OUTPUT_TYPE == "loglikelihood_rolling":
+            finite.see(all_finite([float(r[0] if isinstance(r, (list, tuple)) else r) for r in resps]))
         elif obj.OUTPUT_TYPE == "generate_until":
             rec["pred"] = resps[0] if isinstance(resps, list) else resps
         out.append(rec)
+    finite.check()
     return out
 
 
@@ -252,6 +257,9 @@ class LmEval(TaskKind):
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return harness_metrics(records)
+
+    def ties(self, metric: str, records: list[dict[str, Any]]) -> int | None:
+        return mc_ties(metric, records)
 
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         if not base or "pred" not in base[0]:

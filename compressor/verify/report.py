@@ -10,7 +10,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 from compressor.files import atomic_write_text
 
-SCHEMA_VERSION = 2  # 2: a task's ``passed`` may be null (aggregate: mean), ``complete``
+# 2: a task's ``passed`` may be null (aggregate: mean), ``complete``; 3: ``candidate`` may be null with a
+# ``failure`` (non-finite outputs), ``own_threshold``, ``ties``
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -19,8 +21,8 @@ class TaskResult:
     kind: str
     metric: str
     base: float
-    candidate: float
-    retention: float | None  # None: undefined (base scores 0, gate.zero_base: report)
+    candidate: float | None  # None: no score (``failure`` says why: the candidate gave NaN/inf outputs)
+    retention: float | None  # None: undefined (base scores 0, gate.zero_base: report), or no candidate score
     threshold: float
     passed: bool | None  # None: no threshold of its own under ``aggregate: mean`` (counted in the mean only)
     agreement: float | None  # None: the kind has no answer to agree on (lm-eval loglikelihood_rolling)
@@ -31,10 +33,23 @@ class TaskResult:
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    own_threshold: bool = False  # the task sets its own min_retention (it then gates even under ``mean``)
+    failure: str | None = None  # the task failed without a score (non-finite outputs): never passes
+    ties: dict[str, int] | None = None  # predictions that were ties between choices, per model
 
     @property
     def gated_value(self) -> float | None:
         return self.retention_lower if self.retention_lower is not None else self.retention
+
+    @property
+    def verdict_value(self) -> float | None:
+        """What the gate weighs: the gated value, 0 for a task that failed without a score, None when
+        the task does not gate (base scores 0)."""
+        return 0.0 if self.failure else self.gated_value
+
+    def failed_because(self) -> str:
+        return (f"{self.name}: {self.failure}" if self.failure
+                else f"{self.name} {self.gated_value:.3f} < {self.threshold:.2f}")
 
 
 @dataclass
@@ -59,6 +74,26 @@ class VerifyReport:
         d = {"schema_version": d.pop("schema_version"), **d}
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VerifyReport":
+        """A report read back (``avss run`` re-judges a resumed verify from its numbers); raises
+        ``ValueError`` for anything not written by this schema."""
+        if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"not a schema {SCHEMA_VERSION} verify report")
+        try:
+            fields = {k: v for k, v in d.items() if k != "tasks"}
+            return cls(**fields, tasks=[TaskResult(**t) for t in d["tasks"]])
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"malformed verify report ({exc})") from exc
+
+    def judged(self) -> tuple[bool, float]:
+        """The verdict this report's numbers give under its own gate (see ``gate.judge``), recomputed."""
+        import copy
+
+        from compressor.verify.gate import judge
+
+        return judge(copy.deepcopy(self.tasks), self.min_retention, self.aggregate)
+
     def failed_tasks(self) -> list[TaskResult]:
         return [t for t in self.tasks if t.passed is False]
 
@@ -68,7 +103,7 @@ class VerifyReport:
     def verdict_line(self) -> str:
         if self.passed:
             return f"PASS: {len(self.tasks)} task(s), aggregate retention {self.aggregate_retention:.3f} (gate {self.aggregate}, min {self.min_retention:.2f})"
-        parts = [f"{t.name} {t.gated_value:.3f} < {t.threshold:.2f}" for t in self.failed_tasks()]
+        parts = [t.failed_because() for t in self.failed_tasks()]
         if self.mean_failed():
             parts.insert(0, f"mean retention {self.aggregate_retention:.3f} < {self.min_retention:.2f}")
         return "FAIL: " + "; ".join(parts)
@@ -96,7 +131,7 @@ def to_markdown(r: VerifyReport) -> str:
     for t in r.tasks:
         ret = _f(t.retention, 3) + (f" (lower {_f(t.retention_lower, 3)})" if t.retention_lower is not None else "")
         lines.append(f"| {t.name} | {t.metric} | {_f(t.base)} | {_f(t.candidate)} | {ret} | {t.threshold:.2f} | "
-                     f"{result_word(t.passed, '**FAIL**', t.retention)} | {fmt_agreement(t.agreement)} | {t.n} |")
+                     f"{result_word(t.passed, '**FAIL**', t.retention, t.failure)} | {fmt_agreement(t.agreement)} | {t.n} |")
     lines += ["", f"**{r.verdict_line()}**", "",
               "Retention = candidate / base for accuracy-like metrics, base / candidate for perplexity. "
               "Agreement = share of examples (perplexity: tokens) where both models give the same answer."]
@@ -105,7 +140,10 @@ def to_markdown(r: VerifyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def result_word(passed: bool | None, fail: str = "FAIL", retention: float | None = 0.0) -> str:
+def result_word(passed: bool | None, fail: str = "FAIL", retention: float | None = 0.0,
+                failure: str | None = None) -> str:
+    if failure:
+        return f"{fail} ({failure.split(' (')[0]})"  # e.g. "FAIL (non-finite candidate outputs)"
     if retention is None:
         return "not gated (base 0)"
     return "in mean" if passed is None else "pass" if passed else fail
@@ -131,12 +169,15 @@ def to_junit(r: VerifyReport) -> str:
         out.append(f'  <testcase classname={quoteattr("avss." + r.profile["name"])} name={quoteattr(t.name)} time="{secs:.2f}">')
         detail = (f"{t.metric}: base {_f(t.base)}, candidate {_f(t.candidate)}, retention {_f(t.retention, 3)}, "
                   f"threshold {t.threshold:.2f}, agreement {fmt_agreement(t.agreement)}, n {t.n}")
-        if t.retention is None:
+        if t.failure:
+            detail += f" (failed: {t.failure})"
+        elif t.retention is None:
             detail += " (not gated: the base model scores 0, retention is undefined)"
         elif t.passed is None:
             detail += " (no threshold of its own: counted in the mean)"
         if t.passed is False:
-            out.append(f'    <failure message={quoteattr(f"retention {t.gated_value:.3f} < {t.threshold:.2f}")}>{escape(detail)}</failure>')
+            msg = t.failure or f"retention {t.gated_value:.3f} < {t.threshold:.2f}"
+            out.append(f'    <failure message={quoteattr(msg)}>{escape(detail)}</failure>')
         out.append(f"    <system-out>{escape(detail)}</system-out>")
         out.append("  </testcase>")
     out.append("</testsuite>")

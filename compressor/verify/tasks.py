@@ -28,6 +28,57 @@ class TaskOutput:
     metrics: dict[str, float]
 
 
+class NonFiniteOutputs(Exception):
+    """A model gave NaN/inf logits or log-likelihoods on a task: there is no score to compare.
+
+    Why an exception and not a number: every NaN log-likelihood ties, the argmax takes the first
+    choice, and a broken model scores like a base near chance; a NaN perplexity cannot be written to
+    JSON. ``verify`` turns it into a failed task (candidate) or bad input (base)."""
+
+    def __init__(self, bad: int, total: int, unit: str):
+        self.bad, self.total, self.unit = bad, total, unit
+        super().__init__(self.what())
+
+    def what(self, whose: str = "") -> str:
+        return f"non-finite {whose + ' ' if whose else ''}outputs (NaN/inf) on {self.bad} of {self.total} {self.unit}"
+
+
+class FiniteCount:
+    """Counts the examples (windows, generations) whose outputs were not all finite; ``check()`` raises."""
+
+    def __init__(self, unit: str):
+        self.unit, self.bad, self.total = unit, 0, 0
+
+    def see(self, finite: bool) -> bool:
+        self.total += 1
+        self.bad += not finite
+        return finite
+
+    def check(self) -> None:
+        if self.bad:
+            raise NonFiniteOutputs(self.bad, self.total, self.unit)
+
+
+def all_finite(values: Any) -> bool:
+    """Whether every value (floats, or a tensor) is finite."""
+    if hasattr(values, "isfinite"):
+        return bool(values.isfinite().all())
+    return all(math.isfinite(v) for v in values)
+
+
+def no_nan_or_posinf(t: Any) -> bool:
+    """Logits may hold -inf (a masked vocabulary slot, a logits processor); NaN or +inf never."""
+    import torch
+
+    return not bool((torch.isnan(t) | torch.isposinf(t)).any())
+
+
+def tied_max(scores: list[float]) -> bool:
+    """Whether the highest score is shared: the argmax then picks the first of equals, not the model."""
+    top = max(scores)
+    return sum(v == top for v in scores) > 1
+
+
 def _dev(model: Any) -> Any:
     return model.get_input_embeddings().weight.device
 
@@ -61,6 +112,16 @@ MC_PREDICTION = {"acc": "pred", "acc_norm": "pred_norm", "acc_bytes": "pred_byte
 def first_argmax(scores: list[float]) -> int:
     """Index of the highest score, the first of equals (numpy's argmax, which lm-eval uses)."""
     return max(range(len(scores)), key=lambda c: (scores[c], -c))
+
+
+def mc_predictions(lls: list[float], choices: list[str]) -> dict[str, Any]:
+    """The choice each multiple-choice metric picks (lm-eval's argmax, first of equals), and whether that
+    pick was a tie (every tied choice scored the same, so the pick says nothing about the model)."""
+    scored = {"pred": lls, "pred_norm": [v / max(len(c), 1) for v, c in zip(lls, choices)],
+              "pred_bytes": [v / max(len(c.encode("utf-8")), 1) for v, c in zip(lls, choices)]}
+    out: dict[str, Any] = {k: first_argmax(v) for k, v in scored.items()}
+    out["tie"] = {k: tied_max(v) for k, v in scored.items()}
+    return out
 
 
 def mc_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -208,6 +269,7 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
         begin += stride
     dev = _dev(model)
     records: list[dict[str, Any]] = []
+    finite = FiniteCount("windows")
     for s in range(0, len(spans), batch_size):
         chunk = spans[s:s + batch_size]
         x, m = pad_right([ids[b:e] for b, e, _ in chunk])
@@ -218,11 +280,14 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
             lp = F.log_softmax(logits[j, first - 1:e - b - 1].float(), dim=-1)
             tgt = x[j, first:e - b].to(lp.device)
             nll = -lp.gather(-1, tgt[:, None]).squeeze(-1)
+            if not finite.see(no_nan_or_posinf(lp) and all_finite(nll)):
+                continue
             top1 = lp.argmax(-1)
             records.append({"nll": float(nll.sum()), "n": int(tgt.numel()), "correct": int((top1 == tgt).sum()),
                             "top1": top1.tolist()})
         if progress:
             progress(min(s + batch_size, len(spans)), len(spans))
+    finite.check()
     if not records or sum(r["n"] for r in records) == 0:
         from compressor.errors import BadInput
 
@@ -236,15 +301,18 @@ def eval_classification(model: Any, tok: Any, task: Any, examples: list[dict[str
 
     dev = _dev(model)
     records = []
+    finite = FiniteCount("examples")
     for s in range(0, len(examples), batch_size):
         chunk = examples[s:s + batch_size]
         enc = tok([e["text"] for e in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         with torch.inference_mode():
             logits = model(**{k: v.to(dev) for k, v in enc.items()}).logits
-        for e, p in zip(chunk, logits.argmax(-1).tolist()):
-            records.append({"pred": int(p), "label": int(e["label"])})
+        for e, row in zip(chunk, logits):
+            finite.see(all_finite(row))
+            records.append({"pred": int(row.argmax(-1)), "label": int(e["label"]), "tie": tied_max(row.tolist())})
         if progress:
             progress(min(s + batch_size, len(examples)), len(examples))
+    finite.check()
     return TaskOutput(records, cls_metrics(records))
 
 
@@ -269,7 +337,12 @@ def eval_zero_shot(model: Any, tok: Any, task: Any, examples: list[dict[str, Any
     scores: dict[int, dict[int, float]] = {}
     for (i, y), ll in zip(keys, lls):
         scores.setdefault(i, {})[y] = ll
-    records = [{"pred": max(labels, key=lambda y: (scores[i][y], -y)), "label": int(e["label"])} for i, e in enumerate(examples)]
+    finite = FiniteCount("examples")
+    for i in range(len(examples)):
+        finite.see(all_finite(scores[i].values()))
+    finite.check()
+    records = [{"pred": max(labels, key=lambda y: (scores[i][y], -y)), "label": int(e["label"]),
+                "tie": tied_max(list(scores[i].values()))} for i, e in enumerate(examples)]
     return TaskOutput(records, cls_metrics(records))
 
 
@@ -314,14 +387,12 @@ def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[st
     per: dict[int, list[float]] = {}
     for (i, c), ll in zip(keys, lls):
         per.setdefault(i, []).append(ll)
-    records = []
-    for i, e in enumerate(examples):
-        ll = per[i]
-        records.append({"pred": first_argmax(ll),
-                        "pred_norm": first_argmax([v / max(len(ch), 1) for v, ch in zip(ll, e["choices"])]),
-                        "pred_bytes": first_argmax([v / max(len(ch.encode("utf-8")), 1)
-                                                    for v, ch in zip(ll, e["choices"])]),
-                        "answer": int(e["answer"]), "lls": ll})
+    finite = FiniteCount("examples")
+    for i in range(len(examples)):
+        finite.see(all_finite(per[i]))
+    finite.check()
+    records = [{**mc_predictions(per[i], e["choices"]), "answer": int(e["answer"]), "lls": per[i]}
+               for i, e in enumerate(examples)]
     return TaskOutput(records, mc_metrics(records))
 
 
@@ -354,6 +425,7 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     keep = max(max_length - task.max_new_tokens, 8)
     records = []
+    finite = FiniteCount("generations")
     for s in range(0, len(examples), batch_size):
         chunk = examples[s:s + batch_size]
         # a long prompt loses its start, never its "Answer:" ending (as log-likelihood tasks); left padding
@@ -363,9 +435,13 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
         with torch.inference_mode():
+            watch = finite_watch(len(chunk))  # greedy decoding of NaN logits is the argmax of nothing
             out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                                  max_new_tokens=task.max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 logits_processor=watch.processors)
+        for bad in watch.bad:
+            finite.see(not bad)
         for e, row in zip(chunk, out[:, width:]):
             text = tok.decode(row, skip_special_tokens=True)
             for stop in task.stop:
@@ -381,7 +457,29 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
             })
         if progress:
             progress(min(s + batch_size, len(examples)), len(examples))
+    finite.check()
     return TaskOutput(records, gen_metrics(records))
+
+
+def finite_watch(rows: int) -> Any:
+    """A logits processor for ``generate`` that only looks: which rows ever saw NaN or +inf logits
+    (``.bad``). Nothing is stored per step, so long generations cost no memory."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Watch(LogitsProcessor):
+        def __init__(self) -> None:
+            self.bad = [False] * rows
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            import torch
+
+            for j in (torch.isnan(scores) | torch.isposinf(scores)).any(-1).nonzero().flatten().tolist():
+                self.bad[j] = True
+            return scores
+
+    w = Watch()
+    w.processors = LogitsProcessorList([w])
+    return w
 
 
 def pick_shots(pool: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
@@ -437,6 +535,12 @@ class TaskKind:
     def count(self, records: list[dict[str, Any]]) -> int:
         """What ``n`` means in a report: examples (perplexity: scored tokens)."""
         return len(records)
+
+    def ties(self, metric: str, records: list[dict[str, Any]]) -> int | None:
+        """Examples whose prediction was a tie between choices (None: the kind has no choices)."""
+        if not records or "tie" not in records[0]:
+            return None
+        return sum(bool(r["tie"]) for r in records)
 
 
 KINDS: dict[str, TaskKind] = {}
@@ -516,6 +620,17 @@ class MultipleChoice(TaskKind):
     def agreement(self, metric, base, cand):
         key = MC_PREDICTION.get(metric, "pred")
         return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)
+
+    def ties(self, metric, records):
+        return mc_ties(metric, records)
+
+
+def mc_ties(metric: str, records: list[dict[str, Any]]) -> int | None:
+    """Tied picks of the prediction ``metric`` reads (multiple choice: ours and lm-eval's)."""
+    key = MC_PREDICTION.get(metric, "pred")
+    if not records or not isinstance(records[0].get("tie"), dict):
+        return None
+    return sum(bool(r["tie"].get(key)) for r in records)
 
 
 @register

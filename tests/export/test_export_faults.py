@@ -83,3 +83,22 @@ def test_a_full_disk_during_export_is_named_not_blamed_on_the_pins(tiny, tmp_pat
     (line,) = error_lines(err)
     assert "no space left on the device while writing" in line and "pins" not in line
     assert not list(tmp_path.glob(".onnx.tmp-*")) and not (tmp_path / "onnx").exists()
+
+
+def test_a_model_that_is_nan_in_pytorch_is_blamed_on_its_weights_not_the_export(tiny, tmp_path, capsys):
+    import torch
+
+    from compressor.sources.models import load_model
+
+    m = load_model(str(tiny("llama")))
+    with torch.no_grad():
+        for p in m.model.model.layers[1].parameters():
+            p.fill_(float("nan"))
+    m.model.save_pretrained(str(tmp_path / "nan"))
+    m.tokenizer.save_pretrained(str(tmp_path / "nan"))
+    code, _, err = run(["export", str(tmp_path / "nan"), "--out", str(tmp_path / "onnx")], capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert "gives NaN/inf logits in PyTorch itself, so no export can match it" in line
+    assert "its weights are broken" in line and "layer_idx" not in line
+    assert not (tmp_path / "onnx").exists()

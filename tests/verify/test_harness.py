@@ -169,3 +169,26 @@ def test_the_harness_evaluates_an_onnx_candidate_like_its_pytorch_source(llama, 
     rep = verify(llama, load_onnx_model(str(tiny_onnx("llama"))), profile())
     [t] = rep.tasks
     assert t.agreement == 1.0 and t.candidate_metrics == pytest.approx(t.base_metrics)
+
+
+def test_a_nan_candidate_fails_a_harness_task_and_a_nan_base_is_bad_input(llama, tmp_path):
+    """The harness's own multiple-choice log-likelihoods are checked like ours (all NaN used to tie and pass)."""
+    import torch
+
+    broken = load_model(llama.path)
+    with torch.no_grad():
+        for p in broken.model.model.layers[1].parameters():
+            p.fill_(float("nan"))
+    nan = load_model(str(tiny_copy(broken, tmp_path / "nan")))
+    rep = verify(llama, nan, profile())
+    (t,) = rep.tasks
+    assert rep.passed is False and t.passed is False and t.candidate is None
+    assert t.failure == "non-finite candidate outputs (NaN/inf) on 12 of 12 documents"
+    with pytest.raises(BadInput, match="the base model .* gives non-finite outputs"):
+        verify(nan, llama, profile())
+
+
+def tiny_copy(loaded, folder):
+    loaded.model.save_pretrained(str(folder))
+    loaded.tokenizer.save_pretrained(str(folder))
+    return folder

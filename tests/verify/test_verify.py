@@ -27,7 +27,7 @@ def test_identity_passes_with_retention_exactly_one(tiny, task_files, tmp_path, 
     code, out, err = run(["verify", model, model, "--profile", str(prof), "--report-dir", str(tmp_path / "r")], capsys)
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert rep["passed"] is True and rep["schema_version"] == 2 and rep["min_retention"] == 0.9
+    assert rep["passed"] is True and rep["schema_version"] == 3 and rep["min_retention"] == 0.9
     assert [t["name"] for t in rep["tasks"]] == ["ppl", "zs", "mc", "gen"]
     for t in rep["tasks"]:
         if t["base"] == 0:  # the random model never produces the answer: undefined, reported, not gating
