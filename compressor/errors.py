@@ -76,3 +76,26 @@ def error_line_for(exc: BaseException) -> str:
         return known.line()
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"unexpected {type(exc).__name__}: {first}; re-run with --debug for the traceback and report it"
+
+
+
+def compute_error(exc: BaseException, what: str, memory_fix: str) -> AvssError | None:
+    """What a failed computation means for the user, or None for a bug (re-raise it: "unexpected …;
+    report it"). Only a real out-of-memory error gets ``memory_fix`` ("lower the batch size"); a kernel
+    that refuses the dtype (``not implemented for 'Half'``) is a ``--dtype`` the device cannot run."""
+    import re
+    import sys
+
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    half = re.search(r"not implemented for '(Half|BFloat16)'", str(exc))
+    if half:
+        dtype = {"Half": "float16", "BFloat16": "bfloat16"}[half[1]]
+        return BadInput(f"{what}: this device has no {dtype} kernel for one of the model's operations ({first})",
+                        "use --dtype float32")
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    msg = str(exc).lower()
+    if (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) \
+            or "can't allocate memory" in msg or "out of memory" in msg:
+        return RuntimeFailure(f"{what} ran out of memory ({first})", memory_fix)
+    return None

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from compressor import __version__
 from compressor.architectures import body_of, final_norm_of, get_layers, set_layers
-from compressor.errors import BadInput, RuntimeFailure
+from compressor.errors import BadInput, compute_error
 from compressor.score import methods
 from compressor.score.report import ScoreReport
 from compressor.score.stats import ROBUST_TAU, StatConfig, StatsCollector
@@ -173,9 +173,11 @@ def score_layers(
             outcome = methods.last_k(n)
         else:
             outcome = methods.random_scores(n, seed)
-    except RuntimeError as exc:
-        raise RuntimeFailure(f"scoring failed: {str(exc).splitlines()[0]}",
-                             "try a smaller --batch-size or --seq-len, or --dtype float32") from exc
+    except (RuntimeError, MemoryError) as exc:
+        known = compute_error(exc, "scoring", "try a smaller --batch-size or --seq-len")
+        if known is None:
+            raise  # a bug, not a setting: "unexpected …; report it"
+        raise known from exc
     seconds = time.perf_counter() - t0
     label = f"{method} ({mode})" if mode else method
     methods.check_finite(outcome, label)

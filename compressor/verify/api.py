@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable
 
 from compressor import __version__
-from compressor.errors import BadInput, RuntimeFailure
+from compressor.errors import BadInput, compute_error
 from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
 from compressor.verify import tasks as T
@@ -260,9 +260,12 @@ def verify(
                     broken = exc
                     cached[role], secs[role] = False, round(time.perf_counter() - t, 3)
                     break
-                except RuntimeError as exc:
-                    raise RuntimeFailure(f"task {task.name} failed on the {role} model: {str(exc).splitlines()[0]}",
-                                         "lower eval.batch_size or eval.max_length in the profile") from exc
+                except (RuntimeError, MemoryError) as exc:
+                    known = compute_error(exc, f"task {task.name} on the {role} model",
+                                          "lower eval.batch_size or eval.max_length in the profile")
+                    if known is None:
+                        raise  # a bug, not a setting: "unexpected …; report it"
+                    raise known from exc
                 cache.put(key, hit)
                 cached[role] = False
             else:
