@@ -18,6 +18,7 @@ def library_versions() -> dict[str, str]:
 
     out = {"avss-compressor": __version__, "python": platform.python_version()}
     for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu",
+                 "onnxruntime-genai", "onnxruntime-genai-cuda",
                  "lm_eval", "datasets"):
         try:
             out[name] = version(name)

@@ -154,7 +154,9 @@ def bound_runner(sess: Any, device: str, device_id: int = 0) -> Runner:
 class Workload:
     """Random-token feeds for one graph: a decoder (past_key_values.* inputs) or an encoder."""
 
-    def __init__(self, sess: Any, batch: int, prompt_len: int, new_tokens: int, seed: int):
+    def __init__(self, sess: Any, batch: int, prompt_len: int, new_tokens: int, seed: int,
+                 kv_shape: Any = None):
+        self.kv_shape = kv_shape  # (kv heads, head size) of a GenAI graph, whose past dims are all symbolic
         self.inputs = {i.name: i for i in sess.get_inputs()}
         self.past = [i for i in sess.get_inputs() if i.name.startswith(PAST)]
         unknown = sorted(set(self.inputs) - _KNOWN_INPUTS - {i.name for i in self.past})
@@ -174,7 +176,8 @@ class Workload:
         dtype = _DTYPES.get(inp.type)
         if dtype is None:
             raise WorkerError(f"{inp.name} has type {inp.type}", "export in float32 or float16")
-        shape = runtime.empty_past_shape(inp.shape, self.batch)
+        shape = ([self.batch, int(self.kv_shape[0]), 0, int(self.kv_shape[1])] if self.kv_shape
+                 else runtime.empty_past_shape(inp.shape, self.batch))
         if shape is None:
             raise WorkerError(f"cannot build an empty past for {inp.name} with shape {inp.shape}",
                               "export with dynamic batch and sequence axes only")
@@ -249,7 +252,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     io_binding = s.on_cuda if job["io_binding"] is None else bool(job["io_binding"])
     run = bound_runner(s.session, "cuda" if s.on_cuda else "cpu") if io_binding else plain_runner(s.session)
-    work = Workload(s.session, job["batch_size"], job["prompt_len"], job["new_tokens"], job["seed"])
+    work = Workload(s.session, job["batch_size"], job["prompt_len"], job["new_tokens"], job["seed"],
+                    job.get("kv_shape"))
     for _ in range(job["warmup"]):
         work.generate(run)
     prompt_ms: list[float] = []

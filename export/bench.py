@@ -254,8 +254,7 @@ def _compression(folder: Path) -> dict[str, Any]:
 
 
 def _file_mb(model_file: Path) -> float:
-    data = model_file.parent / layout.DATA_FILE
-    return (model_file.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 2**20
+    return layout.model_bytes(model_file) / 2**20
 
 
 def _max(rounds: list[dict[str, Any]], key: str) -> float | None:
@@ -355,6 +354,8 @@ def bench_models(paths: list[str], options: BenchOptions,
         runtime.check_provider_request(options.provider)
     except runtime.RuntimeSetupError as exc:
         raise exc.as_avss_error() from exc
+    from compressor.export.genai import genai_kv_shape
+
     say = progress or (lambda msg: None)
     targets = [_resolve(p) for p in paths]
     for t in targets:
@@ -376,7 +377,7 @@ def bench_models(paths: list[str], options: BenchOptions,
             for i, t in enumerate(targets):
                 say(f"measuring {t.path} (round {r + 1}/{options.rounds}) ...")
                 started = time.perf_counter()
-                res = run_worker({**job, "model": str(t.measured)})
+                res = run_worker({**job, "model": str(t.measured), "kv_shape": genai_kv_shape(t.folder)})
                 results[i].append(res)
                 _check_same(targets, results, i)
                 say(f"{t.path}: done in {time.perf_counter() - started:.1f} s")

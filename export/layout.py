@@ -58,6 +58,18 @@ def check_onnx_files(model_file: str | Path, fix: str = "re-export it with `avss
                            f"{end:,} but the file has {sizes[name]:,} (truncated)", fix)
 
 
+def model_bytes(model_file: str | Path) -> int:
+    """The graph file plus every external data file it names (ours: model.onnx_data; the GenAI builder's:
+    model.onnx.data)."""
+    import onnx
+
+    model_file = Path(model_file)
+    names = {e.value for t in onnx.load(str(model_file), load_external_data=False).graph.initializer
+             if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location"}
+    return model_file.stat().st_size + sum((model_file.parent / n).stat().st_size for n in names
+                                           if (model_file.parent / n).is_file())
+
+
 def uses_external_data(model_file: str | Path) -> bool:
     """True when every large initializer lives in external data (no weights inside the protobuf)."""
     import onnx

@@ -105,8 +105,12 @@ class _OrtBase:
 class OrtModelForCausalLM(_OrtBase):
     """A decoder export with KV cache (``text-generation-with-past``)."""
 
-    def __init__(self, session: Any, config: Any):
+    def __init__(self, session: Any, config: Any, kv_shape: tuple[int, int] | None = None,
+                 right_padding_only: bool = False):
         super().__init__(session, config)
+        # a GenAI (Model Builder) graph: its empty past's (kv heads, head size) from genai_config.json, and
+        # GroupQueryAttention reads positions from the mask's sum, so left-padded rows must decode alone
+        self._kv_shape, self._right_padding_only = kv_shape, right_padding_only
         self._past_names = [n for n in self._inputs if n.startswith(PAST)]
         if "logits" not in self._outputs or not self._past_names:
             raise BadInput("the ONNX model has no logits output or no KV-cache inputs (past_key_values.*)",
@@ -131,6 +135,8 @@ class OrtModelForCausalLM(_OrtBase):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         mask = (np.ones((b, past_len + n), np.int64) if attention_mask is None
                 else attention_mask.cpu().numpy().astype(np.int64))
+        if self._right_padding_only and past_len and n > 1 and (b > 1 or not mask.all()):
+            return self._rows_on_past(ids, mask, past_key_values)
         feed: dict[str, Any] = {"input_ids": ids}
         if "attention_mask" in self._inputs:
             feed["attention_mask"] = mask
@@ -140,7 +146,9 @@ class OrtModelForCausalLM(_OrtBase):
             feed["position_ids"] = pos
         for name in self._past_names:
             if past_key_values is None:
-                feed[name] = np.zeros(empty_past_shape(self._inputs[name].shape, b), self._fdt)
+                shape = ([b, *self._kv_shape[:1], 0, self._kv_shape[1]] if self._kv_shape
+                         else empty_past_shape(self._inputs[name].shape, b))
+                feed[name] = np.zeros(shape, self._fdt)
             else:
                 feed[name] = past_key_values.arrays[name.replace(PAST, PRESENT)]
         res = self._run(feed)
@@ -161,6 +169,10 @@ class OrtModelForCausalLM(_OrtBase):
             raise BadInput("ONNX evaluation only decodes greedily", "use do_sample=False, num_beams=1")
         ids = input_ids.cpu()
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask.cpu().long()
+        if self._right_padding_only and (ids.shape[0] > 1 or not bool(mask.all())):
+            return self._generate_rows(ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                                       eos_token_id=eos_token_id, max_length=max_length,
+                                       stopping_criteria=stopping_criteria, logits_processor=logits_processor)
         if max_new_tokens is None:
             max_new_tokens = max((max_length or ids.shape[1] + 1) - ids.shape[1], 0)
         pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
@@ -189,6 +201,68 @@ class OrtModelForCausalLM(_OrtBase):
             mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype)], dim=1)
             pos = pos[:, -1:] + 1
         return out
+
+
+    def _rows_on_past(self, ids: Any, mask: Any, past: OrtCache) -> _Output:
+        """Several new tokens on a past, GenAI graph: GroupQueryAttention takes them one sequence at a time
+        and counts positions from the mask's sum, so each row runs alone on its real tokens. Logits of
+        padded slots are 0 (never read); no cache comes back (the callers do not reuse it)."""
+        import numpy as np
+        import torch
+
+        b, n = ids.shape
+        past_len = past.get_seq_length()
+        logits = None
+        for j in range(b):
+            real = int(mask[j, past_len:].sum())
+            row_past = OrtCache({k: v[j:j + 1] for k, v in past.arrays.items()})
+            out = self.forward(input_ids=torch.from_numpy(ids[j:j + 1, :real]),
+                               attention_mask=torch.from_numpy(mask[j:j + 1, :past_len + real]),
+                               past_key_values=row_past, use_cache=False)
+            if logits is None:
+                logits = torch.zeros((b, n, out.logits.shape[-1]), dtype=out.logits.dtype)
+            logits[j, :real] = out.logits[0]
+        return _Output(logits, None)
+
+    def _generate_rows(self, ids: Any, mask: Any, max_new_tokens: int | None, pad_token_id: int | None,
+                       eos_token_id: int | None, **kw: Any) -> Any:
+        """Each (left-padded) row decoded alone without its padding, laid out as ``generate`` returns a
+        batch: the padded prompts, then the new tokens (a row that stops early is filled with the pad id).
+        A logits processor sees row 0 of each call, so it is wrapped to report the row it watches."""
+        import torch
+
+        procs = kw.pop("logits_processor", None) or []
+        if max_new_tokens is None:
+            max_new_tokens = max((kw.pop("max_length", None) or ids.shape[1] + 1) - ids.shape[1], 0)
+        kw.pop("max_length", None)
+        pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
+        rows = []
+        for j in range(ids.shape[0]):
+            real = ids[j][mask[j].bool()][None, :]
+            row_procs = [_RowProcessor(p, j) for p in procs]
+            out = self.generate(real, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                                eos_token_id=eos_token_id, logits_processor=row_procs, **kw)
+            rows.append(out[0, real.shape[1]:])
+        width = max(len(r) for r in rows)
+        new = torch.full((ids.shape[0], width), pad, dtype=ids.dtype)
+        for j, r in enumerate(rows):
+            new[j, :len(r)] = r
+        return torch.cat([ids, new], dim=1)
+
+
+class _RowProcessor:
+    """A batch logits processor applied to one row decoded alone: it sees that row as row ``index``."""
+
+    def __init__(self, inner: Any, index: int):
+        self.inner, self.index = inner, index
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        n = self.index + 1
+        wide = torch.zeros((n, scores.shape[-1]), dtype=scores.dtype)
+        wide[self.index] = scores[0]
+        return self.inner(input_ids.expand(n, -1), wide)[self.index:self.index + 1]
 
 
 class OrtModelForSequenceClassification(_OrtBase):
@@ -226,7 +300,11 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
     except RuntimeSetupError as exc:
         raise exc.as_avss_error() from exc
     if adapter.family == "decoder":
-        model: Any = OrtModelForCausalLM(sess, config)
+        from compressor.export.genai import genai_kv_shape, is_genai_folder
+
+        genai = is_genai_folder(folder)
+        model: Any = OrtModelForCausalLM(sess, config, kv_shape=genai_kv_shape(folder) if genai else None,
+                                         right_padding_only=genai)
     else:
         model = OrtModelForSequenceClassification(sess, config)
     from transformers import AutoTokenizer
@@ -243,6 +321,8 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
         check_vocabulary(str(folder), _Rows(rows), tok)
     rec = layout.read_record(folder)
     dtype = f"onnx-{(rec.get('quantization') or {}).get('method') or rec.get('dtype', 'float32')}"
+    if (rec.get("exporter") or {}).get("name") == "genai":
+        dtype = "onnx-genai-" + dtype.removeprefix("onnx-")
     return LoadedModel(spec, str(folder), model, tok, adapter, f"onnx:{sess.provider}", dtype)
 
 

@@ -260,3 +260,69 @@ def _encoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, tas
         report.checks.append(_compare("last_hidden_state (batch 3, right-padded, real tokens)",
                                       vals["last_hidden_state"][real],
                                       out.last_hidden_state.float().cpu().numpy()[real], dtype))
+
+
+def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, provider: str = "cpu") -> ParityReport:
+    """The Model Builder's fp32 graph against PyTorch (``compressor.export.genai``): a right-padded batch
+    (GroupQueryAttention reads positions from the mask's sum: exact with right padding, wrong with left),
+    then for each sequence alone a decode step on the KV cache and greedy tokens. Never raises for a
+    mismatch."""
+    from compressor.export.genai import genai_kv_shape
+    from compressor.export.runtime import make_session
+
+    sess = make_session(str(Path(folder) / "model.onnx"), provider)
+    report = ParityReport(sess.provider, "float32")
+    try:
+        _genai_checks(model, sess.session, report, num_layers, genai_kv_shape(folder))
+    except Exception as exc:  # noqa: BLE001 - an ORT failure on new shapes IS a parity failure
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        report.checks.append(ParityCheck("run", False, None, None, f"ONNX Runtime failed on a new shape: {first[:300]}"))
+    return report
+
+
+def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, kv: Any) -> None:
+    import numpy as np
+    import torch
+
+    outputs = [o.name for o in sess.get_outputs()]
+    past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values")]
+    report.checks.append(ParityCheck("kv-cache outputs", len(past_names) == 2 * num_layers, None, None,
+                                     f"{len(past_names)} past_key_values.* inputs for {num_layers} layers"))
+    heads, size = kv
+
+    def feed(ids_, mask_, pos_, past):  # the builder's graph takes no position_ids
+        f = {"input_ids": ids_, "attention_mask": mask_}
+        for name in past_names:
+            f[name] = (np.zeros((ids_.shape[0], heads, 0, size), np.float32) if past is None
+                       else past[name.replace("past_key_values", "present")])
+        return f
+
+    def run(f):
+        return dict(zip(outputs, sess.run(None, f)))
+
+    vocab = int(model.config.vocab_size)
+    pad = model.config.pad_token_id
+    ids, mask = _random_batch(vocab, BATCH_LENGTHS, left=False, pad_id=int(pad) if isinstance(pad, int) else 0)
+    res = run(feed(ids, mask, None, None))
+    with torch.no_grad():
+        ref = model(**_torch_inputs(model, input_ids=ids, attention_mask=mask), use_cache=False).logits.float().cpu().numpy()
+    real = mask.astype(bool)
+    report.checks.append(_compare("prompt logits (batch 3, right-padded, lengths 11/7/4)",
+                                  res["logits"][real], ref[real], "float32"))
+    rng = np.random.default_rng(SEED + 1)
+    steps = []
+    for b, n in enumerate(BATCH_LENGTHS):  # one decode step per sequence, alone (no padding in its cache)
+        row, ones = ids[b:b + 1, :n], np.ones((1, n), np.int64)
+        first = run(feed(row, ones, None, None))
+        nxt = rng.integers(min(5, vocab - 1), vocab, size=(1, 1)).astype(np.int64)
+        step = run(feed(nxt, np.ones((1, n + 1), np.int64), None, first))
+        with torch.no_grad():
+            ref2 = model(**_torch_inputs(model, input_ids=np.concatenate([row, nxt], axis=1)),
+                         use_cache=False).logits[:, -1].float().cpu().numpy()
+        steps.append(_compare("decode step with past vs no-cache forward (each sequence)", step["logits"][:, -1],
+                              ref2, "float32"))
+    failing = [c for c in steps if not c.passed]
+    report.checks.append(failing[0] if failing else max(steps, key=lambda c: c.max_abs_diff or 0.0))
+    longest = int(np.argmax(BATCH_LENGTHS))
+    report.checks.append(_generation_check(model, run, feed, ids[longest:longest + 1, :BATCH_LENGTHS[longest]],
+                                           np.ones((1, BATCH_LENGTHS[longest]), np.int64), "float32"))

@@ -45,11 +45,19 @@ def tiny_config(arch: str):
     if arch == "distilbert":
         return tf.DistilBertConfig(vocab_size=ENCODER_VOCAB, dim=H, hidden_dim=I, n_layers=L, n_heads=NH,
                                    max_position_embeddings=256, num_labels=2), "DistilBertForSequenceClassification"
+    if arch in GQA16:  # head size 16: ONNX Runtime's CPU GroupQueryAttention (the GenAI builder's graphs) needs it
+        wide = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=256, vocab_size=DECODER_VOCAB,
+                    tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+        if arch == "llama-gqa16":
+            return tf.LlamaConfig(**wide), "LlamaForCausalLM"
+        return tf.Qwen2Config(**wide), "Qwen2ForCausalLM"
     raise KeyError(arch)
 
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "bert", "roberta", "distilbert"]
 DECODERS = ARCHS[:8]
+GQA16 = ["llama-gqa16", "qwen2-gqa16"]  # not in ARCHS: only the GenAI exporter's tests use them
 ENCODERS = ARCHS[8:]
 
 

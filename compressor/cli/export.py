@@ -15,7 +15,8 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only).")] = "fp32",
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph.")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph. With --exporter genai: int4 (the builder's).")] = None,
+    exporter: Annotated[str, typer.Option("--exporter", help="optimum (any supported model) or genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; Llama, Mistral, Qwen2/3, Gemma 3, Phi-3).")] = "optimum",
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     force: o.Force = False,
@@ -34,6 +35,12 @@ def export(
     def ended(stage: str, seconds: float) -> None:
         note(f"{stage}: {seconds:.1f} s")
 
+    if exporter == "genai":
+        return _genai(model, out, quantize, dtype, device, force, allow_pickle, trust_remote_code, started, ended)
+    if exporter != "optimum":
+        from compressor.errors import BadInput
+
+        raise BadInput(f"unknown --exporter {exporter!r}", "use --exporter optimum or genai")
     note(f"exporting {model} to {out} (opset {opset}, {dtype}, {device})")
     res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
@@ -57,3 +64,33 @@ def export(
     total = sum(res.timings.values())
     note(f"wrote {out}: {res.task}, {res.num_layers} layers, model {size / 2**20:.1f} MB, {total:.1f} s "
          f"(export.json records the parity results)")
+
+
+def _genai(model, out, quantize, dtype, device, force, allow_pickle, trust_remote_code, started, ended) -> None:
+    from rich.table import Table
+
+    from compressor.cli.output import note, out as stdout
+    from compressor.errors import BadInput
+    from compressor.export.genai import export_genai
+
+    if dtype not in ("fp32", "float32") or device != "cpu":
+        raise BadInput("--exporter genai builds fp32 (or --quantize int4) graphs for CPU here",
+                       "drop --dtype/--device, or use --exporter optimum")
+    note(f"building {model} with ONNX Runtime GenAI's Model Builder into {out} ({quantize or 'fp32'}, cpu)")
+    rec = export_genai(model, out, quantize=quantize, force=force, allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code, on_start=started, on_stage=ended)
+    if rec["parity"]:
+        t = Table(title="parity: the builder's graph in ONNX Runtime vs PyTorch, fp32")
+        for col in ("check", "result", "max abs diff", "tolerance", "detail"):
+            t.add_column(col, justify="right" if col in ("max abs diff", "tolerance") else "left")
+        for c in rec["parity"]["checks"]:
+            t.add_row(c["name"], "pass" if c["passed"] else "FAIL",
+                      "" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.2e}",
+                      "" if c["tolerance"] is None else f"{c['tolerance']:.2e}", c["detail"])
+        stdout.print(t)
+    checks = ", ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in rec["structural_checks"])
+    if quantize:
+        note(f"{quantize} graph ({checks}); gate it on tasks: avss verify BASE {out} --profile FILE")
+    size = sum(v for k, v in rec["files"].items() if k.startswith("model.onnx"))
+    note(f"wrote {out}: GenAI ({rec['exporter']['package']}), {rec['num_layers']} layers, model {size / 2**20:.1f} MB, "
+         f"{sum(rec['timings'].values()):.1f} s (export.json records the checks)")

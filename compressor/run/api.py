@@ -31,7 +31,7 @@ RUN_SCHEMA = 1
 # leftovers a run cleans, so a file of the user's is never touched
 RUN_ENTRIES = (RUN_FILE, "scores.json", "scores.png", "search.json", "search.png", "search", ".search", "model",
                "cut", "report.json", "report.md", "junit.xml", "onnx", "onnx-base", "onnx-int8", "onnx-int8-weights",
-               "onnx-int4",
+               "onnx-int4", "onnx-base-genai",
                "reports", "bench.json", "bench.png")
 RUN_FOLDERS = ("search", "reports")  # folders of our own whose hidden leftovers are cleaned too
 RUN_SCRATCH = (".search",)  # removed whole when a run starts (search candidates are cut there)
@@ -81,6 +81,7 @@ class RunResult:
     search: Optional[dict[str, Any]] = None
     repair: Optional[dict[str, Any]] = None
     parity: Optional[dict[str, Any]] = None
+    exporter: str = ""  # which exporter wrote onnx/ (and the quantized artifact): optimum or genai
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # the gate per shipped artifact
     bench: Optional[dict[str, Any]] = None
     exit_code: int = EXIT_OK
@@ -215,6 +216,11 @@ class _Run:
 
         c = self.cfg
         parse_protect(self.protect, self.base.num_layers)  # also a --protect from --config
+        if c.exporter == "genai" and not c.skip_export:  # an architecture the builder cannot build: now
+            from compressor.export.genai import builder_version, check_supported
+
+            builder_version()
+            check_supported(self.base.config, self.base.adapter.family, c.quantize)
         if c.search:
             self.search_limits()
         if not (c.skip_export or c.skip_bench):
@@ -500,6 +506,8 @@ class _Run:
 
     def export_stage(self, name: str, dest: str, source: Input) -> Stage:
         c = self.cfg
+        if c.exporter == "genai" and name != "export-base":  # export-base stays Optimum fp32: the bench reference
+            return self.genai_stage(name, dest, None if name == "export" else c.quantize)
 
         def work(cb):
             from compressor.export.convert import export_model
@@ -517,10 +525,34 @@ class _Run:
         what = "the slim model" if name == "export" else "the full model (bench reference)"
         return Stage(name, f"exporting {what} to ONNX (+ parity check)", inputs, (dest,), work)
 
+    def genai_stage(self, name: str, dest: str, quantize: Optional[str]) -> Stage:
+        """The Model Builder's graph of the slim model (``export``: fp32, parity-checked; ``quantize``: int4)
+        or of the full model (``export-base-genai``: at the precision of what ships, for the bench)."""
+        c = self.cfg
+        src = self.out / "model" if name != "export-base-genai" else Path(self.base.path)
+
+        def work(cb):
+            from compressor.export.genai import export_genai
+
+            rec = export_genai(str(src), self.out / dest, quantize=quantize, force=True, allow_pickle=c.allow_pickle,
+                               trust_remote_code=c.trust_remote_code)
+            p = rec["parity"]
+            if p is None:
+                checks = ", ".join(f"{x['name']} {'pass' if x['passed'] else 'FAIL'}" for x in rec["structural_checks"])
+                return {"parity": None, "quantization": rec["quantization"]}, f"genai {quantize}: {checks} ({dest}/)"
+            return {"parity": p}, f"genai: parity {'pass' if p['passed'] else 'FAIL'}, max abs diff {p['max_abs_diff']:.1e}"
+
+        source: Input = Files(src) if name != "export-base-genai" else Model(self.base)
+        inputs: dict[str, Input] = {"model": source, "exporter": Setting("genai"), "quantize": Setting(quantize)}
+        what = "the full model (bench reference)" if name == "export-base-genai" else "the slim model"
+        return Stage(name, f"building {what} with ONNX Runtime GenAI ({quantize or 'fp32'})", inputs, (dest,), work)
+
     def quantize_stage(self, dest: str) -> Stage:
         from compressor.export.quantize import settings
 
         c = self.cfg
+        if c.exporter == "genai":
+            return self.genai_stage("quantize", dest, c.quantize)
 
         def work(cb):
             from compressor.export.quantize import quantize_export
@@ -592,6 +624,8 @@ class _Run:
             return {"bench": d}, detail
 
         folders = ["onnx-base", "onnx"] + ([f"onnx-{c.quantize}"] if c.quantize else [])
+        if c.exporter == "genai":  # the full model through the same exporter and precision as what ships
+            folders.append("onnx-base-genai")
         inputs: dict[str, Input] = {f"model-{i}": Files(self.out / d) for i, d in enumerate(folders)}
         inputs.update(provider=Setting(c.provider), bench=Setting(c.bench.model_dump(mode="json")))
         what = "full vs slim" + (f" vs slim {c.quantize}" if c.quantize else "")
@@ -631,10 +665,11 @@ class _Run:
             later = ["export", "verify-onnx"]
             if c.quantize and broken:
                 later += ["quantize", f"verify-onnx-{c.quantize}"]
-            for name in later + ["export-base", "bench"]:
+            for name in later + ["export-base"] + (["export-base-genai"] if c.exporter == "genai" else []) + ["bench"]:
                 self._skip(name, why)
         else:
             self.result.parity = self.run_stage(self.export_stage("export", "onnx", Files(self.out / "model")))["parity"]
+            self.result.exporter = c.exporter
             self.result.artifacts.append(self.run_stage(self.artifact_verify_stage("onnx", "onnx")))
             if c.quantize:
                 dest = f"onnx-{c.quantize}"
@@ -642,9 +677,13 @@ class _Run:
                 self.result.artifacts.append(self.run_stage(self.artifact_verify_stage(dest, "quantized")))
             if c.skip_bench:
                 self._skip("export-base", "--skip-bench (only the benchmark needs the full model in ONNX)")
+                if c.exporter == "genai":
+                    self._skip("export-base-genai", "--skip-bench")
                 self._skip("bench", "--skip-bench")
             else:
                 self.run_stage(self.export_stage("export-base", "onnx-base", Model(self.base)))
+                if c.exporter == "genai":
+                    self.run_stage(self.export_stage("export-base-genai", "onnx-base-genai", Model(self.base)))
                 self.result.bench = self.run_stage(self.bench_stage()).get("bench")
         self.conclude()
         return self.result

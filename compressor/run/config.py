@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     heal_lr: float = Field(3e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
+    exporter: Literal["optimum", "genai"] = "optimum"
     skip_export: bool = False
     skip_bench: bool = False
     device: str = "cpu"
@@ -79,6 +80,9 @@ class RunConfig(BaseModel):
             raise ValueError("methods must name at least one scorer")
         if self.quantize and self.skip_export:
             raise ValueError("quantize works on the ONNX export; drop skip_export")
+        if self.exporter == "genai" and self.quantize not in (None, "int4", "int8-weights"):
+            raise ValueError(f"the genai exporter builds fp32, int4 or int8-weights graphs, not {self.quantize}; use "
+                             "one of those or exporter optimum")
         return self
 
     def repair_settings(self):

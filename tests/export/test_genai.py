@@ -1,0 +1,143 @@
+"""``avss export --exporter genai``: ONNX Runtime GenAI's Model Builder, parity-checked like Optimum, refused
+up front where it cannot build; its folder gated by ``verify`` like any candidate and benched by ``bench``."""
+import json
+
+import pytest
+
+from helpers import error_lines, run
+from verify.conftest import causal_profile, task_files, write_profile  # noqa: F401 (task_files: a fixture)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVSS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def genai(tiny, tmp_path_factory):
+    """genai(arch, quantize=None) -> folder built by `avss export --exporter genai` (once per module)."""
+    from compressor.cli.app import main
+
+    made = {}
+
+    def get(arch, quantize=None):
+        if (arch, quantize) not in made:
+            out = tmp_path_factory.mktemp(f"genai-{arch}") / "genai"
+            argv = ["export", str(tiny(arch)), "--exporter", "genai", "--out", str(out)]
+            with pytest.raises(SystemExit) as e:
+                main(argv + (["--quantize", quantize] if quantize else []))
+            assert e.value.code == 0
+            made[(arch, quantize)] = out
+        return made[(arch, quantize)]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa16", "qwen2-gqa16"])
+def test_the_builder_export_passes_parity(arch, genai):
+    from compressor.export.genai import is_genai_folder
+
+    folder = genai(arch)
+    rec = json.loads((folder / "export.json").read_text())
+    assert rec["exporter"]["name"] == "genai" and rec["exporter"]["package"] == "onnxruntime-genai==0.15.2"
+    assert rec["parity"]["passed"] is True and rec["quantization"] is None
+    assert {c["name"] for c in rec["parity"]["checks"]} == {
+        "kv-cache outputs", "prompt logits (batch 3, right-padded, lengths 11/7/4)",
+        "decode step with past vs no-cache forward (each sequence)", "greedy generation (8 tokens)"}
+    assert all(c["passed"] for c in rec["structural_checks"]) and set(rec["timings"]) == {"load", "build", "parity"}
+    assert is_genai_folder(folder) and (folder / "config.json").is_file() and (folder / "model.onnx").is_file()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_int4_is_built_and_checked_structurally(genai):
+    folder = genai("llama-gqa16", "int4")
+    rec = json.loads((folder / "export.json").read_text())
+    assert rec["quantization"]["method"] == "int4" and rec["parity"] is None
+    assert [c["name"] for c in rec["structural_checks"]] == ["GroupQueryAttention per layer", "int4 weights",
+                                                             "runs in ONNX Runtime"]
+    assert all(c["passed"] for c in rec["structural_checks"])
+    fp32 = json.loads((genai("llama-gqa16") / "export.json").read_text())
+    assert rec["files"]["model.onnx.data"] < fp32["files"]["model.onnx.data"] / 3
+
+
+@pytest.mark.parametrize("arch,extra,words", [
+    ("gpt2", [], "does not build GPT2LMHeadModel models"),
+    ("bert", [], "does not build BertForSequenceClassification models"),
+    ("llama", [], "attention head size is 8"),
+    ("llama-gqa16", ["--quantize", "int8"], "has no --quantize int8"),
+    ("llama-gqa16", ["--quantize", "int8-weights"], "invalid graph for a model with tied embeddings")])
+def test_what_the_builder_cannot_build_is_refused_up_front(arch, extra, words, tiny, tmp_path, capsys):
+    code, _, err = run(["export", str(tiny(arch)), "--exporter", "genai", "--out", str(tmp_path / "g"), *extra], capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert words in line and "--exporter optimum" in line and "build ..." not in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(genai, tiny, task_files):
+    from compressor.export.ort_model import load_onnx_model
+    from compressor.profiles import Profile
+    from compressor.sources.models import load_model
+    from compressor.verify.api import verify
+
+    src = load_model(str(tiny("llama-gqa16")))
+    art = load_onnx_model(str(genai("llama-gqa16")))
+    assert art.dtype == "onnx-genai-float32"
+    data = causal_profile(task_files)
+    data["tasks"][3]["max_new_tokens"] = 6  # generation: per-row decoding on the GenAI graph
+    rep = verify(src, art, Profile.model_validate(data))
+    assert {t.kind for t in rep.tasks} == {"perplexity", "zero-shot-classification", "multiple-choice", "generation"}
+    for t in rep.tasks:
+        for m, v in t.base_metrics.items():
+            assert t.candidate_metrics[m] == pytest.approx(v, rel=1e-4, abs=1e-6), (t.name, m)
+        assert t.agreement == pytest.approx(1.0), t.name
+
+
+def test_a_broken_genai_graph_fails_the_gate_and_bench_runs_it_next_to_optimum(genai, tiny, tiny_onnx, tmp_path,
+                                                                              task_files, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(genai("llama-gqa16"), broken)
+    import onnx
+
+    data = broken / "model.onnx.data"
+    blob = bytearray(data.read_bytes())
+    for t in onnx.load(str(broken / "model.onnx"), load_external_data=False).graph.initializer:
+        info = {e.key: e.value for e in t.external_data}
+        if "layers.1" in t.name and "MatMul" in t.name:  # wrong weights in one block, intact files
+            start, length = int(info.get("offset", 0)), int(info["length"])
+            blob[start:start + length] = bytes(length)
+    data.write_bytes(bytes(blob))
+    prof = causal_profile(task_files)
+    prof["tasks"] = prof["tasks"][:1]  # perplexity
+    prof["gate"]["min_retention"] = 0.99
+    code, _, err = run(["verify", str(tiny("llama-gqa16")), str(broken), "--profile",
+                        str(write_profile(tmp_path / "p.yaml", prof)), "--report-dir", str(tmp_path / "r")], capsys)
+    assert code == 1 and "retention gate failed (ppl " in err, err
+    code, out, err = run(["bench", str(tiny_onnx("llama")), str(genai("llama-gqa16")), "--prompt-len", "8",
+                          "--new-tokens", "4", "--warmup", "1", "--runs", "2", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "genai" in out and "decode p50" in out
+
+
+def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys):
+    from helpers import write_ppl_profile
+
+    out = tmp_path / "art"
+    profile = str(write_ppl_profile(tmp_path, 0.5))
+    code, _, err = run(["run", str(tiny("llama-gqa16")), "--profile", profile, "--out", str(out), "--num-layers", "1",
+                        "--exporter", "genai", "--skip-bench"], capsys)
+    assert code == 0, err
+    d = json.loads((out / "run.json").read_text())
+    assert d["exporter"] == "genai" and d["parity"]["passed"] is True
+    assert [a["artifact"] for a in d["artifacts"]] == ["onnx"] and d["artifacts"][0]["passed"] is True
+    assert (out / "onnx" / "genai_config.json").is_file()
+    assert json.loads((out / "onnx" / "export.json").read_text())["exporter"]["name"] == "genai"
+    for argv, words in ((["--quantize", "int8"], "the genai exporter builds fp32, int4 or int8-weights graphs"),
+                        ([], "does not build GPT2LMHeadModel models")):
+        model = tiny("gpt2") if not argv else tiny("llama-gqa16")
+        code, _, err = run(["run", str(model), "--profile", profile, "--out", str(tmp_path / "other"),
+                            "--num-layers", "1", "--exporter", "genai", *argv], capsys)
+        assert code == 2 and words in err and "score" not in err.split("error:")[0], err
+        assert not (tmp_path / "other").exists()
