@@ -111,6 +111,15 @@ def structural_checks(folder: Path, num_layers: int, quantize: Optional[str]) ->
     return checks
 
 
+def _recorded(cmd: list[str]) -> list[str]:
+    """The builder command without this machine's paths (interpreter, source, staging and cache folders)."""
+    out, hide = ["python"], {"-i": "SRC", "-o": "OUT", "-c": "CACHE"}
+    args = cmd[1:]
+    for i, a in enumerate(args):
+        out.append(hide[args[i - 1]] if i and args[i - 1] in hide else a)
+    return out
+
+
 def _runs(folder: Path) -> dict[str, Any]:
     """The graph loads in ONNX Runtime and gives finite logits for a short prompt (a builder precision can
     write a graph that references a missing initializer: 0.15.2's int8 with tied embeddings does)."""
@@ -201,7 +210,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
         record = {"schema_version": 1, "tool": "avss-compressor", "tool_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "exporter": {"name": "genai", "package": f"onnxruntime-genai=={version}",
-                               "command": ["python", *cmd[1:5], "SRC", *cmd[6:7], "OUT", *cmd[8:12]]},
+                               "command": _recorded(cmd)},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
                   "task": "text-generation-with-past", "num_layers": num_layers,
                   "dtype": "float32", "quantization": ({"method": quantize, "settings": PRECISION[quantize][1]}

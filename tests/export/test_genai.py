@@ -53,6 +53,9 @@ def test_int4_is_built_and_checked_structurally(genai):
     folder = genai("llama-gqa16", "int4")
     rec = json.loads((folder / "export.json").read_text())
     assert rec["quantization"]["method"] == "int4" and rec["parity"] is None
+    assert rec["exporter"]["command"] == ["python", "-m", "onnxruntime_genai.models.builder", "-i", "SRC", "-o", "OUT",
+                                          "-p", "int4", "-e", "cpu", "-c", "CACHE", "--extra_options",
+                                          "int4_block_size=32", "int4_accuracy_level=4"]
     assert [c["name"] for c in rec["structural_checks"]] == ["GroupQueryAttention per layer", "int4 weights",
                                                              "runs in ONNX Runtime"]
     assert all(c["passed"] for c in rec["structural_checks"])
