@@ -51,13 +51,16 @@ def tiny_config(arch: str):
                     tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
         if arch == "llama-gqa16":
             return tf.LlamaConfig(**wide), "LlamaForCausalLM"
+        if arch == "gemma3-gqa16":
+            return tf.Gemma3TextConfig(head_dim=16, sliding_window=16, layer_types=[
+                "sliding_attention", "full_attention", "full_attention"], **wide), "Gemma3ForCausalLM"
         return tf.Qwen2Config(**wide), "Qwen2ForCausalLM"
     raise KeyError(arch)
 
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "bert", "roberta", "distilbert"]
 DECODERS = ARCHS[:8]
-GQA16 = ["llama-gqa16", "qwen2-gqa16"]  # not in ARCHS: only the GenAI exporter's tests use them
+GQA16 = ["llama-gqa16", "qwen2-gqa16", "gemma3-gqa16"]  # not in ARCHS: only the GenAI exporter's tests use them
 ENCODERS = ARCHS[8:]
 
 

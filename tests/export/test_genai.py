@@ -49,6 +49,17 @@ def test_the_builder_export_passes_parity(arch, genai):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_a_builder_graph_that_differs_from_pytorch_is_not_kept(tiny, tmp_path, capsys):
+    """The pinned builder's Gemma 3 graph (sliding + full attention layers) does not compute what
+    transformers 4.57's Gemma 3 computes (measured: 0.011 on the prompt logits): exit 3, nothing written."""
+    out = tmp_path / "g"
+    code, _, err = run(["export", str(tiny("gemma3-gqa16")), "--exporter", "genai", "--out", str(out)], capsys)
+    assert code == 3, err
+    (line,) = error_lines(err)
+    assert "parity check failed: prompt logits" in line and "use --exporter optimum" in line, line
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".g.")]
+
+
 def test_int4_is_built_and_checked_structurally(genai):
     folder = genai("llama-gqa16", "int4")
     rec = json.loads((folder / "export.json").read_text())
