@@ -18,8 +18,9 @@ from typing import Any
 # defaults. Anything else (README, compression.json provenance, images) does not change an output.
 _MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
-                "chat_template.jinja", "chat_template.json")
+                "chat_template.jinja", "chat_template.json", "genai_config.json")
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".onnx", ".onnx_data")
+_MODEL_ENDINGS = (".onnx.data",)  # the GenAI builder's external data file (its suffix alone is ".data")
 
 _FILE_MEMO: dict[tuple, str] = {}
 _CODE: dict[str, str] = {}
@@ -93,7 +94,8 @@ def _hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
 
 def model_files(folder: Path) -> list[Path]:
     return [f for f in sorted(folder.iterdir())
-            if f.is_file() and (f.name in _MODEL_FILES or f.suffix in _MODEL_SUFFIXES)]
+            if f.is_file() and (f.name in _MODEL_FILES or f.suffix in _MODEL_SUFFIXES
+                                or f.name.endswith(_MODEL_ENDINGS))]
 
 
 def model_fingerprint(loaded: Any) -> str:

@@ -176,8 +176,7 @@ class Workload:
         dtype = _DTYPES.get(inp.type)
         if dtype is None:
             raise WorkerError(f"{inp.name} has type {inp.type}", "export in float32 or float16")
-        shape = ([self.batch, int(self.kv_shape[0]), 0, int(self.kv_shape[1])] if self.kv_shape
-                 else runtime.empty_past_shape(inp.shape, self.batch))
+        shape = runtime.empty_past_shape(inp.shape, self.batch, self.kv_shape)
         if shape is None:
             raise WorkerError(f"cannot build an empty past for {inp.name} with shape {inp.shape}",
                               "export with dynamic batch and sequence axes only")

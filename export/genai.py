@@ -125,16 +125,16 @@ def _runs(folder: Path) -> dict[str, Any]:
     write a graph that references a missing initializer: 0.15.2's int8 with tied embeddings does)."""
     import numpy as np
 
-    from compressor.export.runtime import RuntimeSetupError, make_session
+    from compressor.export.runtime import RuntimeSetupError, empty_past_shape, make_session
 
     try:
         sess = make_session(str(folder / "model.onnx"), "cpu").session
-        heads, size = genai_kv_shape(folder) or (0, 0)
         feed: dict[str, Any] = {"input_ids": np.array([[1, 2, 3, 4]], np.int64),
                                 "attention_mask": np.ones((1, 4), np.int64)}
         for i in sess.get_inputs():
             if i.name.startswith("past_key_values"):
-                feed[i.name] = np.zeros((1, heads, 0, size), np.float16 if "float16" in i.type else np.float32)
+                feed[i.name] = np.zeros(empty_past_shape(i.shape, 1, genai_kv_shape(folder)),
+                                        np.float16 if "float16" in i.type else np.float32)
         logits = sess.run(["logits"], feed)[0]
         ok = bool(np.isfinite(logits).all())
         return {"name": "runs in ONNX Runtime", "passed": ok, "detail": "finite logits for a 4-token prompt" if ok
@@ -157,7 +157,8 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     from compressor.export import parity
     from compressor.export.layout import EXPORT_RECORD, check_onnx_files
     from compressor.files import check_free_space, check_output_dir, replace_dir, staging_dir
-    from compressor.sources.models import load_model
+    from compressor.architectures import adapter_for_config
+    from compressor.sources.models import load_config, load_model, resolve_model_path
 
     out = check_output_dir(out, force)
     version = builder_version()
@@ -173,13 +174,16 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
             on_stage(name, timings[name])
         return res
 
-    loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
-                                              trust_remote_code=trust_remote_code))
-    check_supported(loaded.config, loaded.adapter.family, quantize)
-    src = Path(loaded.path)
-    if not src.is_dir():
+    # what the builder cannot build is refused from the config alone, before any weights load
+    path, is_local = resolve_model_path(model)
+    config = load_config(path, trust_remote_code)
+    check_supported(config, adapter_for_config(config).family, quantize)
+    if not is_local:
         raise BadInput(f"{model} is not a local folder; the builder reads a checkpoint folder",
                        "download it first (huggingface-cli download) and pass the folder")
+    src = Path(path)
+    loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
+                                              trust_remote_code=trust_remote_code))
     check_free_space(out, 2 * loaded.weight_bytes, f"the GenAI export {out}")
     num_layers = int(loaded.config.num_hidden_layers)
     tmp = staging_dir(out)

@@ -146,9 +146,7 @@ class OrtModelForCausalLM(_OrtBase):
             feed["position_ids"] = pos
         for name in self._past_names:
             if past_key_values is None:
-                shape = ([b, *self._kv_shape[:1], 0, self._kv_shape[1]] if self._kv_shape
-                         else empty_past_shape(self._inputs[name].shape, b))
-                feed[name] = np.zeros(shape, self._fdt)
+                feed[name] = np.zeros(empty_past_shape(self._inputs[name].shape, b, self._kv_shape), self._fdt)
             else:
                 feed[name] = past_key_values.arrays[name.replace(PAST, PRESENT)]
         res = self._run(feed)

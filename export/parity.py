@@ -284,16 +284,16 @@ def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, 
     import numpy as np
     import torch
 
+    from compressor.export.runtime import empty_past_shape
+
     outputs = [o.name for o in sess.get_outputs()]
     past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values")]
     report.checks.append(ParityCheck("kv-cache outputs", len(past_names) == 2 * num_layers, None, None,
                                      f"{len(past_names)} past_key_values.* inputs for {num_layers} layers"))
-    heads, size = kv
-
     def feed(ids_, mask_, pos_, past):  # the builder's graph takes no position_ids
         f = {"input_ids": ids_, "attention_mask": mask_}
         for name in past_names:
-            f[name] = (np.zeros((ids_.shape[0], heads, 0, size), np.float32) if past is None
+            f[name] = (np.zeros(empty_past_shape([], ids_.shape[0], kv), np.float32) if past is None
                        else past[name.replace("past_key_values", "present")])
         return f
 

@@ -36,9 +36,13 @@ class RuntimeSetupError(Exception):
         return (BadInput if self.kind == "bad_input" else RuntimeFailure)(self.problem, self.fix)
 
 
-def empty_past_shape(dims: list, batch: int) -> list[int] | None:
+def empty_past_shape(dims: list, batch: int, kv_shape: tuple[int, int] | None = None) -> list[int] | None:
     """Shape of an empty ``past_key_values.*`` input, (batch, kv_heads, 0, head_dim), from the graph's
-    declared dims (named or unknown dims after the first are the sequence axis); None if ambiguous."""
+    declared dims (named or unknown dims after the first are the sequence axis); None if ambiguous.
+    ``kv_shape``: (kv_heads, head_dim) where the graph leaves them symbolic (a GenAI build, whose
+    ``genai_config.json`` has them: ``compressor.export.genai.genai_kv_shape``)."""
+    if kv_shape is not None:
+        return [batch, int(kv_shape[0]), 0, int(kv_shape[1])]
     shape = [batch if k == 0 else (0 if isinstance(d, str) or d is None else int(d)) for k, d in enumerate(dims)]
     return shape if shape.count(0) == 1 else None
 

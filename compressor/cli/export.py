@@ -15,7 +15,7 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only).")] = "fp32",
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph. With --exporter genai: int4 (the builder's).")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph. With --exporter genai: int4 or int8-weights (the builder's).")] = None,
     exporter: Annotated[str, typer.Option("--exporter", help="optimum (any supported model) or genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; Llama, Mistral, Qwen2/3, Gemma 3, Phi-3).")] = "optimum",
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
@@ -74,7 +74,7 @@ def _genai(model, out, quantize, dtype, device, force, allow_pickle, trust_remot
     from compressor.export.genai import export_genai
 
     if dtype not in ("fp32", "float32") or device != "cpu":
-        raise BadInput("--exporter genai builds fp32 (or --quantize int4) graphs for CPU here",
+        raise BadInput("--exporter genai builds fp32 (or --quantize int4/int8-weights) graphs for CPU here",
                        "drop --dtype/--device, or use --exporter optimum")
     note(f"building {model} with ONNX Runtime GenAI's Model Builder into {out} ({quantize or 'fp32'}, cpu)")
     rec = export_genai(model, out, quantize=quantize, force=force, allow_pickle=allow_pickle,

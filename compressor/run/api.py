@@ -145,9 +145,8 @@ class _Run:
         from compressor.profiles import load_profile
         from compressor.score import methods
         from compressor.sources.data import read_documents
-        from compressor.verify.api import task_data_digest
-
         from compressor.sources.cache import check_cache
+        from compressor.verify.api import task_data_digest
 
         c = self.cfg
         if self.store.check():  # an existing run folder: lock it now, so a second run stops at once
@@ -526,7 +525,8 @@ class _Run:
         return Stage(name, f"exporting {what} to ONNX (+ parity check)", inputs, (dest,), work)
 
     def genai_stage(self, name: str, dest: str, quantize: Optional[str]) -> Stage:
-        """The Model Builder's graph of the slim model (``export``: fp32, parity-checked; ``quantize``: int4)
+        """The Model Builder's graph of the slim model (``export``: fp32, parity-checked; ``quantize``: int4 or
+        int8-weights)
         or of the full model (``export-base-genai``: at the precision of what ships, for the bench)."""
         c = self.cfg
         src = self.out / "model" if name != "export-base-genai" else Path(self.base.path)

@@ -11,7 +11,7 @@ from compressor.errors import BadInput, compute_error
 from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
 from compressor.verify import tasks as T
-from compressor.verify.gate import bootstrap_lower, judge, retention, task_passes
+from compressor.verify.gate import bootstrap_lower, judge, retention, task_verdict
 from compressor.verify.report import TaskResult, VerifyReport
 
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
@@ -84,8 +84,7 @@ def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
 
 class _Cache:
     def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.dir = cache_dir() / "verify" if enabled else None  # --no-cache never touches $AVSS_CACHE
+        self.dir = cache_dir() / "verify" if enabled else None  # None: --no-cache, $AVSS_CACHE untouched
 
     def key(self, fp: str, device: str, task: Any, profile: Profile, data_hash: str) -> str:
         """Model content, where it ran (CPU, CUDA, an ONNX Runtime provider: the numbers differ), task
@@ -106,7 +105,7 @@ class _Cache:
         finite ``metric``: a damaged entry is recomputed, never trusted and never fatal."""
         import math
 
-        if not self.enabled or self.dir is None:
+        if self.dir is None:
             return None
         f = self.dir / f"{key}.json"
         if not f.exists():
@@ -130,7 +129,7 @@ class _Cache:
         return T.TaskOutput(records, metrics)
 
     def put(self, key: str, out: T.TaskOutput) -> None:
-        if not self.enabled or self.dir is None:
+        if self.dir is None:
             return
         from compressor.files import atomic_write_text
 
@@ -280,11 +279,11 @@ def verify(
         if broken is not None:  # no score: the task fails, whatever the other tasks say
             results.append(TaskResult(
                 name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=None, retention=None,
-                threshold=threshold, passed=False, agreement=None, n=kind.count(outs["base"].records),
+                threshold=threshold, passed=None, agreement=None, n=kind.count(outs["base"].records),
                 higher_is_better=task.metric not in T.LOWER_IS_BETTER, base_metrics=outs["base"].metrics,
                 cached=cached, seconds=secs, own_threshold=task.min_retention is not None,
                 failure=broken.what("candidate"), ties=ties or None))
-            if stop_at_failure:
+            if task_verdict(results[-1], floor, gate.aggregate) is False and stop_at_failure:
                 break
             continue
         c = outs["candidate"].metrics[task.metric]
@@ -302,17 +301,15 @@ def verify(
         if gate.confidence and not degenerate:
             lower = bootstrap_lower(task.kind, task.metric, outs["base"].records, outs["candidate"].records,
                                     gate.confidence, gate.bootstrap_samples, profile.eval.seed)
-        value = lower if lower is not None else ret
         n = kind.count(outs["base"].records)
         results.append(TaskResult(
             name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
-            threshold=threshold,
-            passed=None if value is None else task_passes(value, task.min_retention, floor, gate.aggregate),
+            threshold=threshold, passed=None,
             agreement=kind.agreement(task.metric, outs["base"].records, outs["candidate"].records),
             n=n, higher_is_better=task.metric not in T.LOWER_IS_BETTER, retention_lower=lower,
             base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs,
             own_threshold=task.min_retention is not None, ties=ties or None))
-        if stop_at_failure and results[-1].passed is False:
+        if task_verdict(results[-1], floor, gate.aggregate) is False and stop_at_failure:
             break
     try:
         passed, agg = judge(results, floor, gate.aggregate)

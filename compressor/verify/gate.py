@@ -34,6 +34,15 @@ def task_passes(value: float, own_threshold: float | None, floor: float, aggrega
     return value >= (own_threshold if own_threshold is not None else floor)
 
 
+def task_verdict(t: Any, floor: float, aggregate: str) -> bool | None:
+    """Set and return one task's ``passed`` (see ``task_passes``): False for a task without a score,
+    None for one that does not gate."""
+    value = t.verdict_value
+    t.passed = (False if t.failure else None if value is None
+                else task_passes(value, t.threshold if t.own_threshold else None, floor, aggregate))
+    return t.passed
+
+
 def judge(tasks: list[Any], floor: float, aggregate: str) -> tuple[bool, float]:
     """Each task's ``passed`` and the verdict, from the numbers alone: ``verify`` decides with it, and
     ``avss run`` re-decides a resumed verify with it (a record never carries a verdict of its own).
@@ -41,17 +50,9 @@ def judge(tasks: list[Any], floor: float, aggregate: str) -> tuple[bool, float]:
     A task that failed without a score (``failure``: non-finite outputs) fails and weighs 0 in the
     aggregate; a task whose retention is undefined (base scores 0) does not gate. Raises ``ValueError``
     when no task gates at all (the caller says why)."""
-    gating = []
     for t in tasks:
-        value = t.verdict_value
-        if t.failure:
-            t.passed = False
-        elif value is None:
-            t.passed = None
-        else:
-            t.passed = task_passes(value, t.threshold if t.own_threshold else None, floor, aggregate)
-        if value is not None:
-            gating.append(t)
+        task_verdict(t, floor, aggregate)
+    gating = [t for t in tasks if t.verdict_value is not None]
     if not gating:
         raise ValueError("no task gates")
     return aggregate_verdict([t.verdict_value for t in gating], [t.passed for t in gating], floor, aggregate)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from compressor.errors import BadInput
 from compressor.verify.tasks import (MC_PREDICTION, FiniteCount, TaskKind, TaskOutput, all_finite, mc_predictions,
-                                      mc_ties, register)
+                                      register)
 
 REQUIREMENT = "lm_eval==0.4.13"
 INSTALL = "pip install 'avss-compressor[lm-eval]' (from a checkout: pip install -e '.[lm-eval]')"
@@ -257,9 +257,6 @@ class LmEval(TaskKind):
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
         return harness_metrics(records)
-
-    def ties(self, metric: str, records: list[dict[str, Any]]) -> int | None:
-        return mc_ties(metric, records)
 
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         if not base or "pred" not in base[0]:

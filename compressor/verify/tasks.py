@@ -66,11 +66,15 @@ def all_finite(values: Any) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
-def no_nan_or_posinf(t: Any) -> bool:
-    """Logits may hold -inf (a masked vocabulary slot, a logits processor); NaN or +inf never."""
+def nan_or_posinf(t: Any) -> Any:
+    """Where logits are broken: NaN or +inf (-inf is a masked vocabulary slot or a logits processor's)."""
     import torch
 
-    return not bool((torch.isnan(t) | torch.isposinf(t)).any())
+    return torch.isnan(t) | torch.isposinf(t)
+
+
+def no_nan_or_posinf(t: Any) -> bool:
+    return not bool(nan_or_posinf(t).any())
 
 
 def tied_max(scores: list[float]) -> bool:
@@ -471,9 +475,7 @@ def finite_watch(rows: int) -> Any:
             self.bad = [False] * rows
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            import torch
-
-            for j in (torch.isnan(scores) | torch.isposinf(scores)).any(-1).nonzero().flatten().tolist():
+            for j in nan_or_posinf(scores).any(-1).nonzero().flatten().tolist():
                 self.bad[j] = True
             return scores
 
@@ -537,10 +539,12 @@ class TaskKind:
         return len(records)
 
     def ties(self, metric: str, records: list[dict[str, Any]]) -> int | None:
-        """Examples whose prediction was a tie between choices (None: the kind has no choices)."""
+        """Examples whose prediction was a tie between choices (None: the kind has no choices). Multiple
+        choice (ours and lm-eval's) records a tie per prediction; ``metric`` says which one it reads."""
         if not records or "tie" not in records[0]:
             return None
-        return sum(bool(r["tie"]) for r in records)
+        key = MC_PREDICTION.get(metric, "pred")
+        return sum(bool(r["tie"][key] if isinstance(r["tie"], dict) else r["tie"]) for r in records)
 
 
 KINDS: dict[str, TaskKind] = {}
@@ -620,17 +624,6 @@ class MultipleChoice(TaskKind):
     def agreement(self, metric, base, cand):
         key = MC_PREDICTION.get(metric, "pred")
         return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)
-
-    def ties(self, metric, records):
-        return mc_ties(metric, records)
-
-
-def mc_ties(metric: str, records: list[dict[str, Any]]) -> int | None:
-    """Tied picks of the prediction ``metric`` reads (multiple choice: ours and lm-eval's)."""
-    key = MC_PREDICTION.get(metric, "pred")
-    if not records or not isinstance(records[0].get("tie"), dict):
-        return None
-    return sum(bool(r["tie"].get(key)) for r in records)
 
 
 @register
