@@ -3,8 +3,9 @@
 Why a second exporter: the builder turns the same checkpoint folder into a graph with fused
 GroupQueryAttention, SkipSimplifiedLayerNormalization and (for int4) MatMulNBits, which decodes
 several times faster than Optimum's generic graph; gating Optimum's graph and shipping the builder's
-would gate something that never ships. So the builder runs on the folder (a subprocess: its progress
-bars go to a log in the staging folder, never to our stderr), and its graph is checked against
+would gate something that never ships. So the builder runs on the folder (as a library, in this
+process; its prints and progress bars go to a log in the staging folder, never to our stdout or
+stderr), and its graph is checked against
 PyTorch like Optimum's: fp32 logits on a right-padded batch (GroupQueryAttention derives positions
 from the mask's sum, so it is exact with right padding and wrong with left), then per sequence a
 decode step on the KV cache and greedy tokens. A quantized graph gets a structural check and is
@@ -12,13 +13,14 @@ judged on tasks (``avss verify BASE FOLDER``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from compressor.errors import BadInput, RuntimeFailure
 
@@ -33,6 +35,11 @@ SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen
 _MATMULNBITS = ["int4_block_size=32", "int4_accuracy_level=4"]
 PRECISION = {None: ("fp32", []), "int4": ("int4", _MATMULNBITS), "int8-weights": ("int8", _MATMULNBITS)}
 CPU_HEAD_MULTIPLE = 16  # ONNX Runtime's CPU GroupQueryAttention: "head_size shall be a multiple of 16"
+# --dtype -> builder precision for an unquantized graph. fp16 targets the CUDA provider (``-e cuda``); its
+# graph also runs on ONNX Runtime's CPU provider, so its parity is checked there when no CUDA provider
+# is installed (recorded, with a warning). bf16 is not offered: ONNX Runtime's CPU provider has no bf16
+# MatMul and numpy no bfloat16 for the KV cache, so no machine we test on could check one.
+DTYPES = {"float32": "fp32", "float16": "fp16"}
 
 
 def is_genai_folder(path: str | Path) -> bool:
@@ -52,7 +59,27 @@ def builder_version() -> str:
                    f"pip install '{REQUIREMENT}' (or the [cpu] extra), or use --exporter optimum")
 
 
-def check_supported(config: Any, family: str, quantize: Optional[str]) -> None:
+ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def check_target(dtype: str, device: str, quantize: Optional[str]) -> str:
+    """The builder's execution-provider target for ``--dtype``/``--device``; refused up front otherwise."""
+    shown, dtype = dtype, ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
+        raise BadInput(f"--exporter genai has no --dtype {shown}",
+                       "use --dtype fp32, or fp16 with --device cuda (bf16 graphs cannot be checked without a GPU "
+                       "build of ONNX Runtime; see README)")
+    if device not in ("cpu", "cuda"):
+        raise BadInput(f"unknown --device {device!r}", "use --device cpu or cuda")
+    if dtype == "float16" and device != "cuda":
+        raise BadInput("--exporter genai builds fp16 graphs for the CUDA provider", "add --device cuda, or drop --dtype")
+    if quantize and device != "cpu":
+        raise BadInput(f"--exporter genai builds --quantize {quantize} graphs for CPU here",
+                       "drop --device cuda (or --quantize)")
+    return device
+
+
+def check_supported(config: Any, family: str, quantize: Optional[str], device: str = "cpu") -> None:
     """Refused up front, before any work: an architecture, a head size or a setting the builder cannot do."""
     arch = (getattr(config, "architectures", None) or ["?"])[0]
     if family != "decoder" or arch not in SUPPORTED:
@@ -68,7 +95,7 @@ def check_supported(config: Any, family: str, quantize: Optional[str]) -> None:
                        "use --quantize int4 with --exporter genai, or --exporter optimum --quantize int8-weights")
     heads = int(getattr(config, "num_attention_heads", 1))
     head = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    if head % CPU_HEAD_MULTIPLE:
+    if head % CPU_HEAD_MULTIPLE:  # also for CUDA: without a CUDA provider its parity runs on CPU
         raise BadInput(f"the model's attention head size is {head}; ONNX Runtime's GroupQueryAttention on CPU "
                        f"needs a multiple of {CPU_HEAD_MULTIPLE}", "use --exporter optimum for this model")
     missing = [k for k in ("eos_token_id", "bos_token_id") if getattr(config, k, None) is None]
@@ -77,20 +104,49 @@ def check_supported(config: Any, family: str, quantize: Optional[str]) -> None:
                        "(ONNX Runtime GenAI refuses a null one)", f"set {', '.join(missing)} in config.json")
 
 
-def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str]) -> list[str]:
-    precision, extra = PRECISION[quantize]
+@contextlib.contextmanager
+def _output_to(log: Path) -> Iterator[None]:
+    """Everything written to stdout/stderr (Python's and C's: the builder prints and draws progress
+    bars) goes to ``log``; our own stdout stays data only."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log.open("w", encoding="utf-8") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], dtype: str = "float32",
+                 device: str = "cpu") -> list[str]:
+    """The builder as a library (``create_model``), in this process: torch and transformers are already
+    imported, which saves a new interpreter's start. Returns the equivalent command line (recorded)."""
+    precision, extra = PRECISION[quantize] if quantize else (DTYPES[dtype], [])
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(dst), "-p", precision,
-           "-e", "cpu", "-c", str(scratch / "cache")]
+           "-e", device, "-c", str(scratch / "cache")]
     if extra:
         cmd += ["--extra_options", *extra]
     log = scratch / "builder.log"
-    with log.open("w", encoding="utf-8") as fh:
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        last = lines[-1][:300] if lines else f"exit status {done.returncode}"
-        raise RuntimeFailure(f"ONNX Runtime GenAI's builder failed on {src}: {last}",
-                             "re-run with --debug; or use --exporter optimum")
+    try:
+        with _output_to(log):
+            from onnxruntime_genai.models import builder
+
+            options = builder.parse_extra_options(None, str(src), str(dst), precision, device, str(scratch / "cache"),
+                                                  extra)
+            builder.create_model(None, str(src), str(dst), precision, device, str(scratch / "cache"), **options)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the builder raises anything; its log is the detail
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise RuntimeFailure(f"ONNX Runtime GenAI's builder failed on {src}: {first}",
+                             "re-run with --debug; or use --exporter optimum") from exc
     return cmd
 
 
@@ -120,7 +176,7 @@ def _recorded(cmd: list[str]) -> list[str]:
     return out
 
 
-def _runs(folder: Path) -> dict[str, Any]:
+def _runs(folder: Path, provider: str = "cpu") -> dict[str, Any]:
     """The graph loads in ONNX Runtime and gives finite logits for a short prompt (a builder precision can
     write a graph that references a missing initializer: 0.15.2's int8 with tied embeddings does)."""
     import numpy as np
@@ -128,7 +184,7 @@ def _runs(folder: Path) -> dict[str, Any]:
     from compressor.export.runtime import RuntimeSetupError, empty_past_shape, make_session
 
     try:
-        sess = make_session(str(folder / "model.onnx"), "cpu").session
+        sess = make_session(str(folder / "model.onnx"), provider).session
         feed: dict[str, Any] = {"input_ids": np.array([[1, 2, 3, 4]], np.int64),
                                 "attention_mask": np.ones((1, 4), np.int64)}
         for i in sess.get_inputs():
@@ -144,24 +200,36 @@ def _runs(folder: Path) -> dict[str, Any]:
         return {"name": "runs in ONNX Runtime", "passed": False, "detail": first[:300]}
 
 
-def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None, force: bool = False,
-                 allow_pickle: bool = False, trust_remote_code: bool = False,
+def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "float32",
+                 device: str = "cpu", force: bool = False, allow_pickle: bool = False, trust_remote_code: bool = False,
                  on_start: Optional[Callable[[str], None]] = None,
                  on_stage: Optional[Callable[[str, float], None]] = None) -> dict[str, Any]:
     """Build ``model`` (a folder or ``builtin:``) with the Model Builder into ``out``; returns ``export.json``.
 
-    fp32 is parity-checked against PyTorch (``RuntimeFailure`` and nothing written if it does not
-    hold); int4 is checked structurally. The folder also gets ``config.json``, so ``avss verify``
-    and ``avss bench`` take it like an Optimum export."""
+    fp32 and fp16 (``device="cuda"``: the CUDA provider's graph) are parity-checked against the fp32
+    PyTorch model (``RuntimeFailure`` and nothing written if it does not hold); int4 is checked
+    structurally. The folder also gets ``config.json``, so ``avss verify`` and ``avss bench`` take it
+    like an Optimum export."""
     from compressor import __version__, library_versions
+    from compressor.architectures import adapter_for_config
     from compressor.export import parity
     from compressor.export.layout import EXPORT_RECORD, check_onnx_files
+    from compressor.export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
     from compressor.files import check_free_space, check_output_dir, replace_dir, staging_dir
-    from compressor.architectures import adapter_for_config
     from compressor.sources.models import load_config, load_model, resolve_model_path
 
     out = check_output_dir(out, force)
     version = builder_version()
+    target = check_target(dtype, device, quantize)
+    dtype = ALIASES.get(dtype, dtype)
+    try:
+        check_runtime_install()
+    except RuntimeSetupError as exc:
+        raise exc.as_avss_error() from exc
+    provider = "cuda" if target == "cuda" and cuda_in_build() else "cpu"
+    warnings = ([] if provider == target else
+                ["the installed onnxruntime has no CUDA provider, so the fp16 graph built for CUDA was parity-checked "
+                 "on ONNX Runtime's CPU provider (install onnxruntime-gpu to check it on CUDA)"])
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -177,7 +245,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     # what the builder cannot build is refused from the config alone, before any weights load
     path, is_local = resolve_model_path(model)
     config = load_config(path, trust_remote_code)
-    check_supported(config, adapter_for_config(config).family, quantize)
+    check_supported(config, adapter_for_config(config).family, quantize, target)
     if not is_local:
         raise BadInput(f"{model} is not a local folder; the builder reads a checkpoint folder",
                        "download it first (huggingface-cli download) and pass the folder")
@@ -190,15 +258,16 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     final, scratch = tmp / "final", tmp / "scratch"
     scratch.mkdir()
     try:
-        cmd = timed("build", lambda: _run_builder(src, final, scratch, quantize))
+        cmd = timed("build", lambda: _run_builder(src, final, scratch, quantize, dtype, target))
         for name in ("config.json", "generation_config.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, final / name)
         check_onnx_files(final / "model.onnx")
-        checks = structural_checks(final, num_layers, quantize) + [_runs(final)]
+        checks = structural_checks(final, num_layers, quantize) + [_runs(final, provider)]
         report = None
         if quantize is None:
-            report = timed("parity", lambda: parity.check_genai_parity(loaded.model, final, num_layers=num_layers))
+            report = timed("parity", lambda: parity.check_genai_parity(loaded.model, final, num_layers=num_layers,
+                                                                       dtype=dtype, provider=provider))
             if report.reference_nonfinite:
                 raise BadInput(f"{model} gives NaN/inf logits in PyTorch itself, so no export can match it",
                                "its weights are broken: check them; nothing was written")
@@ -216,8 +285,8 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                   "exporter": {"name": "genai", "package": f"onnxruntime-genai=={version}",
                                "command": _recorded(cmd)},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
-                  "task": "text-generation-with-past", "num_layers": num_layers,
-                  "dtype": "float32", "quantization": ({"method": quantize, "settings": PRECISION[quantize][1]}
+                  "task": "text-generation-with-past", "num_layers": num_layers, "target": target,
+                  "dtype": dtype, "warnings": warnings, "quantization": ({"method": quantize, "settings": PRECISION[quantize][1]}
                                                        if quantize else None),
                   "parity": report.to_dict() if report is not None else None, "structural_checks": checks,
                   "files": files, "timings": timings}

@@ -262,8 +262,9 @@ def _encoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, tas
                                       out.last_hidden_state.float().cpu().numpy()[real], dtype))
 
 
-def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, provider: str = "cpu") -> ParityReport:
-    """The Model Builder's fp32 graph against PyTorch (``compressor.export.genai``): a right-padded batch
+def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, dtype: str = "float32",
+                       provider: str = "cpu") -> ParityReport:
+    """The Model Builder's fp32 (or fp16) graph against the fp32 PyTorch model, at ``dtype``'s tolerance (``compressor.export.genai``): a right-padded batch
     (GroupQueryAttention reads positions from the mask's sum: exact with right padding, wrong with left),
     then for each sequence alone a decode step on the KV cache and greedy tokens. Never raises for a
     mismatch."""
@@ -271,16 +272,16 @@ def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, provi
     from compressor.export.runtime import make_session
 
     sess = make_session(str(Path(folder) / "model.onnx"), provider)
-    report = ParityReport(sess.provider, "float32")
+    report = ParityReport(sess.provider, dtype)
     try:
-        _genai_checks(model, sess.session, report, num_layers, genai_kv_shape(folder))
+        _genai_checks(model, sess.session, report, num_layers, genai_kv_shape(folder), dtype)
     except Exception as exc:  # noqa: BLE001 - an ORT failure on new shapes IS a parity failure
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         report.checks.append(ParityCheck("run", False, None, None, f"ONNX Runtime failed on a new shape: {first[:300]}"))
     return report
 
 
-def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, kv: Any) -> None:
+def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, kv: Any, dtype: str) -> None:
     import numpy as np
     import torch
 
@@ -288,17 +289,18 @@ def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, 
 
     outputs = [o.name for o in sess.get_outputs()]
     past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values")]
+    past_dt = np.float16 if any("float16" in i.type for i in sess.get_inputs() if i.name in past_names) else np.float32
     report.checks.append(ParityCheck("kv-cache outputs", len(past_names) == 2 * num_layers, None, None,
                                      f"{len(past_names)} past_key_values.* inputs for {num_layers} layers"))
     def feed(ids_, mask_, pos_, past):  # the builder's graph takes no position_ids
         f = {"input_ids": ids_, "attention_mask": mask_}
         for name in past_names:
-            f[name] = (np.zeros(empty_past_shape([], ids_.shape[0], kv), np.float32) if past is None
+            f[name] = (np.zeros(empty_past_shape([], ids_.shape[0], kv), past_dt) if past is None
                        else past[name.replace("past_key_values", "present")])
         return f
 
     def run(f):
-        return dict(zip(outputs, sess.run(None, f)))
+        return {k: (v.astype(np.float32) if k == "logits" else v) for k, v in zip(outputs, sess.run(None, f))}
 
     vocab = int(model.config.vocab_size)
     pad = model.config.pad_token_id
@@ -308,7 +310,7 @@ def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, 
         ref = model(**_torch_inputs(model, input_ids=ids, attention_mask=mask), use_cache=False).logits.float().cpu().numpy()
     real = mask.astype(bool)
     report.checks.append(_compare("prompt logits (batch 3, right-padded, lengths 11/7/4)",
-                                  res["logits"][real], ref[real], "float32"))
+                                  res["logits"][real], ref[real], dtype))
     rng = np.random.default_rng(SEED + 1)
     steps = []
     for b, n in enumerate(BATCH_LENGTHS):  # one decode step per sequence, alone (no padding in its cache)
@@ -320,9 +322,9 @@ def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, 
             ref2 = model(**_torch_inputs(model, input_ids=np.concatenate([row, nxt], axis=1)),
                          use_cache=False).logits[:, -1].float().cpu().numpy()
         steps.append(_compare("decode step with past vs no-cache forward (each sequence)", step["logits"][:, -1],
-                              ref2, "float32"))
+                              ref2, dtype))
     failing = [c for c in steps if not c.passed]
     report.checks.append(failing[0] if failing else max(steps, key=lambda c: c.max_abs_diff or 0.0))
     longest = int(np.argmax(BATCH_LENGTHS))
     report.checks.append(_generation_check(model, run, feed, ids[longest:longest + 1, :BATCH_LENGTHS[longest]],
-                                           np.ones((1, BATCH_LENGTHS[longest]), np.int64), "float32"))
+                                           np.ones((1, BATCH_LENGTHS[longest]), np.int64), dtype))

@@ -14,7 +14,7 @@ def export(
     task: Annotated[str, typer.Option("--task", help="auto, text-generation-with-past (decoders, KV cache), text-classification, feature-extraction.")] = "auto",
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
-    dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only).")] = "fp32",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only; with --exporter genai: the builder's graph for the CUDA provider).")] = "fp32",
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph. With --exporter genai: int4 or int8-weights (the builder's).")] = None,
     exporter: Annotated[str, typer.Option("--exporter", help="optimum (any supported model) or genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; Llama, Mistral, Qwen2/3, Gemma 3, Phi-3).")] = "optimum",
     allow_pickle: o.AllowPickle = False,
@@ -23,7 +23,8 @@ def export(
 ) -> None:
     from rich.table import Table
 
-    from compressor.cli.output import note, out as stdout, warn
+    from compressor.cli.output import note, warn
+    from compressor.cli.output import out as stdout
     from compressor.export.convert import export_model
     from compressor.files import check_output_dir
 
@@ -69,18 +70,19 @@ def export(
 def _genai(model, out, quantize, dtype, device, force, allow_pickle, trust_remote_code, started, ended) -> None:
     from rich.table import Table
 
-    from compressor.cli.output import note, out as stdout
-    from compressor.errors import BadInput
-    from compressor.export.genai import export_genai
+    from compressor.cli.output import note, warn
+    from compressor.cli.output import out as stdout
+    from compressor.export.genai import check_target, export_genai
 
-    if dtype not in ("fp32", "float32") or device != "cpu":
-        raise BadInput("--exporter genai builds fp32 (or --quantize int4/int8-weights) graphs for CPU here",
-                       "drop --dtype/--device, or use --exporter optimum")
-    note(f"building {model} with ONNX Runtime GenAI's Model Builder into {out} ({quantize or 'fp32'}, cpu)")
-    rec = export_genai(model, out, quantize=quantize, force=force, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, on_start=started, on_stage=ended)
+    check_target(dtype, device, quantize)
+    note(f"building {model} with ONNX Runtime GenAI's Model Builder into {out} ({quantize or dtype}, {device})")
+    rec = export_genai(model, out, quantize=quantize, dtype=dtype, device=device, force=force,
+                       allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=started, on_stage=ended)
+    for w in rec["warnings"]:
+        warn(w)
     if rec["parity"]:
-        t = Table(title="parity: the builder's graph in ONNX Runtime vs PyTorch, fp32")
+        t = Table(title=f"parity: the builder's graph in ONNX Runtime ({rec['parity']['provider']}) vs PyTorch fp32, "
+                        f"{rec['dtype']} tolerance")
         for col in ("check", "result", "max abs diff", "tolerance", "detail"):
             t.add_column(col, justify="right" if col in ("max abs diff", "tolerance") else "left")
         for c in rec["parity"]["checks"]:

@@ -39,12 +39,15 @@ def test_export_killed_with_9_leaves_staging_that_the_next_export_removes(tiny, 
     assert not list(tmp_path.glob(".onnx.tmp-*")) and (out / "model.onnx").is_file()
 
 
-def test_bench_worker_dies_with_its_parent_and_its_temp_folder_is_cleaned(tiny_onnx, capsys):
+def test_bench_worker_dies_with_its_parent_and_its_temp_folder_is_cleaned(tiny_onnx, capsys, tmp_path, monkeypatch):
     import psutil
 
+    # an own temp folder: a benchmark in a parallel test worker would also clean up a dead process's folders
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     model = str(tiny_onnx("llama"))
     p = subprocess.Popen([sys.executable, "-m", "compressor", "bench", model, "--prompt-len", "8", "--new-tokens", "4",
-                          "--runs", "100000", "--warmup", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+                          "--runs", "100000", "--warmup", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**ENV, "TMPDIR": str(tmp_path)})
 
     def worker():
         try:
@@ -60,7 +63,7 @@ def test_bench_worker_dies_with_its_parent_and_its_temp_folder_is_cleaned(tiny_o
         w.wait(timeout=10)  # the worker notices and exits: it must not spin on the CPUs as an orphan
     except psutil.TimeoutExpired:
         w.kill()
-        raise AssertionError("the benchmark worker outlived its parent")
+        raise AssertionError("the benchmark worker outlived its parent") from None
     left = list(Path(tempfile.gettempdir()).glob(f"avss-bench-{p.pid}-*"))
     assert left  # kill -9 leaves its temp folders ...
     code, _, err = run(["bench", model, "--prompt-len", "8", "--new-tokens", "2", "--runs", "1", "--warmup", "0"], capsys)

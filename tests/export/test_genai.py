@@ -1,11 +1,14 @@
 """``avss export --exporter genai``: ONNX Runtime GenAI's Model Builder, parity-checked like Optimum, refused
 up front where it cannot build; its folder gated by ``verify`` like any candidate and benched by ``bench``."""
 import json
+from pathlib import Path
 
 import pytest
 
 from helpers import error_lines, run
 from verify.conftest import causal_profile, task_files, write_profile  # noqa: F401 (task_files: a fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -88,19 +91,76 @@ def test_what_the_builder_cannot_build_is_refused_up_front(arch, extra, words, t
     assert not (tmp_path / "g").exists()
 
 
-def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(genai, tiny, task_files):
+def test_fp16_for_the_cuda_provider_is_built_and_parity_checked_at_fp16_tolerance(tiny, tmp_path, capsys):
+    """The builder's CUDA fp16 graph also runs on ONNX Runtime's CPU provider: without a CUDA provider its
+    parity is checked there, and the warning says so (never silently)."""
+    from compressor.export.ort_model import load_onnx_model
+
+    out = tmp_path / "g16"
+    code, out_text, err = run(["export", str(tiny("llama-gqa16")), "--exporter", "genai", "--dtype", "fp16",
+                               "--device", "cuda", "--out", str(out)], capsys)
+    assert code == 0, err
+    rec = json.loads((out / "export.json").read_text())
+    assert rec["dtype"] == "float16" and rec["target"] == "cuda"
+    assert rec["exporter"]["command"][rec["exporter"]["command"].index("-p"):][:4] == ["-p", "fp16", "-e", "cuda"]
+    assert rec["parity"]["passed"] and rec["parity"]["dtype"] == "float16"
+    assert rec["parity"]["provider"] == "CPUExecutionProvider"
+    assert rec["warnings"] and "no CUDA provider" in rec["warnings"][0] and "no CUDA provider" in err
+    assert "Saving" not in err and "Extra options" not in out_text  # the builder's prints went to its log
+    assert load_onnx_model(str(out)).dtype == "onnx-genai-float16"
+
+
+def test_a_builder_failure_is_one_line_and_our_output_is_restored(tiny, tmp_path, capsys, monkeypatch):
+    """The builder runs in this process with stdout/stderr sent to its log; when it raises, the error is
+    one line (exit 3), nothing is written, and our own streams work again."""
+    from onnxruntime_genai.models import builder
+
+    def broken(*args, **kwargs):
+        print("builder chatter")
+        raise ValueError("unsupported rope scaling")
+
+    monkeypatch.setattr(builder, "create_model", broken)
+    out = tmp_path / "g"
+    code, stdout, err = run(["export", str(tiny("llama-gqa16")), "--exporter", "genai", "--out", str(out)], capsys)
+    assert code == 3, err
+    (line,) = error_lines(err)
+    assert "builder failed" in line and "unsupported rope scaling" in line and "--exporter optimum" in line
+    assert "builder chatter" not in stdout + err and not out.exists()
+    print("after")
+    assert capsys.readouterr().out == "after\n"
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--dtype", "fp16"], "builds fp16 graphs for the CUDA provider; add --device cuda"),
+    (["--dtype", "bf16", "--device", "cuda"], "has no --dtype bf16"),
+    (["--device", "cuda", "--quantize", "int4"], "builds --quantize int4 graphs for CPU here")])
+def test_a_precision_or_target_the_builder_cannot_check_is_refused_up_front(extra, words, tiny, tmp_path, capsys):
+    code, _, err = run(["export", str(tiny("llama-gqa16")), "--exporter", "genai", "--out", str(tmp_path / "g"), *extra],
+                       capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert words in line, line
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(genai, tiny, task_files, monkeypatch):
+    """Our four kinds and an lm-evaluation-harness task (the harness's HFLM driving the GenAI graph)."""
     from compressor.export.ort_model import load_onnx_model
     from compressor.profiles import Profile
     from compressor.sources.models import load_model
     from compressor.verify.api import verify
 
+    monkeypatch.chdir(ROOT)  # lm-eval reads a task's data_files relative to the working directory
     src = load_model(str(tiny("llama-gqa16")))
     art = load_onnx_model(str(genai("llama-gqa16")))
     assert art.dtype == "onnx-genai-float32"
     data = causal_profile(task_files)
     data["tasks"][3]["max_new_tokens"] = 6  # generation: per-row decoding on the GenAI graph
+    data["tasks"].append({"name": "rt-qa-harness", "kind": "lm-eval", "task": "avss_rt_qa_mini",
+                          "include_path": "tests/verify/lm_eval_task", "metric": "acc_norm", "limit": 24})
     rep = verify(src, art, Profile.model_validate(data))
-    assert {t.kind for t in rep.tasks} == {"perplexity", "zero-shot-classification", "multiple-choice", "generation"}
+    assert {t.kind for t in rep.tasks} == {"perplexity", "zero-shot-classification", "multiple-choice", "generation",
+                                           "lm-eval"}
     for t in rep.tasks:
         for m, v in t.base_metrics.items():
             assert t.candidate_metrics[m] == pytest.approx(v, rel=1e-4, abs=1e-6), (t.name, m)
@@ -132,9 +192,13 @@ def test_a_broken_genai_graph_fails_the_gate_and_bench_runs_it_next_to_optimum(g
     code, _, err = run(["verify", str(tiny("llama-gqa16")), str(broken), *gate], capsys)
     assert code == 1 and "retention gate failed (ppl " in err, err  # ... under its weights' content, not its name
     code, out, err = run(["bench", str(tiny_onnx("llama")), str(genai("llama-gqa16")), "--prompt-len", "8",
-                          "--new-tokens", "4", "--warmup", "1", "--runs", "2", "--threads", "1"], capsys)
+                          "--new-tokens", "4", "--warmup", "1", "--runs", "2", "--threads", "1",
+                          "--json", str(tmp_path / "bench.json")], capsys)
     assert code == 0, err
-    assert "genai" in out and "decode p50" in out
+    assert "decode p50" in out  # the table (its model names are cut to the terminal's width)
+    models = json.loads((tmp_path / "bench.json").read_text())["models"]
+    assert [m["path"] for m in models] == [str(tiny_onnx("llama")), str(genai("llama-gqa16"))]
+    assert all(m["decode_ms_per_token"]["p50"] > 0 and m["kind"] == "decoder" for m in models)
 
 
 def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys):

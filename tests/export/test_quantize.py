@@ -48,6 +48,39 @@ def test_a_quantized_decoder_runs_is_gated_and_benched(method, tiny, tiny_onnx, 
     assert [m.layers for m in bench.models] == [4, 4] and bench.models[1].file_mb < bench.models[0].file_mb
 
 
+def test_a_tied_lm_head_is_quantized_not_transposed_at_every_step(tiny_onnx, tmp_path):
+    """Optimum writes a tied head as MatMul(x, Transpose(embedding)); the weight-only quantizer only
+    takes a constant weight, so the transpose is folded first and the head becomes MatMulNBits."""
+    import onnx
+
+    from compressor.export.quantize import fold_weight_transposes, quantize_export
+
+    src = tiny_onnx("llama")
+    graph = onnx.load(str(src / layout.ONNX_FILE), load_external_data=True)
+    inits = {t.name for t in graph.graph.initializer}
+    head = [n for n in graph.graph.node if n.op_type == "MatMul" and n.output[0] == "logits"
+            or n.name == "/lm_head/MatMul"]
+    assert head and any(n.op_type == "Transpose" and n.input[0] in inits and n.output[0] == head[0].input[1]
+                        for n in graph.graph.node)  # the tied head as Optimum writes it
+    tied = fold_weight_transposes(graph)
+    assert tied == 4 * graph_vocab_hidden(graph)
+    assert not [n for n in graph.graph.node if n.op_type == "Transpose" and n.input[0] in inits]
+    folded = quantize_export(src, tmp_path / "int4", "int4", fold_head=True)
+    q = onnx.load(str(tmp_path / "int4" / layout.ONNX_FILE), load_external_data=False)
+    assert [n.op_type for n in q.graph.node if n.name.startswith("/lm_head/")] == ["MatMulNBits"]
+    assert folded["quantization"]["lm_head_folded"] and all(c["passed"] for c in folded["structural_checks"])
+    # by default only where the embedding is at most half the weights: here (a tiny model) it is nearly all
+    auto = quantize_export(src, tmp_path / "auto", "int4")
+    assert auto["quantization"]["lm_head_folded"] is False
+    assert "LM head left fp32" in auto["quantization"]["lm_head_detail"]
+    assert auto["files"][layout.DATA_FILE] < folded["files"][layout.DATA_FILE]
+
+
+def graph_vocab_hidden(graph) -> int:
+    (emb,) = [t for t in graph.graph.initializer if t.name == "model.embed_tokens.weight"]
+    return emb.dims[0] * emb.dims[1]
+
+
 def test_a_quantized_encoder_classifier_runs_is_gated_and_benched(tiny, tiny_onnx, tmp_path, task_files_for_export):
     out = tmp_path / "int8"
     export_model(str(tiny("bert")), out, quantize="int8")
