@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # torch 2.13.0 must come first, as the CPU wheel: unpinned, pip would pull a multi-GB CUDA build.
 TORCH_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test bench results clean
+.PHONY: install demo test lint bench results clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_overhead.py

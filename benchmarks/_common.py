@@ -18,7 +18,7 @@ def eval_batches(tokenizer, tokens: int = 2048, window: int = 512, source: str =
 
 def perplexity(loaded, data) -> float:
     """exp(mean next-token NLL) over real tokens, computed by the library's leave-one-out loss."""
-    from compressor.score.api import model_loss
+    from compressor.score.passes import model_loss
 
     return math.exp(model_loss(loaded, data)[0])
 

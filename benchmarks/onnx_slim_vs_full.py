@@ -29,13 +29,13 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="keep the exports here (default: a temporary folder)")
     args = ap.parse_args()
 
+    from compressor.export.bench import BenchOptions, bench_models
+    from compressor.export.convert import export_model
     from compressor.prune.select import select_layers
     from compressor.prune.surgery import prune_model
     from compressor.score.api import score_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
-    from compressor.export.bench import BenchOptions, bench_models
-    from compressor.export.convert import export_model
 
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="avss-onnx-bench-"))

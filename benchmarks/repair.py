@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakRSS  # noqa: E402
-
 from compressor import library_versions  # noqa: E402
 
 START = time.perf_counter()

@@ -28,7 +28,8 @@ def main() -> None:
     from compressor.prune.select import select_layers
     from compressor.prune.surgery import remove_layers
     from compressor.score import methods
-    from compressor.score.api import collect_stats, score_layers
+    from compressor.score.api import score_layers
+    from compressor.score.passes import collect_stats
     from compressor.score.report import LayerScore, ScoreReport
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model

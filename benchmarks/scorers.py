@@ -42,9 +42,9 @@ from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakRSS  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
 from _scorers_report import render  # noqa: E402
 
+from _common import PeakRSS  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
 from compressor import library_versions  # noqa: E402
 
 START = time.perf_counter()
@@ -282,7 +282,7 @@ def bench_cuts(plan: ModelPlan, base: Any, cuts: dict[int, dict[str, Any]], work
     models, ratios = d["models"], [None] + d["ratios"]
     decoder = models[0]["kind"] == "decoder"
     rows = []
-    for (k, cut), m, r in zip([(0, None), *sorted(cuts.items())], models, ratios):
+    for (_k, cut), m, r in zip([(0, None), *sorted(cuts.items())], models, ratios):
         lat = m["decode_ms_per_token"] if decoder else m["batch_ms"]
         rows.append({
             "layers": m["layers"], "removed": cut["removed"] if cut else [], "scorers": cut["scorers"] if cut else [],

@@ -35,13 +35,13 @@ def main() -> int:
     cuts = [int(k) for k in args.cuts.split(",")]
 
     import torch
+    from scorers import save_cut
 
     from compressor.profiles import load_profile
     from compressor.prune.select import select_layers
     from compressor.score.api import score_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
-    from scorers import save_cut
     from compressor.verify.api import verify
 
     profile = load_profile(ROOT / "profiles" / "default.yaml")

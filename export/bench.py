@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.files import atomic_write_figure, atomic_write_text, check_output_file, clean_temp, make_temp_dir
 from compressor.export import layout, runtime
+from compressor.files import atomic_write_figure, atomic_write_text, check_output_file, clean_temp, make_temp_dir
 
 SCHEMA_VERSION = 1
 TEMP_PREFIX = "avss-bench"
@@ -289,11 +289,11 @@ def _summarise(t: _Target, rounds: list[dict[str, Any]], batch: int) -> ModelBen
         tokens_per_s=batch * 1e3 / decode.p50 if decode else None,
         batch_ms=None if decoder else prefill,
         sequences_per_s=None if decoder or prefill is None else batch * 1e3 / prefill.p50,
-        rss_before_session_mb=_max(rounds, "rss_before_session_mb"),
-        rss_after_session_mb=_max(rounds, "rss_after_session_mb"),
+        rss_before_session_mb=max(r["rss_before_session_mb"] for r in rounds),
+        rss_after_session_mb=max(r["rss_after_session_mb"] for r in rounds),
         model_rss_mb=max(r["rss_after_session_mb"] - r["rss_before_session_mb"] for r in rounds),
-        rss_peak_mb=_max(rounds, "rss_peak_mb"),
-        ru_maxrss_mb=_max(rounds, "ru_maxrss_mb"),
+        rss_peak_mb=max(r["rss_peak_mb"] for r in rounds),
+        ru_maxrss_mb=max(r["ru_maxrss_mb"] for r in rounds),
         device_mem_before_mb=_max(rounds, "device_mem_before_mb"),
         device_mem_after_mb=_max(rounds, "device_mem_after_mb"),
         device_mem_peak_mb=_max(rounds, "device_mem_peak_mb"),

@@ -21,9 +21,16 @@ from typing import Any, Callable, Optional
 
 from compressor import __version__, library_versions
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.files import check_free_space, check_output_dir, describe_os_error, os_error_in, replace_dir, staging_dir
-from compressor.prune.surgery import COMPRESSION_FILE
 from compressor.export.layout import DATA_FILE, EXPORT_RECORD, ONNX_FILE, store_external_data
+from compressor.files import (
+    check_free_space,
+    check_output_dir,
+    describe_os_error,
+    os_error_in,
+    replace_dir,
+    staging_dir,
+)
+from compressor.prune.surgery import COMPRESSION_FILE
 
 TASKS = ("auto", "text-generation-with-past", "text-classification", "feature-extraction")
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
@@ -197,8 +204,9 @@ def export_model(
                 onnx_export_from_model(loaded.model, str(raw), task=real_task, opset=int(opset), device=export_device,
                                        do_validation=False)  # our parity check below replaces it
             except Exception as exc:  # noqa: BLE001 - the exporter raises anything
-                if os_error_in(exc) is not None:  # a full or read-only disk, not a version problem
-                    raise os_error_in(exc) from exc
+                disk = os_error_in(exc)
+                if disk is not None:  # a full or read-only disk, not a version problem
+                    raise disk from exc
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise RuntimeFailure(f"Optimum could not export this {cfg.model_type} model: {first}",
                                      "re-run with --debug for the traceback; check the pins in README (transformers<4.58)") from exc

@@ -47,13 +47,14 @@ def check_onnx_files(model_file: str | Path, fix: str = "re-export it with `avss
         f = model_file.parent / name
         if name not in sizes:
             sizes[name] = f.stat().st_size if name and f.is_file() else None
-        if sizes[name] is None:
+        size = sizes[name]
+        if size is None:
             raise BadInput(f"the ONNX model {model_file} keeps tensor {t.name!r} in {f}, which is missing", fix)
         try:
             end = int(info.get("offset", 0)) + int(info["length"])
         except (KeyError, ValueError):
             continue  # no length recorded: ONNX Runtime reads to the end of the file
-        if end > sizes[name]:
+        if end > size:
             raise BadInput(f"the ONNX external data file {f} is damaged: tensor {t.name!r} needs bytes up to "
                            f"{end:,} but the file has {sizes[name]:,} (truncated)", fix)
 

@@ -98,6 +98,9 @@ class _OrtBase:
     def _run(self, feed: dict[str, Any]) -> dict[str, Any]:
         return dict(zip(self._outputs, self.sess.session.run(None, feed)))
 
+    def forward(self, *args: Any, **kwargs: Any) -> _Output:
+        raise NotImplementedError  # each wrapper runs its own graph
+
     def __call__(self, *args: Any, **kwargs: Any) -> _Output:
         return self.forward(*args, **kwargs)  # lm-evaluation-harness passes input_ids positionally
 
@@ -135,7 +138,7 @@ class OrtModelForCausalLM(_OrtBase):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         mask = (np.ones((b, past_len + n), np.int64) if attention_mask is None
                 else attention_mask.cpu().numpy().astype(np.int64))
-        if self._right_padding_only and past_len and n > 1 and (b > 1 or not mask.all()):
+        if self._right_padding_only and past_key_values is not None and past_len and n > 1 and (b > 1 or not mask.all()):
             return self._rows_on_past(ids, mask, past_key_values)
         feed: dict[str, Any] = {"input_ids": ids}
         if "attention_mask" in self._inputs:
@@ -179,7 +182,7 @@ class OrtModelForCausalLM(_OrtBase):
         past = None
         step_ids = ids
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        for _ in range(max_new_tokens):
+        for _step in range(max_new_tokens):
             res = self.forward(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True,
                                position_ids=pos)
             scores = res.logits[:, -1]
@@ -205,7 +208,6 @@ class OrtModelForCausalLM(_OrtBase):
         """Several new tokens on a past, GenAI graph: GroupQueryAttention takes them one sequence at a time
         and counts positions from the mask's sum, so each row runs alone on its real tokens. Logits of
         padded slots are 0 (never read); no cache comes back (the callers do not reuse it)."""
-        import numpy as np
         import torch
 
         b, n = ids.shape

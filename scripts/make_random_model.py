@@ -20,8 +20,8 @@ SHAPES = {
 
 def main(name: str, out: str, tokenizer_dir: str | None = None) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     if name not in SHAPES:
         sys.exit(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")

@@ -9,6 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AVSS_CACHE", str(ROOT / ".cache" / "avss"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one compute thread each, or they oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def run_scoring(loaded: Any, method: str, avss_mode: Optional[str], calib: Any, 
         data = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
         note(f"calibration: {data.tokens} tokens in {len(data.batches)} batches, sha256 {data.sha256[:12]}")
     label = f"{method} ({mode})" if mode else method
-    what = ("removing one block per round" if method == "sleb" else "skipping each layer") if scorer.multi_pass else "batches"
+    what = scorer.pass_unit
     with progress_bar(f"scoring {label}: {what}") as update:
         report = score_layers(loaded, method, mode=mode, data=data, seed=seed, progress=update, **options)
     cost = (report.extra.get("sleb") or {}).get("cost_vs_forward")

@@ -5,6 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from compressor.score.methods import SCORERS, last_state_scorers, names_text
+
 Model = Annotated[str, typer.Argument(help="builtin:smollm2-135m, builtin:minilm-l6, a local model folder, or a Hub id.")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda never falls back to cpu).")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, float16, bfloat16.")]
@@ -18,10 +20,10 @@ SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per cal
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per forward pass (default: 8, or the profile's).")]
 TextField = Annotated[Optional[str], typer.Option("--text-field", help="Field/column holding the text in .jsonl/.csv (default: text).")]
 Pack = Annotated[Optional[bool], typer.Option("--pack/--no-pack", help="Pack text into full windows (default for decoders) or one document per row, padded (default for encoders).")]
-Method = Annotated[str, typer.Option("--method", help="avss, block-influence, angular, leave-one-out, sleb, last-k, random.")]
+Method = Annotated[str, typer.Option("--method", help=", ".join(SCORERS) + ".")]
 Objective = Annotated[Optional[str], typer.Option("--objective", help="sleb only: nll (calibration next-token loss, SLEB's; default) or kl (KL to the full model's outputs).")]
 MaxRemove = Annotated[Optional[int], typer.Option("--max-remove", help="sleb only: removals to compute (default: half the layers); every cut up to it is nested.")]
-LastState = Annotated[Optional[str], typer.Option("--last-state", help="block-influence, angular, avss: the last block's output as block (raw, default) or final-norm (after the final norm, as ShortGPT/PruneMe).")]
+LastState = Annotated[Optional[str], typer.Option("--last-state", help=names_text(last_state_scorers()) + ": the last block's output as block (raw, default) or final-norm (after the final norm, as ShortGPT/PruneMe).")]
 AvssMode = Annotated[Optional[str], typer.Option("--avss-mode", help="AVSS only: robust (default) or official (the official code's exact formula; collapses on real LLMs).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --method random.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]

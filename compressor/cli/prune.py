@@ -43,10 +43,11 @@ def prune(
     force: o.Force = False,
 ) -> None:
     from compressor.cli import common
-    from compressor.cli.output import note, out as stdout, warn
+    from compressor.cli.output import note, warn
+    from compressor.cli.output import out as stdout
     from compressor.errors import BadInput
-    from compressor.prune.select import select_layers
     from compressor.files import check_output_dir
+    from compressor.prune.select import select_layers
     from compressor.prune.surgery import prune_model
     from compressor.score.report import ScoreReport
 
@@ -91,11 +92,14 @@ def prune(
     else:
         from compressor.prune.select import parse_protect
 
+        assert method is not None  # exactly one of --scores and --method (checked above)
+
         opts: dict = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
-        if method == "sleb":  # its removal order depends on what it may not remove
+        scorer = scorers.get_scorer(method)
+        if "protect" in scorer.own_options:  # e.g. SLEB: its removal order depends on what it may not remove
             opts["protect"] = parse_protect(protect, loaded.num_layers)
-            if max_remove is None and num_layers is not None:
-                opts["max_remove"] = num_layers  # compute only the rounds this cut needs
+        if "max_remove" in scorer.own_options and max_remove is None and num_layers is not None:
+            opts["max_remove"] = num_layers  # compute only the rounds this cut needs
         report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed, **opts)
     sel = select_layers(report, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect)
     if sel.num_layers > report.num_layers // 2:

@@ -1,7 +1,7 @@
 """Score every transformer layer; least important first. Data (table) on stdout, the rest on stderr."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -35,22 +35,23 @@ def score(
 ) -> None:
     from compressor.cli import common
     from compressor.cli.output import note
+    from compressor.errors import BadInput
+    from compressor.prune.select import parse_protect
     from compressor.score import methods
     from compressor.score.report import save_plot
 
-    from compressor.errors import BadInput
-    from compressor.prune.select import parse_protect
-
-    methods.check_mode(methods.get_scorer(method).name, avss_mode)
+    scorer = methods.get_scorer(method)
+    methods.check_mode(method, avss_mode)
     methods.check_options(method, objective, max_remove, last_state)
-    if protect is not None and method != "sleb":
-        raise BadInput(f"--protect on avss score only applies to --method sleb (got --method {method}); other "
-                       "scores do not depend on it", "drop --protect here and pass it to avss prune")
+    if protect is not None and "protect" not in scorer.own_options:
+        raise BadInput(f"--protect on avss score only applies to --method {methods.names_text(methods.option_scorers('protect'))} "
+                       f"(got --method {method}); other scores do not depend on it",
+                       "drop --protect here and pass it to avss prune")
     common.refuse_existing([out, plot], force)
     calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
     loaded = common.load(model, device, dtype, device_map, allow_pickle, trust_remote_code)
-    opts = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
-    if method == "sleb":
+    opts: dict[str, Any] = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
+    if "protect" in scorer.own_options:
         opts["protect"] = parse_protect(protect, loaded.num_layers)
     report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed, **opts)
     common.print_scores(report)

@@ -31,9 +31,9 @@ def verify(
     from compressor.files import check_report_dir
     from compressor.profiles import load_profile
     from compressor.sources.cache import check_cache
-    from compressor.verify.api import check_task_data, verify as run_verify
-    from compressor.verify.report import result_word
-    from compressor.verify.report import fmt_agreement, write_reports
+    from compressor.verify.api import check_task_data
+    from compressor.verify.api import verify as run_verify
+    from compressor.verify.report import fmt_agreement, result_word, write_reports
 
     prof = load_profile(profile)
     task_data = check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading

@@ -67,6 +67,13 @@ def count_for_ratio(ratio: float, num_layers: int) -> int:
     return int(math.floor(ratio * num_layers + 0.5))
 
 
+def _contiguous_scorer(method: str) -> bool:
+    """Scorers whose cuts are contiguous blocks (not nested rankings): the registry says which."""
+    from compressor.score.methods import SCORERS
+
+    return method in SCORERS and not SCORERS[method].nested_cuts
+
+
 def select_layers(
     report: Any,
     *,
@@ -85,12 +92,13 @@ def select_layers(
     candidates = [i for i in range(L) if i not in prot]
     scores = {l.index: float(l.score) for l in report.layers}
     method = getattr(report, "method", "")
+    contiguous = _contiguous_scorer(method)
 
     if mass is not None:
         if not 0.0 < mass < 1.0:
             raise BadInput(f"--mass must be between 0 and 1 (got {mass})", "e.g. --mass 0.25")
-        if method == "angular":
-            raise BadInput("--mass does not apply to angular scores (they remove a contiguous block)",
+        if contiguous:
+            raise BadInput(f"--mass does not apply to {method} scores (they remove a contiguous block)",
                            "use --num-layers or --ratio")
         if any(s < 0 for s in scores.values()):
             raise BadInput(f"--mass needs non-negative scores and {method} produced negative ones",
@@ -131,7 +139,7 @@ def select_layers(
     if k > len(candidates):
         raise BadInput(f"cannot remove {k} layers: only {len(candidates)} are not protected",
                        "remove fewer layers or protect fewer")
-    if method == "angular":
+    if contiguous:
         matrix = (getattr(report, "extra", None) or {}).get("angular_distance_matrix")
         if not matrix:  # never fall back to a scattered cut: angular scores only mean something as blocks
             raise BadInput("these angular scores carry no angular_distance_matrix, which the contiguous-block "

@@ -70,7 +70,7 @@ def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = 
     for new_i, block in enumerate(get_layers(model, adapter)):
         for mod in block.modules():
             if hasattr(mod, "layer_idx"):
-                mod.layer_idx = new_i
+                setattr(mod, "layer_idx", new_i)  # noqa: B010 - any submodule type
     warnings = []
     for flag in adapter.index_dependent_flags:
         if getattr(cfg, flag, False):

@@ -182,6 +182,6 @@ def linear_repair(model: Any, removed: list[int], batches: list[dict[str, Any]],
         fold(mlp_out_module(get_layers(model, adapter)[fold_at], adapter), adapter.mlp_out_kind, T)
         warnings = remove_layers(model, list(range(i - offset, j - offset + 1)), adapter)
         offset += len(span)
-        patches.append(SpanPatch(span, i - 1, f"{adapter.layers_path}.{i - 1}.{adapter.mlp_out}", st["tokens"], ridge,
+        patches.append(SpanPatch(span, i - 1, f"{adapter.layers_path}.{i - 1}.{adapter.mlp_out}", int(st["tokens"]), ridge,
                                  st["ridge_lambda"], st["error_before"], st["error_after"]))
     return patches, warnings

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from compressor import library_versions
-from compressor.errors import (EXIT_GATE_FAILED, EXIT_OK, AvssError, BadInput, Terminated, error_line_for,
-                               exit_code_for)
+from compressor.errors import EXIT_GATE_FAILED, EXIT_OK, AvssError, BadInput, Terminated, error_line_for, exit_code_for
 from compressor.files import atomic_write_text
 from compressor.run.config import RunConfig
 from compressor.run.search import STRATEGY, Candidate, SearchResult, save_curve, search_method
-from compressor.run.stages import (Data, Files, Input, Model, Setting, Stage, StageStore, Stale, input_digests,
-                                   stage_key)
+from compressor.run.stages import Data, Files, Input, Model, Setting, Stage, StageStore, Stale, input_digests, stage_key
 
 RUN_FILE = "run.json"
 RUN_SCHEMA = 1
@@ -144,8 +142,8 @@ class _Run:
         """Everything that can be checked without a model is checked here, before any stage runs."""
         from compressor.profiles import load_profile
         from compressor.score import methods
-        from compressor.sources.data import read_documents
         from compressor.sources.cache import check_cache
+        from compressor.sources.data import read_documents
         from compressor.verify.api import task_data_digest
 
         c = self.cfg
@@ -164,12 +162,13 @@ class _Run:
         if target == "quantized" and not c.quantize:
             raise BadInput(f"profile {self.profile.name!r} gates the quantized artifact (gate.target: quantized)",
                            "pass --quantize int8 (or int4), or set gate.target: all")
-        used = c.methods if c.search else [c.method]
+        used = c.search_methods if c.search else [c.method]
         for m in used:
             methods.get_scorer(m)
-            methods.check_mode(m, c.avss_mode if m == "avss" else None)
-        if c.objective is not None and "sleb" not in used:
-            raise BadInput("--objective only applies to --method sleb (none of this run's scorers)", "drop --objective")
+            methods.check_mode(m, c.avss_mode if methods.get_scorer(m).modes else None)
+        if c.objective is not None and not set(methods.option_scorers("objective")) & set(used):
+            raise BadInput(f"--objective only applies to --method {methods.names_text(methods.option_scorers('objective'))} "
+                           "(none of this run's scorers)", "drop --objective")
         if c.last_state is not None and not set(methods.last_state_scorers()) & set(used):
             raise BadInput(f"--last-state only applies to {methods.names_text(methods.last_state_scorers())} (none of this "
                            "run's scorers)", "drop --last-state")
@@ -253,7 +252,7 @@ class _Run:
         from compressor.score import methods
 
         c = self.cfg
-        mode = methods.check_mode(method, c.avss_mode if method == "avss" else None)
+        mode = methods.check_mode(method, c.avss_mode if methods.get_scorer(method).modes else None)
         needs_data = methods.get_scorer(method).needs_data
         rel = scores_path.relative_to(self.out).as_posix()
 
@@ -287,12 +286,12 @@ class _Run:
         from compressor.score import methods
 
         c, L = self.cfg, self.base.num_layers
-        if method == "sleb":
+        scorer = methods.get_scorer(method)
+        rounds = 0
+        if "max_remove" in scorer.own_options:  # as many rounds as this run's cut, or its search, needs
             rounds = self.search_limits() if c.search else (c.num_layers or count_for_ratio(c.ratio or 0.25, L))
-            return {"objective": c.objective or "nll", "protect": parse_protect(self.protect, L), "max_remove": rounds}
-        if methods.get_scorer(method).reads_last_state and c.last_state is not None:
-            return {"last_state": c.last_state}
-        return {}
+        return scorer.run_options(last_state=c.last_state, objective=c.objective,
+                                                      protect=parse_protect(self.protect, L), rounds=rounds)
 
     def score(self, method: str, scores_path: Path, name: str = "score") -> Any:
         from compressor.score.report import ScoreReport
@@ -404,7 +403,7 @@ class _Run:
         reports: dict[str, Any] = {}
         prot = parse_protect(self.protect, self.base.num_layers)
         seen: dict[tuple[int, ...], Candidate] = {}
-        for method in c.methods:
+        for method in c.search_methods:
             scores_path = self.out / "search" / f"scores-{method}.json"
             rep = reports[method] = self.score(method, scores_path, f"score-{method}")
             nested = methods.get_scorer(method).nested_cuts
@@ -608,7 +607,8 @@ class _Run:
         c = self.cfg
 
         def work(cb):
-            from compressor.export.bench import BenchOptions, bench_models, save_plot as bench_plot, write_json
+            from compressor.export.bench import BenchOptions, bench_models, write_json
+            from compressor.export.bench import save_plot as bench_plot
 
             opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size, prompt_len=c.bench.prompt_len,
                                 new_tokens=c.bench.new_tokens, warmup=c.bench.warmup, runs=c.bench.runs,
@@ -692,7 +692,7 @@ class _Run:
     def conclude(self) -> None:
         """From the verdicts computed (or re-judged on resume) by the verify stages; the CLI exits with
         exactly ``exit_code``."""
-        self.result.passed = gated_verdict(self.profile.gate.target, self.result.passed, self.result.artifacts)
+        self.result.passed = gated_verdict(self.profile.gate.target, bool(self.result.passed), self.result.artifacts)
         self.result.exit_code = EXIT_OK if self.result.passed else EXIT_GATE_FAILED
         self.result.status = "passed" if self.result.passed else "gate failed"
 

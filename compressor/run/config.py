@@ -42,6 +42,11 @@ class RunConfig(BaseModel):
     num_layers: Optional[int] = Field(None, ge=1)
     search: bool = False
     methods: Optional[list[str]] = None  # default: avss, block-influence (+ angular with a linear repair)
+
+    @property
+    def search_methods(self) -> list[str]:
+        """The scorers ``--search`` compares (validation fills in the default)."""
+        return list(self.methods or [])
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)

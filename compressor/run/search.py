@@ -138,7 +138,7 @@ def save_curve(result: SearchResult, path: str | Path, title: str) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return atomic_write_figure(fig, path)
+    return atomic_write_figure(fig, Path(path))
 
 
 def to_markdown(result: SearchResult) -> str:

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from compressor.errors import BadInput
-from compressor.files import (FolderLock, atomic_write_text, check_target, check_writable, clean_leftovers,
-                              remove_path)
 from compressor import fingerprint
+from compressor.errors import BadInput
+from compressor.files import FolderLock, atomic_write_text, check_target, check_writable, clean_leftovers, remove_path
 from compressor.fingerprint import data_digest, digest_json, model_fingerprint, path_digest
 
 RECORDS = ".avss-run"
@@ -65,7 +64,8 @@ class Data:
     """Data by content, loaded lazily and digested once (a task file edited in place changes it)."""
 
     def __init__(self, load: Callable[[], Any]):
-        self._load, self._digest = load, None
+        self._load = load
+        self._digest: str | None = None
 
     def digest(self) -> str:
         if self._digest is None:

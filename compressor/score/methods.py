@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.score.report import LayerScore
 
 AVSS_MODES = ("robust", "official")
 SPARSITY_EPS = 1e-12  # official mode: AVSS = variance / max(sparsity, eps)
-
-
-@dataclass(frozen=True)
-class Scorer:
-    name: str
-    description: str
-    groups: frozenset[str]  # statistics groups the pass must collect; empty: no forward pass
-    needs_data: bool = True
-    multi_pass: bool = False  # leave-one-out: one extra pass per layer
-    modes: tuple[str, ...] = ()
-    nested_cuts: bool = True  # the k+1 cut contains the k cut (ranking order); False: contiguous blocks
-    reads_last_state: bool = False  # its statistics read the last block's output (--last-state applies)
 
 
 @dataclass
@@ -35,29 +23,180 @@ class ScoreOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-SCORERS: dict[str, Scorer] = {
-    s.name: s
-    for s in [
-        Scorer("avss", "Activation Variance-Sparsity Score (arXiv 2411.02117): variance / sparsity; "
-               "mode 'official' = the official code's quantities, 'robust' = the same idea on the block's "
-               "padding-masked effect on the RMS-normalised residual stream",
-               frozenset(), modes=AVSS_MODES, reads_last_state=True),
-        Scorer("block-influence", "ShortGPT block influence: 1 - mean cos(h_in, h_out) over real tokens",
-               frozenset({"stream"}), reads_last_state=True),
-        Scorer("angular", "Gromov et al. angular distance arccos(cos(h_l, h_l+n))/pi on the last real token; "
-               "prune removes the contiguous block with the smallest distance", frozenset({"last_token"}),
-               nested_cuts=False, reads_last_state=True),
-        Scorer("leave-one-out", "loss increase when the block is skipped (causal LM: next-token NLL; "
-               "classifier: KL of the logits; bare encoder: 1 - cos of the final hidden state)",
-               frozenset(), multi_pass=True),
-        Scorer("sleb", "SLEB (Song et al., ICML 2024): greedy iterative removal; each round skips every remaining "
-               "block in turn and removes the one whose absence costs least on the calibration loss (nll, or kl "
-               "to the full model); the ranking is the removal order", frozenset(), multi_pass=True),
-        Scorer("last-k", "positional baseline: the k layers before the final one are least important",
-               frozenset(), needs_data=False),
-        Scorer("random", "seeded random scores (a floor every real scorer must beat)", frozenset(), needs_data=False),
-    ]
-}
+@dataclass
+class ScoreInputs:
+    """What a scorer's ``compute`` gets: the model, its calibration data (None when it needs none),
+    its AVSS-style mode, and its own options (validated by ``check_options``)."""
+    loaded: Any
+    data: Any
+    mode: str | None = None
+    seed: int = 0
+    tau: float = 0.01
+    progress: Callable[[int, int], None] | None = None
+    final_norm: bool = False  # --last-state final-norm
+    objective: str | None = None
+    max_remove: int | None = None
+    protect: list[int] | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.loaded.num_layers)
+
+
+class Scorer:
+    """One scorer: what it needs (data, statistics groups, passes), which options are its own, and how
+    it computes one importance score per layer. Adding a scorer is one subclass with ``@register``."""
+    name: ClassVar[str]
+    description: ClassVar[str]
+    groups: ClassVar[frozenset[str]] = frozenset()  # statistics groups the pass must collect
+    needs_data: ClassVar[bool] = True
+    multi_pass: ClassVar[bool] = False  # one extra pass per layer (or per removal round)
+    pass_unit: ClassVar[str] = "batches"  # what its progress bar counts
+    modes: ClassVar[tuple[str, ...]] = ()  # first = default
+    nested_cuts: ClassVar[bool] = True  # the k+1 cut contains the k cut; False: contiguous blocks
+    reads_last_state: ClassVar[bool] = False  # its statistics read the last block's output (--last-state)
+    own_options: ClassVar[tuple[str, ...]] = ()  # options only it takes: objective, max_remove, protect
+
+    def stat_groups(self, mode: str | None) -> frozenset[str]:
+        return self.groups
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        raise NotImplementedError
+
+    def stats(self, x: ScoreInputs) -> Any:
+        from compressor.score.passes import collect_stats
+
+        return collect_stats(x.loaded, x.data, self.stat_groups(x.mode), x.tau, x.progress, x.final_norm)
+
+    def run_options(self, *, last_state: str | None, objective: str | None, protect: list[int],
+                    rounds: int) -> dict[str, Any]:
+        """Its settings in ``avss run`` (part of the score stage's key)."""
+        return {"last_state": last_state} if self.reads_last_state and last_state is not None else {}
+
+
+SCORERS: dict[str, Scorer] = {}
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    SCORERS[cls.name] = cls()
+    return cls
+
+
+@register
+class AVSS(Scorer):
+    name = "avss"
+    description = ("Activation Variance-Sparsity Score (arXiv 2411.02117): variance / sparsity; mode 'official' = "
+                   "the official code's quantities, 'robust' = the same idea on the block's padding-masked effect on "
+                   "the RMS-normalised residual stream")
+    modes = AVSS_MODES
+    reads_last_state = True
+
+    def stat_groups(self, mode: str | None) -> frozenset[str]:
+        return frozenset({"official"}) if mode == "official" else frozenset({"stream"})
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        rows = self.stats(x).results()
+        return avss_official(rows) if x.mode == "official" else avss_robust(rows, x.tau)
+
+
+@register
+class BlockInfluence(Scorer):
+    name = "block-influence"
+    description = "ShortGPT block influence: 1 - mean cos(h_in, h_out) over real tokens"
+    groups = frozenset({"stream"})
+    reads_last_state = True
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        return block_influence(self.stats(x).results())
+
+
+@register
+class RelativeUpdate(Scorer):
+    """The relative update norm ||h_out - h_in|| / ||h_in|| per real token, averaged: how far the block
+    moves the residual stream. The README's scorer comparison measured it as an ablation of robust
+    AVSS's variance term; it reads the same statistics pass as block influence."""
+    name = "relative-update"
+    description = "relative update norm: mean ||h_out - h_in|| / ||h_in|| over real tokens"
+    groups = frozenset({"stream"})
+    reads_last_state = True
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        return ScoreOutcome([
+            LayerScore(i, r["relative_update"], {"relative_update": r["relative_update"], "cosine": r["cosine"],
+                                                 "tokens": int(r["tokens"])})
+            for i, r in enumerate(self.stats(x).results())])
+
+
+@register
+class Angular(Scorer):
+    name = "angular"
+    description = ("Gromov et al. angular distance arccos(cos(h_l, h_l+n))/pi on the last real token; prune removes "
+                   "the contiguous block with the smallest distance")
+    groups = frozenset({"last_token"})
+    nested_cuts = False
+    reads_last_state = True
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        return angular(self.stats(x).angular_matrix(), x.num_layers)
+
+
+@register
+class LeaveOneOut(Scorer):
+    name = "leave-one-out"
+    description = ("loss increase when the block is skipped (causal LM: next-token NLL; classifier: KL of the "
+                   "logits; bare encoder: 1 - cos of the final hidden state)")
+    multi_pass = True
+    pass_unit = "skipping each layer"
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        from compressor.score.passes import leave_one_out_losses
+
+        return leave_one_out(*leave_one_out_losses(x.loaded, x.data, x.progress))
+
+
+@register
+class SLEB(Scorer):
+    name = "sleb"
+    description = ("SLEB (Song et al., ICML 2024): greedy iterative removal; each round skips every remaining block "
+                   "in turn and removes the one whose absence costs least on the calibration loss (nll, or kl to the "
+                   "full model); the ranking is the removal order")
+    multi_pass = True
+    pass_unit = "removing one block per round"
+    own_options = ("objective", "max_remove", "protect")
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        from compressor.score import sleb
+
+        n = x.num_layers
+        result = sleb.sleb_order(x.loaded, x.data, x.max_remove if x.max_remove is not None else n // 2,
+                                 sorted(x.protect or []), x.objective or "nll", x.progress)
+        return sleb.sleb_outcome(result, n)
+
+    def run_options(self, *, last_state: str | None, objective: str | None, protect: list[int],
+                    rounds: int) -> dict[str, Any]:
+        return {"objective": objective or "nll", "protect": protect, "max_remove": rounds}
+
+
+@register
+class LastK(Scorer):
+    name = "last-k"
+    description = "positional baseline: the k layers before the final one are least important"
+    needs_data = False
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        return last_k(x.num_layers)
+
+
+@register
+class Random(Scorer):
+    name = "random"
+    description = "seeded random scores (a floor every real scorer must beat)"
+    needs_data = False
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        out = random_scores(x.num_layers, x.seed)
+        out.extra["seed"] = x.seed
+        return out
 
 
 def get_scorer(name: str) -> Scorer:
@@ -67,16 +206,23 @@ def get_scorer(name: str) -> Scorer:
 
 
 def stat_groups(name: str, mode: str | None) -> frozenset[str]:
-    if name == "avss":
-        return frozenset({"official"}) if mode == "official" else frozenset({"stream"})
-    return get_scorer(name).groups
+    return get_scorer(name).stat_groups(mode)
 
 
 LAST_STATES = ("block", "final-norm")
+_FLAGS = {"objective": "--objective", "max_remove": "--max-remove", "protect": "--protect"}
 
 
 def last_state_scorers() -> list[str]:
     return [s.name for s in SCORERS.values() if s.reads_last_state]
+
+
+def option_scorers(option: str) -> list[str]:
+    return [s.name for s in SCORERS.values() if option in s.own_options]
+
+
+def mode_scorers() -> list[str]:
+    return [s.name for s in SCORERS.values() if s.modes]
 
 
 def names_text(names: list[str]) -> str:
@@ -85,28 +231,34 @@ def names_text(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
-def check_options(name: str, objective: str | None, max_remove: int | None, last_state: str | None) -> None:
+def check_options(name: str, objective: str | None, max_remove: int | None, last_state: str | None,
+                  protect: Any = None) -> None:
     """Options that belong to one scorer are refused with any other (a typo never silently does nothing)."""
-    if name != "sleb" and (objective is not None or max_remove is not None):
-        flag = "--objective" if objective is not None else "--max-remove"
-        raise BadInput(f"{flag} only applies to --method sleb (got --method {name})", f"drop {flag}")
+    scorer = get_scorer(name)
+    for option, value in (("objective", objective), ("max_remove", max_remove), ("protect", protect)):
+        if value is not None and option not in scorer.own_options:
+            flag = _FLAGS[option]
+            raise BadInput(f"{flag} only applies to --method {names_text(option_scorers(option))} (got --method {name})",
+                           f"drop {flag}")
     if last_state is not None:
         if last_state not in LAST_STATES:
             raise BadInput(f"unknown --last-state {last_state!r}", "use block (default) or final-norm")
-        if not get_scorer(name).reads_last_state:
+        if not scorer.reads_last_state:
             raise BadInput(f"--last-state only applies to {names_text(last_state_scorers())} (got --method {name})",
                            "drop --last-state")
 
 
 def check_mode(name: str, mode: str | None) -> str | None:
-    """AVSS needs a mode (default robust); other methods must not be given one."""
-    if name == "avss":
-        mode = mode or "robust"
-        if mode not in AVSS_MODES:
-            raise BadInput(f"unknown --avss-mode {mode!r}", "use --avss-mode robust or --avss-mode official")
+    """A scorer with modes gets one (its first is the default); other scorers must not be given one."""
+    scorer = get_scorer(name)
+    if scorer.modes:
+        mode = mode or scorer.modes[0]
+        if mode not in scorer.modes:
+            raise BadInput(f"unknown --avss-mode {mode!r}", f"use {' or '.join('--avss-mode ' + m for m in scorer.modes)}")
         return mode
     if mode is not None:
-        raise BadInput(f"--avss-mode only applies to --method avss (got --method {name})", "drop --avss-mode")
+        raise BadInput(f"--avss-mode only applies to --method {names_text(mode_scorers())} (got --method {name})",
+                       "drop --avss-mode")
     return None
 
 
@@ -199,5 +351,3 @@ def check_finite(outcome: ScoreOutcome, label: str) -> None:
         raise RuntimeFailure(f"{label} produced non-finite scores for layers {bad}",
                              "use --dtype float32, or check the model's weights for NaN/inf")
 
-
-Compute = Callable[..., ScoreOutcome]

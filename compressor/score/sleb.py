@@ -86,7 +86,7 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
     from torch import nn
 
     from compressor.architectures import get_layers, set_layers
-    from compressor.score.api import _forward_kwargs
+    from compressor.score.passes import forward_kwargs
 
     model, adapter = loaded.model, loaded.adapter
     causal = adapter.family == "decoder" and model.get_output_embeddings() is not None
@@ -126,7 +126,7 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
                 count = 0.0
                 current = 0.0
                 for bi, batch in enumerate(batches):
-                    kw = _forward_kwargs(loaded, batch)
+                    kw = forward_kwargs(loaded, batch)
                     # the current model once, keeping the state entering every remaining block
                     states: dict[int, Any] = {}
                     handles = []

@@ -87,7 +87,7 @@ class StatsCollector:
         self.ctx = BatchContext()
         self.handles: list[Any] = []
         self.last_tokens: list[Any] = [None] * (len(self.layers) + 1)
-        self.pair_cos = None  # (L+1, L+1) float64 sum of angular distances between last-token states
+        self.pair_cos: Any = None  # (L+1, L+1) float64 sum of angular distances between last-token states
         self.samples = 0
 
     def __enter__(self) -> "StatsCollector":

@@ -4,7 +4,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from compressor.verify.tasks import LOWER_IS_BETTER, kind as task_kind
+from compressor.verify.tasks import LOWER_IS_BETTER
+from compressor.verify.tasks import kind as task_kind
 
 
 def retention(metric: str, base: float, cand: float) -> float:

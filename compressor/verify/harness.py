@@ -16,8 +16,15 @@ import os
 from typing import Any, Iterator
 
 from compressor.errors import BadInput
-from compressor.verify.tasks import (MC_PREDICTION, FiniteCount, TaskKind, TaskOutput, all_finite, mc_predictions,
-                                      register)
+from compressor.verify.tasks import (
+    MC_PREDICTION,
+    FiniteCount,
+    TaskKind,
+    TaskOutput,
+    all_finite,
+    mc_predictions,
+    register,
+)
 
 REQUIREMENT = "lm_eval==0.4.13"
 INSTALL = "pip install 'avss-compressor[lm-eval]' (from a checkout: pip install -e '.[lm-eval]')"

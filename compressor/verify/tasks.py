@@ -389,7 +389,7 @@ def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[st
             keys.append((i, c))
     lls = loglikelihoods(model, pairs, batch_size, max_length, progress)
     per: dict[int, list[float]] = {}
-    for (i, c), ll in zip(keys, lls):
+    for (i, _c), ll in zip(keys, lls):
         per.setdefault(i, []).append(ll)
     finite = FiniteCount("examples")
     for i in range(len(examples)):
@@ -473,6 +473,7 @@ def finite_watch(rows: int) -> Any:
     class Watch(LogitsProcessor):
         def __init__(self) -> None:
             self.bad = [False] * rows
+            self.processors: Any = None  # what generate() takes: a list holding this watch
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             for j in nan_or_posinf(scores).any(-1).nonzero().flatten().tolist():
@@ -523,11 +524,17 @@ class TaskKind:
 
     def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
                  progress: Progress | None) -> TaskOutput:
-        return type(self).evaluator(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
-                                    profile.eval.max_length, progress)
+        evaluator = type(self).evaluator
+        if evaluator is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no evaluator")
+        return evaluator(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                         profile.eval.max_length, progress)
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
-        return type(self).metrics_of(records)
+        metrics_of = type(self).metrics_of
+        if metrics_of is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no metrics")
+        return metrics_of(records)
 
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         """Share of examples where both models give the same answer (None: the kind has no answer)."""

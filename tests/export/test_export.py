@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.prune.surgery import prune_model
-from compressor.sources.models import load_model
 from compressor.export.convert import export_model
 from compressor.export.layout import uses_external_data
+from compressor.prune.surgery import prune_model
+from compressor.sources.models import load_model
 
 ARCHS = ["llama", "qwen2", "gpt2", "bert"]
 

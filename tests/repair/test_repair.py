@@ -3,13 +3,12 @@ import json
 
 import pytest
 import torch
+from repair.test_linear import batches
 
 from compressor.errors import BadInput
 from compressor.repair.api import RepairSettings, protect_for, repair_cut
 from compressor.sources.models import load_model
-from repair.test_linear import batches
 from helpers import run
-
 
 EXPORTED = {"llama", "gpt2", "gpt_neox"}  # one of each fold kind: plain Linear, Conv1D, Linear + bias (parallel residual)
 

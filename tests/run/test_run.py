@@ -92,6 +92,7 @@ def identity_model(tmp_path_factory, decoder_tokenizer):
     """A 6-layer Llama that memorised a text with layers 1, 3, 4 held at identity (zero output
     projections): removing exactly those three changes nothing; removing any other layer breaks it."""
     import pydoc_data.topics as t
+
     import torch
     import transformers as tf
 

@@ -76,3 +76,62 @@ def test_data_scorers_need_data_and_modes_are_checked(tiny):
         score_layers(loaded, "avss", mode="paper")
     with pytest.raises(BadInput, match="unknown method"):
         score_layers(loaded, "magnitude")
+
+
+def test_relative_update_is_the_mean_per_token_update_norm(tiny, text_file):
+    """The scorer added as one registry class: ||h_out - h_in|| / ||h_in|| per real token, averaged,
+    against hidden states computed here from the model's own outputs."""
+    loaded = load_model(str(tiny("llama")))
+    data = load_calibration(CalibrationSpec(source=str(text_file), samples=4, seq_len=24, batch_size=2, pack=False),
+                            loaded.tokenizer)
+    rep = score_layers(loaded, "relative-update", data=data)
+    n = loaded.num_layers
+    sums, tokens = [0.0] * n, 0.0
+    body = loaded.model.model
+    with torch.no_grad():
+        for b in data.batches:
+            hs = body(**b, output_hidden_states=True).hidden_states
+            m = b["attention_mask"].float()
+            tokens += float(m.sum())
+            for i in range(n):
+                x, y = hs[i].float(), hs[i + 1].float()
+                if i == n - 1:  # transformers' last hidden state is after the final norm; ours is the raw block output
+                    y = _raw_last_block_output(loaded, b)
+                sums[i] += float(((y - x).norm(dim=-1) / x.norm(dim=-1) * m).sum())
+    expect = [s / tokens for s in sums]
+    assert [l.score for l in rep.layers] == pytest.approx(expect, rel=1e-4)
+    assert rep.method == "relative-update" and all("relative_update" in l.stats for l in rep.layers)
+
+
+def _raw_last_block_output(loaded, batch):
+    out = {}
+    handle = loaded.model.model.layers[-1].register_forward_hook(
+        lambda mod, args, res: out.setdefault("h", res[0] if isinstance(res, tuple) else res))
+    try:
+        loaded.model.model(**batch)
+    finally:
+        handle.remove()
+    return out["h"].float()
+
+
+def test_a_new_scorer_is_one_registry_class(monkeypatch, tiny):
+    """What the registry promises: a class with @register is a --method for score, prune and run, with its
+    options validated, and no other code names it."""
+    from compressor.score import methods
+
+    monkeypatch.setattr(methods, "SCORERS", dict(methods.SCORERS))  # the registry as it was, after the test
+
+    @methods.register
+    class Depth(methods.Scorer):
+        name = "depth-test"
+        description = "deeper is more important (a test scorer)"
+        needs_data = False
+
+        def compute(self, x):
+            return methods.ScoreOutcome([methods.LayerScore(i, float(i), {}) for i in range(x.num_layers)])
+
+    assert isinstance(methods.get_scorer("depth-test"), Depth)
+    loaded = load_model(str(tiny("gpt2")))
+    assert score_layers(loaded, "depth-test").ranking == [0, 1, 2, 3]
+    with pytest.raises(BadInput, match="--objective only applies to --method sleb"):
+        score_layers(loaded, "depth-test", objective="kl")

@@ -10,7 +10,8 @@ from torch import nn
 from compressor.architectures import get_layers, set_layers
 from compressor.errors import BadInput
 from compressor.prune.select import select_layers
-from compressor.score.api import model_loss, score_layers
+from compressor.score.api import score_layers
+from compressor.score.passes import model_loss
 from compressor.sources.data import CalibrationSpec, load_calibration
 from compressor.sources.models import load_model
 
@@ -152,7 +153,7 @@ def test_cli_score_prune_and_run_with_sleb(tiny, text_file, tmp_path, capsys):
                           (["score", model, "--method", "angular", "--protect", "0", *data],
                            "--protect on avss score only applies to --method sleb"),
                           (["score", model, "--method", "sleb", "--last-state", "final-norm", *data],
-                           "--last-state only applies to block-influence, angular and avss"),
+                           "--last-state only applies to block-influence, relative-update, angular and avss"),
                           (["prune", model, "--scores", str(tmp_path / "s.json"), "--num-layers", "1",
                             "--objective", "kl", "--out", str(tmp_path / "x")], "--objective applies to --method")]:
         code, _, err = run(argv, capsys)

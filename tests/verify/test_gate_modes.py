@@ -5,8 +5,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from compressor.verify.gate import aggregate_verdict, retention, task_passes
-from verify.conftest import write_profile
 from helpers import run
+from verify.conftest import write_profile
 
 
 def test_rule_all_mean_and_task_thresholds():

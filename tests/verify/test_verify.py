@@ -8,8 +8,8 @@ from compressor.profiles import Profile
 from compressor.sources.models import load_model
 from compressor.verify.api import verify
 from compressor.verify.gate import retention
-from verify.conftest import causal_profile, write_profile
 from helpers import run
+from verify.conftest import causal_profile, write_profile
 
 
 def test_retention_definitions():
