@@ -196,8 +196,9 @@ def what_this_means(results: dict[str, Any]) -> list[str]:
             out.append(f"- **{m['name']}: no cut passes the {gate:.2f} gate**, not even one layer, with any scorer. "
                        f"Closest at {c['k']} layer(s): {c['label']}, keeping {_tasks_text(c['failing'])}.")
     ranking, p, one = f["ranking"], f["pick"], f["one_pass_pick"]
-    pick = (f"- **Default scorer: {p['label']}.** Rule: the highest worst-task retention, averaged over every "
-            f"cut size of a model and then over the models (ties: the larger passing cuts). {p['label']}: mean "
+    pick = (f"- **Best scorer by this measure: {p['label']}** (`avss`'s default stays robust AVSS, the paper's idea "
+            f"without its collapse; pick this one with --method). Rule: the highest worst-task retention, averaged "
+            f"over every cut size of a model and then over the models (ties: the larger passing cuts). {p['label']}: mean "
             f"worst-task retention {p['worst']:.2f}; largest passing cuts {', '.join(p['cuts'])}")
     pick += f"; scoring costs {', '.join(p['cost'])} a plain forward pass." if p["cost"] else "."
     nxt = ranking[1] if len(ranking) > 1 else None

@@ -1,14 +1,35 @@
 """avss-compressor: score transformer layers, remove the least important ones, and prove the result.
 
-Public surface (kept small on purpose; heavy modules import torch lazily):
+Public surface (kept small on purpose; each name imports its module, and torch, only when used):
 
-    from compressor import score_layers, select_layers, prune_model, load_model, load_calibration
+    from compressor import load_model, score_layers, select_layers, prune_model, verify, export_model
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "score_layers", "select_layers", "prune_model", "load_model", "load_calibration"]
+# name -> the module that defines it: the one list of what `from compressor import X` offers
+_PUBLIC = {
+    "load_model": "compressor.sources.models",
+    "CalibrationSpec": "compressor.sources.data",
+    "load_calibration": "compressor.sources.data",
+    "score_layers": "compressor.score.api",
+    "select_layers": "compressor.prune.select",
+    "prune_model": "compressor.prune.surgery",
+    "load_profile": "compressor.profiles",
+    "verify": "compressor.verify.api",
+    "write_reports": "compressor.verify.report",
+    "export_model": "compressor.export.convert",
+    "export_genai": "compressor.export.genai",
+    "quantize_export": "compressor.export.quantize",
+    "load_onnx_model": "compressor.export.ort_model",
+    "BenchOptions": "compressor.export.bench",
+    "bench_models": "compressor.export.bench",
+    "RunConfig": "compressor.run.config",
+    "run_pipeline": "compressor.run.api",
+}
+
+__all__ = ["__version__", *_PUBLIC]
 
 
 def library_versions() -> dict[str, str]:
@@ -28,24 +49,8 @@ def library_versions() -> dict[str, str]:
 
 
 def __getattr__(name: str):  # lazy: `import compressor` must not import torch
-    if name == "score_layers":
-        from compressor.score.api import score_layers
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'compressor' has no attribute {name!r}")
+    import importlib
 
-        return score_layers
-    if name == "select_layers":
-        from compressor.prune.select import select_layers
-
-        return select_layers
-    if name == "prune_model":
-        from compressor.prune.surgery import prune_model
-
-        return prune_model
-    if name == "load_model":
-        from compressor.sources.models import load_model
-
-        return load_model
-    if name == "load_calibration":
-        from compressor.sources.data import load_calibration
-
-        return load_calibration
-    raise AttributeError(name)
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

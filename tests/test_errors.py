@@ -35,3 +35,18 @@ def test_any_other_runtime_error_is_not_answered_with_batch_size_advice(tiny, tm
     assert line.startswith("error: unexpected RuntimeError: index 7 is out of bounds") and "report it" in line
     assert "batch_size" not in line
     assert compute_error(RuntimeError("index 7 is out of bounds"), "x", "y") is None
+
+
+def test_library_diagnostics_go_through_the_cli_sink_not_print(capsys):
+    """The library logs to the ``avss`` logger (ruff's T20 keeps print() out of it); the CLI routes that
+    logger into its one sink, on stderr, never stdout (which carries data)."""
+    from compressor import diagnostics
+    from compressor.cli.output import route_library_diagnostics
+
+    route_library_diagnostics()
+    route_library_diagnostics()  # idempotent: one handler, one line
+    diagnostics.note("converting something once")
+    diagnostics.warn("something to know")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("converting something once") == 1 and "warning: something to know" in captured.err

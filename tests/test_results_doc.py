@@ -152,7 +152,7 @@ def test_conclusions_are_computed(results):
     assert "Closest at 1 layer(s): leave-one-out, keeping acc 0.88." in text
     assert "largest cut that passes the 0.90 gate** (search up to 4 layer(s)) is 4 layer(s) (50 %), by leave-one-out" in text
     assert "**Toy classifier: no cut passes the 0.90 gate**" in text
-    assert "**Default scorer: leave-one-out.**" in text and "mean worst-task retention 0.91" in text
+    assert "**Best scorer by this measure: leave-one-out**" in text and "mean worst-task retention 0.91" in text
     assert "scoring costs 9.0× (Toy LM), 9.0× (Toy classifier) a plain forward pass" in text
     assert ("leave-one-out runs the model once per layer plus once; the best single-pass scorer, AVSS (robust), "
             "is 0.04 behind") in text
@@ -169,7 +169,7 @@ def test_conclusions_follow_the_numbers(results):
                 t["retention"], t["passed"] = 0.99, True
             c["passed"] = True
     text = "\n".join(R.what_this_means(r))
-    assert "**Default scorer: AVSS (official).**" in text
+    assert "**Best scorer by this measure: AVSS (official)**" in text
     assert "Runner-up: leave-one-out, 0.08 behind." in text
     assert "official AVSS is at or above random here" in text
     assert "The claim holds for AVSS (official), block influence, leave-one-out" in text

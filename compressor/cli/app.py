@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
 
     Usage errors (unknown flag, missing argument) are reported by Typer itself with exit code 2.
     """
-    from compressor.cli.output import error
+    from compressor.cli.output import error, route_library_diagnostics
 
+    route_library_diagnostics()
     _state["debug"] = os.environ.get("AVSS_DEBUG", "") not in ("", "0")
     command = _command(argv)
     in_main = threading.current_thread() is threading.main_thread()

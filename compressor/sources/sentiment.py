@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from compressor import diagnostics
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import build_once
 from compressor.sources import builtins
@@ -137,8 +137,8 @@ def build_sentiment_classifier(
 
     # ~22 ms per example and epoch at max_length 64 on 2 free cores (45 s for 2,000 measured)
     estimate = 0.022 * len(train) * epochs * max(max_length, 32) / 64 + 0.01 * len(evalset) + 5
-    print(f"fine-tuning {_BASE_MODEL} as a sentiment classifier on {len(train)} Rotten Tomatoes snippets "
-          f"({epochs} epoch(s)) into {target} (once, roughly {_human(estimate)} on 2 free CPU cores)", file=sys.stderr)
+    diagnostics.note(f"fine-tuning {_BASE_MODEL} as a sentiment classifier on {len(train)} Rotten Tomatoes snippets "
+                     f"({epochs} epoch(s)) into {target} (once, roughly {_human(estimate)} on 2 free CPU cores)")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

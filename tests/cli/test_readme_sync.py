@@ -1,5 +1,6 @@
-"""The README's CLI reference stays in sync with the Typer app: every command has a section and
-every flag of a command is documented inside that command's own section."""
+"""The CLI reference (docs/cli.md) stays in sync with the Typer app: every command has a section and
+every flag of a command is documented inside that command's own section; the README's and the docs'
+relative links resolve, anchors included."""
 import re
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import typer.main
 
 from compressor.cli.app import app
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
 
 
 def _commands():
@@ -16,8 +19,8 @@ def _commands():
 
 
 def _section(name: str) -> str:
-    m = re.search(rf"^### `avss {name}\b.*?$(.*?)(?=^#{{2,3}} )", README, flags=re.S | re.M)
-    assert m, f"README has no '### `avss {name} ...`' section"
+    m = re.search(rf"^### `avss {name}\b.*?$(.*?)(?=^#{{2,3}} )", CLI_DOC, flags=re.S | re.M)
+    assert m, f"docs/cli.md has no '### `avss {name} ...`' section"
     return m.group(1)
 
 
@@ -28,8 +31,37 @@ def test_every_flag_is_documented_in_its_section(name):
         for opt in param.opts + param.secondary_opts:
             if opt.startswith("--") and opt != "--help":
                 assert re.search(rf"(?:`|/ ){re.escape(opt)}(?![\w-])", text), \
-                    f"avss {name}: {opt} is not documented in its README section"
+                    f"avss {name}: {opt} is not documented in its docs/cli.md section"
 
 
 def test_quickstart_commands_exist():
     assert "make demo" in README and "make test" in README
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    heads = {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, flags=re.M)}
+    return heads | set(re.findall(r'<a id="([^"]+)"', text))
+
+
+@pytest.mark.parametrize("doc", ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))])
+def test_every_relative_link_resolves(doc):
+    path = ROOT / doc
+    text = path.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        assert dest.exists(), f"{doc}: link {target} points at a missing file"
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest.read_text(encoding="utf-8")), f"{doc}: link {target}: no such anchor"
+
+
+def test_the_readme_stays_short():
+    assert len(README.splitlines()) <= 350
