@@ -354,7 +354,7 @@ def bench_models(paths: list[str], options: BenchOptions,
         runtime.check_provider_request(options.provider)
     except runtime.RuntimeSetupError as exc:
         raise exc.as_avss_error() from exc
-    from compressor.export.genai import genai_kv_shape
+    from compressor.export.layout import genai_kv_shape
 
     say = progress or (lambda msg: None)
     targets = [_resolve(p) for p in paths]

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from compressor.errors import BadInput, RuntimeFailure
+from compressor.export.layout import GENAI_CONFIG, genai_kv_shape, is_genai_folder  # noqa: F401 (re-exported)
 
 REQUIREMENT = "onnxruntime-genai==0.15.2"  # the newest whose builder imports with transformers 4.57
-GENAI_CONFIG = "genai_config.json"
 # the pinned builder's model classes among the architectures we prune (builder.py dispatches on these)
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM",
              "Phi3ForCausalLM")
@@ -40,11 +40,6 @@ CPU_HEAD_MULTIPLE = 16  # ONNX Runtime's CPU GroupQueryAttention: "head_size sha
 # is installed (recorded, with a warning). bf16 is not offered: ONNX Runtime's CPU provider has no bf16
 # MatMul and numpy no bfloat16 for the KV cache, so no machine we test on could check one.
 DTYPES = {"float32": "fp32", "float16": "fp16"}
-
-
-def is_genai_folder(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / GENAI_CONFIG).is_file()
 
 
 def builder_version() -> str:
@@ -295,17 +290,3 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
-
-
-def genai_kv_shape(folder: str | Path) -> tuple[int, int] | None:
-    """(kv heads, head size) from a GenAI folder's ``genai_config.json``: the empty past's shape, which
-    the graph leaves symbolic."""
-    f = Path(folder) / GENAI_CONFIG
-    if not f.is_file():
-        return None
-    try:
-        dec = json.loads(f.read_text(encoding="utf-8"))["model"]["decoder"]
-        return int(dec["num_key_value_heads"]), int(dec["head_size"])
-    except (ValueError, KeyError, TypeError):
-        raise BadInput(f"{f} is damaged: it has no model.decoder num_key_value_heads/head_size",
-                       "re-export it with `avss export --exporter genai`") from None

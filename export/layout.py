@@ -170,3 +170,27 @@ def read_num_layers(folder: str | Path) -> int | None:
         if isinstance(data.get(key), int):
             return int(data[key])
     return None
+
+
+GENAI_CONFIG = "genai_config.json"  # what marks a folder written by ONNX Runtime GenAI's Model Builder
+
+
+def is_genai_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / GENAI_CONFIG).is_file()
+
+
+def genai_kv_shape(folder: str | Path) -> tuple[int, int] | None:
+    """(kv heads, head size) from a GenAI folder's ``genai_config.json``: the empty past's shape, which
+    the graph leaves symbolic."""
+    f = Path(folder) / GENAI_CONFIG
+    if not f.is_file():
+        return None
+    try:
+        dec = json.loads(f.read_text(encoding="utf-8"))["model"]["decoder"]
+        return int(dec["num_key_value_heads"]), int(dec["head_size"])
+    except (ValueError, KeyError, TypeError):
+        from compressor.errors import BadInput
+
+        raise BadInput(f"{f} is damaged: it has no model.decoder num_key_value_heads/head_size",
+                       "re-export it with `avss export --exporter genai`") from None

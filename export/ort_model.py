@@ -300,7 +300,7 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
     except RuntimeSetupError as exc:
         raise exc.as_avss_error() from exc
     if adapter.family == "decoder":
-        from compressor.export.genai import genai_kv_shape, is_genai_folder
+        from compressor.export.layout import genai_kv_shape, is_genai_folder
 
         genai = is_genai_folder(folder)
         model: Any = OrtModelForCausalLM(sess, config, kv_shape=genai_kv_shape(folder) if genai else None,

@@ -268,7 +268,7 @@ def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, dtype
     (GroupQueryAttention reads positions from the mask's sum: exact with right padding, wrong with left),
     then for each sequence alone a decode step on the KV cache and greedy tokens. Never raises for a
     mismatch."""
-    from compressor.export.genai import genai_kv_shape
+    from compressor.export.layout import genai_kv_shape
     from compressor.export.runtime import make_session
 
     sess = make_session(str(Path(folder) / "model.onnx"), provider)

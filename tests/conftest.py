@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import shared_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AVSS_CACHE", str(ROOT / ".cache" / "avss"))
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -71,8 +73,8 @@ def small_classifier(tmp_path_factory) -> Path:
     """A real (small) sentiment classifier: MiniLM fine-tuned on 300 Rotten Tomatoes snippets (~20 s)."""
     from compressor.sources.sentiment import build_sentiment_classifier
 
-    return build_sentiment_classifier(tmp_path_factory.mktemp("clf") / "clf", train_size=300, eval_size=200,
-                                      max_length=48, epochs=2, batch_size=16, lr=2e-4)
+    return build_sentiment_classifier(shared_dir(tmp_path_factory, "small-classifier") / "clf", train_size=300,
+                                      eval_size=200, max_length=48, epochs=2, batch_size=16, lr=2e-4)
 
 
 @pytest.fixture(scope="session")

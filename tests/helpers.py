@@ -1,6 +1,7 @@
 """Helpers shared by the tests (importable: tests/ is on sys.path through the root conftest)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,15 @@ def write_ppl_profile(folder: Path, min_retention: float, name: str = "profile.y
     p = folder / name
     p.write_text(yaml.safe_dump(prof), encoding="utf-8")
     return p
+
+
+
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every pytest-xdist worker of this run sees (the run's temp root), for fixtures that cost
+    tens of seconds: the first worker builds into it under a lock (``compressor.files.build_once``), the
+    other waits for the lock without using a core, then reuses the result."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

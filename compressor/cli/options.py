@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from compressor.repair.api import choices as repair_choices
 from compressor.score.methods import SCORERS, last_state_scorers, names_text
 
 Model = Annotated[str, typer.Argument(help="builtin:smollm2-135m, builtin:minilm-l6, a local model folder, or a Hub id.")]
@@ -27,7 +28,7 @@ LastState = Annotated[Optional[str], typer.Option("--last-state", help=names_tex
 AvssMode = Annotated[Optional[str], typer.Option("--avss-mode", help="AVSS only: robust (default) or official (the official code's exact formula; collapses on real LLMs).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --method random.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
-Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut: none (default), linear (closed-form patch, seconds), distill (healing, minutes), linear+distill.")]
+Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut: " + ", ".join(repair_choices()) + " (none is the default; linear: closed-form patch, seconds; distill: healing, minutes).")]
 Ridge = Annotated[Optional[float], typer.Option("--ridge", help="linear: relative ridge of the least-squares patch (default: 1e-4).")]
 HealSteps = Annotated[Optional[int], typer.Option("--heal-steps", help="distill: training steps, one calibration batch each (default: 30).")]
 HealTokens = Annotated[Optional[int], typer.Option("--heal-tokens", help="distill: token budget instead of --heal-steps.")]

@@ -48,7 +48,7 @@ def prune(
     from compressor.errors import BadInput
     from compressor.files import check_output_dir
     from compressor.prune.select import select_layers
-    from compressor.prune.surgery import prune_model
+    from compressor.repair.api import prune_and_repair
     from compressor.score.report import ScoreReport
 
     if (scores is None) == (method is None):
@@ -78,7 +78,7 @@ def prune(
 
         check_repair(settings, loaded.adapter)  # an architecture it cannot repair fails before scoring
         if protect_for(settings, protect) != protect:
-            note("--repair linear keeps layer 0 (the patch folds into the block before each removed span)")
+            note(f"--repair {settings.method} keeps layer 0 (its patch folds into the block before each removed span)")
             protect = protect_for(settings, protect)
     if report is not None:
         if report.num_layers != loaded.num_layers:
@@ -121,8 +121,8 @@ def prune(
 
         cal = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
     with common.repair_progress() as update:
-        res = prune_model(loaded, sel.removed, out, force=force, provenance=provenance, repair=settings,
-                          calibration=cal, progress=update)
+        res = prune_and_repair(loaded, sel.removed, out, settings, cal, force=force, provenance=provenance,
+                               progress=update)
     for w in res.warnings:
         warn(w)
     if settings.method != "none":

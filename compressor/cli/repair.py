@@ -6,13 +6,14 @@ from typing import Annotated
 import typer
 
 from compressor.cli import options as o
+from compressor.repair.api import choices as repair_choices
 
 
 def repair(
     base: Annotated[str, typer.Argument(help="The full model the slim one was pruned from.")],
     slim: Annotated[str, typer.Argument(help="A checkpoint written by `avss prune` (its compression.json names the removed layers).")],
     out: Annotated[str, typer.Option("--out", help="Folder for the repaired checkpoint (atomic write).")],
-    method: Annotated[str, typer.Option("--method", help="linear, distill or linear+distill.")] = "linear",
+    method: Annotated[str, typer.Option("--method", help=", ".join(c for c in repair_choices() if c != "none") + ".")] = "linear",
     ridge: o.Ridge = None,
     heal_steps: o.HealSteps = None,
     heal_tokens: o.HealTokens = None,

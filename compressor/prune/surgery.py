@@ -12,7 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from compressor import __version__
 from compressor.architectures import ArchAdapter, adapter_for_config, get_layers, set_layers
@@ -100,28 +100,22 @@ def prune_model(
     *,
     force: bool = False,
     provenance: dict[str, Any] | None = None,
-    repair: Any = None,
-    calibration: Any = None,
-    progress: Any = None,
+    cut: Callable[[Any, list[int]], tuple[Any, dict[str, Any], list[str]]] | None = None,
 ) -> PruneResult:
     """Remove ``removed`` (0-based, original numbering) from ``loaded`` (a LoadedModel) and save to ``out``.
 
-    Without ``repair`` (a ``RepairSettings``) the in-memory model is modified: callers that still need
-    the full model must reload it. With a repair, ``loaded`` stays the full model (it is the teacher
-    and the source of the activations) and the cut, repaired copy is saved; ``calibration`` is the
-    ``CalibrationData`` the repair fits on.
+    Without ``cut`` the in-memory model is modified: callers that still need the full model must
+    reload it. ``cut(loaded, removed)`` makes the slim model itself and returns (slim LoadedModel,
+    repair record, warnings): ``compressor.repair.api.prune_and_repair`` passes a repair that way, and
+    ``loaded`` then stays the full model. (Prune knows nothing of repairs: repair builds on prune.)
     """
     out = check_output_dir(out, force)
     model = loaded.model
     n_before = int(model.config.num_hidden_layers)
     p_before = int(sum(p.numel() for p in model.parameters()))
-    if repair is not None and repair.method != "none":
-        from compressor.repair.api import repair_cut
-
-        if calibration is None:
-            raise BadInput(f"--repair {repair.method} needs calibration data", "pass --data or --profile")
-        slim, repair_record, warnings = repair_cut(loaded, removed, repair, calibration.batches, progress)
-        repair_record["calibration"] = calibration.describe()
+    repair_record: dict[str, Any]
+    if cut is not None:
+        slim, repair_record, warnings = cut(loaded, removed)
         model, tokenizer = slim.model, slim.tokenizer
     else:
         warnings = remove_layers(model, removed, loaded.adapter)

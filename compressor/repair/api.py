@@ -7,9 +7,10 @@ order (``linear+distill``: fold the closed-form patch, then heal from it). ``non
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from compressor.errors import BadInput
 from compressor.repair.distill import DEFAULT_LR, DEFAULT_STEPS
@@ -58,10 +59,40 @@ class _Ctx:
     warnings: list[str] = field(default_factory=list)
 
 
-class LinearRepair:
+class Repair:
+    """One repair method: what it refuses up front (``check``), one step on the model being cut
+    (``apply``), and one line from its part of the record (``summary``). Adding a repair is one
+    subclass with ``@register``; ``--repair`` choices, their order and --protect follow from these flags."""
+    name: ClassVar[str]
+    description: ClassVar[str]
+    cuts: ClassVar[bool] = False  # it cuts the full model itself, so it must come first in a chain
+    patches_spans: ClassVar[bool] = False  # it folds into the block before each removed span: layer 0 stays
+
+    def check(self, adapter: Any, removed: list[int]) -> None:
+        return None
+
+    def apply(self, ctx: _Ctx) -> None:
+        raise NotImplementedError
+
+    def summary(self, part: dict[str, Any]) -> str:
+        return ""
+
+
+REPAIRS: dict[str, Repair] = {}
+
+
+def register(cls: type[Repair]) -> type[Repair]:
+    REPAIRS[cls.name] = cls()
+    return cls
+
+
+@register
+class LinearRepair(Repair):
     name = "linear"
     description = ("closed-form d x d patch per removed span (ridge least squares on calibration activations), "
                    "folded into the MLP output projection of the kept block before the span; no training")
+    cuts = True
+    patches_spans = True
 
     def check(self, adapter: Any, removed: list[int]) -> None:
         from compressor.repair.linear import check_foldable
@@ -70,10 +101,6 @@ class LinearRepair:
 
     def apply(self, ctx: _Ctx) -> None:
         from compressor.repair.linear import linear_repair
-
-        if ctx.cut_done:
-            raise BadInput("linear must come first in --repair (it cuts the full model span by span)",
-                           "use --repair linear+distill")
 
         def prog(done: int, total: int) -> None:
             if ctx.progress:
@@ -84,8 +111,15 @@ class LinearRepair:
         ctx.warnings += warnings
         ctx.record["linear"] = {"ridge": ctx.settings.ridge, "spans": [p.to_dict() for p in patches]}
 
+    def summary(self, part: dict[str, Any]) -> str:
+        sp = part["spans"]
+        before = sum(x["error_before"] for x in sp) / len(sp)
+        after = sum(x["error_after"] for x in sp) / len(sp)
+        return f"{len(sp)} span(s), mean residual error {before:.3f} -> {after:.3f}"
 
-class DistillRepair:
+
+@register
+class DistillRepair(Repair):
     name = "distill"
     description = ("short healing from the full model: the blocks next to each cut train on a relative MSE of "
                    "hidden states at the cut points and at the final norm, early-stopped on held-out calibration")
@@ -111,19 +145,45 @@ class DistillRepair:
                       seed=s.seed, progress=prog)
         ctx.record["distill"] = rec.to_dict()
 
+    def summary(self, part: dict[str, Any]) -> str:
+        return f"{part['steps']} steps, held-out KL {part['heldout_kl_before']:.3f} -> {part['heldout_kl_after']:.3f}"
 
-REPAIRS: dict[str, Any] = {r.name: r for r in (LinearRepair(), DistillRepair())}
-CHOICES = ("none", "linear", "distill", "linear+distill")
+
+def choices() -> tuple[str, ...]:
+    """Every valid ``--repair``: none, each method, and each chain whose cutting method comes first."""
+    out = ["none"]
+    for k in range(1, len(REPAIRS) + 1):
+        for chain in itertools.permutations(REPAIRS.values(), k):
+            if not any(r.cuts for r in chain[1:]):
+                out.append("+".join(r.name for r in chain))
+    return tuple(out)
 
 
-def parse_method(method: str) -> list[Any]:
+def parse_method(method: str) -> list[Repair]:
     if method == "none":
         return []
     steps = method.split("+")
-    unknown = [s for s in steps if s not in REPAIRS]
-    if unknown or len(set(steps)) != len(steps):
-        raise BadInput(f"unknown --repair {method!r}", f"use one of: {', '.join(CHOICES)}")
+    if method not in choices():
+        cutting = [s for s in steps[1:] if s in REPAIRS and REPAIRS[s].cuts]
+        if cutting and len(set(steps)) == len(steps) and all(s in REPAIRS for s in steps):
+            raise BadInput(f"{cutting[0]} must come first in --repair (it cuts the full model span by span)",
+                           f"use --repair {'+'.join([cutting[0], *[s for s in steps if s != cutting[0]]])}")
+        raise BadInput(f"unknown --repair {method!r}", f"use one of: {', '.join(choices())}")
     return [REPAIRS[s] for s in steps]
+
+
+def patches_spans(method: str) -> bool:
+    """Whether this --repair folds a patch into the block before each removed span."""
+    return any(r.patches_spans for r in parse_method(method))
+
+
+def describe(rec: dict[str, Any]) -> str:
+    """One line from a repair record: what each step did and measured."""
+    parts = [rec.get("method", "none")]
+    parts += [REPAIRS[name].summary(rec[name]) for name in REPAIRS if rec.get(name)]
+    if "seconds" in rec:
+        parts.append(f"{rec['seconds']:.0f} s")
+    return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
 
 
 def check_repair(settings: RepairSettings, adapter: Any, removed: list[int] | None = None) -> None:
@@ -135,7 +195,7 @@ def check_repair(settings: RepairSettings, adapter: Any, removed: list[int] | No
 def protect_for(settings: RepairSettings, protect: str) -> str:
     """The --protect a repair needs: the linear patch folds into the block *before* each span, so
     with ``linear`` layer 0 is always kept (added to --protect, and said so by the caller)."""
-    if "linear" not in settings.steps:
+    if not patches_spans(settings.method):
         return protect
     items = [p.strip() for p in (protect or "").split(",") if p.strip() and p.strip().lower() != "none"]
     if "first" in items or "0" in items:
@@ -148,6 +208,26 @@ def _cut(ctx: _Ctx) -> list[str]:
 
     ctx.cut_done = True
     return remove_layers(ctx.student, ctx.removed)
+
+
+def prune_and_repair(loaded: Any, removed: list[int], out: Any, settings: RepairSettings, calibration: Any = None,
+                     *, force: bool = False, provenance: dict[str, Any] | None = None,
+                     progress: Progress | None = None) -> Any:
+    """``prune_model`` with ``settings``' repair (``none``: the plain cut, which modifies ``loaded``);
+    ``calibration`` is the ``CalibrationData`` a repair fits on. Returns the ``PruneResult``."""
+    from compressor.prune.surgery import prune_model
+
+    if settings.method == "none":
+        return prune_model(loaded, removed, out, force=force, provenance=provenance)
+    if calibration is None:
+        raise BadInput(f"--repair {settings.method} needs calibration data", "pass --data or --profile")
+
+    def cut(base: Any, rem: list[int]) -> tuple[Any, dict[str, Any], list[str]]:
+        slim, record, warnings = repair_cut(base, rem, settings, calibration.batches, progress)
+        record["calibration"] = calibration.describe()
+        return slim, record, warnings
+
+    return prune_model(loaded, removed, out, force=force, provenance=provenance, cut=cut)
 
 
 def repair_cut(base: Any, removed: list[int], settings: RepairSettings, batches: list[dict[str, Any]],
@@ -182,7 +262,7 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
     layers of ``base`` were removed) into ``out``. ``linear`` is fitted on ``base`` (it needs the full
     model's activations); ``distill`` alone heals the slim weights as they are (e.g. after linear)."""
     from compressor.files import check_output_dir
-    from compressor.prune.surgery import COMPRESSION_FILE, prune_model, read_compression, save_checkpoint
+    from compressor.prune.surgery import COMPRESSION_FILE, read_compression, save_checkpoint
 
     out_p = check_output_dir(out, force)
     prov = read_compression(slim_path)  # a corrupt record is an error naming the file
@@ -198,15 +278,15 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
                        "pass the base model the slim one was pruned from")
     steps = parse_method(settings.method)
     if not steps:
-        raise BadInput("--method none repairs nothing", f"use one of: {', '.join(CHOICES[1:])}")
+        raise BadInput("--method none repairs nothing", f"use one of: {', '.join(choices()[1:])}")
     for r in steps:
         r.check(base.adapter, removed)
     keep = {k: v for k, v in prov.items() if k not in ("repair", "created", "parameters_after", "warnings")}
-    if steps[0].name == "linear":
+    if steps[0].cuts:  # it cuts the full model itself: cut the base again, then repair
         if prov.get("repair", {}).get("method", "none") != "none":
             keep["repaired_from"] = {"previous_repair": prov["repair"]}
-        res = prune_model(base, removed, out_p, force=True, provenance=keep, repair=settings, calibration=calibration,
-                          progress=progress)
+        res = prune_and_repair(base, removed, out_p, settings, calibration, force=True, provenance=keep,
+                               progress=progress)
         return res.repair or {}
     # distill alone: heal the slim checkpoint's own weights (already cut) from the base
     from compressor.sources.models import load_model

@@ -318,6 +318,7 @@ class _Run:
                   label: str = "repair") -> None:
         """Cut ``removed`` into ``folder``; with ``repaired`` also apply the run's repair (base untouched)."""
         from compressor.prune.surgery import prune_model
+        from compressor.repair.api import prune_and_repair
         from compressor.sources.models import LoadedModel
 
         if repaired and self.repair.method != "none":
@@ -331,8 +332,8 @@ class _Run:
                     self.ev.note(f"{label}: {step} step {done}/{total}, loss {loss:.4f}")
 
             self._repair_bars: dict[str, Any] = {}
-            res = prune_model(self.base, removed, folder, force=True, provenance=provenance, repair=self.repair,
-                              calibration=self._calibration_batches(), progress=progress)
+            res = prune_and_repair(self.base, removed, folder, self.repair, self._calibration_batches(), force=True,
+                                   provenance=provenance, progress=progress)
         else:
             clone = LoadedModel(self.base.spec, self.base.path, copy.deepcopy(self.base.model), self.base.tokenizer,
                                 self.base.adapter, self.base.device, self.base.dtype)
@@ -464,7 +465,9 @@ class _Run:
             if not repaired:
                 return {}, detail
             rec = self.last_repair or {}
-            return {"repair": rec}, f"{describe_repair(rec)} ({dest}/)"
+            from compressor.repair.api import describe
+
+            return {"repair": rec}, f"{describe(rec)} ({dest}/)"
 
         inputs: dict[str, Input] = {"base": Model(self.base), "removed": Setting(removed),
                                     "scores": Setting(_score_content(report)), "provenance": Setting(prov)}
@@ -750,23 +753,6 @@ def gated_verdict(target: str, pytorch_passed: bool, artifacts: list[dict[str, A
         verdicts.setdefault(a["kind"], []).append(a["passed"])
     chosen = [v for vs in verdicts.values() for v in vs] if target == "all" else verdicts.get(target, [])
     return bool(chosen) and all(chosen)
-
-
-def describe_repair(rec: dict[str, Any]) -> str:
-    """One line: what the repair did and what it measured."""
-    parts = [rec.get("method", "none")]
-    lin = rec.get("linear")
-    if lin:
-        sp = lin["spans"]
-        before = sum(x["error_before"] for x in sp) / len(sp)
-        after = sum(x["error_after"] for x in sp) / len(sp)
-        parts.append(f"{len(sp)} span(s), mean residual error {before:.3f} -> {after:.3f}")
-    d = rec.get("distill")
-    if d:
-        parts.append(f"{d['steps']} steps, held-out KL {d['heldout_kl_before']:.3f} -> {d['heldout_kl_after']:.3f}")
-    if "seconds" in rec:
-        parts.append(f"{rec['seconds']:.0f} s")
-    return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
 
 
 def _score_content(report: Any) -> dict[str, Any]:

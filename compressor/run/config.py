@@ -50,7 +50,7 @@ class RunConfig(BaseModel):
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)
-    repair: Literal["none", "linear", "distill", "linear+distill"] = "none"
+    repair: str = "none"  # a --repair choice (compressor.repair.api.choices), checked below
     ridge: float = Field(1e-4, ge=0)
     heal_steps: int = Field(30, ge=1)
     heal_tokens: Optional[int] = Field(None, ge=1)
@@ -77,10 +77,17 @@ class RunConfig(BaseModel):
             raise ValueError("give only one of ratio and num_layers")
         if not self.search and not given:
             self.ratio = 0.25
+        from compressor.errors import BadInput
+        from compressor.repair.api import patches_spans
+
+        try:
+            patches_spans(self.repair)  # parses it: an unknown repair or chain is refused with the choices
+        except BadInput as exc:
+            raise ValueError(f"{exc.problem}; {exc.fix}") from None
         if self.methods is None:
             # the linear patch rewards contiguous spans (one fold instead of many): with it, the search also
             # tries ReplaceMe's choice, the contiguous block with the smallest angular distance
-            self.methods = list(DEFAULT_SEARCH_METHODS) + (["angular"] if "linear" in self.repair else [])
+            self.methods = list(DEFAULT_SEARCH_METHODS) + (["angular"] if patches_spans(self.repair) else [])
         if not self.methods:
             raise ValueError("methods must name at least one scorer")
         if self.quantize and self.skip_export:

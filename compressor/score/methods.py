@@ -6,21 +6,14 @@ first; layer indices are 0-based in the original numbering.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from compressor.errors import BadInput, RuntimeFailure
-from compressor.score.report import LayerScore
+from compressor.score.report import LayerScore, ScoreOutcome
 
 AVSS_MODES = ("robust", "official")
 SPARSITY_EPS = 1e-12  # official mode: AVSS = variance / max(sparsity, eps)
-
-
-@dataclass
-class ScoreOutcome:
-    layers: list[LayerScore]
-    warnings: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -181,3 +181,11 @@ def save_plot(report: ScoreReport, removed: set[int], path: str | Path) -> Path:
 
 def dump(report: ScoreReport) -> dict[str, Any]:
     return asdict(report)
+
+
+@dataclass
+class ScoreOutcome:
+    """What a scorer computes: one score per layer, warnings, and extra data for the report."""
+    layers: list[LayerScore]
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -183,8 +183,7 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
 def sleb_outcome(result: dict[str, Any], num_layers: int) -> Any:
     """Scores whose ascending order is the removal order: removed blocks score their round (1, 2, ...),
     the rest follow by their loss in the last round (cheapest first), protected blocks last."""
-    from compressor.score.methods import ScoreOutcome
-    from compressor.score.report import LayerScore
+    from compressor.score.report import LayerScore, ScoreOutcome
 
     order = result["order"]
     last = {int(b): v for b, v in result["rounds"][-1].items()} if result["rounds"] else {}

@@ -280,14 +280,14 @@ def verify(
             results.append(TaskResult(
                 name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=None, retention=None,
                 threshold=threshold, passed=None, agreement=None, n=kind.count(outs["base"].records),
-                higher_is_better=task.metric not in T.LOWER_IS_BETTER, base_metrics=outs["base"].metrics,
+                higher_is_better=kind.higher_is_better(task.metric), base_metrics=outs["base"].metrics,
                 cached=cached, seconds=secs, own_threshold=task.min_retention is not None,
                 failure=broken.what("candidate"), ties=ties or None))
             if task_verdict(results[-1], floor, gate.aggregate) is False and stop_at_failure:
                 break
             continue
         c = outs["candidate"].metrics[task.metric]
-        degenerate = task.metric not in T.LOWER_IS_BETTER and b <= 0
+        degenerate = kind.higher_is_better(task.metric) and b <= 0
         if degenerate and gate.zero_base == "error":
             raise BadInput(f"task {task.name}: the base model scores {b:g} on {task.metric}, so retention "
                            "(candidate / base) is undefined and the task cannot gate anything",
@@ -296,7 +296,7 @@ def verify(
         if degenerate:
             warnings.append(f"task {task.name}: the base model scores {b:g} on {task.metric}; retention is "
                             "undefined, so this task is reported but does not gate (gate.zero_base: report)")
-        ret = None if degenerate else retention(task.metric, b, c)
+        ret = None if degenerate else retention(kind.higher_is_better(task.metric), b, c)
         lower = None
         if gate.confidence and not degenerate:
             lower = bootstrap_lower(task.kind, task.metric, outs["base"].records, outs["candidate"].records,
@@ -306,7 +306,7 @@ def verify(
             name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
             threshold=threshold, passed=None,
             agreement=kind.agreement(task.metric, outs["base"].records, outs["candidate"].records),
-            n=n, higher_is_better=task.metric not in T.LOWER_IS_BETTER, retention_lower=lower,
+            n=n, higher_is_better=kind.higher_is_better(task.metric), retention_lower=lower,
             base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs,
             own_threshold=task.min_retention is not None, ties=ties or None))
         if task_verdict(results[-1], floor, gate.aggregate) is False and stop_at_failure:

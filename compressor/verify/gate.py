@@ -4,16 +4,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from compressor.verify.tasks import LOWER_IS_BETTER
 from compressor.verify.tasks import kind as task_kind
 
 
-def retention(metric: str, base: float, cand: float) -> float:
-    """candidate / base for higher-is-better metrics; base / candidate for perplexity and loss
-    (a perplexity that doubles halves the retention). Exactly 1.0 when both are equal."""
+def retention(higher_is_better: bool, base: float, cand: float) -> float:
+    """candidate / base for higher-is-better metrics; base / candidate for lower-is-better ones such as
+    perplexity (a perplexity that doubles halves the retention). Exactly 1.0 when both are equal."""
     if base == cand:
         return 1.0
-    if metric in LOWER_IS_BETTER:
+    if not higher_is_better:
         return base / cand if cand > 0 else 0.0
     if base <= 0:
         raise ValueError("retention is undefined when the base scores <= 0 (the caller refuses such a task)")
@@ -73,6 +72,7 @@ def bootstrap_lower(kind: str, metric: str, base: list[dict[str, Any]], cand: li
                     confidence: float, samples: int, seed: int) -> float:
     """One-sided lower bound of retention from a paired bootstrap over examples (windows for perplexity)."""
     fn = task_kind(kind).metrics
+    hib = task_kind(kind).higher_is_better(metric)
     rng = random.Random(seed)
     n = len(base)
     values = []
@@ -80,7 +80,7 @@ def bootstrap_lower(kind: str, metric: str, base: list[dict[str, Any]], cand: li
         idx = [rng.randrange(n) for _ in range(n)]
         b = fn([base[i] for i in idx])[metric]
         c = fn([cand[i] for i in idx])[metric]
-        values.append(retention(metric, b, c))
+        values.append(retention(hib, b, c))
     values.sort()
     k = int((1.0 - confidence) * samples)
     return values[min(max(k, 0), samples - 1)]

@@ -145,9 +145,7 @@ def build_task(task: Any) -> Any:
         raise BadInput(f"task {task.name}: lm-eval task {task.task!r} has no filter {task.filter!r}",
                        f"set filter to one of: {', '.join(filters)}")
     hib = obj.higher_is_better().get(task.metric, True)
-    from compressor.verify.tasks import LOWER_IS_BETTER
-
-    if (not hib) != (task.metric in LOWER_IS_BETTER):
+    if hib != LmEval().higher_is_better(task.metric):
         raise BadInput(f"task {task.name}: lm-eval says {task.metric} is {'higher' if hib else 'lower'}-is-better, "
                        "which the gate cannot judge for this metric name",
                        f"gate on another metric of the task ({', '.join(metrics)})")
@@ -222,6 +220,8 @@ def harness_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
 @register
 class LmEval(TaskKind):
     name = "lm-eval"
+    # the harness's lower-is-better metrics the gate can judge (build_task checks each task against them)
+    lower_is_better = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"})
 
     def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
         lm_eval = _harness(task)

@@ -19,7 +19,6 @@ from compressor.sources.data import pad_right
 
 Progress = Callable[[int, int], None]
 # lower-is-better metric names: ours, and lm-evaluation-harness's rolling-log-likelihood metrics
-LOWER_IS_BETTER = {"perplexity", "loss", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 
 
 @dataclass
@@ -508,6 +507,11 @@ class TaskKind:
     of per-example records, and how often two models give the same answer."""
 
     name = ""
+    lower_is_better: frozenset[str] = frozenset()  # this kind's metrics where lower is better
+
+    def higher_is_better(self, metric: str) -> bool:
+        """The metric's direction, declared by the kind that computes it (retention flips for lower)."""
+        return metric not in self.lower_is_better
 
     def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
         """(evaluation examples, few-shot pool), read before any model loads."""
@@ -562,15 +566,22 @@ def register(cls: type[TaskKind]) -> type[TaskKind]:
     return cls
 
 
+# kinds that live with an optional dependency, registered when first asked for: name -> module
+PLUGIN_KINDS = {"lm-eval": "compressor.verify.harness"}
+
+
 def kind(name: str) -> TaskKind:
-    if name == "lm-eval" and name not in KINDS:
-        from compressor.verify import harness  # noqa: F401  (registers itself; imports lm_eval lazily)
+    if name not in KINDS and name in PLUGIN_KINDS:
+        import importlib
+
+        importlib.import_module(PLUGIN_KINDS[name])  # its @register adds it
     return KINDS[name]
 
 
 @register
 class Perplexity(TaskKind):
     name = "perplexity"
+    lower_is_better = frozenset({"perplexity", "loss"})
 
     def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
         from compressor.verify.data import load_examples

@@ -126,3 +126,25 @@ def test_linear_protects_layer_zero():
     with pytest.raises(BadInput):
         repair_cut(type("L", (), {"adapter": __import__("compressor.architectures", fromlist=["x"]).adapter_for_config(
             type("C", (), {"model_type": "llama"})()), "num_layers": 4})(), [0], RepairSettings("linear"), [])
+
+
+def test_repair_choices_order_and_summaries_come_from_the_registry(tmp_path, capsys):
+    from compressor.repair.api import choices, describe, parse_method
+
+    assert choices() == ("none", "linear", "distill", "linear+distill")  # linear cuts, so it comes first
+    with pytest.raises(BadInput, match="linear must come first in --repair") as e:
+        parse_method("distill+linear")
+    assert e.value.fix == "use --repair linear+distill"
+    with pytest.raises(BadInput, match="unknown --repair 'linear\\+linear'"):
+        parse_method("linear+linear")
+    rec = {"method": "linear+distill", "seconds": 12,
+           "linear": {"ridge": 1e-4, "spans": [{"error_before": 0.5, "error_after": 0.25}]},
+           "distill": {"steps": 3, "heldout_kl_before": 0.2, "heldout_kl_after": 0.1}}
+    assert describe(rec) == ("linear+distill: 1 span(s), mean residual error 0.500 -> 0.250; 3 steps, held-out KL "
+                             "0.200 -> 0.100; 12 s")
+    from pathlib import Path
+
+    profile = Path(__file__).resolve().parents[2] / "profiles" / "default.yaml"
+    code, _, err = run(["run", "builtin:smollm2-135m", "--profile", str(profile), "--out",
+                        str(tmp_path / "art"), "--repair", "distill+linear"], capsys)
+    assert code == 2 and "linear must come first in --repair" in err and not (tmp_path / "art").exists(), err

@@ -96,34 +96,40 @@ def identity_model(tmp_path_factory, decoder_tokenizer):
     import torch
     import transformers as tf
 
+    from compressor.files import build_once
+    from helpers import shared_dir
     from tiny_models import tiny_config
 
-    cfg, _ = tiny_config("llama")
-    cfg.num_hidden_layers = 6
-    torch.manual_seed(0)
-    m = tf.LlamaForCausalLM(cfg)
+    def train_into(folder):
+        cfg, _ = tiny_config("llama")
+        cfg.num_hidden_layers = 6
+        torch.manual_seed(0)
+        m = tf.LlamaForCausalLM(cfg)
 
-    def rezero():
-        with torch.no_grad():
-            for i in IDENTITY:
-                m.model.layers[i].self_attn.o_proj.weight.zero_()
-                m.model.layers[i].mlp.down_proj.weight.zero_()
+        def rezero():
+            with torch.no_grad():
+                for i in IDENTITY:
+                    m.model.layers[i].self_attn.o_proj.weight.zero_()
+                    m.model.layers[i].mlp.down_proj.weight.zero_()
 
-    text = "\n\n".join(t.topics[k] for k in sorted(t.topics)[40:46])
-    ids = decoder_tokenizer(text, return_tensors="pt").input_ids[:, :128]  # 128 tokens: memorised in a third of the time of 256
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    rezero()
-    m.train()
-    for _ in range(160):
-        loss = m(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        text = "\n\n".join(t.topics[k] for k in sorted(t.topics)[40:46])
+        ids = decoder_tokenizer(text, return_tensors="pt").input_ids[:, :128]  # memorised in a third of 256's time
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
         rezero()
-    assert loss.item() < 1.0
-    folder = tmp_path_factory.mktemp("identity")
-    m.eval().save_pretrained(str(folder))
-    decoder_tokenizer.save_pretrained(str(folder))
+        m.train()
+        for _ in range(160):
+            loss = m(ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rezero()
+        assert loss.item() < 1.0
+        m.eval().save_pretrained(str(folder))
+        decoder_tokenizer.save_pretrained(str(folder))
+
+    # built once per run, shared by the pytest-xdist workers
+    folder = build_once(shared_dir(tmp_path_factory, "identity") / "model", lambda p: (p / "config.json").is_file(),
+                        train_into)
     return folder
 
 

@@ -23,8 +23,8 @@ def test_rule_all_mean_and_task_thresholds():
 
 def test_retention_is_undefined_for_a_zero_base():
     with pytest.raises(ValueError):
-        retention("acc", 0.0, 0.5)
-    assert retention("perplexity", 10.0, 20.0) == 0.5
+        retention(True, 0.0, 0.5)  # acc: higher is better
+    assert retention(False, 10.0, 20.0) == 0.5  # perplexity: lower is better
 
 
 def profile(files, gate, mc_threshold=None):

@@ -13,9 +13,14 @@ from verify.conftest import causal_profile, write_profile
 
 
 def test_retention_definitions():
-    assert retention("perplexity", 20.0, 40.0) == 0.5  # base / candidate
-    assert retention("accuracy", 0.8, 0.6) == pytest.approx(0.75)  # candidate / base
-    assert retention("acc_norm", 0.5, 0.5) == 1.0
+    from compressor.verify.tasks import kind
+
+    # each kind declares its metrics' direction: perplexity is lower-is-better, accuracy higher
+    assert not kind("perplexity").higher_is_better("perplexity") and kind("classification").higher_is_better("accuracy")
+    assert not kind("lm-eval").higher_is_better("word_perplexity") and kind("lm-eval").higher_is_better("acc_norm")
+    assert retention(kind("perplexity").higher_is_better("perplexity"), 20.0, 40.0) == 0.5  # base / candidate
+    assert retention(kind("classification").higher_is_better("accuracy"), 0.8, 0.6) == pytest.approx(0.75)  # cand / base
+    assert retention(kind("multiple-choice").higher_is_better("acc_norm"), 0.5, 0.5) == 1.0
 
 
 def test_identity_passes_with_retention_exactly_one(tiny, task_files, tmp_path, capsys, monkeypatch):
