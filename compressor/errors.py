@@ -4,6 +4,8 @@ Every user-facing error carries a *fix*: the message a user reads must say what 
 """
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -55,8 +57,6 @@ def as_avss_error(exc: BaseException) -> AvssError | None:
     permission) however deep a library wrapped it; None for anything else (a bug: exit 3)."""
     if isinstance(exc, AvssError):
         return exc
-    from compressor.files import describe_os_error, os_error_in
-
     disk = os_error_in(exc)
     return describe_os_error(disk) if disk is not None else None
 
@@ -98,4 +98,30 @@ def compute_error(exc: BaseException, what: str, memory_fix: str) -> AvssError |
     if (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) \
             or "can't allocate memory" in msg or "out of memory" in msg:
         return RuntimeFailure(f"{what} ran out of memory ({first})", memory_fix)
+    return None
+
+
+def describe_os_error(exc: OSError) -> BadInput | RuntimeFailure | None:
+    """The file-system errors a user can act on, as our one-line error (exit 2 or 3); else None."""
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", -1):
+        return RuntimeFailure(f"no space left on the device while writing {where}",
+                              "free some space there (or choose --out / TMPDIR on a larger disk) and re-run")
+    if exc.errno == errno.EROFS:
+        return BadInput(f"cannot write {where}: read-only file system", "choose an output folder on a writable disk")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return BadInput(f"cannot write {where}: permission denied",
+                        "choose a folder you can write to, or fix its permissions")
+    return None
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError in an exception's cause/context chain (libraries wrap disk errors)."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and describe_os_error(seen) is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
     return None

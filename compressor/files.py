@@ -7,7 +7,6 @@ would be process-wide and racy).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from compressor.errors import BadInput, RuntimeFailure
+from compressor.errors import BadInput, RuntimeFailure, describe_os_error, os_error_in  # noqa: F401 (re-exported)
 
 # ``.NAME.tmp-PID-XXXXXXXX`` (staging) and ``.NAME.old-PID`` (an old copy being replaced): the pid says
 # whether the process that made it is still alive, so a leftover is removed only when its owner is gone
@@ -207,32 +206,6 @@ def check_free_space(where: Path, need_bytes: int, what: str) -> None:
     if free < need_bytes:
         raise RuntimeFailure(f"not enough free space for {what} in {anc}: about {need_bytes / 2**20:,.0f} MB needed, "
                              f"{free / 2**20:,.0f} MB free", "free some space there, or choose --out on a larger disk")
-
-
-def describe_os_error(exc: OSError) -> BadInput | RuntimeFailure | None:
-    """The file-system errors a user can act on, as our one-line error (exit 2 or 3); else None."""
-    where = exc.filename or "a file"
-    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", -1):
-        return RuntimeFailure(f"no space left on the device while writing {where}",
-                              "free some space there (or choose --out / TMPDIR on a larger disk) and re-run")
-    if exc.errno == errno.EROFS:
-        return BadInput(f"cannot write {where}: read-only file system", "choose an output folder on a writable disk")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return BadInput(f"cannot write {where}: permission denied",
-                        "choose a folder you can write to, or fix its permissions")
-    return None
-
-
-def os_error_in(exc: BaseException) -> OSError | None:
-    """The first OSError in an exception's cause/context chain (libraries wrap disk errors)."""
-    seen: BaseException | None = exc
-    for _ in range(20):
-        if seen is None:
-            return None
-        if isinstance(seen, OSError) and describe_os_error(seen) is not None:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def staging_dir(out: Path) -> Path:

@@ -32,3 +32,42 @@ def test_the_public_api_resolves_lazily():
     used = {n.strip() for line in readme.splitlines() if line.startswith("from compressor import ")
             for n in line.removeprefix("from compressor import ").split("#")[0].split(",")}
     assert used and used <= set(compressor.__all__), used - set(compressor.__all__)
+
+
+def test_the_library_has_no_import_cycles():
+    """Every import in compressor/ and export/ (module level and inside functions) points one way: a
+    module never imports, directly or through others, a module that imports it. (Plugins that carry an
+    optional dependency are loaded by name: verify.tasks.PLUGIN_KINDS, the built-in classifier.)"""
+    import ast
+
+    mods = {}
+    for base, pkg in ((ROOT / "compressor", "compressor"), (ROOT / "export", "compressor.export")):
+        for f in base.rglob("*.py"):
+            parts = [p for p in f.relative_to(base).with_suffix("").parts if p != "__init__"]
+            mods[".".join([pkg, *parts]) if parts else pkg] = f
+    edges: dict[str, set[str]] = {m: set() for m in mods if m != "compressor"}  # the root only re-exports names
+    for m in edges:
+        for node in ast.walk(ast.parse(mods[m].read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for a in node.names:
+                    target = f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                    if target in edges:
+                        edges[m].add(target)
+            elif isinstance(node, ast.Import):
+                edges[m].update(a.name for a in node.names if a.name in edges)
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(edges[u]):
+            assert state.get(v) != 1, "import cycle: " + " -> ".join(path[path.index(v):] + [v])
+            if v not in state:
+                visit(v)
+        path.pop()
+        state[u] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)

