@@ -291,7 +291,7 @@ class _Run:
         if "max_remove" in scorer.own_options:  # as many rounds as this run's cut, or its search, needs
             rounds = self.search_limits() if c.search else (c.num_layers or count_for_ratio(c.ratio or 0.25, L))
         return scorer.run_options(last_state=c.last_state, objective=c.objective,
-                                                      protect=parse_protect(self.protect, L), rounds=rounds)
+                                  protect=parse_protect(self.protect, L), rounds=rounds)
 
     def score(self, method: str, scores_path: Path, name: str = "score") -> Any:
         from compressor.score.report import ScoreReport

@@ -42,11 +42,6 @@ class RunConfig(BaseModel):
     num_layers: Optional[int] = Field(None, ge=1)
     search: bool = False
     methods: Optional[list[str]] = None  # default: avss, block-influence (+ angular with a linear repair)
-
-    @property
-    def search_methods(self) -> list[str]:
-        """The scorers ``--search`` compares (validation fills in the default)."""
-        return list(self.methods or [])
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)
@@ -92,10 +87,18 @@ class RunConfig(BaseModel):
             raise ValueError("methods must name at least one scorer")
         if self.quantize and self.skip_export:
             raise ValueError("quantize works on the ONNX export; drop skip_export")
-        if self.exporter == "genai" and self.quantize not in (None, "int4", "int8-weights"):
-            raise ValueError(f"the genai exporter builds fp32, int4 or int8-weights graphs, not {self.quantize}; use "
-                             "one of those or exporter optimum")
+        if self.exporter == "genai":
+            from compressor.export.genai import PRECISION
+
+            if self.quantize not in PRECISION:
+                raise ValueError(f"the genai exporter builds fp32, int4 or int8-weights graphs, not {self.quantize}; "
+                                 "use one of those or exporter optimum")
         return self
+
+    @property
+    def search_methods(self) -> list[str]:
+        """The scorers ``--search`` compares (validation fills in the default)."""
+        return list(self.methods or [])
 
     def repair_settings(self):
         from compressor.repair.api import RepairSettings

@@ -11,6 +11,7 @@ from typing import Any, Callable, ClassVar
 
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.score.report import LayerScore, ScoreOutcome
+from compressor.score.stats import ROBUST_TAU
 
 AVSS_MODES = ("robust", "official")
 SPARSITY_EPS = 1e-12  # official mode: AVSS = variance / max(sparsity, eps)
@@ -24,7 +25,7 @@ class ScoreInputs:
     data: Any
     mode: str | None = None
     seed: int = 0
-    tau: float = 0.01
+    tau: float = ROBUST_TAU
     progress: Callable[[int, int], None] | None = None
     final_norm: bool = False  # --last-state final-norm
     objective: str | None = None
