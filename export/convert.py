@@ -251,6 +251,7 @@ def export_model(
                                  "written (re-run with --debug, or check the pruning: was layer_idx renumbered?)")
         record = {"schema_version": EXPORT_SCHEMA, "tool": "avss-compressor", "tool_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "exporter": {"name": "optimum", "label": "onnx"},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
                   **result.to_dict()}
         record.pop("out", None)

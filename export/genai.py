@@ -74,16 +74,20 @@ def check_target(dtype: str, device: str, quantize: Optional[str]) -> str:
     return device
 
 
+def check_precision(quantize: Optional[str]) -> None:
+    if quantize not in PRECISION:
+        raise BadInput(f"--exporter genai has no --quantize {quantize}",
+                       "use --quantize int4 or int8-weights (the builder's MatMulNBits), or --exporter optimum for "
+                       "dynamic int8")
+
+
 def check_supported(config: Any, family: str, quantize: Optional[str], device: str = "cpu") -> None:
     """Refused up front, before any work: an architecture, a head size or a setting the builder cannot do."""
     arch = (getattr(config, "architectures", None) or ["?"])[0]
     if family != "decoder" or arch not in SUPPORTED:
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) does not build {arch} models",
                        f"use --exporter optimum (the builder builds {', '.join(SUPPORTED)})")
-    if quantize not in PRECISION:
-        raise BadInput(f"--exporter genai has no --quantize {quantize}",
-                       "use --quantize int4 or int8-weights (the builder's MatMulNBits), or --exporter optimum for "
-                       "dynamic int8")
+    check_precision(quantize)
     if quantize == "int8-weights" and getattr(config, "tie_word_embeddings", False):
         raise BadInput("the pinned builder's int8 precision writes an invalid graph for a model with tied "
                        "embeddings (its LM head references a 4-bit initializer it never writes)",
@@ -277,7 +281,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
         files = {f.name: f.stat().st_size for f in sorted(final.iterdir()) if f.is_file()}
         record = {"schema_version": 1, "tool": "avss-compressor", "tool_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "exporter": {"name": "genai", "package": f"onnxruntime-genai=={version}",
+                  "exporter": {"name": "genai", "label": "onnx-genai", "package": f"onnxruntime-genai=={version}",
                                "command": _recorded(cmd)},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
                   "task": "text-generation-with-past", "num_layers": num_layers, "target": target,

@@ -320,9 +320,9 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
     if isinstance(rows, int):
         check_vocabulary(str(folder), _Rows(rows), tok)
     rec = layout.read_record(folder)
-    dtype = f"onnx-{(rec.get('quantization') or {}).get('method') or rec.get('dtype', 'float32')}"
-    if (rec.get("exporter") or {}).get("name") == "genai":
-        dtype = "onnx-genai-" + dtype.removeprefix("onnx-")
+    # the exporter names its artifacts in the record it writes ("onnx", "onnx-genai"): shown as the model's dtype
+    label = (rec.get("exporter") or {}).get("label", "onnx")
+    dtype = f"{label}-{(rec.get('quantization') or {}).get('method') or rec.get('dtype', 'float32')}"
     return LoadedModel(spec, str(folder), model, tok, adapter, f"onnx:{sess.provider}", dtype)
 
 

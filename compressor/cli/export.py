@@ -1,4 +1,4 @@
-"""Export a full or slim model to ONNX through Optimum, then check ONNX Runtime against PyTorch (exit 3 if not)."""
+"""Export a full or slim model to ONNX with a registered exporter, then check ONNX Runtime against PyTorch (exit 3 if not)."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -6,6 +6,9 @@ from typing import Annotated, Optional
 import typer
 
 from compressor.cli import options as o
+from compressor.export.exporters import help_text
+
+EXPORTER_HELP = help_text()
 
 
 def export(
@@ -16,7 +19,7 @@ def export(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only; with --exporter genai: the builder's graph for the CUDA provider).")] = "fp32",
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph. With --exporter genai: int4 or int8-weights (the builder's).")] = None,
-    exporter: Annotated[str, typer.Option("--exporter", help="optimum (any supported model) or genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; Llama, Mistral, Qwen2/3, Gemma 3, Phi-3).")] = "optimum",
+    exporter: Annotated[str, typer.Option("--exporter", help=EXPORTER_HELP)] = "optimum",
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     force: o.Force = False,
@@ -25,9 +28,11 @@ def export(
 
     from compressor.cli.output import note, warn
     from compressor.cli.output import out as stdout
-    from compressor.export.convert import export_model
+    from compressor.export.exporters import get_exporter
     from compressor.files import check_output_dir
 
+    chosen = get_exporter(exporter)
+    chosen.check_flags(dtype=dtype, device=device, quantize=quantize)
     check_output_dir(out, force, note=note)  # also cleans what a killed export left beside it
 
     def started(stage: str) -> None:
@@ -36,63 +41,24 @@ def export(
     def ended(stage: str, seconds: float) -> None:
         note(f"{stage}: {seconds:.1f} s")
 
-    if exporter == "genai":
-        return _genai(model, out, quantize, dtype, device, force, allow_pickle, trust_remote_code, started, ended)
-    if exporter != "optimum":
-        from compressor.errors import BadInput
-
-        raise BadInput(f"unknown --exporter {exporter!r}", "use --exporter optimum or genai")
-    note(f"exporting {model} to {out} (opset {opset}, {dtype}, {device})")
-    res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
-                       allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                       on_start=started, on_stage=ended, quantize=quantize)
+    note(f"exporting {model} to {out} with {chosen.name} (opset {opset}, {quantize or dtype}, {device})")
+    res = chosen.export(model, out, task=task, opset=opset, device=device, dtype=dtype, quantize=quantize, force=force,
+                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=started,
+                        on_stage=ended)
     for w in res.warnings:
         warn(w)
-    t = Table(title=f"parity: ONNX Runtime ({res.parity.provider}) vs PyTorch, {res.dtype}")
-    for col in ("check", "result", "max abs diff", "tolerance", "detail"):
-        t.add_column(col, justify="right" if col in ("max abs diff", "tolerance") else "left")
-    for c in res.parity.checks:
-        t.add_row(c.name, "pass" if c.passed else "FAIL",
-                  "" if c.max_abs_diff is None else f"{c.max_abs_diff:.2e}",
-                  "" if c.tolerance is None else f"{c.tolerance:.2e}", c.detail)
-    stdout.print(t)
-    if res.quantization:
-        q = res.quantization["settings"]
-        checks = ", ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in res.quantization["structural_checks"])
-        note(f"quantized to {q['method']} with {q['tool']} ({checks}); gate it on tasks: "
-             f"avss verify BASE {out} --profile FILE")
-    size = sum(v for k, v in res.files.items() if k.startswith("model.onnx"))
-    total = sum(res.timings.values())
-    note(f"wrote {out}: {res.task}, {res.num_layers} layers, model {size / 2**20:.1f} MB, {total:.1f} s "
-         f"(export.json records the parity results)")
-
-
-def _genai(model, out, quantize, dtype, device, force, allow_pickle, trust_remote_code, started, ended) -> None:
-    from rich.table import Table
-
-    from compressor.cli.output import note, warn
-    from compressor.cli.output import out as stdout
-    from compressor.export.genai import check_target, export_genai
-
-    check_target(dtype, device, quantize)
-    note(f"building {model} with ONNX Runtime GenAI's Model Builder into {out} ({quantize or dtype}, {device})")
-    rec = export_genai(model, out, quantize=quantize, dtype=dtype, device=device, force=force,
-                       allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=started, on_stage=ended)
-    for w in rec["warnings"]:
-        warn(w)
-    if rec["parity"]:
-        t = Table(title=f"parity: the builder's graph in ONNX Runtime ({rec['parity']['provider']}) vs PyTorch fp32, "
-                        f"{rec['dtype']} tolerance")
+    if res.parity:
+        p = res.parity
+        t = Table(title=f"parity: ONNX Runtime ({p['provider']}) vs PyTorch, {p['dtype']}")
         for col in ("check", "result", "max abs diff", "tolerance", "detail"):
             t.add_column(col, justify="right" if col in ("max abs diff", "tolerance") else "left")
-        for c in rec["parity"]["checks"]:
+        for c in p["checks"]:
             t.add_row(c["name"], "pass" if c["passed"] else "FAIL",
                       "" if c["max_abs_diff"] is None else f"{c['max_abs_diff']:.2e}",
                       "" if c["tolerance"] is None else f"{c['tolerance']:.2e}", c["detail"])
         stdout.print(t)
-    checks = ", ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in rec["structural_checks"])
     if quantize:
-        note(f"{quantize} graph ({checks}); gate it on tasks: avss verify BASE {out} --profile FILE")
-    size = sum(v for k, v in rec["files"].items() if k.startswith("model.onnx"))
-    note(f"wrote {out}: GenAI ({rec['exporter']['package']}), {rec['num_layers']} layers, model {size / 2**20:.1f} MB, "
-         f"{sum(rec['timings'].values()):.1f} s (export.json records the checks)")
+        checks = ", ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in res.structural_checks)
+        note(f"quantized to {quantize} ({checks}); gate it on tasks: avss verify BASE {out} --profile FILE")
+    note(f"wrote {out}: {res.what}, {res.num_layers} layers, model {res.model_bytes / 2**20:.1f} MB, "
+         f"{sum(res.timings.values()):.1f} s (export.json records the checks)")

@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
     heal_lr: float = Field(3e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
-    exporter: Literal["optimum", "genai"] = "optimum"
+    exporter: str = "optimum"  # a registered exporter (compressor.export.exporters), checked below
     skip_export: bool = False
     skip_bench: bool = False
     device: str = "cpu"
@@ -87,12 +87,14 @@ class RunConfig(BaseModel):
             raise ValueError("methods must name at least one scorer")
         if self.quantize and self.skip_export:
             raise ValueError("quantize works on the ONNX export; drop skip_export")
-        if self.exporter == "genai":
-            from compressor.export.genai import PRECISION
+        from compressor.export.exporters import get_exporter, names
 
-            if self.quantize not in PRECISION:
-                raise ValueError(f"the genai exporter builds fp32, int4 or int8-weights graphs, not {self.quantize}; "
-                                 "use one of those or exporter optimum")
+        if self.exporter not in names():
+            raise ValueError(f"unknown exporter {self.exporter!r}; use one of {', '.join(names())}")
+        built = [p or "fp32" for p in get_exporter(self.exporter).precisions]
+        if self.quantize not in get_exporter(self.exporter).precisions:
+            raise ValueError(f"the {self.exporter} exporter builds {', '.join(built[:-1])} or {built[-1]} graphs, "
+                             f"not {self.quantize}; use one of those or another exporter")
         return self
 
     @property

@@ -66,6 +66,32 @@ class SearchResult:
                 "candidates": [asdict(c) for c in sorted(self.candidates, key=lambda c: (c.method, c.k))]}
 
 
+def search_limits(num_layers: int, protect: str, max_remove: int | None) -> int:
+    """The largest cut ``--search`` may try, checked against --protect before anything runs."""
+    from compressor.errors import BadInput
+    from compressor.prune.select import parse_protect
+
+    L = num_layers
+    removable = L - len(parse_protect(protect, L))
+    limit = min(L - 1, removable)
+    if limit < 1:
+        raise BadInput(f"--search has no layer to remove: the model has {L} layer(s) and --protect {protect} "
+                       f"keeps {L - removable}", "protect fewer layers (--protect none), or use a deeper model")
+    if max_remove is not None and max_remove > limit:
+        raise BadInput(f"--max-remove {max_remove} is more than the {limit} layer(s) this {L}-layer model can "
+                       f"lose with --protect {protect}", f"pass --max-remove {limit} or less, or protect fewer")
+    return max_remove or max(1, min(L // 2, limit))
+
+
+def longest_free_run(num_layers: int, protected: list[int]) -> int:
+    """The longest run of consecutive unprotected layers (the largest contiguous block a cut can take)."""
+    best = run = 0
+    for i in range(num_layers):
+        run = 0 if i in protected else run + 1
+        best = max(best, run)
+    return best
+
+
 def search_method(method: str, check: Callable[[int], Candidate], max_remove: int,
                   nested: bool = True) -> tuple[int, list[Candidate]]:
     """Gallop then bisect over k in [1, max_remove] (``nested=False``: scan upwards to the first

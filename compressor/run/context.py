@@ -1,0 +1,172 @@
+"""What every step of a run shares: its settings, its folder and records, the loaded base model, the
+events a front end hears, and the one stage runner (resume by content key, else run).
+
+Why one context object: steps are declared as data (``run/steps``) and get their inputs from earlier
+steps explicitly; what is neither an input nor an output (the configuration, the profile, the
+loaded base, where progress goes) lives here, set once by ``run/prepare.py`` before any step runs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+from compressor import library_versions
+from compressor.errors import EXIT_OK
+from compressor.files import atomic_write_text
+from compressor.run.config import RunConfig
+from compressor.run.stages import Data, Input, Setting, Stage, StageStore, Stale, input_digests, stage_key
+
+RUN_FILE = "run.json"
+RUN_SCHEMA = 1
+
+
+class Events(Protocol):
+    """What a front end (the CLI's progress display) hears from a run."""
+
+    def start(self, stage: str, label: str) -> Optional[Callable[[int, int], None]]: ...
+    def end(self, stage: str, status: str, seconds: float, detail: str) -> None: ...
+    def note(self, msg: str) -> None: ...
+    def warn(self, msg: str) -> None: ...
+
+
+class Silent:
+    def start(self, stage: str, label: str) -> None:
+        return None
+
+    def end(self, stage: str, status: str, seconds: float, detail: str) -> None:
+        pass
+
+    def note(self, msg: str) -> None:
+        pass
+
+    def warn(self, msg: str) -> None:
+        pass
+
+
+@dataclass
+class StageInfo:
+    name: str
+    status: str  # ran | resumed | skipped
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    out: str
+    config: dict[str, Any]
+    stages: list[StageInfo] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    method_label: str = ""
+    passed: Optional[bool] = None
+    verdict: str = ""
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    search: Optional[dict[str, Any]] = None
+    repair: Optional[dict[str, Any]] = None
+    parity: Optional[dict[str, Any]] = None
+    exporter: str = ""  # which exporter wrote onnx/ (and the quantized artifact)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # the gate per shipped artifact
+    bench: Optional[dict[str, Any]] = None
+    exit_code: int = EXIT_OK
+    status: str = "running"
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RunContext:
+    """Set by ``prepare`` (profile, calibration, gate inputs, repair, protect) and ``load_base`` (base)."""
+
+    profile: Any
+    base: Any
+    repair: Any  # compressor.repair.api.RepairSettings
+    protect: str
+    calibration: Data
+    calibration_settings: Setting
+    gate_inputs: dict[str, Input]
+
+    def __init__(self, cfg: RunConfig, force: bool, events: Events,
+                 entries: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())):
+        from compressor.export.exporters import get_exporter
+
+        self.cfg, self.ev = cfg, events
+        self.out = Path(cfg.out)
+        self.store = StageStore(self.out, force)
+        self.result = RunResult(str(self.out), cfg.model_dump(mode="json"))
+        self.exporter = get_exporter(cfg.exporter)
+        self.entries = entries  # (owned, folders, scratch): what claiming the folder may clean
+        self.started = self.claimed = False
+        self._calib: Any = None
+
+    def run_stage(self, stage: Stage) -> dict[str, Any]:
+        """Resume ``stage`` if its content key and its outputs are unchanged, else run it."""
+        digests = input_digests(stage)
+        key = stage_key(stage.name, digests)
+        rec = self.store.done(stage.name, key)
+        why = ""
+        if rec is not None:
+            try:
+                result = stage.recheck(rec.result) if stage.recheck else rec.result
+            except Stale as exc:
+                why = str(exc)
+            else:
+                detail = result.get("detail", "")
+                self.ev.end(stage.name, "resumed", 0.0, detail)
+                self.result.stages.append(StageInfo(stage.name, "resumed", 0.0, detail))
+                return result
+        why = why or self.store.why_rerun(stage.name, key, digests)
+        if why:
+            self.ev.note(f"{stage.name}: running again ({why})")
+        t0 = time.perf_counter()
+        res, detail = stage.work(self.ev.start(stage.name, stage.label))
+        res = {**res, "detail": detail}
+        saved = self.store.save(stage, key, digests, t0, res)
+        self.ev.end(stage.name, "ran", saved.seconds, detail)
+        self.result.stages.append(StageInfo(stage.name, "ran", saved.seconds, detail))
+        return res
+
+    def skip(self, name: str, why: str) -> None:
+        self.store.forget(name)
+        self.ev.end(name, "skipped", 0.0, why)
+        self.result.stages.append(StageInfo(name, "skipped", 0.0, why))
+
+    def write_run_json(self) -> None:
+        d = {"schema_version": RUN_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "versions": library_versions(), **self.result.to_dict()}
+        atomic_write_text(self.out / RUN_FILE, json.dumps(d, indent=2, allow_nan=False, default=str) + "\n")
+
+    # --- what several steps use ------------------------------------------------------------------
+    def calibration_batches(self) -> Any:
+        """The profile's calibration data, tokenized for the base (loaded once per run)."""
+        from compressor.sources.data import CalibrationSpec, load_calibration
+
+        if self._calib is None:
+            spec = CalibrationSpec(**self.profile.calibration.model_dump())
+            self._calib = load_calibration(spec, self.base.tokenizer, self.base.adapter.family)
+        return self._calib
+
+    def repair_inputs(self) -> dict[str, Input]:
+        """What a repaired cut depends on besides the base and the cut (nothing without a repair)."""
+        if self.repair.method == "none":
+            return {"repair": Setting("none")}
+        return {"repair": Setting(self.repair.to_dict()), "calibration": self.calibration_settings,
+                "calibration_data": self.calibration}
+
+    def load_candidate(self, folder: Path) -> Any:
+        from compressor.sources.models import load_model
+
+        return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype)
+
+    def verify(self, cand: Any, label: str, stop_at_failure: bool = False) -> Any:
+        """``cand`` against the base under the profile's gate (base results from the verify cache)."""
+        from compressor.verify.api import verify
+
+        def progress(name: str) -> Any:
+            return self.ev.start("verify", f"{label}: {name}")
+
+        return verify(self.base, cand, self.profile, profile_path=self.cfg.profile,
+                      min_retention=self.cfg.min_retention, progress=progress, stop_at_failure=stop_at_failure)

@@ -1,0 +1,120 @@
+"""Everything a run checks before its first step: bad input fails here, before anything is written.
+
+Why a stage of its own: a refusal after an hour of scoring (an unusable cache, a missing task file,
+an architecture the exporter cannot build, a full disk) is the worst kind; each check here needs at
+most the model's config and is cheap.
+"""
+from __future__ import annotations
+
+from compressor.errors import BadInput
+from compressor.run.context import RunContext
+from compressor.run.stages import Data, Setting
+
+
+def prepare(ctx: RunContext) -> None:
+    """What can be checked without a model: profile, gate target, scorers, task and calibration data."""
+    from compressor.profiles import load_profile
+    from compressor.score import methods
+    from compressor.sources.cache import check_cache
+    from compressor.sources.data import read_documents
+    from compressor.verify.api import task_data_digest
+
+    c = ctx.cfg
+    if ctx.store.check():  # an existing run folder: lock it now, so a second run stops at once
+        claim(ctx)
+    check_cache()  # verify's results are cached: an unusable $AVSS_CACHE fails now, not after pruning
+    if not c.skip_export:
+        from compressor.export.convert import check_opset
+
+        check_opset(c.opset)
+    ctx.profile = profile = load_profile(c.profile)
+    target = profile.gate.target
+    if target in ("onnx", "quantized") and c.skip_export:
+        raise BadInput(f"profile {profile.name!r} gates the {target} artifact (gate.target: {target}), but "
+                       "--skip-export writes none", "drop --skip-export, or set gate.target: pytorch")
+    if target == "quantized" and not c.quantize:
+        raise BadInput(f"profile {profile.name!r} gates the quantized artifact (gate.target: quantized)",
+                       "pass --quantize int8 (or int4), or set gate.target: all")
+    used = c.search_methods if c.search else [c.method]
+    for m in used:
+        methods.check_mode(m, c.avss_mode if methods.get_scorer(m).modes else None)
+    for option, value, scorers in (("--objective", c.objective, methods.option_scorers("objective")),
+                                   ("--last-state", c.last_state, methods.last_state_scorers())):
+        if value is not None and not set(scorers) & set(used):
+            raise BadInput(f"{option} only applies to {'--method ' if option == '--objective' else ''}"
+                           f"{methods.names_text(scorers)} (none of this run's scorers)", f"drop {option}")
+    cal = profile.calibration
+    ctx.calibration = Data(lambda: read_documents(cal.source, cal.text_field, "calibration"))
+    ctx.repair = c.repair_settings()
+    ctx.protect = c.protect
+    task_data = Data(lambda: task_data_digest(profile))
+    task_data.digest()  # a missing or malformed task file fails now, not after pruning
+    ctx.calibration.digest()  # and so does a missing calibration file
+    # settings by value, data by content: file paths are left out (a moved checkout still resumes),
+    # what they point at is in the ``tasks`` and ``calibration_data`` digests
+    gate = profile.model_dump(mode="json", exclude={"calibration", "description"})
+    for t in gate["tasks"]:
+        t.pop("data", None)
+    ctx.calibration_settings = Setting(cal.model_dump(mode="json", exclude={"source"}))
+    ctx.gate_inputs = {
+        "profile": Setting(gate), "tasks": task_data, "calibration_data": ctx.calibration,
+        "min_retention": Setting(c.min_retention), "load": Setting({"device": c.device, "dtype": c.dtype})}
+
+
+def load_base(ctx: RunContext) -> None:
+    from compressor.sources.models import load_model
+
+    c = ctx.cfg
+    ctx.ev.note(f"loading {c.model} ...")
+    ctx.base = base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
+                                 trust_remote_code=c.trust_remote_code)
+    ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype})")
+    if ctx.repair.method != "none":
+        from compressor.repair.api import check_repair, protect_for
+
+        check_repair(ctx.repair, base.adapter)  # refused before any stage runs
+        ctx.protect = protect_for(ctx.repair, c.protect)
+        if ctx.protect != c.protect:
+            ctx.ev.note(f"--repair {ctx.repair.method} keeps layer 0 (the patch folds into the block before "
+                        f"each removed span): protecting {ctx.protect}")
+
+
+def check_model_settings(ctx: RunContext) -> None:
+    """What needs the model's config but no compute."""
+    from compressor.files import check_free_space
+    from compressor.prune.select import parse_protect
+    from compressor.run.search import search_limits
+
+    c, base = ctx.cfg, ctx.base
+    parse_protect(ctx.protect, base.num_layers)  # also a --protect from --config
+    if not c.skip_export:  # an architecture the exporter cannot build: now
+        ctx.exporter.check_model(base.config, base.adapter.family, c.quantize)
+    if c.search:
+        search_limits(base.num_layers, ctx.protect, c.max_remove)
+    if not (c.skip_export or c.skip_bench):
+        from compressor.export.bench import check_positions
+
+        check_positions(c.bench.prompt_len, c.bench.new_tokens, base.config, base.adapter.family == "decoder",
+                        "--bench-prompt-len")
+    check_free_space(ctx.out, disk_need(ctx), f"the artifacts of this run ({c.out})")
+
+
+def disk_need(ctx: RunContext) -> int:
+    """About how many bytes the run writes (full-size bounds): a checkpoint per model/, cut/ and search
+    candidate, an export per ONNX folder, and a quantized copy (under half the fp32 graph)."""
+    from compressor.export.convert import export_bytes
+
+    c, b = ctx.cfg, ctx.base
+    need: int = b.weight_bytes * (1 + (ctx.repair.method != "none") + c.search)
+    if not c.skip_export:
+        need += export_bytes(b.num_parameters) * (1 + (not c.skip_bench)) + 2 * b.num_parameters * bool(c.quantize)
+    return need
+
+
+def claim(ctx: RunContext) -> None:
+    """Lock the run folder and clean its leftovers (``run.json`` is left alone until stages start)."""
+    if ctx.claimed:
+        return
+    for line in ctx.store.claim(*ctx.entries):
+        ctx.ev.note(line)
+    ctx.claimed = True

@@ -1,0 +1,43 @@
+"""``bench``: latency and memory of every exported model in ONNX Runtime, full against slim."""
+from __future__ import annotations
+
+from typing import Any
+
+from compressor.run.context import RunContext
+from compressor.run.pipeline import Results, Step
+from compressor.run.stages import Files, Input, Setting, Stage
+
+
+def bench(ctx: RunContext, given: Results) -> Results:
+    c = ctx.cfg
+    # full first, then slim, then what else ships: the bench's ratios are against the first
+    folders = [given[r] for r in ("onnx-base", "onnx", "quantized", "base-ship") if given.get(r) is not None]
+
+    def work(cb: Any) -> tuple[dict[str, Any], str]:
+        from compressor.export.bench import BenchOptions, bench_models, write_json
+        from compressor.export.bench import save_plot as bench_plot
+
+        opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size, prompt_len=c.bench.prompt_len,
+                            new_tokens=c.bench.new_tokens, warmup=c.bench.warmup, runs=c.bench.runs,
+                            rounds=c.bench.rounds, threads=c.bench.threads)
+        rep = bench_models([str(f) for f in folders], opts, progress=ctx.ev.note)
+        write_json(rep, ctx.out / "bench.json")
+        bench_plot(rep, ctx.out / "bench.png")
+        d = rep.to_dict()
+        r = (d.get("ratios") or [{}])[0]
+        detail = f"provider {d['provider']}"
+        if r.get("decode_ratio") is not None:
+            detail += f", decode {r['decode_ratio']:.2f}x of full (ideal {r['layer_ratio']:.2f})"
+        return {"bench": d}, detail
+
+    inputs: dict[str, Input] = {f"model-{i}": Files(f) for i, f in enumerate(folders)}
+    inputs.update(provider=Setting(c.provider), bench=Setting(c.bench.model_dump(mode="json")))
+    what = "full vs slim" + (f" vs slim {c.quantize}" if c.quantize else "")
+    return {"bench": ctx.run_stage(Stage("bench", f"benchmarking {what} (ONNX Runtime)", inputs,
+                                         ("bench.json", "bench.png"), work)).get("bench")}
+
+
+STEPS = (
+    Step("bench", ("onnx-base", "onnx", "quantized", "base-ship"), ("bench",), ("bench.json", "bench.png"), bench,
+         optional=("quantized", "base-ship"), skip=lambda ctx, given: "--skip-bench" if ctx.cfg.skip_bench else None),
+)

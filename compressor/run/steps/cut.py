@@ -1,0 +1,126 @@
+"""Cut the chosen layers out: ``prune`` (the plain cut) and ``repair`` (the cut with the run's repair),
+and the throwaway cut of each ``--search`` candidate."""
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from compressor.run.context import RunContext
+from compressor.run.pipeline import Results, Step
+from compressor.run.search import Candidate
+from compressor.run.stages import Input, Model, Setting, Stage
+
+
+def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict[str, Any], repaired: bool,
+             label: str = "repair") -> Any:
+    """Cut ``removed`` into ``folder``; with ``repaired`` also apply the run's repair (the base is untouched).
+    Returns the prune result (its ``repair`` record says what the repair did)."""
+    from compressor.prune.surgery import prune_model
+    from compressor.repair.api import prune_and_repair
+    from compressor.sources.models import LoadedModel
+
+    base = ctx.base
+    if repaired and ctx.repair.method != "none":
+        bars: dict[str, Any] = {}
+
+        def progress(step: str, done: int, total: int, loss: float | None) -> None:
+            if step not in bars:
+                bars[step] = ctx.ev.start(label, step)
+            if bars[step]:
+                bars[step](done, total)
+            if loss is not None and (done % 10 == 0 or done == total):
+                ctx.ev.note(f"{label}: {step} step {done}/{total}, loss {loss:.4f}")
+
+        res = prune_and_repair(base, removed, folder, ctx.repair, ctx.calibration_batches(), force=True,
+                               provenance=provenance, progress=progress)
+    else:
+        clone = LoadedModel(base.spec, base.path, copy.deepcopy(base.model), base.tokenizer, base.adapter,
+                            base.device, base.dtype)
+        res = prune_model(clone, removed, folder, force=True, provenance=provenance)
+        del clone
+    for w in res.warnings:
+        ctx.ev.warn(w)
+    return res
+
+
+def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], rep: Any) -> Stage:
+    """One ``--search`` candidate: cut, verify (stop at the first failing task), discard the cut."""
+
+    def work(cb: Any) -> tuple[dict[str, Any], str]:
+        folder = ctx.out / ".search" / f"{method}-k{k}"
+        cut_into(ctx, removed, folder, {"method": rep.method, "mode": rep.mode, "label": rep.label},
+                 repaired=True, label="search")
+        try:
+            v = ctx.verify(ctx.load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        gated = [t for t in v.tasks if t.verdict_value is not None]
+        cand = Candidate(method, k, removed, v.passed, v.complete, {t.name: t.verdict_value for t in gated},
+                         {t.name: t.threshold for t in gated})
+        state = "pass" if cand.passed else "FAIL"
+        return {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
+
+    inputs: dict[str, Input] = {"base": Model(ctx.base), "removed": Setting(removed), **ctx.gate_inputs,
+                                **ctx.repair_inputs()}
+    return Stage(f"search-{method}-k{k}", f"search {method}: {k} layers removed", inputs, (), work)
+
+
+def score_content(report: Any) -> dict[str, Any]:
+    """What select and prune read from a score report (not its timing, which differs on every run)."""
+    return {"label": report.label, "scores": [[l.index, l.score] for l in report.layers],
+            "ranking": report.ranking, "calibration": report.calibration, "extra": report.extra}
+
+
+def _provenance(ctx: RunContext, report: Any) -> dict[str, Any]:
+    c = ctx.cfg
+    return {"method": report.method, "mode": report.mode, "label": report.label,
+            "run": {"model": c.model, "protect": ctx.protect, "device": c.device, "dtype": c.dtype,
+                    "search": c.search}}
+
+
+def _cut_stage(ctx: RunContext, name: str, label: str, report: Any, removed: list[int], dest: str,
+               repaired: bool) -> Stage:
+    """prune (the plain cut) and repair (cut + repair) write the same kind of checkpoint."""
+    prov = _provenance(ctx, report)
+
+    def work(cb: Any) -> tuple[dict[str, Any], str]:
+        full = {**prov, "ranking": report.ranking, "calibration": report.calibration,
+                "scores": [{"index": l.index, "score": l.score} for l in report.layers]}
+        res = cut_into(ctx, removed, ctx.out / dest, full, repaired=repaired)
+        if not repaired:
+            return {}, f"{report.num_layers} -> {report.num_layers - len(removed)} layers ({dest}/)"
+        from compressor.repair.api import describe
+
+        rec = res.repair or {}
+        return {"repair": rec}, f"{describe(rec)} ({dest}/)"
+
+    inputs: dict[str, Input] = {"base": Model(ctx.base), "removed": Setting(removed),
+                                "scores": Setting(score_content(report)), "provenance": Setting(prov)}
+    if repaired:
+        inputs.update(ctx.repair_inputs())
+    return Stage(name, label, inputs, (dest,), work)
+
+
+def prune(ctx: RunContext, given: Results) -> Results:
+    # with a repair, the plain cut is kept beside the repaired model/ for comparison
+    dest = "model" if ctx.repair.method == "none" else "cut"
+    ctx.run_stage(_cut_stage(ctx, "prune", "pruning", given["report"], given["removed"], dest, repaired=False))
+    return {"pruned": ctx.out / dest}
+
+
+def repair(ctx: RunContext, given: Results) -> Results:
+    res = ctx.run_stage(_cut_stage(ctx, "repair", f"repairing the cut: {ctx.repair.method}", given["report"],
+                                   given["removed"], "model", repaired=True))
+    return {"slim": ctx.out / "model", "repair": res.get("repair")}
+
+
+STEPS = (
+    Step("prune", ("report", "removed"), ("pruned",), ("model", "cut"), prune),
+    # repair consumes the plain cut only for its place in the order (after it, as the run reports them)
+    Step("repair", ("report", "removed", "pruned"), ("slim", "repair"), ("model",), repair,
+         skip=lambda ctx, given: "--repair none" if ctx.repair.method == "none" else None,
+         passthrough={"slim": "pruned"}),
+)

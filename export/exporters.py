@@ -1,0 +1,176 @@
+"""The exporter registry: one class per way of turning a checkpoint into an ONNX artifact.
+
+Why a registry: ``avss export``, ``avss run`` (its export, quantize and bench stages) and the ONNX
+loader each need to know what an exporter builds, what it refuses, and how to name its artifacts.
+Each exporter answers those questions itself; no caller compares an exporter's name. Adding one is
+one class here (plus its tests).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
+
+from compressor.errors import BadInput
+
+OnStart = Optional[Callable[[str], None]]
+OnStage = Optional[Callable[[str, float], None]]
+
+
+@dataclass
+class ExportOutcome:
+    """What any exporter returns: its ``export.json`` record plus what a front end shows."""
+
+    out: str
+    exporter: str
+    record: dict[str, Any]
+    num_layers: int
+    files: dict[str, int]
+    timings: dict[str, float]
+    parity: Optional[dict[str, Any]]  # ParityReport.to_dict(); None for a quantized graph (checked on tasks)
+    structural_checks: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    what: str = ""  # e.g. "text-generation-with-past" or "GenAI (onnxruntime-genai==0.15.2)"
+
+    @property
+    def model_bytes(self) -> int:
+        return sum(v for k, v in self.files.items() if k.startswith("model.onnx"))
+
+
+class Exporter:
+    name: ClassVar[str]
+    help: ClassVar[str]
+    # the --quantize values it builds (None: the unquantized graph)
+    precisions: ClassVar[tuple[Optional[str], ...]]
+    # the bench's full-model reference through this exporter at the shipped precision (a run folder
+    # entry), or None when the plain Optimum fp32 reference (``onnx-base``) is the fair comparison
+    bench_reference: ClassVar[Optional[str]] = None
+    # whether ``device`` is where the model is traced (Optimum) rather than the graph's target (the builder)
+    traces_on_device: ClassVar[bool] = False
+
+    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
+        """Refuse, before any work, a combination of settings this exporter cannot build."""
+
+    def check_model(self, config: Any, family: str, quantize: Optional[str]) -> None:
+        """Refuse, from the config alone, a model this exporter cannot build."""
+
+    def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
+               device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
+               allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
+               on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+        raise NotImplementedError
+
+    def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
+                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+        """The shipped quantized artifact, from the slim ``checkpoint`` or its fp32 ``graph`` (whichever this
+        exporter starts from); returns its record's ``quantization`` and checks."""
+        raise NotImplementedError
+
+    def quantize_inputs(self, precision: str) -> dict[str, Any]:
+        """What the quantized artifact depends on besides its source (part of a run stage's key)."""
+        return {"exporter": self.name, "quantize": precision}
+
+    def quantize_source(self) -> str:
+        """Which artifact quantizing starts from: ``checkpoint`` (the slim folder) or ``graph`` (its fp32 export)."""
+        return "graph"
+
+
+class OptimumExporter(Exporter):
+    name = "optimum"
+    help = "optimum (any supported model)"
+    precisions = (None, "int8", "int8-weights", "int4")
+    traces_on_device = True
+
+    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
+        from compressor.export.convert import check_dtype_device
+        from compressor.export.quantize import check_method
+
+        check_method(quantize)
+        dt = check_dtype_device(dtype, device)
+        if quantize and dt != "float32":
+            raise BadInput(f"--quantize {quantize} starts from the fp32 graph, not {dtype}", "drop --dtype or --quantize")
+
+    def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
+               device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
+               allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
+               on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+        from compressor.export.convert import export_model
+
+        res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=on_start,
+                           on_stage=on_stage, quantize=quantize)
+        q = res.quantization or {}
+        return ExportOutcome(res.out, self.name, res.to_dict(), res.num_layers, res.files, res.timings,
+                             res.parity.to_dict(), q.get("structural_checks", []), res.warnings, res.task)
+
+    def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
+                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+        from compressor.export.quantize import quantize_export
+
+        return quantize_export(graph, out, precision, force=True, provider=provider)
+
+    def quantize_inputs(self, precision: str) -> dict[str, Any]:
+        from compressor.export.quantize import settings
+
+        return {"exporter": self.name, "quantize": settings(precision)}
+
+
+class GenAIExporter(Exporter):
+    name = "genai"
+    help = ("genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; "
+            "Llama, Mistral, Qwen2/3, Gemma 3, Phi-3)")
+    precisions = (None, "int4", "int8-weights")
+    bench_reference = "onnx-base-genai"
+
+    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
+        from compressor.export.genai import check_precision, check_target
+
+        check_precision(quantize)
+        check_target(dtype, device, quantize)
+
+    def check_model(self, config: Any, family: str, quantize: Optional[str]) -> None:
+        from compressor.export.genai import builder_version, check_supported
+
+        builder_version()
+        check_supported(config, family, quantize)
+
+    def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
+               device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
+               allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
+               on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+        from compressor.export.genai import export_genai
+
+        rec = export_genai(str(model), out, quantize=quantize, dtype=dtype, device=device, force=force,
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=on_start,
+                           on_stage=on_stage)
+        return ExportOutcome(str(out), self.name, rec, rec["num_layers"], rec["files"], rec["timings"], rec["parity"],
+                             rec["structural_checks"], rec["warnings"], f"GenAI ({rec['exporter']['package']})")
+
+    def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
+                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+        rec = self.export(checkpoint, out, quantize=precision, force=True, allow_pickle=allow_pickle,
+                          trust_remote_code=trust_remote_code).record
+        return {"quantization": rec["quantization"], "structural_checks": rec["structural_checks"], "files": rec["files"]}
+
+    def quantize_source(self) -> str:
+        return "checkpoint"
+
+
+EXPORTERS: dict[str, Exporter] = {e.name: e for e in (OptimumExporter(), GenAIExporter())}
+DEFAULT = "optimum"
+
+
+def names() -> list[str]:
+    return list(EXPORTERS)
+
+
+def get_exporter(name: Optional[str]) -> Exporter:
+    """The exporter called ``name`` (None: the default); an unknown name is refused with the choices."""
+    e = EXPORTERS.get(name or DEFAULT)
+    if e is None:
+        raise BadInput(f"unknown --exporter {name!r}", f"use --exporter {' or '.join(EXPORTERS)}")
+    return e
+
+
+def help_text() -> str:
+    return " or ".join(e.help for e in EXPORTERS.values())
