@@ -6,7 +6,7 @@ One registry, so that scoring and surgery agree on what a "layer" is. Paths are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from compressor.errors import BadInput
 
@@ -122,7 +122,7 @@ def get_layers(model: "nn.Module", adapter: ArchAdapter | None = None) -> "nn.Mo
     obj = body_of(model, adapter)
     for part in (adapter or adapter_for_config(model.config)).layers_path.split("."):
         obj = getattr(obj, part)
-    return obj
+    return cast("nn.ModuleList", obj)
 
 
 def set_layers(model: "nn.Module", layers: "nn.ModuleList", adapter: ArchAdapter | None = None) -> None:
@@ -146,4 +146,4 @@ def mlp_out_module(block: "nn.Module", adapter: ArchAdapter) -> "nn.Module":
         if obj is None:
             raise BadInput(f"this {adapter.model_type} block has no {adapter.mlp_out!r}",
                            "the checkpoint layout is not the standard transformers one; use --repair distill")
-    return obj
+    return cast("nn.Module", obj)

@@ -14,9 +14,11 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from compressor.errors import BadInput, RuntimeFailure, describe_os_error, os_error_in  # noqa: F401 (re-exported)
+from compressor.errors import BadInput, RuntimeFailure
+from compressor.errors import describe_os_error as describe_os_error  # re-exported
+from compressor.errors import os_error_in as os_error_in  # re-exported
 
 # ``.NAME.tmp-PID-XXXXXXXX`` (staging) and ``.NAME.old-PID`` (an old copy being replaced): the pid says
 # whether the process that made it is still alive, so a leftover is removed only when its owner is gone
@@ -109,7 +111,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_figure(fig, path: Path) -> Path:
+def atomic_write_figure(fig: Any, path: Path) -> Path:
     """Render a matplotlib figure to PNG in memory, close it, then write it atomically."""
     import io
 
@@ -288,7 +290,7 @@ class FolderLock:
     def __init__(self, path: Path, what: str):
         self.path, self.what = Path(path), what
         self.fd: int | None = None
-        self.previous: dict | None = None
+        self.previous: dict[str, Any] | None = None
 
     def acquire(self) -> "FolderLock":
         import fcntl
@@ -322,11 +324,11 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-def _read_holder(fd: int) -> dict | None:
+def _read_holder(fd: int) -> dict[str, Any] | None:
     try:
         data = os.pread(fd, 4096, 0)
         d = json.loads(data) if data.strip() else None

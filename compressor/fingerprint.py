@@ -22,7 +22,7 @@ _MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "toke
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".onnx", ".onnx_data")
 _MODEL_ENDINGS = (".onnx.data",)  # the GenAI builder's external data file (its suffix alone is ".data")
 
-_FILE_MEMO: dict[tuple, str] = {}
+_FILE_MEMO: dict[tuple[Any, ...], str] = {}
 _CODE: dict[str, str] = {}
 
 

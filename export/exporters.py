@@ -107,7 +107,8 @@ class OptimumExporter(Exporter):
                  provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
         from compressor.export.quantize import quantize_export
 
-        return quantize_export(graph, out, precision, force=True, provider=provider)
+        rec: dict[str, Any] = quantize_export(graph, out, precision, force=True, provider=provider)
+        return rec
 
     def quantize_inputs(self, precision: str) -> dict[str, Any]:
         from compressor.export.quantize import settings

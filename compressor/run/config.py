@@ -64,7 +64,7 @@ class RunConfig(BaseModel):
     bench: BenchSettings = Field(default_factory=BenchSettings)
 
     @model_validator(mode="after")
-    def _one_cut_rule(self):
+    def _one_cut_rule(self) -> "RunConfig":
         given = [n for n, v in (("ratio", self.ratio), ("num_layers", self.num_layers)) if v is not None]
         if self.search and given:
             raise ValueError(f"search finds the cut size itself; drop {given[0]}")
@@ -102,13 +102,14 @@ class RunConfig(BaseModel):
         """The scorers ``--search`` compares (validation fills in the default)."""
         return list(self.methods or [])
 
-    def repair_settings(self):
+    def repair_settings(self) -> Any:
+        """The repair's settings object (``compressor.repair.api.RepairSettings``)."""
         from compressor.repair.api import RepairSettings
 
         return RepairSettings(self.repair, self.ridge, self.heal_steps, self.heal_lr, self.heal_tokens, self.seed)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def _validation_error(exc: ValidationError, where: str) -> BadInput:
