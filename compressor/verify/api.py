@@ -63,7 +63,7 @@ def _check_tokenizers(base: Any, candidate: Any, profile: Profile, allow_differe
     if not allow_different:
         raise BadInput(what, "save the base's tokenizer next to the candidate (tokenizer.save_pretrained), or pass "
                              "--allow-different-tokenizers (accuracy tasks only; never perplexity)")
-    ppl = [t.name for t in profile.tasks if t.kind == "perplexity"]
+    ppl = [t.name for t in profile.tasks if T.kind(t.kind).per_token]
     if ppl:
         raise BadInput(f"{what}; profile {profile.name!r} has perplexity task(s) {', '.join(ppl)}, and per-token "
                        "perplexities over different tokenizations are not comparable",

@@ -13,12 +13,15 @@ import copy
 import inspect
 import math
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
+
+from pydantic import Field
 
 from compressor.errors import BadInput
 from compressor.verify.tasks import (
     MC_PREDICTION,
     FiniteCount,
+    TaskEntry,
     TaskKind,
     TaskOutput,
     all_finite,
@@ -222,6 +225,28 @@ class LmEval(TaskKind):
     name = "lm-eval"
     # the harness's lower-is-better metrics the gate can judge (build_task checks each task against them)
     lower_is_better = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"})
+
+    class Entry(TaskEntry):
+        """A task of lm-evaluation-harness (a registered name, or a YAML task under ``include_path``),
+        evaluated by the harness itself on the loaded model. Needs the ``[lm-eval]`` extra. Its data must
+        be on disk unless ``allow_download`` is set: a gate never waits on the network."""
+
+        kind: Literal["lm-eval"]
+        task: str = Field(min_length=1)
+        include_path: str | None = None
+        num_fewshot: int | None = Field(None, ge=0)
+        fewshot_seed: int = 1234  # lm-eval's own default
+        limit: int | None = Field(None, ge=1)
+        metric: str = Field("acc", min_length=1)
+        filter: str = Field("none", min_length=1)  # lm-eval reports a metric per filter ("acc,none")
+        min_retention: float | None = Field(None, gt=0, le=2)
+        allow_download: bool = False
+
+    def misfit(self, task_name: str, model_kind: str) -> str | None:
+        if model_kind == self.model_kind:
+            return None
+        return (f"task {task_name!r}: lm-evaluation-harness tasks evaluate causal LMs; encoder classifiers are out "
+                "of its scope (use kind classification)")
 
     def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
         lm_eval = _harness(task)

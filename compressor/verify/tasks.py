@@ -2,8 +2,9 @@
 
 Per-example records (not just a final number) let the gate compute agreement between base and
 candidate, and paired bootstrap confidence intervals, from the same data. One ``TaskKind`` class per
-kind (at the end of this file) holds its data loading, evaluation, metrics and agreement; ``kind()``
-finds it, so adding a kind is one class in one place (lm-evaluation-harness tasks: ``harness.py``).
+kind (at the end of this file) holds all of it: its profile entry (schema and validators), its data
+rules, evaluation, metrics and agreement. Profiles and ``verify.data`` ask the registry, so adding a
+kind is one class in one place (lm-evaluation-harness tasks: ``harness.py``).
 """
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union, get_args
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from compressor.errors import BadInput
 from compressor.sources.data import pad_right
+from compressor.verify.data import load_examples
 
 Progress = Callable[[int, int], None]
 # lower-is-better metric names: ours, and lm-evaluation-harness's rolling-log-likelihood metrics
@@ -292,8 +297,6 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
             progress(min(s + batch_size, len(spans)), len(spans))
     finite.check()
     if not records or sum(r["n"] for r in records) == 0:
-        from compressor.errors import BadInput
-
         raise BadInput(f"task {task.name}: no tokens to score", "use more text or a larger limit")
     return TaskOutput(records, ppl_metrics(records))
 
@@ -500,25 +503,89 @@ def pick_shots(pool: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, 
     return shots
 
 
+# ---------------------------------------------------------------- profile entries
+
+class TaskEntry(BaseModel):
+    """A task as a profile writes it. Strict (unknown keys refused), so a typo never silently disables a check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    if TYPE_CHECKING:  # every kind's entry has these; each kind declares them as fields, in its own order
+        kind: str
+        metric: str
+        limit: int | None
+        min_retention: float | None
+
+
+class DataSpec(BaseModel):
+    """A built-in name or a local .jsonl/.csv/.txt file, with a mapping from our field names to the file's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    split: Literal["calibration", "evaluation", "train", "test", "all"] | None = None
+    fields: dict[str, str] = {}
+
+
+class DataEntry(TaskEntry):
+    """The entry of a kind whose examples come from ``data`` (read by the kind's data rules)."""
+
+    data: Union[str, DataSpec]
+    limit: int | None = Field(None, ge=1)
+    min_retention: float | None = Field(None, gt=0, le=2)
+
+    def data_spec(self) -> DataSpec:
+        return self.data if isinstance(self.data, DataSpec) else DataSpec(source=self.data)
+
+
 # ---------------------------------------------------------------- the kinds (registry)
 
 class TaskKind:
-    """One task kind: where its examples come from, how a model is evaluated on them, the metrics
-    of per-example records, and how often two models give the same answer."""
+    """One task kind, whole: its profile entry, the model it evaluates, what its data must hold, how a
+    model is evaluated on it, the metrics of per-example records, and how often two models agree.
+    ``@register`` makes it a kind that profiles can name; nothing else knows kinds by name."""
 
     name = ""
+    # the pydantic model of its profile entry; declares ``kind: Literal[name]``, the tag profiles dispatch on
+    Entry: type[TaskEntry] = TaskEntry
+    model_kind = "causal-lm"  # the profile ``model_kind`` whose models it evaluates
     lower_is_better: frozenset[str] = frozenset()  # this kind's metrics where lower is better
+    per_token = False  # its scores are per token: base and candidate must share a tokenizer
+
+    # data rules, applied by ``verify.data``: an example's fields (canonical names; str, int or list, a
+    # list written "a|b" in CSV), those a file may leave out (with their value then), whether examples
+    # are plain-text documents (the one field) instead of records, the built-in data shapes it reads
+    example_fields: dict[str, type] = {}
+    optional_fields: dict[str, Any] = {}
+    documents = False
+    builtin_shapes: frozenset[str] = frozenset()
+
+    def misfit(self, task_name: str, model_kind: str) -> str | None:
+        """Why a task of this kind cannot be in a profile of ``model_kind`` models (None: it can)."""
+        if model_kind == self.model_kind:
+            return None
+        return f"task {task_name!r}: kind {self.name} needs model_kind {self.model_kind}"
 
     def higher_is_better(self, metric: str) -> bool:
         """The metric's direction, declared by the kind that computes it (retention flips for lower)."""
         return metric not in self.lower_is_better
 
+    def examples(self, source: str, split: str | None, fields: dict[str, str]) -> list[Any]:
+        """All examples of a task of this kind (no limit applied), checked against its data rules."""
+        return load_examples(self, source, split, fields, all_kinds())
+
+    def from_builtin(self, shape: str, rows: list[Any]) -> list[Any]:
+        """Built-in rows as this kind's examples: documents as they are, records cut to its fields."""
+        return rows if self.documents else [{k: r[k] for k in self.example_fields} for r in rows]
+
+    def check(self, example: dict[str, Any], where: str) -> None:
+        """This kind's own rule on one example read from a file (raises BadInput); none by default."""
+
     def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
         """(evaluation examples, few-shot pool), read before any model loads."""
-        from compressor.verify.data import load_examples
-
         spec = task.data_spec()
-        items = load_examples(self.name, spec.source, spec.split, spec.fields)
+        items = self.examples(spec.source, spec.split, spec.fields)
         return (items[: task.limit] if task.limit else items), []
 
     # most kinds are one evaluator ``f(model, tok, task, items, batch_size, max_length, progress)`` and
@@ -560,14 +627,22 @@ class TaskKind:
 
 KINDS: dict[str, TaskKind] = {}
 
+# kinds that live with an optional dependency, loaded by name (no import cycle) when first asked for;
+# importing one is cheap, its dependency loads only when a task of it runs
+PLUGIN_KINDS = {"lm-eval": "compressor.verify.harness"}
+
 
 def register(cls: type[TaskKind]) -> type[TaskKind]:
+    tag = cls.Entry.model_fields.get("kind")
+    if tag is None or get_args(tag.annotation) != (cls.name,):
+        raise TypeError(f"{cls.__name__}.Entry must declare kind: Literal[{cls.name!r}] (profiles find a task's "
+                        "kind by it)")
     KINDS[cls.name] = cls()
     return cls
 
 
-# kinds that live with an optional dependency, registered when first asked for: name -> module
-PLUGIN_KINDS = {"lm-eval": "compressor.verify.harness"}
+def unregister(name: str) -> None:
+    del KINDS[name]
 
 
 def kind(name: str) -> TaskKind:
@@ -578,16 +653,39 @@ def kind(name: str) -> TaskKind:
     return KINDS[name]
 
 
+def all_kinds() -> list[TaskKind]:
+    """Every kind, plugins included, in registration order (the order a profile error lists them)."""
+    for name in PLUGIN_KINDS:
+        kind(name)
+    return list(KINDS.values())
+
+
 @register
 class Perplexity(TaskKind):
     name = "perplexity"
     lower_is_better = frozenset({"perplexity", "loss"})
+    per_token = True
+    example_fields = {"text": str}
+    documents = True
+    builtin_shapes = frozenset({"text"})
+
+    class Entry(DataEntry):
+        """Rolling windows with a stride over held-out text; ``limit`` counts tokens."""
+
+        kind: Literal["perplexity"]
+        metric: Literal["perplexity", "token_accuracy"] = "perplexity"
+        window: int = Field(512, ge=8)
+        stride: int = Field(256, ge=1)
+
+        @model_validator(mode="after")
+        def _stride_fits(self):
+            if self.stride > self.window:
+                raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
+            return self
 
     def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
-        from compressor.verify.data import load_examples
-
         spec = task.data_spec()
-        return load_examples(self.name, spec.source, spec.split, spec.fields), []  # limit counts tokens
+        return self.examples(spec.source, spec.split, spec.fields), []  # limit counts tokens
 
     evaluator = staticmethod(eval_perplexity)
     metrics_of = staticmethod(ppl_metrics)
@@ -604,24 +702,50 @@ class Perplexity(TaskKind):
 @register
 class Classification(TaskKind):
     name = "classification"
+    model_kind = "sequence-classification"
+    example_fields = {"text": str, "label": int}
+    builtin_shapes = frozenset({"labelled-text"})
+
+    class Entry(DataEntry):
+        kind: Literal["classification"]
+        metric: Literal["accuracy", "macro_f1"] = "accuracy"
 
     evaluator = staticmethod(eval_classification)
     metrics_of = staticmethod(cls_metrics)
 
 
 @register
-class ZeroShotClassification(Classification):
+class ZeroShotClassification(TaskKind):
     name = "zero-shot-classification"
+    example_fields = {"text": str, "label": int}
+    builtin_shapes = frozenset({"labelled-text"})
+
+    class Entry(DataEntry):
+        """A causal LM picks the label word with the highest likelihood after a prompt."""
+
+        kind: Literal["zero-shot-classification"]
+        metric: Literal["accuracy", "macro_f1"] = "accuracy"
+        template: str = "{text}\nSentiment:"
+        labels: dict[int, str]
+        few_shot: int = Field(0, ge=0, le=32)
+
+        @model_validator(mode="after")
+        def _template_has_text(self):
+            if "{text}" not in self.template:
+                raise ValueError("template must contain {text}")
+            if len(self.labels) < 2:
+                raise ValueError("labels needs at least two entries")
+            return self
+
+    metrics_of = staticmethod(cls_metrics)
 
     def load(self, task, profile):
-        from compressor.verify.data import load_examples
-
         spec = task.data_spec()
-        items = load_examples(self.name, spec.source, spec.split, spec.fields)
+        items = self.examples(spec.source, spec.split, spec.fields)
         shots: list[Any] = []
         if task.few_shot:
             if spec.source == "builtin:rt-sentiment":
-                pool = load_examples(self.name, spec.source, "train", {})
+                pool = self.examples(spec.source, "train", {})
             else:  # local file: the first examples become shots and leave the evaluation set
                 pool, items = items[: 4 * task.few_shot], items[4 * task.few_shot:]
             shots = pick_shots(pool, task.few_shot, profile.eval.seed)
@@ -635,6 +759,21 @@ class ZeroShotClassification(Classification):
 @register
 class MultipleChoice(TaskKind):
     name = "multiple-choice"
+    example_fields = {"context": str, "question": str, "choices": list, "answer": int}
+    optional_fields = {"context": ""}
+    builtin_shapes = frozenset({"questions"})
+
+    class Entry(DataEntry):
+        """Log-likelihood of each choice after the prompt, as lm-evaluation-harness's ``multiple_choice``
+        (``acc_norm``: per character of the choice; ``acc_bytes``: per UTF-8 byte)."""
+
+        kind: Literal["multiple-choice"]
+        metric: Literal["acc", "acc_norm", "acc_bytes"] = "acc_norm"
+        template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
+
+    def check(self, example, where):
+        if not 0 <= example["answer"] < len(example["choices"]):
+            raise BadInput(f"{where}: answer {example['answer']} is not an index into its choices", "use a 0-based index")
 
     evaluator = staticmethod(eval_multiple_choice)
     metrics_of = staticmethod(mc_metrics)
@@ -647,6 +786,21 @@ class MultipleChoice(TaskKind):
 @register
 class Generation(TaskKind):
     name = "generation"
+    example_fields = {"context": str, "question": str, "answers": list}
+    optional_fields = {"context": ""}
+    builtin_shapes = frozenset({"questions"})
+
+    class Entry(DataEntry):
+        kind: Literal["generation"]
+        metric: Literal["exact_match", "f1", "contains"] = "contains"
+        template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
+        max_new_tokens: int = Field(16, ge=1, le=512)
+        stop: list[str] = ["\n"]
+
+    def from_builtin(self, shape, rows):
+        """A question's correct choice is its one gold answer."""
+        return [{"context": r["context"], "question": r["question"], "answers": [r["choices"][r["answer"]]]}
+                for r in rows]
 
     evaluator = staticmethod(eval_generation)
     metrics_of = staticmethod(gen_metrics)

@@ -2,7 +2,8 @@
 from collections import Counter
 
 from compressor.sources.data import read_documents
-from compressor.verify.data import load_examples, rt_qa
+from compressor.verify.data import rt_qa
+from compressor.verify.tasks import kind
 
 
 def test_rt_qa_is_well_formed_and_from_the_evaluation_half():
@@ -18,8 +19,8 @@ def test_rt_qa_is_well_formed_and_from_the_evaluation_half():
 
 
 def test_rt_qa_as_generation_and_rt_sentiment_splits():
-    gen = load_examples("generation", "builtin:rt-qa", None, {})
+    gen = kind("generation").examples("builtin:rt-qa", None, {})
     assert gen[0]["answers"] == [rt_qa()[0]["choices"][rt_qa()[0]["answer"]]]
-    test = load_examples("classification", "builtin:rt-sentiment", None, {})
-    train = load_examples("zero-shot-classification", "builtin:rt-sentiment", "train", {})
+    test = kind("classification").examples("builtin:rt-sentiment", None, {})
+    train = kind("zero-shot-classification").examples("builtin:rt-sentiment", "train", {})
     assert len(test) == 2000 and not {e["text"] for e in test} & {e["text"] for e in train}

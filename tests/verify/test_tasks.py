@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from compressor.profiles import Profile
 from compressor.sources.models import load_model
 from compressor.verify import tasks as T
-from compressor.verify.data import load_examples
 from verify.conftest import causal_profile
 
 
@@ -23,7 +22,7 @@ def _task(files, name):
 
 def test_perplexity_rolling_windows_match_a_direct_computation(llama, task_files):
     task = _task(task_files, "ppl")
-    docs = load_examples("perplexity", str(task_files / "ppl.txt"), None, {})
+    docs = T.kind("perplexity").examples(str(task_files / "ppl.txt"), None, {})
     out = T.eval_perplexity(llama.model, llama.tokenizer, task, docs, batch_size=3, max_length=128)
     assert sum(r["n"] for r in out.records) == task.limit  # every token after the first scored exactly once
     # direct: same windows, one at a time
@@ -48,7 +47,7 @@ def test_perplexity_rolling_windows_match_a_direct_computation(llama, task_files
 
 def test_multiple_choice_picks_the_highest_loglikelihood(llama, task_files):
     task = _task(task_files, "mc")
-    ex = load_examples("multiple-choice", str(task_files / "mc.jsonl"), None, {})
+    ex = T.kind("multiple-choice").examples(str(task_files / "mc.jsonl"), None, {})
     out = T.eval_multiple_choice(llama.model, llama.tokenizer, task, ex, batch_size=3, max_length=128)
     tok = llama.tokenizer
     for e, rec in zip(ex, out.records):
@@ -72,7 +71,7 @@ def test_multiple_choice_picks_the_highest_loglikelihood(llama, task_files):
 
 def test_zero_shot_with_few_shot_and_field_mapping(llama, task_files):
     task = _task(task_files, "zs")
-    ex = load_examples(task.kind, str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
+    ex = T.kind(task.kind).examples(str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
     shots = T.pick_shots(ex[:4], 1, seed=0)
     assert T.few_shot_prefix(task, shots).endswith("\n\n")
     out = T.eval_zero_shot(llama.model, llama.tokenizer, task, ex, 4, 128, shots)
@@ -82,7 +81,7 @@ def test_zero_shot_with_few_shot_and_field_mapping(llama, task_files):
 
 def test_generation_greedy_with_stop_strings(llama, task_files):
     task = _task(task_files, "gen")
-    ex = load_examples("generation", str(task_files / "gen.jsonl"), None, {})
+    ex = T.kind("generation").examples(str(task_files / "gen.jsonl"), None, {})
     out = T.eval_generation(llama.model, llama.tokenizer, task, ex, 2, 128)
     for e, r in zip(ex, out.records):
         prompt = llama.tokenizer(task.template.format(**e), return_tensors="pt")  # with the tokenizer's BOS
@@ -97,7 +96,7 @@ def test_classification_on_a_sequence_classifier(tiny, task_files):
     task = Profile.model_validate({"name": "c", "model_kind": "sequence-classification", "tasks": [
         {"name": "c", "kind": "classification", "data": {"source": str(task_files / "cls.jsonl"),
                                                         "fields": {"text": "sentence", "label": "y"}}}]}).tasks[0]
-    ex = load_examples("classification", str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
+    ex = T.kind("classification").examples(str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
     out = T.eval_classification(bert.model, bert.tokenizer, task, ex, 3, 64)
     enc = bert.tokenizer([e["text"] for e in ex], padding=True, return_tensors="pt")
     with torch.no_grad():
