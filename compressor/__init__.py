@@ -3,6 +3,7 @@
 Public surface (kept small on purpose; each name imports its module, and torch, only when used):
 
     from compressor import load_model, score_layers, select_layers, prune_model, verify, export_model
+    from compressor import score_checkpoint, prune_checkpoint, repair_pruned  # the commands as calls
 """
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ _PUBLIC = {
     "load_model": "compressor.sources.models",
     "CalibrationSpec": "compressor.sources.data",
     "load_calibration": "compressor.sources.data",
+    "calibration_spec": "compressor.sources.data",
     "score_layers": "compressor.score.api",
+    "score_checkpoint": "compressor.score.api",
     "select_layers": "compressor.prune.select",
     "prune_model": "compressor.prune.surgery",
+    "prune_checkpoint": "compressor.prune.api",
+    "cut_provenance": "compressor.prune.provenance",
+    "repair_pruned": "compressor.repair.api",
     "load_profile": "compressor.profiles",
     "verify": "compressor.verify.api",
     "write_reports": "compressor.verify.report",

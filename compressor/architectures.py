@@ -83,6 +83,21 @@ def adapter_for_config(config: Any) -> ArchAdapter:
     return _ADAPTERS[model_type]
 
 
+MODEL_KINDS = ("causal-lm", "sequence-classification", "bare")  # a profile's model_kind is one of the first two
+
+
+def model_kind(model: Any, adapter: ArchAdapter | None = None) -> str:
+    """What a loaded model computes, from its head: ``causal-lm`` (a decoder with an LM head),
+    ``sequence-classification``, or ``bare`` (no head). The one answer for every caller that picks a
+    loss, a task kind or a check by it (the family alone says decoder, not whether there is a head)."""
+    adapter = adapter or adapter_for_config(model.config)
+    if adapter.family == "decoder" and model.get_output_embeddings() is not None:
+        return "causal-lm"
+    if "ForSequenceClassification" in type(model).__name__:
+        return "sequence-classification"
+    return "bare"
+
+
 def body_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any:
     """The module that owns the block list (the bare transformer without a task head).
 

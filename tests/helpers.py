@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,27 @@ def shared_dir(tmp_path_factory, name: str) -> Path:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@contextmanager
+def library_log():
+    """What the library said on the ``avss`` logger while the block ran: [(level, message)], notes as
+    "info" and warnings as "warning" (the CLI routes the same records into its output sink)."""
+    import logging
+
+    from compressor.diagnostics import LOGGER
+
+    lines: list[tuple[str, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((record.levelname.lower(), record.getMessage()))
+
+    handler, level = Keep(), LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)

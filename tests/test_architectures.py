@@ -29,3 +29,16 @@ def test_unknown_architecture_names_the_supported_ones():
     with pytest.raises(BadInput) as e:
         adapter_for_config(Cfg())
     assert "t5" in str(e.value) and "llama" in str(e.value) and "distilbert" in str(e.value)
+
+
+def test_model_kind_is_read_from_the_head(tiny):
+    from transformers import AutoModel
+
+    from compressor.architectures import model_kind
+    from compressor.sources.models import load_model
+
+    assert model_kind(load_model(str(tiny("llama"))).model) == "causal-lm"
+    assert model_kind(load_model(str(tiny("gpt2"))).model) == "causal-lm"
+    assert model_kind(load_model(str(tiny("bert"))).model) == "sequence-classification"
+    assert model_kind(AutoModel.from_pretrained(str(tiny("bert")))) == "bare"
+    assert model_kind(AutoModel.from_pretrained(str(tiny("llama")))) == "bare"  # a decoder without its LM head

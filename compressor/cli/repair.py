@@ -34,19 +34,12 @@ def repair(
 ) -> None:
     from compressor.cli import common
     from compressor.cli.output import note
-    from compressor.files import check_output_dir
-    from compressor.repair.api import repair_checkpoint
-    from compressor.sources.data import load_calibration
+    from compressor.repair.api import repair_pruned
 
-    settings = common.repair_settings(method, ridge, heal_steps, heal_tokens, heal_lr, seed)
-    check_output_dir(out, force, note=note)
-    calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
-    loaded = common.load(base, device, dtype, None, allow_pickle, trust_remote_code)
-    common.check_room(out, loaded, f"the repaired checkpoint {out}")
-    if not have_data:
-        note(f"no --data or --profile given: calibrating on {calib.source} ({calib.split} split)")
-    cal = load_calibration(calib, loaded.tokenizer, loaded.adapter.family)
-    with common.repair_progress() as update:
-        record = repair_checkpoint(loaded, slim, settings, cal, out, force=force, progress=update)
+    record = repair_pruned(base, slim, out, method=method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
+                           heal_lr=heal_lr, data=data, profile=profile, samples=samples, seq_len=seq_len,
+                           batch_size=batch_size, text_field=text_field, pack=pack, seed=seed, device=device,
+                           dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
+                           bars=common.repair_progress)
     common.print_repair(record)
     note(f"wrote {out} (compression.json records the repair: method, settings, per-span errors)")

@@ -1,7 +1,7 @@
 """Score every transformer layer; least important first. Data (table) on stdout, the rest on stderr."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -34,33 +34,19 @@ def score(
     force: o.Force = False,
 ) -> None:
     from compressor.cli import common
-    from compressor.cli.output import note
-    from compressor.errors import BadInput
-    from compressor.prune.select import parse_protect
-    from compressor.score import methods
-    from compressor.score.report import save_plot
+    from compressor.cli.output import note, progress_bar
+    from compressor.score.api import score_checkpoint
 
-    scorer = methods.get_scorer(method)
-    methods.check_mode(method, avss_mode)
-    methods.check_options(method, objective, max_remove, last_state)
-    if protect is not None and "protect" not in scorer.own_options:
-        raise BadInput(f"--protect on avss score only applies to --method {methods.names_text(methods.option_scorers('protect'))} "
-                       f"(got --method {method}); other scores do not depend on it",
-                       "drop --protect here and pass it to avss prune")
-    common.refuse_existing([out, plot], force)
-    calib, have_data = common.calibration_spec(data, profile, samples, seq_len, batch_size, text_field, pack)
-    loaded = common.load(model, device, dtype, device_map, allow_pickle, trust_remote_code)
-    opts: dict[str, Any] = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
-    if "protect" in scorer.own_options:
-        opts["protect"] = parse_protect(protect, loaded.num_layers)
-    report = common.run_scoring(loaded, method, avss_mode, calib, have_data, seed, **opts)
+    report = score_checkpoint(model, method=method, mode=avss_mode, objective=objective, max_remove=max_remove,
+                              protect=protect, last_state=last_state, data=data, profile=profile, samples=samples,
+                              seq_len=seq_len, batch_size=batch_size, text_field=text_field, pack=pack, seed=seed,
+                              device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+                              trust_remote_code=trust_remote_code, out=out, plot=plot, force=force, bar=progress_bar)
     common.print_scores(report)
     sel = report.default_selection
     note(f"method: {report.label}; ranking (least important first): {report.ranking}")
     note(f"default selection ({sel['rule']} 0.25 -> {sel['num_layers']} layers) would remove {sel['removed']}")
     if out:
-        report.save(out)
         note(f"wrote {out}")
     if plot:
-        save_plot(report, set(sel["removed"]), plot)
         note(f"wrote {plot}")

@@ -18,9 +18,9 @@ from compressor import __version__
 from compressor.architectures import ArchAdapter, adapter_for_config, get_layers, set_layers
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import check_output_dir, describe_os_error, replace_dir, staging_dir
+from compressor.prune.provenance import COMPRESSION_SCHEMA, current
 
 COMPRESSION_FILE = "compression.json"
-COMPRESSION_SCHEMA = 2  # 2: a "repair" record (method, settings, per-span patches, distillation)
 
 
 def read_compression(folder: str | Path) -> dict[str, Any]:
@@ -141,6 +141,7 @@ def prune_model(
         **(provenance or {}),
         "repair": repair_record,
     }
+    record = current(record)
     save_checkpoint(model, tokenizer, out, record)
     return PruneResult(out, sorted(removed), kept, n_before, len(kept), p_before, p_after, warnings, repair_record)
 

@@ -6,9 +6,11 @@ order (``linear+distill``: fold the closed-form patch, then heal from it). ``non
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -16,6 +18,8 @@ from compressor.errors import BadInput
 from compressor.repair.distill import DEFAULT_LR, DEFAULT_STEPS
 
 Progress = Callable[[str, int, int, float | None], None]  # (step label, done, total, loss)
+# a progress display for one repair (the CLI's bars): it yields a Progress callback
+RepairBars = Callable[[], AbstractContextManager[Progress | None]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,35 @@ class RepairSettings:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "ridge": self.ridge, "heal_steps": self.heal_steps, "heal_lr": self.heal_lr,
                 "heal_tokens": self.heal_tokens, "seed": self.seed}
+
+
+def repair_settings(method: str | None = None, *, ridge: float | None = None, heal_steps: int | None = None,
+                    heal_tokens: int | None = None, heal_lr: float | None = None, seed: int = 0) -> RepairSettings:
+    """User-level values (``None``: the default) -> validated ``RepairSettings``, so the CLI and a
+    Python caller get the same defaults and the same refusals, before any model loads."""
+    defaults = RepairSettings()
+    s = RepairSettings(method=method or "none", ridge=defaults.ridge if ridge is None else ridge,
+                       heal_steps=defaults.heal_steps if heal_steps is None else heal_steps,
+                       heal_lr=defaults.heal_lr if heal_lr is None else heal_lr, heal_tokens=heal_tokens, seed=seed)
+    parse_method(s.method)
+    if s.ridge < 0:
+        raise BadInput(f"--ridge must be >= 0 (got {s.ridge})", "e.g. --ridge 1e-4")
+    if s.heal_steps < 1 or (s.heal_tokens is not None and s.heal_tokens < 1):
+        raise BadInput("--heal-steps and --heal-tokens must be at least 1", "e.g. --heal-steps 30")
+    if not s.heal_lr > 0:
+        raise BadInput(f"--heal-lr must be positive (got {s.heal_lr})", "e.g. --heal-lr 3e-4")
+    return s
+
+
+@dataclass(frozen=True)
+class RepairEvidence:
+    """What one repair step shows a user, without knowing how it is shown: a table (data: the CLI
+    prints it on stdout) and/or one line (a diagnostic: stderr). Columns are (header, "left"|"right")."""
+
+    title: str | None = None
+    columns: tuple[tuple[str, str], ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    line: str | None = None
 
 
 @dataclass
@@ -76,6 +109,10 @@ class Repair:
 
     def summary(self, part: dict[str, Any]) -> str:
         return ""
+
+    def evidence(self, part: dict[str, Any]) -> RepairEvidence:
+        """Its part of the record in full (``summary`` is the one-line version)."""
+        return RepairEvidence(line=self.summary(part) or None)
 
 
 REPAIRS: dict[str, Repair] = {}
@@ -117,6 +154,14 @@ class LinearRepair(Repair):
         after = sum(x["error_after"] for x in sp) / len(sp)
         return f"{len(sp)} span(s), mean residual error {before:.3f} -> {after:.3f}"
 
+    def evidence(self, part: dict[str, Any]) -> RepairEvidence:
+        return RepairEvidence(
+            title=f"linear patch (ridge {part['ridge']:g})",
+            columns=(("removed span", "left"), ("folded into", "left"), ("tokens", "right"),
+                     ("residual error before", "right"), ("after", "right")),
+            rows=tuple((str(sp["removed"]), sp["fold_point"], str(sp["tokens"]), f"{sp['error_before']:.4f}",
+                        f"{sp['error_after']:.4f}") for sp in part["spans"]))
+
 
 @register
 class DistillRepair(Repair):
@@ -147,6 +192,13 @@ class DistillRepair(Repair):
 
     def summary(self, part: dict[str, Any]) -> str:
         return f"{part['steps']} steps, held-out KL {part['heldout_kl_before']:.3f} -> {part['heldout_kl_after']:.3f}"
+
+    def evidence(self, part: dict[str, Any]) -> RepairEvidence:
+        d = part
+        return RepairEvidence(line=(
+            f"distill: {d['steps']} of {d['budget_steps']} steps ({'stopped early' if d['stopped_early'] else 'full budget'}), "
+            f"held-out loss {d['heldout_loss_before']:.4f} -> {d['heldout_loss_after']:.4f}, held-out KL "
+            f"{d['heldout_kl_before']:.4f} -> {d['heldout_kl_after']:.4f}, {d['seconds']:.0f} s"))
 
 
 def choices() -> tuple[str, ...]:
@@ -184,6 +236,12 @@ def describe(rec: dict[str, Any]) -> str:
     if "seconds" in rec:
         parts.append(f"{rec['seconds']:.0f} s")
     return ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
+
+
+def evidence(rec: dict[str, Any]) -> list[RepairEvidence]:
+    """Each step's evidence from a repair record, in registry order (what ``avss prune --repair`` and
+    ``avss repair`` show after the work)."""
+    return [REPAIRS[name].evidence(rec[name]) for name in REPAIRS if rec.get(name)]
 
 
 def check_repair(settings: RepairSettings, adapter: Any, removed: list[int] | None = None) -> None:
@@ -262,6 +320,7 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
     layers of ``base`` were removed) into ``out``. ``linear`` is fitted on ``base`` (it needs the full
     model's activations); ``distill`` alone heals the slim weights as they are (e.g. after linear)."""
     from compressor.files import check_output_dir
+    from compressor.prune.provenance import current
     from compressor.prune.surgery import COMPRESSION_FILE, read_compression, save_checkpoint
 
     out_p = check_output_dir(out, force)
@@ -302,5 +361,40 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
     method = "distill" if previous.get("method", "none") == "none" else f"{previous['method']}+distill"
     record = {**previous, **settings.to_dict(), "method": method, "distill": ctx.record["distill"],
               "calibration": calibration.describe()}
-    save_checkpoint(slim.model, slim.tokenizer, out_p, {**prov, "repair": record})
+    save_checkpoint(slim.model, slim.tokenizer, out_p, current({**prov, "repair": record}))
     return record
+
+
+def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", ridge: float | None = None,
+                  heal_steps: int | None = None, heal_tokens: int | None = None, heal_lr: float | None = None,
+                  data: str | None = None, profile: Any = None, samples: int | None = None, seq_len: int | None = None,
+                  batch_size: int | None = None, text_field: str | None = None, pack: bool | None = None,
+                  seed: int = 0, device: str = "cpu", dtype: str = "auto", allow_pickle: bool = False,
+                  trust_remote_code: bool = False, force: bool = False,
+                  bars: RepairBars | None = None) -> dict[str, Any]:
+    """``avss repair`` as one call: settings, output folder and calibration checked before ``base``
+    (a spec, or a loaded model) loads, then ``repair_checkpoint``. Arguments are the command's flags;
+    returns the repair record written into ``out``'s compression.json."""
+    from pathlib import Path
+
+    from compressor import diagnostics
+    from compressor.files import check_free_space, check_output_dir
+    from compressor.sources.data import calibration_for, calibration_spec
+    from compressor.sources.models import load_model
+
+    settings = repair_settings(method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
+                               seed=seed)
+    check_output_dir(out, force, note=diagnostics.note)
+    calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
+                             text_field=text_field, pack=pack)
+    loaded = base if not isinstance(base, (str, Path)) else load_model(
+        str(base), device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        announce=True)
+    check_free_space(Path(out), loaded.weight_bytes, f"the repaired checkpoint {out}")
+    cal = calibration_for(loaded, calib, given=bool(data or profile))
+    with (bars or _no_bars)() as update:
+        return repair_checkpoint(loaded, slim, settings, cal, out, force=force, progress=update)
+
+
+def _no_bars() -> AbstractContextManager[None]:
+    return contextlib.nullcontext()

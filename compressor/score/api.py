@@ -1,19 +1,24 @@
 """``score_layers``: the library entry point behind ``avss score``."""
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Callable
 
-from compressor import __version__
+from compressor import __version__, diagnostics
 from compressor.errors import BadInput, compute_error
 from compressor.score import methods
 from compressor.score.passes import Progress
 from compressor.score.report import ScoreReport
 from compressor.score.stats import ROBUST_TAU
-from compressor.sources.data import CalibrationData
+from compressor.sources.data import CalibrationData, CalibrationSpec
 from compressor.sources.models import LoadedModel
 
 DEFAULT_RATIO = 0.25
+# a progress display named by its description (the CLI's progress_bar); it yields a (done, total) callback
+ProgressBar = Callable[[str], AbstractContextManager[Progress | None]]
 
 
 def score_layers(
@@ -80,3 +85,91 @@ def _model_info(loaded: LoadedModel) -> dict[str, Any]:
         "architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
         "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
     }
+
+
+def scorer_options(method: str, num_layers: int, *, objective: str | None = None, max_remove: int | None = None,
+                   last_state: str | None = None, protect: Any = None, rounds: int | None = None) -> dict[str, Any]:
+    """``score_layers``' options for ``method`` from user-level values: ``protect`` parsed (first,last |
+    indices) for the scorer whose order depends on it; ``rounds`` (the cut's size) as the default
+    ``max_remove`` of a scorer that computes removals round by round, so it computes no more than needed."""
+    from compressor.prune.select import parse_protect
+
+    scorer = methods.get_scorer(method)
+    opts: dict[str, Any] = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
+    if "protect" in scorer.own_options:  # e.g. SLEB: its removal order depends on what it may not remove
+        opts["protect"] = parse_protect(protect, num_layers)
+    if "max_remove" in scorer.own_options and max_remove is None and rounds is not None:
+        opts["max_remove"] = rounds
+    return opts
+
+
+def score_model(loaded: LoadedModel, method: str = "avss", *, mode: str | None = None,
+                calibration: CalibrationSpec | None = None, calibration_given: bool = True, seed: int = 0,
+                bar: ProgressBar | None = None, **options: Any) -> ScoreReport:
+    """``score_layers`` with the calibration it needs loaded from ``calibration`` (default spec when
+    None) and what a long scoring pass should say on the ``avss`` logger: the data used, SLEB's cost,
+    the report's warnings. ``bar(description)``: a progress display; ``options``: see ``score_layers``."""
+    from compressor.sources.data import calibration_for
+
+    scorer = methods.get_scorer(method)
+    mode = methods.check_mode(method, mode)
+    methods.check_options(method, options.get("objective"), options.get("max_remove"), options.get("last_state"))
+    data = None
+    if scorer.needs_data:
+        data = calibration_for(loaded, calibration or CalibrationSpec(), given=calibration_given)
+        diagnostics.note(f"calibration: {data.tokens} tokens in {len(data.batches)} batches, sha256 {data.sha256[:12]}")
+    label = f"{method} ({mode})" if mode else method
+    with (bar or _no_bar)(f"scoring {label}: {scorer.pass_unit}") as update:
+        report = score_layers(loaded, method, mode=mode, data=data, seed=seed, progress=update, **options)
+    cost = (report.extra.get("sleb") or {}).get("cost_vs_forward")
+    if cost is not None:
+        diagnostics.note(f"sleb: {report.seconds:.1f} s, {cost:.1f}x a plain forward pass over the same calibration data")
+    for w in report.warnings:
+        diagnostics.warn(w)
+    return report
+
+
+def _no_bar(description: str) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: str | None = None,
+                     objective: str | None = None, max_remove: int | None = None, protect: str | None = None,
+                     last_state: str | None = None, data: str | None = None, profile: Any = None,
+                     samples: int | None = None, seq_len: int | None = None, batch_size: int | None = None,
+                     text_field: str | None = None, pack: bool | None = None, seed: int = 0, device: str = "cpu",
+                     dtype: str = "auto", device_map: str | None = None, allow_pickle: bool = False,
+                     trust_remote_code: bool = False, out: str | Path | None = None, plot: str | Path | None = None,
+                     force: bool = False, bar: ProgressBar | None = None) -> ScoreReport:
+    """``avss score`` as one call: every flag rule checked and every output place checked before the
+    model loads, then the scores (``out``: the JSON, ``plot``: the PNG) written. Arguments are the
+    command's flags; ``model`` may also be a loaded model."""
+    from compressor.files import check_output_file
+    from compressor.score.report import save_plot
+    from compressor.sources.data import calibration_spec
+    from compressor.sources.models import load_model
+
+    scorer = methods.get_scorer(method)
+    methods.check_mode(method, mode)
+    methods.check_options(method, objective, max_remove, last_state)
+    if protect is not None and "protect" not in scorer.own_options:
+        raise BadInput(f"--protect on avss score only applies to --method {methods.names_text(methods.option_scorers('protect'))} "
+                       f"(got --method {method}); other scores do not depend on it",
+                       "drop --protect here and pass it to avss prune")
+    for p in (out, plot):
+        if p:
+            check_output_file(p, "output", force)
+    calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
+                             text_field=text_field, pack=pack)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, announce=True)
+    opts = scorer_options(method, loaded.num_layers, objective=objective, max_remove=max_remove,
+                          last_state=last_state, protect=protect)
+    report = score_model(loaded, method, mode=mode, calibration=calib, calibration_given=bool(data or profile),
+                         seed=seed, bar=bar, **opts)
+    if out:
+        report.save(out)
+    if plot:
+        save_plot(report, set(report.default_selection["removed"]), plot)
+    return report

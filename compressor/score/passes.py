@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from compressor.architectures import body_of, final_norm_of, get_layers, set_layers
+from compressor.architectures import body_of, final_norm_of, get_layers, model_kind, set_layers
 from compressor.score.stats import ROBUST_TAU, StatConfig, StatsCollector
 from compressor.sources.data import CalibrationData
 from compressor.sources.models import LoadedModel
@@ -58,8 +58,8 @@ def model_loss(loaded: LoadedModel, data: CalibrationData, reference: list[Any] 
     import torch.nn.functional as F
 
     model = loaded.model
-    is_causal = loaded.adapter.family == "decoder" and model.get_output_embeddings() is not None
-    is_cls = not is_causal and "SequenceClassification" in type(model).__name__
+    head = model_kind(model, loaded.adapter)
+    is_causal, is_cls = head == "causal-lm", head == "sequence-classification"
     total, count, keep = 0.0, 0.0, []
     with torch.inference_mode():
         for bi, batch in enumerate(data.batches):

@@ -85,12 +85,12 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
     import torch
     from torch import nn
 
-    from compressor.architectures import get_layers, set_layers
+    from compressor.architectures import get_layers, model_kind, set_layers
     from compressor.score.passes import forward_kwargs
 
     model, adapter = loaded.model, loaded.adapter
-    causal = adapter.family == "decoder" and model.get_output_embeddings() is not None
-    classifier = not causal and "SequenceClassification" in type(model).__name__
+    kind = model_kind(model, adapter)
+    causal, classifier = kind == "causal-lm", kind == "sequence-classification"
     if not (causal or classifier):
         raise BadInput("--method sleb needs a model with a head (a causal LM or a sequence classifier); this is "
                        f"a bare {type(model).__name__}", "use --method leave-one-out or block-influence")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compressor import diagnostics
 from compressor.architectures import ArchAdapter, adapter_for_config
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources import builtins
@@ -230,8 +231,17 @@ def load_model(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
+    announce: bool = False,
 ) -> LoadedModel:
-    """Load a supported model in eval mode with its tokenizer."""
+    """Load a supported model in eval mode with its tokenizer. ``announce``: say what is loading and
+    what loaded on the ``avss`` logger (a load can take minutes; the commands show it)."""
+    if announce:
+        diagnostics.note(f"loading {spec} ...")
+        loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+                            trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer)
+        diagnostics.note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} "
+                         f"({loaded.dtype})")
+        return loaded
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

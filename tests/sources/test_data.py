@@ -81,3 +81,35 @@ def test_builtin_mixed_interleaves_both_sources_by_characters():
     b = sum(len(d) for d in head if d in set(plots))
     assert a > 0 and b > 0 and 0.5 < a / b < 2.0  # both domains early on, in similar amounts of text
     assert set(read_documents("builtin:mixed", split="evaluation")).isdisjoint(mixed)  # halves stay disjoint
+
+
+def test_calibration_spec_from_data_profile_and_overrides():
+    from pathlib import Path
+
+    from compressor.profiles import load_profile
+    from compressor.sources.data import calibration_spec
+
+    prof = Path(__file__).resolve().parents[2] / "profiles" / "default.yaml"
+    assert calibration_spec() == CalibrationSpec()
+    assert calibration_spec("notes.txt", samples=4, pack=False) == CalibrationSpec(source="notes.txt", samples=4,
+                                                                                    pack=False)
+    by_path = calibration_spec(profile=str(prof), seq_len=64)
+    assert by_path == calibration_spec(profile=load_profile(prof), seq_len=64)  # a path or a loaded profile
+    assert by_path.seq_len == 64 and by_path.source == load_profile(prof).calibration.source
+    with pytest.raises(BadInput, match="--data and --profile both"):
+        calibration_spec("notes.txt", str(prof))
+    with pytest.raises(BadInput, match="--batch-size must be at least 1"):
+        calibration_spec(batch_size=0)
+
+
+def test_calibration_for_reads_the_text_as_the_model_does(tiny, text_file):
+    from compressor.sources.data import calibration_for
+    from compressor.sources.models import load_model
+    from helpers import library_log
+
+    spec = CalibrationSpec(source=str(text_file), samples=2, seq_len=16, batch_size=2)
+    with library_log() as log:
+        dec = calibration_for(load_model(str(tiny("llama"))), spec)
+        enc = calibration_for(load_model(str(tiny("bert"))), spec, given=False)
+    assert dec.packed and not enc.packed  # decoders read packed windows, encoders one document per row
+    assert log == [("info", f"no --data or --profile given: calibrating on {text_file} (calibration split)")]
