@@ -9,12 +9,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it: the one list of what `from compressor import X` offers
+# name -> the module that defines it ("module:attr" when the name differs): what `from compressor import X` offers
 _PUBLIC = {
     "load_model": "compressor.sources.models",
     "CalibrationSpec": "compressor.sources.data",
     "load_calibration": "compressor.sources.data",
-    "calibration_spec": "compressor.sources.data",
+    "calibration_spec": "compressor.profiles",
     "score_layers": "compressor.score.api",
     "score_checkpoint": "compressor.score.api",
     "select_layers": "compressor.prune.select",
@@ -23,10 +23,12 @@ _PUBLIC = {
     "cut_provenance": "compressor.prune.provenance",
     "repair_pruned": "compressor.repair.api",
     "load_profile": "compressor.profiles",
-    "verify": "compressor.verify.api",
+    # not "verify": that is the subpackage's name, which the import system binds over a lazy attribute
+    "verify_models": "compressor.verify.api:verify",
     "write_reports": "compressor.verify.report",
     "export_model": "compressor.export.convert",
     "export_genai": "compressor.export.genai",
+    "get_exporter": "compressor.export.exporters",
     "quantize_export": "compressor.export.quantize",
     "load_onnx_model": "compressor.export.ort_model",
     "BenchOptions": "compressor.export.bench",
@@ -59,4 +61,5 @@ def __getattr__(name: str):  # lazy: `import compressor` must not import torch
         raise AttributeError(f"module 'compressor' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+    module, _, attr = _PUBLIC[name].partition(":")
+    return getattr(importlib.import_module(module), attr or name)

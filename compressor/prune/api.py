@@ -120,11 +120,12 @@ def prune_checkpoint(
     ``method``; exactly one of ``ratio``, ``num_layers``, ``mass`` picks the cut; ``repair`` repairs it
     before it is written. ``bar(description)`` / ``repair_bars()``: optional progress displays."""
     from compressor.files import check_free_space, check_output_dir
+    from compressor.profiles import calibration_spec
     from compressor.prune.provenance import cut_provenance
     from compressor.prune.select import select_layers
     from compressor.repair.api import check_repair, protect_for, prune_and_repair, repair_settings
     from compressor.score.report import ScoreReport
-    from compressor.sources.data import calibration_for, calibration_spec
+    from compressor.sources.data import calibration_for
     from compressor.sources.models import load_model
 
     warnings: list[str] = []

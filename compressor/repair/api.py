@@ -379,7 +379,8 @@ def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", rid
 
     from compressor import diagnostics
     from compressor.files import check_free_space, check_output_dir
-    from compressor.sources.data import calibration_for, calibration_spec
+    from compressor.profiles import calibration_spec
+    from compressor.sources.data import calibration_for
     from compressor.sources.models import load_model
 
     settings = repair_settings(method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,

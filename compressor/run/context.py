@@ -142,11 +142,11 @@ class RunContext:
     # --- what several steps use ------------------------------------------------------------------
     def calibration_batches(self) -> Any:
         """The profile's calibration data, tokenized for the base (loaded once per run)."""
-        from compressor.sources.data import CalibrationSpec, load_calibration
+        from compressor.profiles import calibration_spec
+        from compressor.sources.data import calibration_for
 
         if self._calib is None:
-            spec = CalibrationSpec(**self.profile.calibration.model_dump())
-            self._calib = load_calibration(spec, self.base.tokenizer, self.base.adapter.family)
+            self._calib = calibration_for(self.base, calibration_spec(profile=self.profile))
         return self._calib
 
     def repair_inputs(self) -> dict[str, Input]:

@@ -145,8 +145,8 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
     model loads, then the scores (``out``: the JSON, ``plot``: the PNG) written. Arguments are the
     command's flags; ``model`` may also be a loaded model."""
     from compressor.files import check_output_file
+    from compressor.profiles import calibration_spec
     from compressor.score.report import save_plot
-    from compressor.sources.data import calibration_spec
     from compressor.sources.models import load_model
 
     scorer = methods.get_scorer(method)

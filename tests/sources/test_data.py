@@ -86,8 +86,7 @@ def test_builtin_mixed_interleaves_both_sources_by_characters():
 def test_calibration_spec_from_data_profile_and_overrides():
     from pathlib import Path
 
-    from compressor.profiles import load_profile
-    from compressor.sources.data import calibration_spec
+    from compressor.profiles import calibration_spec, load_profile
 
     prof = Path(__file__).resolve().parents[2] / "profiles" / "default.yaml"
     assert calibration_spec() == CalibrationSpec()

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from compressor.prune.provenance import cut_provenance
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
 from compressor.run.search import Candidate
@@ -51,8 +52,8 @@ def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], re
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
         folder = ctx.out / ".search" / f"{method}-k{k}"
-        cut_into(ctx, removed, folder, {"method": rep.method, "mode": rep.mode, "label": rep.label},
-                 repaired=True, label="search")
+        cut_into(ctx, removed, folder, cut_provenance(rep, None, run=run_settings(ctx)), repaired=True,
+                 label="search")
         try:
             v = ctx.verify(ctx.load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
         finally:
@@ -74,22 +75,19 @@ def score_content(report: Any) -> dict[str, Any]:
             "ranking": report.ranking, "calibration": report.calibration, "extra": report.extra}
 
 
-def _provenance(ctx: RunContext, report: Any) -> dict[str, Any]:
+def run_settings(ctx: RunContext) -> dict[str, Any]:
+    """What ``compression.json`` records of the run that made a cut (its ``run`` provenance)."""
     c = ctx.cfg
-    return {"method": report.method, "mode": report.mode, "label": report.label,
-            "run": {"model": c.model, "protect": ctx.protect, "device": c.device, "dtype": c.dtype,
-                    "search": c.search}}
+    return {"model": c.model, "protect": ctx.protect, "device": c.device, "dtype": c.dtype, "search": c.search}
 
 
 def _cut_stage(ctx: RunContext, name: str, label: str, report: Any, removed: list[int], dest: str,
                repaired: bool) -> Stage:
     """prune (the plain cut) and repair (cut + repair) write the same kind of checkpoint."""
-    prov = _provenance(ctx, report)
+    prov = cut_provenance(report, None, run=run_settings(ctx))
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
-        full = {**prov, "ranking": report.ranking, "calibration": report.calibration,
-                "scores": [{"index": l.index, "score": l.score} for l in report.layers]}
-        res = cut_into(ctx, removed, ctx.out / dest, full, repaired=repaired)
+        res = cut_into(ctx, removed, ctx.out / dest, prov, repaired=repaired)
         if not repaired:
             return {}, f"{report.num_layers} -> {report.num_layers - len(removed)} layers ({dest}/)"
         from compressor.repair.api import describe
