@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # torch 2.13.0 must come first, as the CPU wheel: unpinned, pip would pull a multi-GB CUDA build.
 TORCH_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install demo test lint bench results clean
+.PHONY: install demo test test-slow lint bench results clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
+# the everyday suite; `make test-slow` runs the tests marked slow (the real 135 M model, a real classifier
+# fine-tune, lm-evaluation-harness itself), which CI runs too
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

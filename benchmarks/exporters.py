@@ -158,4 +158,11 @@ def _full_folder(spec: str) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys as _sys
+
+    from _common import ResultsPage
+
+    # docs/results/exporters.md: this run's output, dated, at its commit (not for smoke or child runs)
+    _full = not {"--quick", "--child", "--exports-only"} & set(_sys.argv)
+    with ResultsPage("exporters", "Optimum against ONNX Runtime GenAI's Model Builder", enabled=_full):
+        sys.exit(main())

@@ -113,4 +113,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys as _sys
+
+    from _common import ResultsPage
+
+    # docs/results/lm-eval-parity.md: this run's output, dated, at its commit (not for smoke or child runs)
+    _full = not {"--quick", "--child", "--exports-only"} & set(_sys.argv)
+    with ResultsPage("lm-eval-parity", "Our multiple-choice kind against lm-evaluation-harness", enabled=_full):
+        raise SystemExit(main())

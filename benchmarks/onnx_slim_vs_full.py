@@ -74,4 +74,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys as _sys
+
+    from _common import ResultsPage
+
+    # docs/results/onnx-slim-vs-full.md: this run's output, dated, at its commit (not for smoke or child runs)
+    _full = not {"--quick", "--child", "--exports-only"} & set(_sys.argv)
+    with ResultsPage("onnx-slim-vs-full", "The slim ONNX model's speed against the full one", enabled=_full):
+        main()

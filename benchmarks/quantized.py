@@ -90,4 +90,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys as _sys
+
+    from _common import ResultsPage
+
+    # docs/results/quantized.md: this run's output, dated, at its commit (not for smoke or child runs)
+    _full = not {"--quick", "--child", "--exports-only"} & set(_sys.argv)
+    with ResultsPage("quantized", "The artifacts that ship: fp32, int8, int8-weights, int4", enabled=_full):
+        sys.exit(main())

@@ -75,4 +75,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys as _sys
+
+    from _common import ResultsPage
+
+    # docs/results/robust-avss-comparison.md: this run's output, dated, at its commit (not for smoke or child runs)
+    _full = not {"--quick", "--child", "--exports-only"} & set(_sys.argv)
+    with ResultsPage("robust-avss-comparison", "AVSS variants on the built-in SmolLM2", enabled=_full):
+        main()

@@ -249,4 +249,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys as _sys
+
+    from _common import ResultsPage
+
+    # docs/results/scoring-overhead.md: this run's output, dated, at its commit (not for smoke or child runs)
+    _full = not {"--quick", "--child", "--exports-only"} & set(_sys.argv)
+    with ResultsPage("scoring-overhead", "Scoring time and memory against a plain forward pass", enabled=_full):
+        main()

@@ -52,6 +52,7 @@ def test_failure_leaves_no_temp_folder(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [".clf.lock"] and (tmp_path / ".clf.lock").stat().st_size == 0
 
 
+@pytest.mark.slow  # fine-tunes a real classifier
 def test_small_real_fine_tune_and_reuse(small_classifier):
     from transformers import AutoModelForSequenceClassification
 

@@ -56,6 +56,7 @@ def slim(llama, tmp_path_factory):
     return load_model(str(out))
 
 
+@pytest.mark.slow  # lm-evaluation-harness itself: its task index and real harness runs
 def test_the_harness_gates_caches_and_agrees_with_our_kind_per_question(llama, slim):
     from compressor.verify.harness import harness_metrics
 
@@ -84,6 +85,7 @@ def test_the_harness_gates_caches_and_agrees_with_our_kind_per_question(llama, s
     assert again.tasks[0].candidate == h.candidate
 
 
+@pytest.mark.slow  # lm-evaluation-harness itself: its task index and real harness runs
 def test_a_failing_harness_task_fails_the_gate_through_the_cli(tiny, tmp_path, capsys):
     prof = write_profile(tmp_path / "p.yaml", profile(harness_task(min_retention=2.0)).model_dump(mode="json"))
     code, out, err = run(["verify", str(tiny("llama")), str(tiny("llama")), "--profile", str(prof),
@@ -122,6 +124,7 @@ def test_harness_data_not_on_disk_fails_fast_offline(tiny, tmp_path, capsys, mon
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # lm-evaluation-harness itself: its task index and real harness runs
 @pytest.mark.parametrize("task, problem", [
     (harness_task(task="no_such_task"), "lm-eval knows no task 'no_such_task'"),
     (harness_task(metric="f1"), "has no metric 'f1'; set metric to one of: acc, acc_norm, acc_bytes"),
@@ -161,6 +164,7 @@ def test_the_example_profile_validates_and_its_task_loads():
     assert [d["question"] for d in items] == [e["question"] for e in mine]  # the same questions as builtin:rt-qa
 
 
+@pytest.mark.slow  # lm-evaluation-harness itself: its task index and real harness runs
 def test_the_harness_evaluates_an_onnx_candidate_like_its_pytorch_source(llama, tiny_onnx):
     """The artifact that ships, through the harness: HFLM drives our ONNX Runtime model (positional
     input_ids, .device, tie_weights), and every answer equals the PyTorch model's."""
@@ -171,6 +175,7 @@ def test_the_harness_evaluates_an_onnx_candidate_like_its_pytorch_source(llama, 
     assert t.agreement == 1.0 and t.candidate_metrics == pytest.approx(t.base_metrics)
 
 
+@pytest.mark.slow  # lm-evaluation-harness itself: its task index and real harness runs
 def test_a_nan_candidate_fails_a_harness_task_and_a_nan_base_is_bad_input(llama, tmp_path):
     """The harness's own multiple-choice log-likelihoods are checked like ours (all NaN used to tie and pass)."""
     import torch

@@ -157,6 +157,7 @@ def test_model_kind_mismatch_is_bad_input(tiny, task_files, tmp_path, capsys):
     assert code == 2 and "expects a causal-lm model" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # fine-tunes a real classifier (session fixture)
 def test_sentiment_encoder_profile_on_a_real_classifier(small_classifier, tmp_path, capsys):
     """profiles/sentiment-encoder.yaml end to end: prune a fine-tuned MiniLM, verify on rt-sentiment."""
     import yaml
