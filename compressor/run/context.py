@@ -11,13 +11,20 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from compressor import library_versions
 from compressor.errors import EXIT_OK
 from compressor.files import atomic_write_text
 from compressor.run.config import RunConfig
 from compressor.run.stages import Data, Input, Setting, Stage, StageStore, Stale, input_digests, stage_key
+
+if TYPE_CHECKING:
+    from compressor.profiles import Profile
+    from compressor.repair.api import RepairSettings
+    from compressor.sources.data import CalibrationData
+    from compressor.sources.models import LoadedModel
+    from compressor.verify.report import VerifyReport
 
 RUN_FILE = "run.json"
 RUN_SCHEMA = 1
@@ -81,9 +88,9 @@ class RunResult:
 class RunContext:
     """Set by ``prepare`` (profile, calibration, gate inputs, repair, protect) and ``load_base`` (base)."""
 
-    profile: Any
-    base: Any
-    repair: Any  # compressor.repair.api.RepairSettings
+    profile: Profile
+    base: LoadedModel
+    repair: RepairSettings
     protect: str
     calibration: Data
     calibration_settings: Setting
@@ -100,7 +107,7 @@ class RunContext:
         self.exporter = get_exporter(cfg.exporter)
         self.entries = entries  # (owned, folders, scratch): what claiming the folder may clean
         self.started = self.claimed = False
-        self._calib: Any = None
+        self._calib: CalibrationData | None = None
 
     def run_stage(self, stage: Stage) -> dict[str, Any]:
         """Resume ``stage`` if its content key and its outputs are unchanged, else run it."""
@@ -140,7 +147,7 @@ class RunContext:
         atomic_write_text(self.out / RUN_FILE, json.dumps(d, indent=2, allow_nan=False, default=str) + "\n")
 
     # --- what several steps use ------------------------------------------------------------------
-    def calibration_batches(self) -> Any:
+    def calibration_batches(self) -> CalibrationData:
         """The profile's calibration data, tokenized for the base (loaded once per run)."""
         from compressor.profiles import calibration_spec
         from compressor.sources.data import calibration_for
@@ -156,12 +163,12 @@ class RunContext:
         return {"repair": Setting(self.repair.to_dict()), "calibration": self.calibration_settings,
                 "calibration_data": self.calibration}
 
-    def load_candidate(self, folder: Path) -> Any:
+    def load_candidate(self, folder: Path) -> LoadedModel:
         from compressor.sources.models import load_model
 
         return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype)
 
-    def verify(self, cand: Any, label: str, stop_at_failure: bool = False) -> Any:
+    def verify(self, cand: LoadedModel, label: str, stop_at_failure: bool = False) -> VerifyReport:
         """``cand`` against the base under the profile's gate (base results from the verify cache)."""
         from compressor.verify.api import verify
 

@@ -49,7 +49,7 @@ def _anchors(text: str) -> set[str]:
     return heads | set(re.findall(r'<a id="([^"]+)"', text))
 
 
-@pytest.mark.parametrize("doc", ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))])
+@pytest.mark.parametrize("doc", ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))])
 def test_every_relative_link_resolves(doc):
     path = ROOT / doc
     text = path.read_text(encoding="utf-8")

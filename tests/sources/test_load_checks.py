@@ -25,6 +25,7 @@ def test_every_tiny_arch_loads_with_no_weight_error(tiny, arch):
     assert loaded.num_layers == 4
 
 
+@pytest.mark.slow  # the real built-in model (converted once from its GGUF)
 def test_builtin_model_loads_with_no_weight_error():
     loaded = load_model("builtin:smollm2-135m")
     assert loaded.config.tie_word_embeddings and loaded.model.get_output_embeddings() is not None

@@ -6,13 +6,16 @@ import copy
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.prune.provenance import cut_provenance
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
 from compressor.run.search import Candidate
 from compressor.run.stages import Input, Model, Setting, Stage
+
+if TYPE_CHECKING:
+    from compressor.score.report import ScoreReport
 
 
 def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict[str, Any], repaired: bool,
@@ -47,7 +50,7 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
     return res
 
 
-def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], rep: Any) -> Stage:
+def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], rep: ScoreReport) -> Stage:
     """One ``--search`` candidate: cut, verify (stop at the first failing task), discard the cut."""
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
@@ -58,9 +61,9 @@ def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], re
             v = ctx.verify(ctx.load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        gated = [t for t in v.tasks if t.verdict_value is not None]
-        cand = Candidate(method, k, removed, v.passed, v.complete, {t.name: t.verdict_value for t in gated},
-                         {t.name: t.threshold for t in gated})
+        gated = {t.name: (t.verdict_value, t.threshold) for t in v.tasks if t.verdict_value is not None}
+        cand = Candidate(method, k, removed, v.passed, v.complete, {n: r for n, (r, _) in gated.items()},
+                         {n: th for n, (_, th) in gated.items()})
         state = "pass" if cand.passed else "FAIL"
         return {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
 
@@ -69,7 +72,7 @@ def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], re
     return Stage(f"search-{method}-k{k}", f"search {method}: {k} layers removed", inputs, (), work)
 
 
-def score_content(report: Any) -> dict[str, Any]:
+def score_content(report: ScoreReport) -> dict[str, Any]:
     """What select and prune read from a score report (not its timing, which differs on every run)."""
     return {"label": report.label, "scores": [[l.index, l.score] for l in report.layers],
             "ranking": report.ranking, "calibration": report.calibration, "extra": report.extra}
@@ -81,7 +84,7 @@ def run_settings(ctx: RunContext) -> dict[str, Any]:
     return {"model": c.model, "protect": ctx.protect, "device": c.device, "dtype": c.dtype, "search": c.search}
 
 
-def _cut_stage(ctx: RunContext, name: str, label: str, report: Any, removed: list[int], dest: str,
+def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, removed: list[int], dest: str,
                repaired: bool) -> Stage:
     """prune (the plain cut) and repair (cut + repair) write the same kind of checkpoint."""
     prov = cut_provenance(report, None, run=run_settings(ctx))

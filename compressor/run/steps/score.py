@@ -6,7 +6,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.files import atomic_write_text
 from compressor.run.context import RunContext
@@ -21,6 +21,9 @@ from compressor.run.search import (
     search_method,
 )
 from compressor.run.stages import Input, Model, Setting, Stage
+
+if TYPE_CHECKING:
+    from compressor.score.report import ScoreReport
 
 
 def scorer_options(ctx: RunContext, method: str) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def search(ctx: RunContext, given: Results) -> Results:
         nested = methods.get_scorer(method).nested_cuts
         limit = max_remove if nested else min(max_remove, longest_free_run(L, parse_protect(ctx.protect, L)))
 
-        def check(k: int, rep: Any = rep, method: str = method) -> Candidate:
+        def check(k: int, rep: ScoreReport = rep, method: str = method) -> Candidate:
             removed = select_layers(rep, num_layers=k, protect=ctx.protect).removed
             hit = seen.get(tuple(sorted(removed)))
             if hit is not None:  # the verdict depends on the cut, not on which scorer proposed it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from compressor.errors import AvssError
 from compressor.files import atomic_write_text
@@ -16,8 +16,11 @@ from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
 from compressor.run.stages import Files, Input, Model, Setting, Stage, Stale
 
+if TYPE_CHECKING:
+    from compressor.verify.report import VerifyReport
 
-def verdict_result(rep: Any) -> dict[str, Any]:
+
+def verdict_result(rep: VerifyReport) -> dict[str, Any]:
     """What a verify stage returns (and ``run.json`` shows): the verdict and each task's numbers."""
     return {"passed": rep.passed, "verdict": rep.verdict_line(),
             "tasks": [{"name": t.name, "metric": t.metric, "base": t.base, "candidate": t.candidate,
