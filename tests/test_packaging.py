@@ -75,3 +75,33 @@ def test_the_library_has_no_import_cycles():
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+def test_no_code_outside_a_registry_compares_a_scorer_repair_or_exporter_name():
+    """Callers ask the registries (scorers, repairs, exporters; task kinds have their own check in
+    tests/verify/test_kinds.py): a comparison with a registered name outside its registry is dispatch
+    by name, the thing the registries replace."""
+    import ast
+
+    from compressor.export.exporters import EXPORTERS
+    from compressor.repair.api import REPAIRS
+    from compressor.score.methods import SCORERS
+
+    registries = {
+        "scorer": (set(SCORERS), {"compressor/score/methods.py"}),
+        "repair": (set(REPAIRS), {"compressor/repair/api.py", "compressor/repair/linear.py", "compressor/repair/distill.py"}),
+        "exporter": (set(EXPORTERS), {"export/exporters.py", "export/genai.py", "export/convert.py"}),
+    }
+    hits = []
+    for folder in ("compressor", "export"):
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            rel = f.relative_to(ROOT).as_posix()
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Compare):
+                    continue
+                consts = [c.value for part in [node.left, *node.comparators] for c in ast.walk(part)
+                          if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+                for what, (names, owners) in registries.items():
+                    if rel not in owners and set(consts) & names:
+                        hits.append(f"{rel}:{node.lineno}: compares a {what} name {sorted(set(consts) & names)}")
+    assert not hits, hits

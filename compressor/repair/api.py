@@ -37,6 +37,11 @@ class RepairSettings:
     def steps(self) -> tuple[str, ...]:
         return () if self.method == "none" else tuple(self.method.split("+"))
 
+    @property
+    def enabled(self) -> bool:
+        """Whether any repair runs (``--repair none``: the plain cut)."""
+        return bool(self.steps)
+
     def distill_steps(self, batches: list[dict[str, Any]]) -> int:
         """``heal_steps``, or ``heal_tokens`` converted to steps (one calibration batch per step)."""
         if self.heal_tokens is None:

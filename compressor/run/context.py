@@ -158,7 +158,7 @@ class RunContext:
 
     def repair_inputs(self) -> dict[str, Input]:
         """What a repaired cut depends on besides the base and the cut (nothing without a repair)."""
-        if self.repair.method == "none":
+        if not self.repair.enabled:
             return {"repair": Setting("none")}
         return {"repair": Setting(self.repair.to_dict()), "calibration": self.calibration_settings,
                 "calibration_data": self.calibration}

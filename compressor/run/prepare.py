@@ -69,7 +69,7 @@ def load_base(ctx: RunContext) -> None:
     ctx.base = base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
                                  trust_remote_code=c.trust_remote_code)
     ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype})")
-    if ctx.repair.method != "none":
+    if ctx.repair.enabled:
         from compressor.repair.api import check_repair, protect_for
 
         check_repair(ctx.repair, base.adapter)  # refused before any stage runs
@@ -105,7 +105,7 @@ def disk_need(ctx: RunContext) -> int:
     from compressor.export.convert import export_bytes
 
     c, b = ctx.cfg, ctx.base
-    need: int = b.weight_bytes * (1 + (ctx.repair.method != "none") + c.search)
+    need: int = b.weight_bytes * (1 + ctx.repair.enabled + c.search)
     if not c.skip_export:
         need += export_bytes(b.num_parameters) * (1 + (not c.skip_bench)) + 2 * b.num_parameters * bool(c.quantize)
     return need

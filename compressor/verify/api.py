@@ -72,12 +72,10 @@ def _check_tokenizers(base: Any, candidate: Any, profile: Profile, allow_differe
 
 
 def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
+    from compressor.architectures import model_kind
+
     name = type(loaded.model).__name__
-    if profile.model_kind == "causal-lm":
-        ok = loaded.adapter.family == "decoder" and loaded.model.get_output_embeddings() is not None
-    else:
-        ok = "ForSequenceClassification" in name
-    if not ok:
+    if model_kind(loaded.model, loaded.adapter) != profile.model_kind:
         raise BadInput(f"the {role} model is a {name}, but profile {profile.name!r} expects a {profile.model_kind} model",
                        "pick the profile that matches the model (e.g. profiles/sentiment-encoder.yaml for classifiers)")
 

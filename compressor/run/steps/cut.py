@@ -27,7 +27,7 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
     from compressor.sources.models import LoadedModel
 
     base = ctx.base
-    if repaired and ctx.repair.method != "none":
+    if repaired and ctx.repair.enabled:
         bars: dict[str, Any] = {}
 
         def progress(step: str, done: int, total: int, loss: float | None) -> None:
@@ -107,7 +107,7 @@ def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, remo
 
 def prune(ctx: RunContext, given: Results) -> Results:
     # with a repair, the plain cut is kept beside the repaired model/ for comparison
-    dest = "model" if ctx.repair.method == "none" else "cut"
+    dest = "cut" if ctx.repair.enabled else "model"
     ctx.run_stage(_cut_stage(ctx, "prune", "pruning", given["report"], given["removed"], dest, repaired=False))
     return {"pruned": ctx.out / dest}
 
@@ -122,6 +122,6 @@ STEPS = (
     Step("prune", ("report", "removed"), ("pruned",), ("model", "cut"), prune),
     # repair consumes the plain cut only for its place in the order (after it, as the run reports them)
     Step("repair", ("report", "removed", "pruned"), ("slim", "repair"), ("model",), repair,
-         skip=lambda ctx, given: "--repair none" if ctx.repair.method == "none" else None,
+         skip=lambda ctx, given: "--repair none" if not ctx.repair.enabled else None,
          passthrough={"slim": "pruned"}),
 )
