@@ -19,7 +19,7 @@ OnStage = Optional[Callable[[str, float], None]]
 
 @dataclass
 class ExportOutcome:
-    """What any exporter returns: its ``export.json`` record plus what a front end shows."""
+    """What any exporter returns: its record (what ``export.json`` holds of it) plus what a front end shows."""
 
     out: str
     exporter: str
@@ -47,6 +47,8 @@ class Exporter:
     bench_reference: ClassVar[Optional[str]] = None
     # whether ``device`` is where the model is traced (Optimum) rather than the graph's target (the builder)
     traces_on_device: ClassVar[bool] = False
+    # what its quantized artifact starts from: "graph" (the fp32 export) or "checkpoint" (the slim folder)
+    quantize_source: ClassVar[str] = "graph"
 
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
         """Refuse, before any work, a combination of settings this exporter cannot build."""
@@ -69,10 +71,6 @@ class Exporter:
     def quantize_inputs(self, precision: str) -> dict[str, Any]:
         """What the quantized artifact depends on besides its source (part of a run stage's key)."""
         return {"exporter": self.name, "quantize": precision}
-
-    def quantize_source(self) -> str:
-        """Which artifact quantizing starts from: ``checkpoint`` (the slim folder) or ``graph`` (its fp32 export)."""
-        return "graph"
 
 
 class OptimumExporter(Exporter):
@@ -122,6 +120,7 @@ class GenAIExporter(Exporter):
             "Llama, Mistral, Qwen2/3, Gemma 3, Phi-3)")
     precisions = (None, "int4", "int8-weights")
     bench_reference = "onnx-base-genai"
+    quantize_source = "checkpoint"
 
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
         from compressor.export.genai import check_precision, check_target
@@ -152,9 +151,6 @@ class GenAIExporter(Exporter):
         rec = self.export(checkpoint, out, quantize=precision, force=True, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code).record
         return {"quantization": rec["quantization"], "structural_checks": rec["structural_checks"], "files": rec["files"]}
-
-    def quantize_source(self) -> str:
-        return "checkpoint"
 
 
 EXPORTERS: dict[str, Exporter] = {e.name: e for e in (OptimumExporter(), GenAIExporter())}

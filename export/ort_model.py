@@ -321,7 +321,8 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
         check_vocabulary(str(folder), _Rows(rows), tok)
     rec = layout.read_record(folder)
     # the exporter names its artifacts in the record it writes ("onnx", "onnx-genai"): shown as the model's dtype
-    label = (rec.get("exporter") or {}).get("label", "onnx")
+    exporter = rec.get("exporter") or {}  # records older than "label" still name their exporter
+    label = exporter.get("label") or (f"onnx-{exporter['name']}" if exporter.get("name") else "onnx")
     dtype = f"{label}-{(rec.get('quantization') or {}).get('method') or rec.get('dtype', 'float32')}"
     return LoadedModel(spec, str(folder), model, tok, adapter, f"onnx:{sess.provider}", dtype)
 

@@ -221,3 +221,16 @@ def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys)
                             "--num-layers", "1", "--exporter", "genai", *argv], capsys)
         assert code == 2 and words in err and "score" not in err.split("error:")[0], err
         assert not (tmp_path / "other").exists()
+
+
+def test_a_folder_built_before_records_carried_a_label_still_names_its_exporter(genai, tmp_path):
+    import shutil
+
+    from compressor.export.ort_model import load_onnx_model
+
+    old = tmp_path / "old"
+    shutil.copytree(genai("llama-gqa16"), old)
+    rec = json.loads((old / "export.json").read_text())
+    assert rec["exporter"].pop("label") == "onnx-genai"
+    (old / "export.json").write_text(json.dumps(rec))
+    assert load_onnx_model(str(old)).dtype == "onnx-genai-float32"

@@ -54,7 +54,7 @@ def quantize(ctx: RunContext, given: Results) -> Results:
     q = c.quantize
     assert q is not None  # the step is active only with --quantize
     dest = ctx.out / f"onnx-{q}"
-    source = Files(given["slim"]) if ctx.exporter.quantize_source() == "checkpoint" else Files(given["onnx"])
+    source = Files(given["slim"]) if ctx.exporter.quantize_source == "checkpoint" else Files(given["onnx"])
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
         rec = ctx.exporter.quantize(given["slim"], given["onnx"], dest, q, provider=c.provider,
