@@ -11,6 +11,11 @@ from compressor.score.methods import SCORERS, last_state_scorers, names_text
 Model = Annotated[str, typer.Argument(help="builtin:smollm2-135m, builtin:minilm-l6, a local model folder, or a Hub id.")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda never falls back to cpu).")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, float16, bfloat16.")]
+Stream = Annotated[Optional[bool], typer.Option(
+    "--stream/--no-stream",
+    help="Run one block at a time, its weights read from the safetensors shards just before it runs (memory: one "
+         "block + embeddings + activations; scores equal the in-memory ones). Default: only when the model would not "
+         "fit in free memory (or --max-memory). Not for leave-one-out, sleb or distill.")]
 DeviceMap = Annotated[Optional[str], typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.")]

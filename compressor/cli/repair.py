@@ -28,6 +28,7 @@ def repair(
     seed: o.Seed = 0,
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
+    stream: o.Stream = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     force: o.Force = False,
@@ -39,7 +40,7 @@ def repair(
     record = repair_pruned(base, slim, out, method=method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
                            heal_lr=heal_lr, data=data, profile=profile, samples=samples, seq_len=seq_len,
                            batch_size=batch_size, text_field=text_field, pack=pack, seed=seed, device=device,
-                           dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
+                           dtype=dtype, stream=stream, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
                            bars=common.repair_progress)
     common.print_repair(record)
     note(f"wrote {out} (compression.json records the repair: method, settings, per-span errors)")

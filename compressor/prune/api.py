@@ -109,6 +109,7 @@ def prune_checkpoint(
     device: str = "cpu",
     dtype: str = "auto",
     device_map: str | None = None,
+    stream: bool | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     force: bool = False,
@@ -118,7 +119,9 @@ def prune_checkpoint(
     """``avss prune``: arguments are its flags (``model``: a spec, or a loaded model, which a plain cut
     modifies). Scores come from ``scores`` (a file from ``avss score``) or are computed now with
     ``method``; exactly one of ``ratio``, ``num_layers``, ``mass`` picks the cut; ``repair`` repairs it
-    before it is written. ``bar(description)`` / ``repair_bars()``: optional progress displays."""
+    before it is written. ``stream``: True scores, repairs and writes the cut one block / one shard at a
+    time (no whole model in memory), False never, None when the model would not fit and every step can.
+    ``bar(description)`` / ``repair_bars()``: optional progress displays."""
     from compressor.files import check_free_space, check_output_dir
     from compressor.profiles import calibration_spec
     from compressor.prune.provenance import cut_provenance
@@ -138,6 +141,7 @@ def prune_checkpoint(
                         last_state=last_state, ratio=ratio, num_layers=num_layers, mass=mass)
     settings = repair_settings(repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
                                seed=seed)
+    stream = _stream_choice(stream, method if not scores else None, settings.method)
     check_output_dir(out, force, note=diagnostics.note)
     report = ScoreReport.load(scores) if scores else None
     calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
@@ -145,7 +149,7 @@ def prune_checkpoint(
     if isinstance(model, (str, Path)):
         spec = str(model)
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, announce=True)
+                            trust_remote_code=trust_remote_code, announce=True, stream=stream)
     else:
         loaded, spec = model, model.spec
     check_free_space(Path(out), loaded.weight_bytes, f"the slim checkpoint {out}")
@@ -180,3 +184,18 @@ def prune_checkpoint(
     for w in res.warnings:
         warn(w)
     return PruneOutcome(res, report, sel, settings, provenance, warnings)
+
+
+def _stream_choice(stream: bool | None, method: str | None, repair: str) -> bool | None:
+    """The loader's ``stream`` for this prune: a scorer or repair that needs the whole model rules
+    streaming out (``--stream`` with one is refused now, before the model loads)."""
+    from compressor.repair.api import check_streams, streams
+    from compressor.score.api import stream_choice
+
+    if method is not None:
+        stream = stream_choice(method, stream)
+    if not streams(repair):
+        if stream:
+            check_streams(repair)
+        return False
+    return stream

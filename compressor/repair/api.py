@@ -104,12 +104,18 @@ class Repair:
     name: ClassVar[str]
     description: ClassVar[str]
     cuts: ClassVar[bool] = False  # it cuts the full model itself, so it must come first in a chain
+    streams: ClassVar[bool] = False  # it runs one block at a time on a streamed model (``--stream``)
     patches_spans: ClassVar[bool] = False  # it folds into the block before each removed span: layer 0 stays
 
     def check(self, adapter: Any, removed: list[int]) -> None:
         return None
 
     def apply(self, ctx: _Ctx) -> None:
+        raise NotImplementedError
+
+    def apply_streamed(self, loaded: Any, removed: list[int], batches: list[dict[str, Any]], settings: RepairSettings,
+                       progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """On a streamed model (only when ``streams``): (its record, patched tensors by checkpoint key)."""
         raise NotImplementedError
 
     def summary(self, part: dict[str, Any]) -> str:
@@ -135,6 +141,7 @@ class LinearRepair(Repair):
                    "folded into the MLP output projection of the kept block before the span; no training")
     cuts = True
     patches_spans = True
+    streams = True
 
     def check(self, adapter: Any, removed: list[int]) -> None:
         from compressor.repair.linear import check_foldable
@@ -152,6 +159,18 @@ class LinearRepair(Repair):
         ctx.cut_done = True
         ctx.warnings += warnings
         ctx.record["linear"] = {"ridge": ctx.settings.ridge, "spans": [p.to_dict() for p in patches]}
+
+    def apply_streamed(self, loaded: Any, removed: list[int], batches: list[dict[str, Any]], settings: RepairSettings,
+                       progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The same patch fitted one block at a time: (record, patched tensors by checkpoint key)."""
+        from compressor.repair.linear import linear_repair_streamed
+
+        def prog(done: int, total: int) -> None:
+            if progress:
+                progress("linear patch (streamed)", done, total, None)
+
+        patches, replace = linear_repair_streamed(loaded, removed, batches, ridge=settings.ridge, progress=prog)
+        return {"ridge": settings.ridge, "spans": [p.to_dict() for p in patches]}, replace
 
     def summary(self, part: dict[str, Any]) -> str:
         sp = part["spans"]
@@ -229,6 +248,20 @@ def parse_method(method: str) -> list[Repair]:
     return [REPAIRS[s] for s in steps]
 
 
+def check_streams(method: str) -> None:
+    """Refuse, before any model loads, a repair that needs the whole model with ``--stream``."""
+    whole = [r.name for r in parse_method(method) if not r.streams]
+    if whole:
+        names = [r.name for r in REPAIRS.values() if r.streams]
+        raise BadInput(f"--repair {whole[0]} trains on the whole model, so it cannot stream one block at a time",
+                       f"drop --stream, or use --repair {' or '.join(names)} (then --repair {whole[0]} with avss "
+                       "repair on a machine with the memory)")
+
+
+def streams(method: str) -> bool:
+    return all(r.streams for r in parse_method(method))
+
+
 def patches_spans(method: str) -> bool:
     """Whether this --repair folds a patch into the block before each removed span."""
     return any(r.patches_spans for r in parse_method(method))
@@ -280,10 +313,12 @@ def prune_and_repair(loaded: Any, removed: list[int], out: Any, settings: Repair
     ``calibration`` is the ``CalibrationData`` a repair fits on. Returns the ``PruneResult``."""
     from compressor.prune.surgery import prune_model
 
+    if settings.method != "none" and calibration is None:
+        raise BadInput(f"--repair {settings.method} needs calibration data", "pass --data or --profile")
+    if getattr(loaded, "streamed", False):
+        return _prune_streamed(loaded, removed, out, settings, calibration, force, provenance, progress)
     if settings.method == "none":
         return prune_model(loaded, removed, out, force=force, provenance=provenance)
-    if calibration is None:
-        raise BadInput(f"--repair {settings.method} needs calibration data", "pass --data or --profile")
 
     def cut(base: Any, rem: list[int]) -> tuple[Any, dict[str, Any], list[str]]:
         slim, record, warnings = repair_cut(base, rem, settings, calibration.batches, progress)
@@ -291,6 +326,28 @@ def prune_and_repair(loaded: Any, removed: list[int], out: Any, settings: Repair
         return slim, record, warnings
 
     return prune_model(loaded, removed, out, force=force, provenance=provenance, cut=cut)
+
+
+def _prune_streamed(loaded: Any, removed: list[int], out: Any, settings: RepairSettings, calibration: Any, force: bool,
+                    provenance: dict[str, Any] | None, progress: Progress | None) -> Any:
+    """The cut written shard by shard from the checkpoint, with a streamed repair's patched tensors in it."""
+    from compressor.prune.shards import write_cut
+
+    check_streams(settings.method)
+    replace: dict[str, Any] = {}
+    record: dict[str, Any] | None = None
+    if settings.enabled:
+        t0 = time.perf_counter()
+        parts: dict[str, Any] = {}
+        for r in parse_method(settings.method):
+            r.check(loaded.adapter, removed)
+            part, patched = r.apply_streamed(loaded, sorted(removed), calibration.batches, settings, progress)
+            parts[r.name] = part
+            replace.update(patched)
+        record = {**settings.to_dict(), **parts, "seconds": round(time.perf_counter() - t0, 2), "streamed": True,
+                  "calibration": calibration.describe()}
+    return write_cut(loaded.path, removed, out, replace=replace, provenance=provenance, repair=record,
+                     tokenizer=loaded.tokenizer, spec=loaded.spec, force=force)
 
 
 def repair_cut(base: Any, removed: list[int], settings: RepairSettings, batches: list[dict[str, Any]],
@@ -374,8 +431,8 @@ def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", rid
                   heal_steps: int | None = None, heal_tokens: int | None = None, heal_lr: float | None = None,
                   data: str | None = None, profile: Any = None, samples: int | None = None, seq_len: int | None = None,
                   batch_size: int | None = None, text_field: str | None = None, pack: bool | None = None,
-                  seed: int = 0, device: str = "cpu", dtype: str = "auto", allow_pickle: bool = False,
-                  trust_remote_code: bool = False, force: bool = False,
+                  seed: int = 0, device: str = "cpu", dtype: str = "auto", stream: bool | None = None,
+                  allow_pickle: bool = False, trust_remote_code: bool = False, force: bool = False,
                   bars: RepairBars | None = None) -> dict[str, Any]:
     """``avss repair`` as one call: settings, output folder and calibration checked before ``base``
     (a spec, or a loaded model) loads, then ``repair_checkpoint``. Arguments are the command's flags;
@@ -390,12 +447,16 @@ def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", rid
 
     settings = repair_settings(method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
                                seed=seed)
+    if not streams(settings.method):
+        if stream:
+            check_streams(settings.method)
+        stream = False
     check_output_dir(out, force, note=diagnostics.note)
     calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
                              text_field=text_field, pack=pack)
     loaded = base if not isinstance(base, (str, Path)) else load_model(
         str(base), device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        announce=True)
+        announce=True, stream=stream)
     check_free_space(Path(out), loaded.weight_bytes, f"the repaired checkpoint {out}")
     cal = calibration_for(loaded, calib, given=bool(data or profile))
     with (bars or _no_bars)() as update:

@@ -108,22 +108,38 @@ def fit_span(model: Any, adapter: Any, fold_at: int, end_at: int, batches: list[
                 if "L_end" not in got or "M" not in got:
                     raise RuntimeFailure("the linear repair's hooks saw no activations", "report this model's config")
                 mask = batch["attention_mask"].to(got["M"].device).bool()
-                M = _rows(got["M"], mask)
-                Y = _rows(got["L_end"], mask) - _rows(got["L_prev"], mask) + M
-                if not acc:
-                    d = M.shape[1]
-                    acc = {"MtM": torch.zeros(d, d, dtype=torch.float64, device=M.device),
-                           "MtY": torch.zeros(d, d, dtype=torch.float64, device=M.device),
-                           "yy": torch.zeros((), dtype=torch.float64, device=M.device), "tokens": 0}
-                acc["MtM"] += M.T @ M
-                acc["MtY"] += M.T @ Y
-                acc["yy"] += (Y * Y).sum()
-                acc["tokens"] += int(M.shape[0])
+                acc = accumulate(acc, got["M"], got["L_prev"], got["L_end"], mask)
                 if progress:
                     progress(n, len(batches))
     finally:
         for h in handles:
             h.remove()
+    return solve(acc, ridge)
+
+
+def accumulate(acc: dict[str, Any], M_out: Any, L_prev: Any, L_end: Any, mask: Any) -> dict[str, Any]:
+    """Add one batch's real tokens to the normal equations: M = the fold block's MLP output, the
+    target Y = L_end - L_prev + M (what the span added, plus what the MLP gave)."""
+    import torch
+
+    M = _rows(M_out, mask)
+    Y = _rows(L_end, mask) - _rows(L_prev, mask) + M
+    if not acc:
+        d = M.shape[1]
+        acc = {"MtM": torch.zeros(d, d, dtype=torch.float64, device=M.device),
+               "MtY": torch.zeros(d, d, dtype=torch.float64, device=M.device),
+               "yy": torch.zeros((), dtype=torch.float64, device=M.device), "tokens": 0}
+    acc["MtM"] += M.T @ M
+    acc["MtY"] += M.T @ Y
+    acc["yy"] += (Y * Y).sum()
+    acc["tokens"] += int(M.shape[0])
+    return acc
+
+
+def solve(acc: dict[str, Any], ridge: float) -> tuple[Any, dict[str, float]]:
+    """T = (MtM + lambda I)^-1 MtY, with the relative error before (T = I: the plain cut) and after."""
+    import torch
+
     MtM, MtY, yy = acc["MtM"], acc["MtY"], acc["yy"]
     d = MtM.shape[0]
     lam = ridge * float(torch.trace(MtM)) / d
@@ -185,3 +201,76 @@ def linear_repair(model: Any, removed: list[int], batches: list[dict[str, Any]],
         patches.append(SpanPatch(span, i - 1, f"{adapter.layers_path}.{i - 1}.{adapter.mlp_out}", int(st["tokens"]), ridge,
                                  st["ridge_lambda"], st["error_before"], st["error_after"]))
     return patches, warnings
+
+
+def linear_repair_streamed(loaded: Any, removed: list[int], batches: list[dict[str, Any]], *,
+                           ridge: float = DEFAULT_RIDGE, progress: Callable[[int, int], None] | None = None
+                           ) -> tuple[list[SpanPatch], dict[str, Any]]:
+    """``linear_repair`` one block at a time on a streamed model (``--stream``): the same statistics,
+    the same solve, the same fold, nothing cut in memory. Returns the patches and the patched
+    tensors by checkpoint key (the MLP output projection of each fold block), for the shard writer.
+
+    Each span is fitted on the stream leaving the blocks before it, already patched (as in memory):
+    the fold block runs unpatched to give M and its output, the span's blocks run on that, then the
+    fold block runs again with T folded in, and its output goes on. Blocks after the last span never run."""
+    import torch
+
+    adapter, stream = loaded.adapter, loaded.stream
+    check_foldable(adapter, removed)
+    if not batches:
+        raise BadInput("the linear repair needs calibration data", "pass --data or --profile")
+    spans = spans_of(removed)
+    fold_at = {span[0] - 1: span for span in spans}
+    last = spans[-1][-1] if spans else -1
+    total = last + 1 + len(spans)  # block loads: every block up to the last span, and each fold block twice
+    done = 0
+    hidden, calls = stream.block_inputs(batches)
+    masks = [b["attention_mask"].bool() for b in batches]
+    patches: list[SpanPatch] = []
+    replace: dict[str, Any] = {}
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    with torch.inference_mode():
+        i = 0
+        while i <= last:
+            if i not in fold_at:
+                with stream.block(i) as block:
+                    hidden = [stream.run_block(block, h, calls[i][b]) for b, h in enumerate(hidden)]
+                tick()
+                i += 1
+                continue
+            span = fold_at[i]
+            inputs, Ms = list(hidden), []
+            with stream.block(i) as block:
+                handle = mlp_out_module(block, adapter).register_forward_hook(lambda m, a, o: Ms.append(o))
+                try:
+                    hidden = [stream.run_block(block, h, calls[i][b]) for b, h in enumerate(hidden)]
+                finally:
+                    handle.remove()
+            prev = list(hidden)
+            tick()
+            for j in span:
+                with stream.block(j) as block:
+                    hidden = [stream.run_block(block, h, calls[j][b]) for b, h in enumerate(hidden)]
+                tick()
+            acc: dict[str, Any] = {}
+            for b in range(len(batches)):
+                acc = accumulate(acc, Ms[b], prev[b], hidden[b], masks[b].to(Ms[b].device))
+            T, st = solve(acc, ridge)
+            with stream.block(i) as block:
+                proj = mlp_out_module(block, adapter)
+                fold(proj, adapter.mlp_out_kind, T)
+                hidden = [stream.run_block(block, h, calls[i][b]) for b, h in enumerate(inputs)]
+                for name, p in proj.named_parameters():
+                    replace[stream.layer_key(i, f"{adapter.mlp_out}.{name}")] = p.detach().clone()
+            tick()
+            patches.append(SpanPatch(span, i,
+                                     f"{adapter.layers_path}.{i}.{adapter.mlp_out}", int(st["tokens"]), ridge,
+                                     st["ridge_lambda"], st["error_before"], st["error_after"]))
+            i = span[-1] + 1
+    return patches, replace

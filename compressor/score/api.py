@@ -45,6 +45,11 @@ def score_layers(
     mode = methods.check_mode(method, mode)
     methods.check_options(method, objective, max_remove, last_state, protect)
     n = loaded.num_layers
+    if loaded.streamed and not scorer.streams:
+        raise BadInput(f"--method {method} runs the whole model many times ({scorer.pass_unit}), so it cannot "
+                       "stream one block at a time, and this model is loaded streamed",
+                       f"use --method {methods.names_text(methods.streaming_scorers())}, or load it whole (--no-stream"
+                       " on a machine with the memory)")
     if scorer.needs_data and data is None:
         raise BadInput(f"--method {method} needs calibration data", "pass --data SOURCE or --profile FILE")
     inputs = methods.ScoreInputs(loaded, data if scorer.needs_data else None, mode, seed, tau, progress,
@@ -87,6 +92,19 @@ def _model_info(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
+def stream_choice(method: str, stream: bool | None) -> bool | None:
+    """What to pass the loader for ``method``: a scorer that runs the whole model many times never
+    streams (``--stream`` on it is refused now, before the model loads); None lets the loader decide."""
+    scorer = methods.get_scorer(method)
+    if scorer.streams:
+        return stream
+    if stream:
+        raise BadInput(f"--method {method} runs the whole model many times ({scorer.pass_unit}), so it cannot "
+                       "stream one block at a time", f"drop --stream, or use --method "
+                       f"{methods.names_text(methods.streaming_scorers())}")
+    return False
+
+
 def scorer_options(method: str, num_layers: int, *, objective: str | None = None, max_remove: int | None = None,
                    last_state: str | None = None, protect: Any = None, rounds: int | None = None) -> dict[str, Any]:
     """``score_layers``' options for ``method`` from user-level values: ``protect`` parsed (first,last |
@@ -119,7 +137,8 @@ def score_model(loaded: LoadedModel, method: str = "avss", *, mode: str | None =
         data = calibration_for(loaded, calibration or CalibrationSpec(), given=calibration_given)
         diagnostics.note(f"calibration: {data.tokens} tokens in {len(data.batches)} batches, sha256 {data.sha256[:12]}")
     label = f"{method} ({mode})" if mode else method
-    with (bar or _no_bar)(f"scoring {label}: {scorer.pass_unit}") as update:
+    unit = "blocks (streamed)" if loaded.streamed and scorer.needs_data else scorer.pass_unit
+    with (bar or _no_bar)(f"scoring {label}: {unit}") as update:
         report = score_layers(loaded, method, mode=mode, data=data, seed=seed, progress=update, **options)
     cost = (report.extra.get("sleb") or {}).get("cost_vs_forward")
     if cost is not None:
@@ -138,12 +157,13 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
                      last_state: str | None = None, data: str | None = None, profile: Any = None,
                      samples: int | None = None, seq_len: int | None = None, batch_size: int | None = None,
                      text_field: str | None = None, pack: bool | None = None, seed: int = 0, device: str = "cpu",
-                     dtype: str = "auto", device_map: str | None = None, allow_pickle: bool = False,
-                     trust_remote_code: bool = False, out: str | Path | None = None, plot: str | Path | None = None,
-                     force: bool = False, bar: ProgressBar | None = None) -> ScoreReport:
+                     dtype: str = "auto", device_map: str | None = None, stream: bool | None = None,
+                     allow_pickle: bool = False, trust_remote_code: bool = False, out: str | Path | None = None,
+                     plot: str | Path | None = None, force: bool = False, bar: ProgressBar | None = None) -> ScoreReport:
     """``avss score`` as one call: every flag rule checked and every output place checked before the
     model loads, then the scores (``out``: the JSON, ``plot``: the PNG) written. Arguments are the
-    command's flags; ``model`` may also be a loaded model."""
+    command's flags; ``model`` may also be a loaded model. ``stream``: True one block at a time, False
+    the whole model, None streams when a streaming scorer's model would not fit."""
     from compressor.files import check_output_file
     from compressor.profiles import calibration_spec
     from compressor.score.report import save_plot
@@ -156,6 +176,7 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
         raise BadInput(f"--protect on avss score only applies to --method {methods.names_text(methods.option_scorers('protect'))} "
                        f"(got --method {method}); other scores do not depend on it",
                        "drop --protect here and pass it to avss prune")
+    stream = stream_choice(method, stream)
     for p in (out, plot):
         if p:
             check_output_file(p, "output", force)
@@ -163,7 +184,7 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
                              text_field=text_field, pack=pack)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, announce=True)
+        trust_remote_code=trust_remote_code, announce=True, stream=stream)
     opts = scorer_options(method, loaded.num_layers, objective=objective, max_remove=max_remove,
                           last_state=last_state, protect=protect)
     report = score_model(loaded, method, mode=mode, calibration=calib, calibration_given=bool(data or profile),

@@ -50,6 +50,9 @@ class Scorer:
     nested_cuts: ClassVar[bool] = True  # the k+1 cut contains the k cut; False: contiguous blocks
     reads_last_state: ClassVar[bool] = False  # its statistics read the last block's output (--last-state)
     own_options: ClassVar[tuple[str, ...]] = ()  # options only it takes: objective, max_remove, protect
+    # it needs only consecutive hidden states (or no model at all), so it runs one block at a time
+    # (``--stream``); False: it runs the whole model many times and needs it in memory
+    streams: ClassVar[bool] = True
 
     def stat_groups(self, mode: str | None) -> frozenset[str]:
         return self.groups
@@ -140,6 +143,7 @@ class LeaveOneOut(Scorer):
     description = ("loss increase when the block is skipped (causal LM: next-token NLL; classifier: KL of the "
                    "logits; bare encoder: 1 - cos of the final hidden state)")
     multi_pass = True
+    streams = False
     pass_unit = "skipping each layer"
 
     def compute(self, x: ScoreInputs) -> ScoreOutcome:
@@ -155,6 +159,7 @@ class SLEB(Scorer):
                    "in turn and removes the one whose absence costs least on the calibration loss (nll, or kl to the "
                    "full model); the ranking is the removal order")
     multi_pass = True
+    streams = False
     pass_unit = "removing one block per round"
     own_options = ("objective", "max_remove", "protect")
 
@@ -191,6 +196,10 @@ class Random(Scorer):
         out = random_scores(x.num_layers, x.seed)
         out.extra["seed"] = x.seed
         return out
+
+
+def streaming_scorers() -> list[str]:
+    return [n for n, s in SCORERS.items() if s.streams]
 
 
 def get_scorer(name: str) -> Scorer:

@@ -42,6 +42,8 @@ def collect_stats(loaded: LoadedModel, data: CalibrationData, groups: frozenset[
     body = body_of(loaded.model, loaded.adapter)
     total = len(data.batches)
     last = final_norm_of(loaded.model, loaded.adapter) if final_norm else None
+    if loaded.streamed:
+        return _collect_streamed(loaded, data, StatConfig(groups, tau, last), progress)
     with StatsCollector(layers, StatConfig(groups, tau, last)) as col, torch.inference_mode():
         for n, batch in enumerate(data.batches, 1):
             col.start_batch(batch["attention_mask"])
@@ -49,6 +51,27 @@ def collect_stats(loaded: LoadedModel, data: CalibrationData, groups: frozenset[
             col.end_batch()
             if progress:
                 progress(n, total)
+    return col
+
+
+def _collect_streamed(loaded: LoadedModel, data: CalibrationData, cfg: StatConfig,
+                      progress: Progress | None) -> StatsCollector:
+    """``collect_stats`` one block at a time (``--stream``): the same hooks on the same block modules,
+    fed block by block instead of batch by batch. Progress counts blocks."""
+    import torch
+
+    stream = loaded.stream
+    layers = get_layers(loaded.model, loaded.adapter)
+    hidden, calls = stream.block_inputs(data.batches)  # before the hooks: the recorders are not blocks
+    with StatsCollector(layers, cfg) as col, torch.inference_mode():
+        for i in range(len(layers)):
+            with stream.block(i) as block:
+                for b, batch in enumerate(data.batches):
+                    col.select_batch(b, batch["attention_mask"])
+                    hidden[b] = stream.run_block(block, hidden[b], calls[i][b])
+            if progress:
+                progress(i + 1, len(layers))
+        col.end_batches()
     return col
 
 

@@ -104,6 +104,22 @@ class StatsCollector:
         self.ctx = BatchContext(mask=attention_mask)
         self.last_tokens = [None] * (len(self.layers) + 1)
 
+    def select_batch(self, key: int, attention_mask: Any) -> None:
+        """Streamed passes run block by block, so every batch is open at once: switch to batch ``key``
+        (started on first use). Each block still sees the batches in order, so every sum is the
+        same as in the model-wide pass."""
+        states = self.__dict__.setdefault("_open", {})
+        if key not in states:
+            states[key] = (BatchContext(mask=attention_mask), [None] * (len(self.layers) + 1))
+        self.ctx, self.last_tokens = states[key]
+
+    def end_batches(self) -> None:
+        """Close every batch opened by ``select_batch``, in order."""
+        states = self.__dict__.pop("_open", {})
+        for key in sorted(states):
+            self.ctx, self.last_tokens = states[key]
+            self.end_batch()
+
     def end_batch(self) -> None:
         if "last_token" in self.cfg.groups:
             import torch

@@ -28,6 +28,13 @@ class LoadedModel:
     adapter: ArchAdapter
     device: str  # "cpu", "cuda", or "auto-map" for accelerate device maps
     dtype: str
+    # set when the weights stay in the shards and blocks are read one at a time (``--stream``): then
+    # ``model`` is a meta-device skeleton with only the body outside the blocks loaded
+    stream: Any = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.stream is not None
 
     @property
     def config(self) -> Any:
@@ -232,15 +239,20 @@ def load_model(
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
     announce: bool = False,
+    stream: bool | None = False,
+    with_head: bool = False,
 ) -> LoadedModel:
     """Load a supported model in eval mode with its tokenizer. ``announce``: say what is loading and
-    what loaded on the ``avss`` logger (a load can take minutes; the commands show it)."""
+    what loaded on the ``avss`` logger (a load can take minutes; the commands show it). ``stream``:
+    load only the skeleton, the body outside the blocks (and the LM head with ``with_head``); blocks are
+    read one at a time by the passes that stream (``compressor.sources.stream``)."""
     if announce:
-        diagnostics.note(f"loading {spec} ...")
+        diagnostics.note(f"loading {spec}{' (streamed: one block at a time)' if stream else ''} ...")
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer)
+                            trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer, stream=stream,
+                            with_head=with_head)
         diagnostics.note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} "
-                         f"({loaded.dtype})")
+                         f"({loaded.dtype}{', streamed' if loaded.streamed else ''})")
         return loaded
     import torch
 
@@ -260,6 +272,20 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     cls = model_class_for(config, adapter.family)
+    if stream is None:  # the caller's work can stream: do it when the whole model would not fit
+        stream = False
+    if stream:
+        if device_map is not None:
+            raise BadInput("--stream and --device-map auto are two ways to fit a large model; pick one",
+                           "drop --device-map (one GPU or CPU, one block at a time) or pass --no-stream")
+        if not is_local:
+            raise BadInput(f"--stream reads the checkpoint's shards from disk, and {spec} is not a local folder",
+                           "download it first (huggingface-cli download) and pass the folder")
+        from compressor.sources.stream import build_stream
+
+        layer_stream = build_stream(path, config, cls, adapter, dev, getattr(torch, dt), with_head=with_head)
+        return LoadedModel(spec, path, layer_stream.model, _load_tokenizer(path, layer_stream.model, trust_remote_code)
+                           if with_tokenizer else None, adapter, dev, dt, stream=layer_stream)
     kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=trust_remote_code)
     if not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -284,21 +310,24 @@ def load_model(
     if device_map != "auto":
         model.to(dev)
     model.eval()
-    tokenizer = None
-    if with_tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except Exception as exc:  # noqa: BLE001
-            if "trust_remote_code" in str(exc):
-                raise BadInput(f"the tokenizer of {path} needs custom code to load (its tokenizer_config.json "
-                               "names a class by auto_map)", "pass --trust-remote-code if you trust it") from exc
-            raise BadInput(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]})",
-                           "save the tokenizer next to the model (tokenizer.save_pretrained)") from exc
-        check_vocabulary(path, model, tokenizer)
-        if tokenizer.pad_token is None:
-            # Padding is masked out (robust statistics) or faithfully included (official); its id only
-            # has to exist.
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer = _load_tokenizer(path, model, trust_remote_code) if with_tokenizer else None
     return LoadedModel(spec, path, model, tokenizer, adapter, "auto-map" if device_map == "auto" else dev, dt)
+
+
+def _load_tokenizer(path: str, model: Any, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        if "trust_remote_code" in str(exc):
+            raise BadInput(f"the tokenizer of {path} needs custom code to load (its tokenizer_config.json "
+                           "names a class by auto_map)", "pass --trust-remote-code if you trust it") from exc
+        raise BadInput(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]})",
+                       "save the tokenizer next to the model (tokenizer.save_pretrained)") from exc
+    check_vocabulary(path, model, tokenizer)
+    if tokenizer.pad_token is None:
+        # Padding is masked out (robust statistics) or faithfully included (official); its id only
+        # has to exist.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer

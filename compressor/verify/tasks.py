@@ -14,7 +14,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Union, get_args
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -251,10 +251,10 @@ def _continuations(model: Any, ctx: list[int], conts: list[list[int]]) -> list[f
 # ---------------------------------------------------------------- evaluators
 
 def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size: int, max_length: int,
-                    progress: Progress | None = None) -> TaskOutput:
+                    progress: Progress | None = None, stream: Any = None) -> TaskOutput:
     """Rolling windows: each window scores only tokens no earlier window scored (stride), with up to
-    ``window - stride`` tokens of context; ``limit`` = tokens scored."""
-    import torch
+    ``window - stride`` tokens of context; ``limit`` = tokens scored. ``stream``: the model's
+    ``LayerStream``: every window runs block by block, each block read once (``--stream``)."""
     import torch.nn.functional as F
 
     limit = task.limit or 4096
@@ -275,15 +275,12 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
         spans.append((begin, end, max(end - prev_end, 0)))
         prev_end = end
         begin += stride
-    dev = _dev(model)
+    chunks = [pad_right([ids[b:e] for b, e, _ in spans[s:s + batch_size]]) for s in range(0, len(spans), batch_size)]
     records: list[dict[str, Any]] = []
     finite = FiniteCount("windows")
-    for s in range(0, len(spans), batch_size):
-        chunk = spans[s:s + batch_size]
-        x, m = pad_right([ids[b:e] for b, e, _ in chunk])
-        with torch.inference_mode():
-            logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
-        for j, (b, e, trg) in enumerate(chunk):
+    for c, logits in enumerate(_chunk_logits(model, chunks, stream, progress)):
+        x = chunks[c][0]
+        for j, (b, e, trg) in enumerate(spans[c * batch_size:(c + 1) * batch_size]):
             first = max(e - b - trg, 1)  # position 0 has no prediction
             lp = F.log_softmax(logits[j, first - 1:e - b - 1].float(), dim=-1)
             tgt = x[j, first:e - b].to(lp.device)
@@ -293,12 +290,29 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
             top1 = lp.argmax(-1)
             records.append({"nll": float(nll.sum()), "n": int(tgt.numel()), "correct": int((top1 == tgt).sum()),
                             "top1": top1.tolist()})
-        if progress:
-            progress(min(s + batch_size, len(spans)), len(spans))
     finite.check()
     if not records or sum(r["n"] for r in records) == 0:
         raise BadInput(f"task {task.name}: no tokens to score", "use more text or a larger limit")
     return TaskOutput(records, ppl_metrics(records))
+
+
+def _chunk_logits(model: Any, chunks: list[tuple[Any, Any]], stream: Any, progress: Progress | None) -> Iterator[Any]:
+    """Each (ids, mask) chunk's logits, in order: one forward per chunk, or, streamed, every chunk
+    through block 0, then block 1, ... (each block read once), then the head chunk by chunk."""
+    import torch
+
+    if stream is None:
+        dev = _dev(model)
+        for c, (x, m) in enumerate(chunks):
+            with torch.inference_mode():
+                yield model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
+            if progress:
+                progress(c + 1, len(chunks))
+        return
+    states = stream.final_states([{"input_ids": x, "attention_mask": m} for x, m in chunks], progress)
+    for h in states:
+        with torch.inference_mode():
+            yield stream.logits(h)
 
 
 def eval_classification(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int,
@@ -592,6 +606,16 @@ class TaskKind:
     # one metrics function of the records; a kind that needs more overrides the methods below
     evaluator: Callable[..., TaskOutput] | None = None
     metrics_of: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
+    # it can run on a streamed model (``--stream``: one block at a time over all its inputs); False: it
+    # needs the whole model (generation decodes token by token, classifiers have their own heads)
+    streams: ClassVar[bool] = False
+
+    def check_streamed(self, loaded: Any, task: Any) -> None:
+        if getattr(loaded, "streamed", False) and not self.streams:
+            raise BadInput(f"task {task.name} (kind {self.name}) needs the whole model in memory, and this model is "
+                           f"loaded streamed; only {', '.join(k.name for k in KINDS.values() if k.streams)} tasks "
+                           "run one block at a time", "drop --stream (on a machine with the memory), or gate on "
+                           "a profile of perplexity tasks")
 
     def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
                  progress: Progress | None) -> TaskOutput:
@@ -689,6 +713,11 @@ class Perplexity(TaskKind):
 
     evaluator = staticmethod(eval_perplexity)
     metrics_of = staticmethod(ppl_metrics)
+    streams = True
+
+    def evaluate(self, loaded, task, items, shots, profile, progress):
+        return eval_perplexity(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+                               profile.eval.max_length, progress, stream=getattr(loaded, "stream", None))
 
     def agreement(self, metric, base, cand):
         """Scored tokens where both models predict the same next token."""

@@ -1,0 +1,244 @@
+"""Run a model one block at a time, its weights read from the safetensors shards just before the block
+runs and freed after: memory is one block, the embeddings and the calibration activations, whatever
+the depth (llm-compressor's sequential onloading, without its graph tracing).
+
+How: the model is built on the ``meta`` device (no weights), then only the body outside the blocks
+(embeddings, final norm) is read. A first pass through the body with every block replaced by a recorder
+captures what the model's own forward hands each block (masks per attention type, rotary tables,
+positions), so every architecture in the registry works with its own block modules. Then each block
+is loaded, run on every calibration batch, and released.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from compressor.architectures import ArchAdapter, body_of, get_layers
+from compressor.errors import BadInput
+
+
+class ShardReader:
+    """One tensor at a time from a safetensors checkpoint (a single file or an index of shards)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            self.files = {k: self.folder / v for k, v in weight_map.items()}
+        elif (self.folder / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self.folder / "model.safetensors"), framework="pt") as f:
+                self.files = {k: self.folder / "model.safetensors" for k in f.keys()}
+        else:
+            raise BadInput(f"--stream reads safetensors shards, and {self.folder} has none",
+                           "re-save the model with save_pretrained (safetensors), or drop --stream")
+        self._open: dict[Path, Any] = {}
+
+    def keys(self) -> set[str]:
+        return set(self.files)
+
+    def get(self, key: str) -> Any:
+        from safetensors import safe_open
+
+        path = self.files[key]
+        if path not in self._open:
+            self._open[path] = safe_open(str(path), framework="pt")
+        return self._open[path].get_tensor(key)
+
+
+@dataclass
+class BlockCall:
+    """What the model's forward handed one block for one batch, besides the hidden states."""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class _Recorded(Exception):
+    """Raised by the last block's recorder: the body's forward has nothing more to give."""
+
+
+@dataclass
+class LayerStream:
+    """A meta-device model whose blocks are read from ``reader`` one at a time."""
+    reader: ShardReader
+    model: Any
+    adapter: ArchAdapter
+    device: str
+    dtype: Any  # torch dtype
+    names: dict[str, str] = field(default_factory=dict)  # parameter name -> checkpoint key
+    layers_prefix: str = ""
+
+    def block_bytes(self, i: int) -> int:
+        return int(sum(p.numel() * p.element_size() for p in get_layers(self.model, self.adapter)[i].parameters()))
+
+    def key(self, name: str) -> str:
+        """The checkpoint key of a model parameter (checkpoints saved from the bare model lack the head's prefix)."""
+        return self.names[name]
+
+    def layer_key(self, i: int, name: str) -> str:
+        """The checkpoint key of parameter ``name`` (relative to the block) of block ``i``."""
+        return self.key(f"{self.layers_prefix}{i}.{name}")
+
+    def _set(self, module: Any, name: str, value: Any) -> None:
+        import torch
+
+        *path, leaf = name.split(".")
+        for part in path:
+            module = getattr(module, part)
+        module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+
+    def load_param(self, module: Any, full_name: str, name: str) -> None:
+        t = self.reader.get(self.key(full_name)).to(device=self.device, dtype=self.dtype)
+        self._set(module, name, t)
+
+    def load_params(self, prefix: str, module: Any) -> None:
+        for name, p in list(module.named_parameters()):
+            if p.device.type == "meta":
+                self.load_param(module, prefix + name, name)
+
+    def release(self, module: Any) -> None:
+        import torch
+
+        for name, p in list(module.named_parameters()):
+            self._set(module, name, torch.empty_like(p, device="meta"))
+
+    @contextlib.contextmanager
+    def block(self, i: int) -> Iterator[Any]:
+        """Block ``i`` with its weights loaded; released (back to ``meta``) on exit."""
+        layer = get_layers(self.model, self.adapter)[i]
+        try:
+            self.load_params(f"{self.layers_prefix}{i}.", layer)
+            yield layer
+        finally:
+            self.release(layer)
+
+    def block_inputs(self, batches: list[dict[str, Any]]) -> tuple[list[Any], list[list[BlockCall]]]:
+        """(hidden states entering block 0 per batch, calls[layer][batch]) from one pass of the body with
+        every block replaced by a recorder: the masks, positions and rotary tables are the model's own."""
+        import torch
+
+        layers = get_layers(self.model, self.adapter)
+        body = body_of(self.model, self.adapter)
+        n = len(layers)
+        calls: list[list[BlockCall]] = [[] for _ in range(n)]
+        first: list[Any] = []
+
+        def recorder(i: int) -> Callable[..., Any]:
+            def forward(hidden: Any, *args: Any, **kwargs: Any) -> Any:
+                if i == 0:
+                    first.append(hidden)
+                calls[i].append(BlockCall(args, kwargs))
+                if i == n - 1:
+                    raise _Recorded
+                return (hidden,)  # every body reads output[0] or passes the tuple on, unread
+            return forward
+
+        for i, layer in enumerate(layers):
+            layer.forward = recorder(i)
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    kw = {"input_ids": batch["input_ids"].to(self.device),
+                          "attention_mask": batch["attention_mask"].to(self.device)}
+                    if self.adapter.family == "decoder":
+                        kw["use_cache"] = False
+                    try:
+                        body(**kw)
+                    except _Recorded:
+                        pass
+        finally:
+            for layer in layers:
+                del layer.forward  # the instance attribute: the class's forward is back
+        return first, calls
+
+    def final_states(self, batches: list[dict[str, Any]], progress: Callable[[int, int], None] | None = None
+                     ) -> list[Any]:
+        """The hidden states leaving the last block, per batch: every block loaded once."""
+        import torch
+
+        hidden, calls = self.block_inputs(batches)
+        n = len(calls)
+        with torch.inference_mode():
+            for i in range(n):
+                with self.block(i) as block:
+                    hidden = [self.run_block(block, h, calls[i][b]) for b, h in enumerate(hidden)]
+                if progress:
+                    progress(i + 1, n)
+        return hidden
+
+    def logits(self, hidden: Any) -> Any:
+        """The causal LM's logits from the last block's output: final norm, head, and the soft cap
+        some models put on their logits (as the model's own forward computes them)."""
+        from compressor.architectures import final_norm_of
+
+        head = self.model.get_output_embeddings()
+        if head is None or head.weight.device.type == "meta":
+            raise BadInput("this streamed model was loaded without its LM head", "load it with with_head=True")
+        logits = head(final_norm_of(self.model, self.adapter)(hidden))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap is not None:
+            import torch
+
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def run_block(self, block: Any, hidden: Any, call: BlockCall) -> Any:
+        out = block(hidden, *call.args, **call.kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device: str, dtype: Any,
+                 with_head: bool = False) -> LayerStream:
+    """The meta model with the body outside the blocks loaded (and the LM head when ``with_head``).
+    Every key a block needs is checked now, so a damaged checkpoint fails before the first block."""
+    from accelerate import init_empty_weights
+
+    reader = ShardReader(path)
+    with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, not stored
+        model = (cls.from_config(config, dtype=dtype) if cls.__name__.startswith("Auto")
+                 else cls._from_config(config, dtype=dtype))
+    model.eval()
+    body = body_of(model, adapter)
+    layers = get_layers(model, adapter)
+    body_name = next(name for name, m in model.named_modules() if m is body)
+    body_prefix = f"{body_name}." if body_name else ""
+    keys = reader.keys()
+    names: dict[str, str] = {}
+    missing = []
+    head = model.get_output_embeddings()
+    head_params = {id(p) for p in head.parameters()} if head is not None else set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        bare = name[len(body_prefix):] if body_prefix and name.startswith(body_prefix) else None
+        found = next((c for c in (name, bare) if c is not None and c in keys), None)
+        if found is not None:
+            names[name] = found
+        elif not name.startswith(body_prefix) or id(p) in head_params:
+            continue  # the head: read only by ``with_head`` (tied to the embeddings when it has no key)
+        else:
+            missing.append(name)
+    if missing:
+        raise BadInput(f"{path} has no weights named {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                       "(streaming reads each block's weights by name)",
+                       "re-save the model with save_pretrained, or pass --no-stream")
+    layers_name = next(name for name, m in model.named_modules() if m is layers)
+    stream = LayerStream(reader, model, adapter, device, dtype, names, f"{layers_name}.")
+    for mod_name, module in model.named_modules():
+        if module is layers or module is head or not mod_name.startswith(body_name) or module is body:
+            continue
+        if layers_name.startswith(f"{mod_name}.") or mod_name.startswith(f"{layers_name}."):
+            continue  # holds the blocks, or is inside one
+        for pname, p in list(module.named_parameters(recurse=False)):
+            if p.device.type == "meta":
+                stream.load_param(module, f"{mod_name}.{pname}", pname)
+    if with_head and head is not None:
+        head_name = next(name for name, m in model.named_modules() if m is head)
+        if getattr(config, "tie_word_embeddings", False) or f"{head_name}.weight" not in names:
+            head.weight = model.get_input_embeddings().weight  # tied: the head is the input embedding
+        else:
+            stream.load_params(f"{head_name}.", head)
+    return stream
