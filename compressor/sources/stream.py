@@ -37,18 +37,24 @@ class ShardReader:
         else:
             raise BadInput(f"--stream reads safetensors shards, and {self.folder} has none",
                            "re-save the model with save_pretrained (safetensors), or drop --stream")
-        self._open: dict[Path, Any] = {}
 
     def keys(self) -> set[str]:
         return set(self.files)
 
-    def get(self, key: str) -> Any:
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Each file is opened for its tensors and closed after: a handle kept open would keep every
+        page it ever read mapped into this process, and the resident set would grow to the checkpoint."""
         from safetensors import safe_open
 
-        path = self.files[key]
-        if path not in self._open:
-            self._open[path] = safe_open(str(path), framework="pt")
-        return self._open[path].get_tensor(key)
+        by_file: dict[Path, list[str]] = {}
+        for k in keys:
+            by_file.setdefault(self.files[k], []).append(k)
+        out = {}
+        for path, ks in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for k in ks:
+                    out[k] = f.get_tensor(k).clone()  # its own memory, not a view of the mapping
+        return out
 
 
 @dataclass
@@ -92,14 +98,12 @@ class LayerStream:
             module = getattr(module, part)
         module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
 
-    def load_param(self, module: Any, full_name: str, name: str) -> None:
-        t = self.reader.get(self.key(full_name)).to(device=self.device, dtype=self.dtype)
-        self._set(module, name, t)
-
-    def load_params(self, prefix: str, module: Any) -> None:
-        for name, p in list(module.named_parameters()):
-            if p.device.type == "meta":
-                self.load_param(module, prefix + name, name)
+    def load_params(self, prefix: str, module: Any, recurse: bool = True) -> None:
+        todo = [name for name, p in module.named_parameters(recurse=recurse) if p.device.type == "meta"]
+        got = self.reader.get_many([self.key(prefix + name) for name in todo])
+        for name in todo:
+            t = got.pop(self.key(prefix + name))
+            self._set(module, name, t.to(device=self.device, dtype=self.dtype))
 
     def release(self, module: Any) -> None:
         import torch
@@ -232,9 +236,7 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
             continue
         if layers_name.startswith(f"{mod_name}.") or mod_name.startswith(f"{layers_name}."):
             continue  # holds the blocks, or is inside one
-        for pname, p in list(module.named_parameters(recurse=False)):
-            if p.device.type == "meta":
-                stream.load_param(module, f"{mod_name}.{pname}", pname)
+        stream.load_params(f"{mod_name}.", module, recurse=False)
     if with_head and head is not None:
         head_name = next(name for name, m in model.named_modules() if m is head)
         if getattr(config, "tie_word_embeddings", False) or f"{head_name}.weight" not in names:
