@@ -4,6 +4,9 @@ Invariants (each has a test): blocks removed; every ``layer_idx`` renumbered (el
 indexes past its end); per-layer config lists shrunk; ``num_hidden_layers`` updated; tied
 embeddings still tied; safetensors only; tokenizer and generation config copied;
 ``compression.json`` records what was done. Writes are atomic.
+
+The rules of a cut (which indices are valid, the config edits, the record) live here once; the
+shard writer (``prune.shards``), which cuts a checkpoint without building the model, calls them too.
 """
 from __future__ import annotations
 
@@ -43,21 +46,22 @@ def read_compression(folder: str | Path) -> dict[str, Any]:
     return d
 
 
-def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
-    """In place. Returns warnings (e.g. maths that depends on the absolute layer index)."""
-    from torch import nn
-
-    adapter = adapter or adapter_for_config(model.config)
-    layers = get_layers(model, adapter)
-    n_old = len(layers)
+def kept_layers(removed: list[int], n_old: int) -> list[int]:
+    """The blocks a cut keeps (original numbering); refuses indices outside the model and a cut of
+    every block. Shared by the in-memory cut and the shard writer, so both refuse alike."""
     bad = [i for i in removed if not 0 <= i < n_old]
     if bad:
         raise BadInput(f"layers {bad} do not exist in a {n_old}-layer model", f"use indices 0..{n_old - 1}")
     keep = [i for i in range(n_old) if i not in set(removed)]
     if not keep:
         raise BadInput(f"cannot remove all {n_old} layers", "remove fewer layers")
-    set_layers(model, nn.ModuleList([layers[i] for i in keep]), adapter)
-    cfg = model.config
+    return keep
+
+
+def cut_config(cfg: Any, keep: list[int], n_old: int, adapter: ArchAdapter) -> list[str]:
+    """In place: the config of a model that keeps blocks ``keep`` of ``n_old``. The one place for
+    these rules (the in-memory cut and the shard writer both call it). Returns warnings (maths that
+    depends on the absolute layer index)."""
     cfg.num_hidden_layers = len(keep)
     for name in adapter.per_layer_lists:
         value = getattr(cfg, name, None)
@@ -67,15 +71,28 @@ def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = 
         value = getattr(cfg, name, None)
         if isinstance(value, int):
             setattr(cfg, name, sum(1 for i in keep if i < value))
-    for new_i, block in enumerate(get_layers(model, adapter)):
-        for mod in block.modules():
-            if hasattr(mod, "layer_idx"):
-                setattr(mod, "layer_idx", new_i)  # noqa: B010 - any submodule type
     warnings = []
     for flag in adapter.index_dependent_flags:
         if getattr(cfg, flag, False):
             warnings.append(f"{flag}=True: attention scaling depends on the layer index, so renumbered "
                             "layers compute slightly different values than in the original model")
+    return warnings
+
+
+def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
+    """In place. Returns warnings (e.g. maths that depends on the absolute layer index)."""
+    from torch import nn
+
+    adapter = adapter or adapter_for_config(model.config)
+    layers = get_layers(model, adapter)
+    n_old = len(layers)
+    keep = kept_layers(removed, n_old)
+    set_layers(model, nn.ModuleList([layers[i] for i in keep]), adapter)
+    warnings = cut_config(model.config, keep, n_old, adapter)
+    for new_i, block in enumerate(get_layers(model, adapter)):
+        for mod in block.modules():
+            if hasattr(mod, "layer_idx"):
+                setattr(mod, "layer_idx", new_i)  # noqa: B010 - any submodule type
     return warnings
 
 
@@ -123,39 +140,64 @@ def prune_model(
         tokenizer = loaded.tokenizer
     kept = [i for i in range(n_before) if i not in set(removed)]
     p_after = int(sum(p.numel() for p in model.parameters()))
-    record = {
-        "schema_version": COMPRESSION_SCHEMA,
-        "tool": "avss-compressor",
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base_model": {"spec": loaded.spec, "path": loaded.path, "model_type": model.config.model_type,
-                       "num_layers": n_before, "parameters": p_before},
-        "removed_layers": sorted(removed),
-        "kept_layers": kept,
-        "num_layers_before": n_before,
-        "num_layers_after": len(kept),
-        "parameters_before": p_before,
-        "parameters_after": p_after,
-        "indexing": "0-based, original numbering",
-        "warnings": warnings,
-        **(provenance or {}),
-        "repair": repair_record,
-    }
-    record = current(record)
+    record = compression_record(spec=loaded.spec, path=loaded.path, model_type=model.config.model_type,
+                                num_layers_before=n_before, removed=removed, kept=kept, parameters_before=p_before, parameters_after=p_after,
+                                warnings=warnings, provenance=provenance, repair=repair_record)
     save_checkpoint(model, tokenizer, out, record)
     return PruneResult(out, sorted(removed), kept, n_before, len(kept), p_before, p_after, warnings, repair_record)
 
 
+def compression_record(*, spec: str, path: str, model_type: str, num_layers_before: int, removed: list[int],
+                       kept: list[int],
+                       parameters_before: int, parameters_after: int, warnings: list[str],
+                       provenance: dict[str, Any] | None, repair: dict[str, Any]) -> dict[str, Any]:
+    """A cut's ``compression.json``: one builder for every writer of a cut (in memory or shard by shard)."""
+    n_before = num_layers_before
+    return current({
+        "schema_version": COMPRESSION_SCHEMA,
+        "tool": "avss-compressor",
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_model": {"spec": spec, "path": path, "model_type": model_type, "num_layers": n_before,
+                       "parameters": parameters_before},
+        "removed_layers": sorted(removed),
+        "kept_layers": kept,
+        "num_layers_before": n_before,
+        "num_layers_after": len(kept),
+        "parameters_before": parameters_before,
+        "parameters_after": parameters_after,
+        "indexing": "0-based, original numbering",
+        "warnings": warnings,
+        **(provenance or {}),
+        "repair": repair,
+    })
+
+
 def save_checkpoint(model: Any, tokenizer: Any, out: Path, record: dict[str, Any]) -> None:
     """Write a plain ``save_pretrained`` folder (safetensors, tokenizer, compression.json) atomically."""
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_extras(tmp, tokenizer, record)
+
+    write_folder(out, fill)
+
+
+def save_extras(folder: Path, tokenizer: Any, record: dict[str, Any]) -> None:
+    """What a checkpoint holds beside its model files: the tokenizer and ``compression.json``."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    (folder / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(staging folder)``, then the folder replaces ``out``: nothing half-written is ever at
+    ``out``, and a disk error is our one-line error naming the file."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        (tmp / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        fill(tmp)
         replace_dir(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

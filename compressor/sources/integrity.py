@@ -18,9 +18,10 @@ from compressor.errors import BadInput
 
 INDEX = "model.safetensors.index.json"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the header's size
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "U16": 2, "I16": 2,
-                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
-                "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
+# bytes per element of each safetensors dtype code (also sizes a tensor from a header, no data read)
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "U16": 2, "I16": 2,
+               "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+               "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
 
 
 def safetensors_problem(f: Path) -> str | None:
@@ -53,7 +54,7 @@ def safetensors_problem(f: Path) -> str | None:
         try:
             begin, stop = (int(x) for x in entry["data_offsets"])
             count = math.prod(int(d) for d in entry["shape"])
-            width = _DTYPE_BYTES.get(str(entry["dtype"]))
+            width = DTYPE_BYTES.get(str(entry["dtype"]))
         except (KeyError, TypeError, ValueError):
             return f"its header entry for {name!r} is malformed (corrupted)"
         if not 0 <= begin <= stop:
