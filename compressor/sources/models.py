@@ -15,6 +15,7 @@ from compressor import diagnostics
 from compressor.architectures import ArchAdapter, adapter_for_config
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources import builtins
+from compressor.sources.memory import check_load_fits
 
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "model*.bin")
 
@@ -232,13 +233,16 @@ def load_model(
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
     announce: bool = False,
+    max_memory: int | None = None,
 ) -> LoadedModel:
     """Load a supported model in eval mode with its tokenizer. ``announce``: say what is loading and
-    what loaded on the ``avss`` logger (a load can take minutes; the commands show it)."""
+    what loaded on the ``avss`` logger (a load can take minutes; the commands show it). ``max_memory``:
+    bytes the load may use (default: what is free now); a load that cannot fit is refused before it starts."""
     if announce:
         diagnostics.note(f"loading {spec} ...")
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer)
+                            trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer,
+                            max_memory=max_memory)
         diagnostics.note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} "
                          f"({loaded.dtype})")
         return loaded
@@ -259,6 +263,7 @@ def load_model(
         raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    check_load_fits(path, adapter, dt, "auto-map" if device_map == "auto" else dev, max_memory)
     cls = model_class_for(config, adapter.family)
     kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=trust_remote_code)
     if not allow_pickle:
