@@ -149,6 +149,25 @@ def set_layers(model: "nn.Module", layers: "nn.ModuleList", adapter: ArchAdapter
     setattr(obj, last, layers)
 
 
+# task heads as saved at the top level of a checkpoint (``lm_head.weight``, ``classifier.bias``): what a
+# memory estimate counts apart from the body (a tied LM head is not stored, so it counts nothing)
+HEAD_MODULES = ("lm_head", "embed_out", "classifier", "pre_classifier", "score", "cls", "qa_outputs")
+
+
+def key_part(key: str, adapter: ArchAdapter) -> tuple[str, int | None]:
+    """Which part of the model a saved tensor belongs to, from its name alone: ``("block", i)`` under the
+    block list, ``("head", None)`` for a task head, else ``("body", None)`` (embeddings, final norm,
+    pooler). Works with and without the body's prefix (``model.layers.3.`` and ``layers.3.``)."""
+    import re
+
+    m = re.search(r"(?:^|\.)" + re.escape(adapter.layers_path) + r"\.(\d+)\.", key)
+    if m:
+        return "block", int(m[1])
+    if key.split(".", 1)[0] in HEAD_MODULES:
+        return "head", None
+    return "body", None
+
+
 def num_layers(config: Any) -> int:
     return int(config.num_hidden_layers)
 

@@ -82,7 +82,7 @@ def code_digest() -> str:
     return _CODE["all"]
 
 
-def _hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The local snapshot folder (named by its commit) of a Hub model transformers already loaded."""
     try:
         from huggingface_hub import snapshot_download
@@ -105,7 +105,7 @@ def model_fingerprint(loaded: Any) -> str:
     p = Path(loaded.path)
     revision = None
     if not p.is_dir():
-        snap = _hub_snapshot(loaded.path)
+        snap = hub_snapshot(loaded.path)
         if snap is None:
             return _in_memory_fingerprint(loaded)
         p, revision = snap, snap.name

@@ -4,22 +4,32 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
-def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_pickle: bool, trust_remote_code: bool) -> Any:
+def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_pickle: bool, trust_remote_code: bool,
+         max_memory: Optional[int] = None) -> Any:
     from compressor.sources.models import load_model
 
     return load_model(model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, announce=True)
+                      trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory)
+
+
+def check_eval_spec(model: str) -> None:
+    """What can be checked of a model to evaluate without loading it (a folder that is not there)."""
+    from compressor.export.ort_model import is_onnx_export
+    from compressor.sources.models import resolve_model_path
+
+    if not is_onnx_export(model):
+        resolve_model_path(model)
 
 
 def load_for_eval(model: str, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool,
-                  provider: str) -> Any:
+                  provider: str, max_memory: Optional[int] = None) -> Any:
     """A model to evaluate: an ONNX export folder runs in ONNX Runtime (what ships is what is gated),
     anything else loads as for every other command."""
     from compressor.cli.output import note
     from compressor.export.ort_model import is_onnx_export
 
     if not is_onnx_export(model):
-        return load(model, device, dtype, None, allow_pickle, trust_remote_code)
+        return load(model, device, dtype, None, allow_pickle, trust_remote_code, max_memory)
     from compressor.export.ort_model import load_onnx_model
 
     note(f"loading {model} (ONNX export) in ONNX Runtime, provider {provider} ...")

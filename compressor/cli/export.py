@@ -22,6 +22,7 @@ def export(
     exporter: Annotated[str, typer.Option("--exporter", help=EXPORTER_HELP)] = "optimum",
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="RAM the export may use, e.g. 24GB or 24GiB (default: what is free now): an export whose estimated peak (about 2.4x the fp32 weights) cannot fit is refused before it starts.")] = None,
     force: o.Force = False,
 ) -> None:
     from rich.table import Table
@@ -30,9 +31,12 @@ def export(
     from compressor.cli.output import out as stdout
     from compressor.export.exporters import get_exporter
     from compressor.files import check_output_dir
+    from compressor.sources.memory import check_export_spec, parse_size
 
+    limit = parse_size(max_memory) if max_memory is not None else None
     chosen = get_exporter(exporter)
     chosen.check_flags(dtype=dtype, device=device, quantize=quantize)
+    check_export_spec(model, limit, trust_remote_code)  # before the output folder is touched
     check_output_dir(out, force, note=note)  # also cleans what a killed export left beside it
 
     def started(stage: str) -> None:

@@ -37,4 +37,5 @@ Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut:
 Ridge = Annotated[Optional[float], typer.Option("--ridge", help="linear: relative ridge of the least-squares patch (default: 1e-4).")]
 HealSteps = Annotated[Optional[int], typer.Option("--heal-steps", help="distill: training steps, one calibration batch each (default: 30).")]
 HealTokens = Annotated[Optional[int], typer.Option("--heal-tokens", help="distill: token budget instead of --heal-steps.")]
+MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory this command may use, e.g. 24GB or 24GiB (default: what is free now, RAM on CPU, GPU memory on CUDA): a load that cannot fit is refused before it starts, with the numbers.")]
 HealLr = Annotated[Optional[float], typer.Option("--heal-lr", help="distill: learning rate (default: 3e-4, cosine decay).")]

@@ -41,6 +41,7 @@ def prune(
     stream: o.Stream = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_memory: o.MaxMemory = None,
     force: o.Force = False,
 ) -> None:
     from rich.table import Table
@@ -49,6 +50,9 @@ def prune(
     from compressor.cli.output import note, progress_bar
     from compressor.cli.output import out as stdout
     from compressor.prune.api import prune_checkpoint
+    from compressor.sources.memory import parse_size
+
+    limit = parse_size(max_memory) if max_memory is not None else None
 
     done = prune_checkpoint(
         model, out, scores=scores, method=method, avss_mode=avss_mode, objective=objective, max_remove=max_remove,
@@ -56,7 +60,8 @@ def prune(
         data=data, profile=profile, samples=samples, seq_len=seq_len, batch_size=batch_size, text_field=text_field,
         pack=pack, seed=seed, repair=repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
         heal_lr=heal_lr, device=device, dtype=dtype, device_map=device_map, stream=stream, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, force=force, bar=progress_bar, repair_bars=common.repair_progress)
+        trust_remote_code=trust_remote_code, force=force, bar=progress_bar, repair_bars=common.repair_progress,
+        max_memory=limit)
     res = done.result
     if done.repaired:
         common.print_repair(res.repair or {})

@@ -32,17 +32,22 @@ def score(
     stream: o.Stream = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_memory: o.MaxMemory = None,
     force: o.Force = False,
 ) -> None:
     from compressor.cli import common
     from compressor.cli.output import note, progress_bar
     from compressor.score.api import score_checkpoint
+    from compressor.sources.memory import parse_size
+
+    limit = parse_size(max_memory) if max_memory is not None else None
 
     report = score_checkpoint(model, method=method, mode=avss_mode, objective=objective, max_remove=max_remove,
                               protect=protect, last_state=last_state, data=data, profile=profile, samples=samples,
                               seq_len=seq_len, batch_size=batch_size, text_field=text_field, pack=pack, seed=seed,
                               device=device, dtype=dtype, device_map=device_map, stream=stream, allow_pickle=allow_pickle,
-                              trust_remote_code=trust_remote_code, out=out, plot=plot, force=force, bar=progress_bar)
+                              trust_remote_code=trust_remote_code, out=out, plot=plot, force=force, bar=progress_bar,
+                              max_memory=limit)
     common.print_scores(report)
     sel = report.default_selection
     note(f"method: {report.label}; ranking (least important first): {report.ranking}")

@@ -115,6 +115,7 @@ def prune_checkpoint(
     force: bool = False,
     bar: ProgressBar | None = None,
     repair_bars: RepairBars | None = None,
+    max_memory: int | None = None,
 ) -> PruneOutcome:
     """``avss prune``: arguments are its flags (``model``: a spec, or a loaded model, which a plain cut
     modifies). Scores come from ``scores`` (a file from ``avss score``) or are computed now with
@@ -149,7 +150,7 @@ def prune_checkpoint(
     if isinstance(model, (str, Path)):
         spec = str(model)
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, announce=True, stream=stream)
+                            trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)
     else:
         loaded, spec = model, model.spec
     check_free_space(Path(out), loaded.weight_bytes, f"the slim checkpoint {out}")

@@ -61,7 +61,13 @@ class RunConfig(BaseModel):
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    max_memory: Optional[str] = None  # e.g. "24GB": what the run may use (default: what is free now)
     bench: BenchSettings = Field(default_factory=BenchSettings)
+
+    def max_memory_bytes(self) -> Optional[int]:
+        from compressor.sources.memory import parse_size
+
+        return parse_size(self.max_memory) if self.max_memory is not None else None
 
     @model_validator(mode="after")
     def _one_cut_rule(self) -> "RunConfig":

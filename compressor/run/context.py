@@ -17,13 +17,14 @@ from compressor import library_versions
 from compressor.errors import EXIT_OK
 from compressor.files import atomic_write_text
 from compressor.run.config import RunConfig
-from compressor.run.stages import Data, Input, Setting, Stage, StageStore, Stale, input_digests, stage_key
+from compressor.run.stages import Data, Digest, Input, Setting, Stage, StageStore, Stale, input_digests, stage_key
 
 if TYPE_CHECKING:
     from compressor.profiles import Profile
     from compressor.repair.api import RepairSettings
     from compressor.sources.data import CalibrationData
     from compressor.sources.models import LoadedModel
+    from compressor.verify.api import Identity
     from compressor.verify.report import VerifyReport
 
 RUN_FILE = "run.json"
@@ -89,7 +90,6 @@ class RunContext:
     """Set by ``prepare`` (profile, calibration, gate inputs, repair, protect) and ``load_base`` (base)."""
 
     profile: Profile
-    base: LoadedModel
     repair: RepairSettings
     protect: str
     calibration: Data
@@ -108,6 +108,49 @@ class RunContext:
         self.entries = entries  # (owned, folders, scratch): what claiming the folder may clean
         self.started = self.claimed = False
         self._calib: CalibrationData | None = None
+        self._base: LoadedModel | None = None
+        self._base_id: Identity | None = None
+
+    # --- the base model: held for scoring and cutting, freed by verify, reloaded only if asked for --
+    @property
+    def base(self) -> LoadedModel:
+        """The loaded base; after verify released it, a step that asks for its weights reloads it."""
+        if self._base is None:
+            from compressor.sources.models import load_model
+
+            c = self.cfg
+            self.ev.note(f"loading {c.model} again (a later step needs its weights) ...")
+            self._base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
+                                    trust_remote_code=c.trust_remote_code, max_memory=c.max_memory_bytes())
+        return self._base
+
+    @base.setter
+    def base(self, loaded: LoadedModel) -> None:
+        self._base, self._base_id = loaded, None
+
+    def base_held(self) -> LoadedModel | None:
+        """The base if it is in memory now (never reloads it)."""
+        return self._base
+
+    def base_identity(self) -> Identity:
+        """Who the base is (fingerprint, path, tokenizer, kind), taken once while it is loaded."""
+        if self._base_id is None:
+            from compressor.verify.api import Identity
+
+            self._base_id = Identity.of(self.base)
+        return self._base_id
+
+    def base_input(self) -> Digest:
+        """The base as a stage input: its fingerprint (the same digest ``Model(base)`` gives), no weights needed."""
+        return Digest(self.base_identity().fingerprint)
+
+    def release_base(self) -> None:
+        """Free the base's weights (its identity stays): verify's candidate then loads into that memory."""
+        from compressor.verify.api import free_memory
+
+        self.base_identity()
+        self._base = None
+        free_memory()
 
     def run_stage(self, stage: Stage) -> dict[str, Any]:
         """Resume ``stage`` if its content key and its outputs are unchanged, else run it."""
@@ -166,14 +209,19 @@ class RunContext:
     def load_candidate(self, folder: Path) -> LoadedModel:
         from compressor.sources.models import load_model
 
-        return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype)
+        return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype,
+                          max_memory=self.cfg.max_memory_bytes())
 
-    def verify(self, cand: LoadedModel, label: str, stop_at_failure: bool = False) -> VerifyReport:
-        """``cand`` against the base under the profile's gate (base results from the verify cache)."""
-        from compressor.verify.api import verify
+    def verify(self, cand: Any, label: str, stop_at_failure: bool = False, release_base: bool = False) -> VerifyReport:
+        """``cand`` (loaded, or ``Deferred``: loaded once the base is done) against the base under the
+        profile's gate (base results from the verify cache when they are there). ``release_base``: free
+        the base before the candidate loads (no later step needs its weights; a search's candidates do)."""
+        from compressor.verify.api import Deferred, verify
 
         def progress(name: str) -> Any:
             return self.ev.start("verify", f"{label}: {name}")
 
-        return verify(self.base, cand, self.profile, profile_path=self.cfg.profile,
+        free = release_base or self._base is None  # a base reloaded for a cache miss is freed again
+        base = Deferred(lambda: self.base, self.base_identity(), self.release_base if free else None)
+        return verify(base, cand, self.profile, profile_path=self.cfg.profile,
                       min_retention=self.cfg.min_retention, progress=progress, stop_at_failure=stop_at_failure)

@@ -20,6 +20,7 @@ def prepare(ctx: RunContext) -> None:
     from compressor.verify.api import task_data_digest
 
     c = ctx.cfg
+    c.max_memory_bytes()  # a --max-memory that is not a size: now
     if ctx.store.check():  # an existing run folder: lock it now, so a second run stops at once
         claim(ctx)
     check_cache()  # verify's results are cached: an unusable $AVSS_CACHE fails now, not after pruning
@@ -65,9 +66,10 @@ def load_base(ctx: RunContext) -> None:
     from compressor.sources.models import load_model
 
     c = ctx.cfg
+    check_memory(ctx)  # the run's largest step, from the checkpoint's headers, before the base loads
     ctx.ev.note(f"loading {c.model} ...")
     ctx.base = base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
-                                 trust_remote_code=c.trust_remote_code)
+                                 trust_remote_code=c.trust_remote_code, max_memory=c.max_memory_bytes())
     ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype})")
     if ctx.repair.enabled:
         from compressor.repair.api import check_repair, protect_for
@@ -97,6 +99,45 @@ def check_model_settings(ctx: RunContext) -> None:
         check_positions(c.bench.prompt_len, c.bench.new_tokens, base.config, base.adapter.family == "decoder",
                         "--bench-prompt-len")
     check_free_space(ctx.out, disk_need(ctx), f"the artifacts of this run ({c.out})")
+
+
+def check_memory(ctx: RunContext) -> None:
+    """Refuse a run whose largest step cannot fit: the base's load (score, cut), verify (one model at a
+    time) and the export (fp32, in RAM: the bench's full-model reference, else the slim model), each
+    against the memory of the device it runs on. Nothing to estimate without safetensors headers."""
+    from compressor.architectures import adapter_for_config
+    from compressor.prune.select import count_for_ratio
+    from compressor.sources import memory as m
+    from compressor.sources.models import load_config, resolve_device, resolve_dtype, resolve_model_path
+
+    c = ctx.cfg
+    path, _ = resolve_model_path(c.model)
+    size = m.checkpoint_size(path, adapter_for_config(load_config(path, c.trust_remote_code)))
+    if size is None:
+        return
+    dev = resolve_device(c.device)
+    dt = resolve_dtype(c.dtype, dev)
+    steps = [("load", f"loading {path} in {dt}", m.need_in_memory(size, dt), dev),
+             ("verify", f"verifying against {path} (one model at a time, {dt})", m.need_verify(size, dt), dev)]
+    # the smallest cut this run can make bounds the slim model (a search's first candidate removes 1)
+    removed = 1 if c.search else c.num_layers or count_for_ratio(c.ratio or 0.25, size.blocks)
+    slim = m.need_export(size.slim(max(size.blocks - removed, 0)))
+    if not c.skip_export and c.skip_bench:
+        steps.append(("export", f"exporting the slim model of {path} to ONNX (fp32)", slim, "cpu"))
+    elif not c.skip_export:
+        steps.append(("export", f"exporting {path} to ONNX (fp32, the bench's full-model reference)",
+                      m.need_export(size), "cpu"))
+    fixes = {"export": "pass --skip-export" if c.skip_bench else f"pass --skip-bench (the slim model's export needs "
+                                                                 f"about {m.gb(slim)})",
+             "load": f"pass --dtype bfloat16 (needs about {m.gb(m.need_in_memory(size, 'bfloat16'))})"
+             if dt == "float32" else "free memory or use a machine with more"}
+    limit = c.max_memory_bytes()
+    for device in dict.fromkeys(s[3] for s in steps):
+        kind, what, need, _ = max((s for s in steps if s[3] == device), key=lambda s: s[2])
+        where = "" if device == "cpu" else f" on {device}"
+        m.check_fits(need, m.available_bytes(device, limit), f"{what}, the largest step of this run{where},",
+                     f"{fixes.get(kind, fixes['load'])}, or --max-memory SIZE if more memory can be freed for it",
+                     capped=limit is not None)
 
 
 def disk_need(ctx: RunContext) -> int:

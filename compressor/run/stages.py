@@ -60,6 +60,16 @@ class Model:
         return model_fingerprint(self.loaded)
 
 
+@dataclass(frozen=True)
+class Digest:
+    """A model by a fingerprint taken while it was loaded (the run's base, which verify frees)."""
+
+    value: str
+
+    def digest(self) -> str:
+        return self.value
+
+
 class Data:
     """Data by content, loaded lazily and digested once (a task file edited in place changes it)."""
 
@@ -73,7 +83,7 @@ class Data:
         return self._digest
 
 
-Input = Setting | Files | Model | Data
+Input = Setting | Files | Model | Digest | Data
 Work = Callable[[Callable[[int, int], None] | None], tuple[dict[str, Any], str]]
 
 

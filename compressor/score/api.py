@@ -159,7 +159,8 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
                      text_field: str | None = None, pack: bool | None = None, seed: int = 0, device: str = "cpu",
                      dtype: str = "auto", device_map: str | None = None, stream: bool | None = None,
                      allow_pickle: bool = False, trust_remote_code: bool = False, out: str | Path | None = None,
-                     plot: str | Path | None = None, force: bool = False, bar: ProgressBar | None = None) -> ScoreReport:
+                     plot: str | Path | None = None, force: bool = False, bar: ProgressBar | None = None,
+                     max_memory: int | None = None) -> ScoreReport:
     """``avss score`` as one call: every flag rule checked and every output place checked before the
     model loads, then the scores (``out``: the JSON, ``plot``: the PNG) written. Arguments are the
     command's flags; ``model`` may also be a loaded model. ``stream``: True one block at a time, False
@@ -184,7 +185,7 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
                              text_field=text_field, pack=pack)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, announce=True, stream=stream)
+        trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)
     opts = scorer_options(method, loaded.num_layers, objective=objective, max_remove=max_remove,
                           last_state=last_state, protect=protect)
     report = score_model(loaded, method, mode=mode, calibration=calib, calibration_given=bool(data or profile),

@@ -15,6 +15,7 @@ from compressor import diagnostics
 from compressor.architectures import ArchAdapter, adapter_for_config
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources import builtins
+from compressor.sources.memory import check_load_fits, check_stream_fits, stream_reason
 
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "model*.bin")
 
@@ -241,16 +242,19 @@ def load_model(
     announce: bool = False,
     stream: bool | None = False,
     with_head: bool = False,
+    max_memory: int | None = None,
 ) -> LoadedModel:
     """Load a supported model in eval mode with its tokenizer. ``announce``: say what is loading and
     what loaded on the ``avss`` logger (a load can take minutes; the commands show it). ``stream``:
     load only the skeleton, the body outside the blocks (and the LM head with ``with_head``); blocks are
-    read one at a time by the passes that stream (``compressor.sources.stream``)."""
+    read one at a time by the passes that stream (``compressor.sources.stream``); None: stream when the
+    whole model would not fit. ``max_memory``: bytes the load may use (default: what is free now); a load
+    that cannot fit is refused before it starts."""
     if announce:
         diagnostics.note(f"loading {spec}{' (streamed: one block at a time)' if stream else ''} ...")
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer, stream=stream,
-                            with_head=with_head)
+                            with_head=with_head, max_memory=max_memory)
         diagnostics.note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} "
                          f"({loaded.dtype}{', streamed' if loaded.streamed else ''})")
         return loaded
@@ -271,9 +275,17 @@ def load_model(
         raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    cls = model_class_for(config, adapter.family)
+    where = "auto-map" if device_map == "auto" else dev
     if stream is None:  # the caller's work can stream: do it when the whole model would not fit
-        stream = False
+        reason = stream_reason(path, adapter, dt, where, max_memory)
+        if reason:
+            diagnostics.note(reason)
+        stream = reason is not None
+    if stream:
+        check_stream_fits(path, adapter, dt, where, max_memory)
+    else:
+        check_load_fits(path, adapter, dt, where, max_memory)
+    cls = model_class_for(config, adapter.family)
     if stream:
         if device_map is not None:
             raise BadInput("--stream and --device-map auto are two ways to fit a large model; pick one",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from compressor import __version__
@@ -24,14 +25,91 @@ def fingerprint(loaded: Any) -> str:
     return model_fingerprint(loaded)
 
 
-def _provenance(loaded: Any) -> dict[str, Any]:
+@dataclass
+class Identity:
+    """What verify needs of a model besides running it, taken while it is loaded: cached results then
+    need no load at all, and what the other side is compared with survives the model's release."""
+
+    spec: str
+    path: str
+    fingerprint: str
+    device: str
+    num_layers: int
+    kind: str  # architectures.model_kind
+    class_name: str
+    tokenizer: Any  # kept (small): the tokenizer check compares the two sides
+
+    @classmethod
+    def of(cls, loaded: Any) -> "Identity":
+        from compressor.architectures import model_kind
+
+        return cls(loaded.spec, str(loaded.path), fingerprint(loaded), str(loaded.device), int(loaded.num_layers),
+                   model_kind(loaded.model, loaded.adapter), type(loaded.model).__name__, loaded.tokenizer)
+
+
+@dataclass
+class Deferred:
+    """A model verify loads only when it must run it, and releases before the other side loads, so the
+    peak is one model, not two. ``known``: its identity from an earlier load (then cached results need no
+    load); ``release``: called when verify is done with it, so whatever else holds it lets go too."""
+
+    load: Callable[[], Any]
+    known: Identity | None = None
+    release: Callable[[], None] | None = None
+
+
+class _Side:
+    """One side of the comparison: a model the caller holds, or a ``Deferred`` one verify holds briefly."""
+
+    def __init__(self, role: str, source: Any):
+        self.role = role
+        self.deferred = source if isinstance(source, Deferred) else None
+        self.loaded = None if self.deferred is not None else source
+        self.id = self.deferred.known if self.deferred is not None else Identity.of(source)
+
+    def model(self) -> Any:
+        if self.loaded is None:
+            assert self.deferred is not None
+            self.loaded = self.deferred.load()
+            if self.id is None:
+                self.id = Identity.of(self.loaded)
+        return self.loaded
+
+    def identity(self) -> Identity:
+        if self.id is None:
+            self.model()
+        assert self.id is not None
+        return self.id
+
+    def release(self) -> None:
+        """Drop a deferred model (a model the caller passed in is the caller's to free)."""
+        if self.deferred is None:
+            return
+        self.loaded = None
+        if self.deferred.release is not None:
+            self.deferred.release()
+        free_memory()
+
+
+def free_memory() -> None:
+    """Return what dropped models held: Python's cycles first, then the CUDA caching allocator's blocks."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _provenance(model: Identity) -> dict[str, Any]:
     """Which scorer and which repair made a candidate (from its compression.json): never hidden, so a
     corrupt record is an error, not an empty provenance."""
     from pathlib import Path
 
     from compressor.prune.surgery import read_compression
 
-    p = Path(loaded.path)
+    p = Path(model.path)
     d = read_compression(p) if p.is_dir() else {}
     if not d:
         return {}
@@ -40,7 +118,7 @@ def _provenance(loaded: Any) -> dict[str, Any]:
                     "repair": repair.get("method", "none") if isinstance(repair, dict) else "none"}}
 
 
-def _check_tokenizers(base: Any, candidate: Any, profile: Profile, allow_different: bool) -> str | None:
+def _check_tokenizers(base: Identity, candidate: Identity, profile: Profile, allow_different: bool) -> str | None:
     """Base and candidate must see the same token ids, or their scores measure different inputs.
 
     Returns a warning when different tokenizers were allowed (accuracy-like tasks only: per-token
@@ -71,12 +149,10 @@ def _check_tokenizers(base: Any, candidate: Any, profile: Profile, allow_differe
     return f"{what}; allowed by --allow-different-tokenizers (accuracy-like tasks only)"
 
 
-def _check_kind(loaded: Any, profile: Profile, role: str) -> None:
-    from compressor.architectures import model_kind
-
-    name = type(loaded.model).__name__
-    if model_kind(loaded.model, loaded.adapter) != profile.model_kind:
-        raise BadInput(f"the {role} model is a {name}, but profile {profile.name!r} expects a {profile.model_kind} model",
+def _check_kind(model: Identity, profile: Profile, role: str) -> None:
+    if model.kind != profile.model_kind:
+        raise BadInput(f"the {role} model is a {model.class_name}, but profile {profile.name!r} expects a "
+                       f"{profile.model_kind} model",
                        "pick the profile that matches the model (e.g. profiles/sentiment-encoder.yaml for classifiers)")
 
 
@@ -210,81 +286,111 @@ def verify(
     allow_different_tokenizers: bool = False,
     task_data: TaskData | None = None,
 ) -> VerifyReport:
-    """Evaluate two loaded models on every task of ``profile`` and apply the gate.
+    """Evaluate two models on every task of ``profile`` and apply the gate.
 
+    ``base`` and ``candidate`` are loaded models or ``Deferred`` ones: the base's results (computed or
+    cached) come first, then a deferred base is released, and only then does a deferred candidate
+    load, so the peak is one model.
     ``stop_at_failure``: stop at the first task that fails on its own (``--search`` puts the cheapest,
     most sensitive task first); the report then says ``complete: false``.
     ``allow_different_tokenizers``: accept base and candidate tokenizers that differ, for profiles
     without perplexity tasks only.
     """
     t0 = time.perf_counter()
-    _check_kind(base, profile, "base")
-    _check_kind(candidate, profile, "candidate")
-    tokenizer_warning = _check_tokenizers(base, candidate, profile, allow_different_tokenizers)
-    provenance = _provenance(candidate)  # a corrupt compression.json fails before any compute
     gate = profile.gate
     floor = min_retention if min_retention is not None else gate.min_retention
     if not 0 < floor <= 2:
         raise BadInput(f"--min-retention must be in (0, 2] (got {floor})", "e.g. --min-retention 0.9")
     if not profile.tasks:
         raise BadInput(f"profile {profile.name!r} has no tasks", "add tasks to the profile")
+    sides = {"base": _Side("base", base), "candidate": _Side("candidate", candidate)}
+    warnings: list[str] = []
+    provenance: dict[str, Any] = {}
+
+    def check_pair() -> None:
+        """Kinds, tokenizers and provenance: as soon as both identities are known (before any compute
+        when neither side is deferred)."""
+        nonlocal provenance
+        b, c = sides["base"].identity(), sides["candidate"].identity()
+        _check_kind(c, profile, "candidate")
+        tokenizer_warning = _check_tokenizers(b, c, profile, allow_different_tokenizers)
+        warnings[:0] = [tokenizer_warning] if tokenizer_warning else []
+        provenance = _provenance(c)  # a corrupt compression.json fails before the candidate's compute
+
+    paired = all(s.id is not None for s in sides.values())
+    if sides["base"].id is not None:
+        _check_kind(sides["base"].id, profile, "base")
+    if paired:
+        check_pair()
     cache = _Cache(use_cache)
-    fps = {"base": fingerprint(base), "candidate": fingerprint(candidate)}
-    warnings: list[str] = [tokenizer_warning] if tokenizer_warning else []
-    results: list[TaskResult] = []
     loaded_tasks, overlap = task_data if task_data is not None else check_task_data(profile)  # before compute
     warnings += overlap
+    outs: dict[str, dict[str, T.TaskOutput]] = {t.name: {} for t, _, _ in loaded_tasks}
+    cached: dict[str, dict[str, bool]] = {t.name: {} for t, _, _ in loaded_tasks}
+    secs: dict[str, dict[str, float]] = {t.name: {} for t, _, _ in loaded_tasks}
+
+    def run_task(role: str, task: Any, items: list[Any], shots: list[Any]) -> None:
+        """One side's result on one task, from the cache or computed (loading a deferred model then)."""
+        side = sides[role]
+        ident = side.identity()
+        key = cache.key(ident.fingerprint, ident.device, task, profile, _data_hash(items, shots))
+        t = time.perf_counter()
+        hit = cache.get(key, task.metric)
+        cached[task.name][role] = hit is not None
+        if hit is None:
+            cb = progress(f"{task.name} [{role}]") if progress else None
+            try:
+                hit = T.kind(task.kind).evaluate(side.model(), task, items, shots, profile, cb)
+            except T.NonFiniteOutputs:
+                secs[task.name][role] = round(time.perf_counter() - t, 3)
+                raise
+            except (RuntimeError, MemoryError) as exc:
+                known = compute_error(exc, f"task {task.name} on the {role} model",
+                                      "lower eval.batch_size or eval.max_length in the profile")
+                if known is None:
+                    raise  # a bug, not a setting: "unexpected …; report it"
+                raise known from exc
+            cache.put(key, hit)
+        outs[task.name][role] = hit
+        secs[task.name][role] = round(time.perf_counter() - t, 3)
+
+    if sides["base"].id is None:
+        _check_kind(sides["base"].identity(), profile, "base")
+    for task, items, shots in loaded_tasks:  # the base on every task first: the reference, then freed
+        try:
+            run_task("base", task, items, shots)
+        except T.NonFiniteOutputs as exc:
+            raise BadInput(f"task {task.name}: the base model {sides['base'].identity().spec} gives {exc.what()}, "
+                           "so there is no reference to compare the candidate with",
+                           "check the base model's weights (re-download or re-save it); a float16 load "
+                           "that overflows needs --dtype float32 or bfloat16") from exc
+    sides["base"].release()
+    if not paired:
+        check_pair()
+    results: list[TaskResult] = []
     for task, items, shots in loaded_tasks:
-        data_hash = _data_hash(items, shots)
-        outs: dict[str, T.TaskOutput] = {}
-        cached: dict[str, bool] = {}
-        secs: dict[str, float] = {}
         broken: T.NonFiniteOutputs | None = None
-        for role, loaded in (("base", base), ("candidate", candidate)):
-            key = cache.key(fps[role], str(loaded.device), task, profile, data_hash)
-            t = time.perf_counter()
-            hit = cache.get(key, task.metric)
-            if hit is None:
-                cb = progress(f"{task.name} [{role}]") if progress else None
-                try:
-                    hit = T.kind(task.kind).evaluate(loaded, task, items, shots, profile, cb)
-                except T.NonFiniteOutputs as exc:
-                    if role == "base":
-                        raise BadInput(f"task {task.name}: the base model {base.spec} gives {exc.what()}, so there "
-                                       "is no reference to compare the candidate with",
-                                       "check the base model's weights (re-download or re-save it); a float16 load "
-                                       "that overflows needs --dtype float32 or bfloat16") from exc
-                    broken = exc
-                    cached[role], secs[role] = False, round(time.perf_counter() - t, 3)
-                    break
-                except (RuntimeError, MemoryError) as exc:
-                    known = compute_error(exc, f"task {task.name} on the {role} model",
-                                          "lower eval.batch_size or eval.max_length in the profile")
-                    if known is None:
-                        raise  # a bug, not a setting: "unexpected …; report it"
-                    raise known from exc
-                cache.put(key, hit)
-                cached[role] = False
-            else:
-                cached[role] = True
-            outs[role] = hit
-            secs[role] = round(time.perf_counter() - t, 3)
+        try:
+            run_task("candidate", task, items, shots)
+        except T.NonFiniteOutputs as exc:
+            broken = exc
+        task_outs, task_cached, task_secs = outs[task.name], cached[task.name], secs[task.name]
         kind = T.kind(task.kind)
         threshold = task.min_retention if task.min_retention is not None else floor
-        b = outs["base"].metrics[task.metric]
-        ties = {role: n for role, o in outs.items() if (n := kind.ties(task.metric, o.records)) is not None}
-        warnings += _tie_warnings(task, ties, kind.count(outs["base"].records))
+        b = task_outs["base"].metrics[task.metric]
+        ties = {role: n for role, o in task_outs.items() if (n := kind.ties(task.metric, o.records)) is not None}
+        warnings += _tie_warnings(task, ties, kind.count(task_outs["base"].records))
         if broken is not None:  # no score: the task fails, whatever the other tasks say
             results.append(TaskResult(
                 name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=None, retention=None,
-                threshold=threshold, passed=None, agreement=None, n=kind.count(outs["base"].records),
-                higher_is_better=kind.higher_is_better(task.metric), base_metrics=outs["base"].metrics,
-                cached=cached, seconds=secs, own_threshold=task.min_retention is not None,
+                threshold=threshold, passed=None, agreement=None, n=kind.count(task_outs["base"].records),
+                higher_is_better=kind.higher_is_better(task.metric), base_metrics=task_outs["base"].metrics,
+                cached=task_cached, seconds=task_secs, own_threshold=task.min_retention is not None,
                 failure=broken.what("candidate"), ties=ties or None))
             if task_verdict(results[-1], floor, gate.aggregate) is False and stop_at_failure:
                 break
             continue
-        c = outs["candidate"].metrics[task.metric]
+        c = task_outs["candidate"].metrics[task.metric]
         degenerate = kind.higher_is_better(task.metric) and b <= 0
         if degenerate and gate.zero_base == "error":
             raise BadInput(f"task {task.name}: the base model scores {b:g} on {task.metric}, so retention "
@@ -297,18 +403,20 @@ def verify(
         ret = None if degenerate else retention(kind.higher_is_better(task.metric), b, c)
         lower = None
         if gate.confidence and not degenerate:
-            lower = bootstrap_lower(task.kind, task.metric, outs["base"].records, outs["candidate"].records,
+            lower = bootstrap_lower(task.kind, task.metric, task_outs["base"].records, task_outs["candidate"].records,
                                     gate.confidence, gate.bootstrap_samples, profile.eval.seed)
-        n = kind.count(outs["base"].records)
+        n = kind.count(task_outs["base"].records)
         results.append(TaskResult(
             name=task.name, kind=task.kind, metric=task.metric, base=b, candidate=c, retention=ret,
             threshold=threshold, passed=None,
-            agreement=kind.agreement(task.metric, outs["base"].records, outs["candidate"].records),
+            agreement=kind.agreement(task.metric, task_outs["base"].records, task_outs["candidate"].records),
             n=n, higher_is_better=kind.higher_is_better(task.metric), retention_lower=lower,
-            base_metrics=outs["base"].metrics, candidate_metrics=outs["candidate"].metrics, cached=cached, seconds=secs,
+            base_metrics=task_outs["base"].metrics, candidate_metrics=task_outs["candidate"].metrics, cached=task_cached, seconds=task_secs,
             own_threshold=task.min_retention is not None, ties=ties or None))
         if task_verdict(results[-1], floor, gate.aggregate) is False and stop_at_failure:
             break
+    b_id, c_id = sides["base"].identity(), sides["candidate"].identity()
+    sides["candidate"].release()
     try:
         passed, agg = judge(results, floor, gate.aggregate)
     except ValueError:
@@ -318,8 +426,7 @@ def verify(
     return VerifyReport(
         passed=passed, min_retention=floor, aggregate=gate.aggregate, aggregate_retention=agg,
         confidence=gate.confidence, profile={"name": profile.name, "path": profile_path},
-        base={"spec": base.spec, "fingerprint": fps["base"], "num_layers": base.num_layers},
-        candidate={"spec": candidate.spec, "fingerprint": fps["candidate"], "num_layers": candidate.num_layers,
-                   **provenance},
+        base={"spec": b_id.spec, "fingerprint": b_id.fingerprint, "num_layers": b_id.num_layers},
+        candidate={"spec": c_id.spec, "fingerprint": c_id.fingerprint, "num_layers": c_id.num_layers, **provenance},
         tasks=results, warnings=warnings, tool_version=__version__, seconds=time.perf_counter() - t0,
         complete=len(results) == len(profile.tasks))

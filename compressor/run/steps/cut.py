@@ -12,7 +12,7 @@ from compressor.prune.provenance import cut_provenance
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
 from compressor.run.search import Candidate
-from compressor.run.stages import Input, Model, Setting, Stage
+from compressor.run.stages import Input, Setting, Stage
 
 if TYPE_CHECKING:
     from compressor.score.report import ScoreReport
@@ -54,11 +54,15 @@ def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], re
     """One ``--search`` candidate: cut, verify (stop at the first failing task), discard the cut."""
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
+        from compressor.verify.api import Deferred
+
         folder = ctx.out / ".search" / f"{method}-k{k}"
         cut_into(ctx, removed, folder, cut_provenance(rep, None, run=run_settings(ctx)), repaired=True,
                  label="search")
         try:
-            v = ctx.verify(ctx.load_candidate(folder), f"search {method} k={k}", stop_at_failure=True)
+            # the base stays: the next candidate is cut from it (peak: base + candidate)
+            v = ctx.verify(Deferred(lambda: ctx.load_candidate(folder)), f"search {method} k={k}",
+                           stop_at_failure=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         gated = {t.name: (t.verdict_value, t.threshold) for t in v.tasks if t.verdict_value is not None}
@@ -67,7 +71,7 @@ def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], re
         state = "pass" if cand.passed else "FAIL"
         return {"candidate": asdict(cand)}, f"{method} k={k}: {state}, worst retention {cand.worst:.3f}"
 
-    inputs: dict[str, Input] = {"base": Model(ctx.base), "removed": Setting(removed), **ctx.gate_inputs,
+    inputs: dict[str, Input] = {"base": ctx.base_input(), "removed": Setting(removed), **ctx.gate_inputs,
                                 **ctx.repair_inputs()}
     return Stage(f"search-{method}-k{k}", f"search {method}: {k} layers removed", inputs, (), work)
 
@@ -98,7 +102,7 @@ def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, remo
         rec = res.repair or {}
         return {"repair": rec}, f"{describe(rec)} ({dest}/)"
 
-    inputs: dict[str, Input] = {"base": Model(ctx.base), "removed": Setting(removed),
+    inputs: dict[str, Input] = {"base": ctx.base_input(), "removed": Setting(removed),
                                 "scores": Setting(score_content(report)), "provenance": Setting(prov)}
     if repaired:
         inputs.update(ctx.repair_inputs())

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
-from compressor.run.stages import Files, Input, Model, Setting, Stage
+from compressor.run.stages import Files, Input, Setting, Stage
 
 
 def _export_stage(ctx: RunContext, name: str, exporter: Any, source: Input, src: Any, dest: str, what: str,
@@ -72,9 +72,11 @@ def quantize(ctx: RunContext, given: Results) -> Results:
 def export_base(ctx: RunContext, given: Results) -> Results:
     from compressor.export.exporters import get_exporter
 
-    # the in-memory base is exported as it is when it is fp32 (else reloaded as fp32 from its spec)
-    src = ctx.base if ctx.base.dtype == "float32" else ctx.cfg.model
-    ctx.run_stage(_export_stage(ctx, "export-base", get_exporter(None), Model(ctx.base), src, "onnx-base",
+    # the in-memory base is exported as it is when it is fp32 and still held (verify frees it), else the
+    # exporter loads it as fp32 from its spec
+    held = ctx.base_held()
+    src = held if held is not None and held.dtype == "float32" else ctx.cfg.model
+    ctx.run_stage(_export_stage(ctx, "export-base", get_exporter(None), ctx.base_input(), src, "onnx-base",
                                 "the full model (bench reference)"))
     return {"onnx-base": ctx.out / "onnx-base"}
 
@@ -83,7 +85,7 @@ def export_base_ship(ctx: RunContext, given: Results) -> Results:
     """The full model through the shipping exporter at the shipped precision: the bench's fair reference."""
     dest = ctx.exporter.bench_reference
     assert dest is not None  # the step is active only for exporters that have one
-    ctx.run_stage(_export_stage(ctx, _ship_name(ctx.cfg), ctx.exporter, Model(ctx.base), Path(ctx.base.path), dest,
+    ctx.run_stage(_export_stage(ctx, _ship_name(ctx.cfg), ctx.exporter, ctx.base_input(), Path(ctx.base_identity().path), dest,
                                 "the full model (bench reference)", ctx.cfg.quantize))
     return {"base-ship": ctx.out / dest}
 

@@ -20,7 +20,7 @@ from compressor.run.search import (
     search_limits,
     search_method,
 )
-from compressor.run.stages import Input, Model, Setting, Stage
+from compressor.run.stages import Input, Setting, Stage
 
 if TYPE_CHECKING:
     from compressor.score.report import ScoreReport
@@ -60,7 +60,7 @@ def score_stage(ctx: RunContext, method: str, scores_path: Path, name: str) -> S
         report.save(scores_path)
         return {}, f"{report.label}: lowest {report.ranking[:5]}"
 
-    inputs: dict[str, Input] = {"model": Model(ctx.base), "method": Setting([method, mode, c.seed]),
+    inputs: dict[str, Input] = {"model": ctx.base_input(), "method": Setting([method, mode, c.seed]),
                                 "device": Setting(c.device), "options": Setting(opts)}
     if scorer.needs_data:
         inputs.update(calibration=ctx.calibration_settings, calibration_data=ctx.calibration)

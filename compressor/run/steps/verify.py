@@ -14,7 +14,7 @@ from compressor.errors import AvssError
 from compressor.files import atomic_write_text
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
-from compressor.run.stages import Files, Input, Model, Setting, Stage, Stale
+from compressor.run.stages import Files, Input, Setting, Stage, Stale
 
 if TYPE_CHECKING:
     from compressor.verify.report import VerifyReport
@@ -60,9 +60,11 @@ def verify(ctx: RunContext, given: Results) -> Results:
     search_md = to_markdown(given["search"]) if given.get("search") is not None else None
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
+        from compressor.verify.api import Deferred
         from compressor.verify.report import write_reports
 
-        rep = ctx.verify(ctx.load_candidate(slim), "verify")
+        # the last step that needs the base's weights: free them before the candidate loads
+        rep = ctx.verify(Deferred(lambda: ctx.load_candidate(slim)), "verify", release_base=True)
         write_reports(rep, ctx.out)
         if search_md is not None:
             md = ctx.out / "report.md"
@@ -70,14 +72,16 @@ def verify(ctx: RunContext, given: Results) -> Results:
                               + "\n![retention against layers removed](search.png)\n")
         return verdict_result(rep), rep.verdict_line()
 
-    inputs: dict[str, Input] = {"base": Model(ctx.base), "candidate": Files(slim), "search": Setting(search_md),
+    inputs: dict[str, Input] = {"base": ctx.base_input(), "candidate": Files(slim), "search": Setting(search_md),
                                 **ctx.gate_inputs}
     return {"verdict": ctx.run_stage(Stage("verify", "verifying", inputs, ("report.json", "report.md", "junit.xml"),
                                            work, recheck=rejudge(ctx.out / "report.json")))}
 
 
 def _vs_slim(ctx: RunContext, art: Any, slim: Path, dest: str) -> tuple[dict[str, Any], list[str]]:
-    """How far the artifact is from what it was exported from (both sides from the verify cache)."""
+    """How far the artifact is from what it was exported from (both sides from the verify cache; each
+    loaded only for a cache miss, one at a time)."""
+    from compressor.verify.api import Deferred
     from compressor.verify.api import verify as verify_models
     from compressor.verify.report import fmt_agreement
 
@@ -85,7 +89,8 @@ def _vs_slim(ctx: RunContext, art: Any, slim: Path, dest: str) -> tuple[dict[str
     md = [f"#### {dest}/ against the PyTorch slim model it was exported from (`model/`)", "",
           "| task | metric | PyTorch slim | this artifact | retention | agreement |", "|---|---|---|---|---|---|"]
     try:
-        for t in verify_models(ctx.load_candidate(slim), art, ctx.profile, min_retention=ctx.cfg.min_retention).tasks:
+        for t in verify_models(Deferred(lambda: ctx.load_candidate(slim)), art, ctx.profile,
+                               min_retention=ctx.cfg.min_retention).tasks:
             vs[t.name] = {"retention": t.retention, "agreement": t.agreement}
             cand = "n/a" if t.candidate is None else f"{t.candidate:.4g}"
             md.append(f"| {t.name} | {t.metric} | {t.base:.4g} | {cand} | "
@@ -103,20 +108,27 @@ def artifact_stage(ctx: RunContext, artifact: Path, slim: Path, kind: str) -> St
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
         from compressor.export.ort_model import load_onnx_model
+        from compressor.verify.api import Deferred, Identity
         from compressor.verify.report import write_reports
 
-        art = load_onnx_model(str(artifact), provider=c.provider)
-        rep = ctx.verify(art, f"verify {dest}")
+        seen: dict[str, Identity] = {}
+
+        def load_art() -> Any:  # loaded after the base's results; its identity is kept for the comparison below
+            loaded = load_onnx_model(str(artifact), provider=c.provider)
+            seen.setdefault("art", Identity.of(loaded))
+            return loaded
+
+        rep = ctx.verify(Deferred(load_art), f"verify {dest}")
         write_reports(rep, ctx.out / reports)
-        vs, md = _vs_slim(ctx, art, slim, dest)
+        vs, md = _vs_slim(ctx, Deferred(load_art, seen["art"]), slim, dest)
         report_md = ctx.out / reports / "report.md"
         atomic_write_text(report_md, report_md.read_text(encoding="utf-8") + "\n" + "\n".join(md) + "\n")
         res = verdict_result(rep)
         for t in res["tasks"]:
             t["vs_slim"] = vs.get(t["name"])
-        return {"artifact": dest, "kind": kind, **res, "runtime": art.device}, f"{dest}: {rep.verdict_line()}"
+        return {"artifact": dest, "kind": kind, **res, "runtime": seen["art"].device}, f"{dest}: {rep.verdict_line()}"
 
-    inputs: dict[str, Input] = {"base": Model(ctx.base), "artifact": Files(artifact), "slim": Files(slim),
+    inputs: dict[str, Input] = {"base": ctx.base_input(), "artifact": Files(artifact), "slim": Files(slim),
                                 "provider": Setting(c.provider), **ctx.gate_inputs}
     return Stage(f"verify-{dest}", f"verifying {dest}/ in ONNX Runtime", inputs, (reports,), work,
                  recheck=rejudge(ctx.out / reports / "report.json"))

@@ -1,0 +1,239 @@
+"""Will it fit? Memory needs estimated from a checkpoint's safetensors headers, before anything loads.
+
+Why up front: an 8 B checkpoint loaded in fp32 on a 24 GB machine is killed by the kernel minutes in,
+with no message. Reading the headers takes milliseconds and gives the parameter counts exactly, so
+each command can refuse with the numbers (and the flag that would fit) instead.
+
+The factors are measured (``shared/notes/edge-export-and-scale.md`` section 2, a 1.17 B Llama on CPU):
+a plain ``from_pretrained`` plus one forward peaks at 1.21x the weights in their load dtype (fp32
+and bf16 alike); an Optimum export with its parity pass peaks at 2.34x the fp32 weights (rounded up
+to 2.4 here). Sizes are decimal GB, as ``df`` and vendors' spec sheets give them.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.architectures import ArchAdapter
+
+LOAD_FACTOR = 1.21  # peak RSS of from_pretrained + one forward / the weights at the load dtype (notes §2)
+EXPORT_FACTOR = 2.4  # peak RSS of an export with its parity pass / the fp32 weights (notes §2: 2.34x)
+
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+_STORED = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+           "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+           "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1)}
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``24GB`` (10^9), ``24GiB`` (2^30), ``512MB``, ``1.5GB`` or plain bytes -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m[2].lower() if m else ""
+    if m is None or unit not in _UNITS or float(m[1]) <= 0:
+        raise BadInput(f"--max-memory {text!r} is not a memory size",
+                       "write it like 24GB, 24GiB, 512MB or a number of bytes")
+    return int(float(m[1]) * _UNITS[unit])
+
+
+def gb(n: int | float) -> str:
+    """Bytes as people read them in a message: ``9.4 GB``."""
+    return f"{n / 1e9:.1f} GB"
+
+
+def available_bytes(device: str, max_memory: int | None = None) -> int:
+    """What a command may use: ``max_memory`` when given, else free RAM on CPU or free memory on the GPU."""
+    if max_memory is not None:
+        return int(max_memory)
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class CheckpointSize:
+    """Parameter counts of a checkpoint by part, from its headers (no tensor is read)."""
+
+    total: int
+    block: int  # the largest single block
+    blocks: int  # how many blocks
+    body: int  # outside the blocks: embeddings, final norm, pooler
+    head: int  # task head (lm_head, classifier); 0 for a tied LM head, which is not stored
+    dtype: str  # the stored dtype (of most parameters)
+
+    def bytes(self, dtype: str) -> int:
+        """The whole model's weights at ``dtype`` (``float32``, ``float16``, ``bfloat16``)."""
+        return self.total * ITEMSIZE[dtype]
+
+    def slim(self, kept_blocks: int) -> CheckpointSize:
+        """The same model with ``kept_blocks`` blocks, each as large as the largest (an upper bound)."""
+        return CheckpointSize(self.body + self.head + self.block * kept_blocks, self.block, kept_blocks, self.body,
+                              self.head, self.dtype)
+
+
+def _header(f: Path) -> dict[str, dict]:
+    with f.open("rb") as fh:
+        raw = fh.read(8)
+        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        blob = fh.read(n) if 0 < n < 1 << 28 else b""
+    try:
+        head = json.loads(blob)
+    except ValueError:
+        head = None
+    if not isinstance(head, dict):
+        raise BadInput(f"{f} is not a readable safetensors file (its header is damaged)",
+                       "re-download or re-save the model (save_pretrained)")
+    head.pop("__metadata__", None)
+    return head
+
+
+def local_folder(path: str) -> Path | None:
+    """The folder holding a model's files: itself, or a Hub id's local snapshot; None when neither exists."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    from compressor.fingerprint import hub_snapshot
+
+    return hub_snapshot(path)
+
+
+def checkpoint_size(path: str, adapter: ArchAdapter) -> CheckpointSize | None:
+    """The sizes of a model folder (or a cached Hub snapshot); None when it has no safetensors weights
+    (pickle weights, or a Hub model not downloaded yet): then nothing is estimated."""
+    from compressor.architectures import key_part
+
+    folder = local_folder(path)
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    if not files:
+        return None
+    blocks: dict[int, int] = {}
+    body = head = 0
+    by_dtype: dict[str, int] = {}
+    for f in files:
+        for key, meta in _header(f).items():
+            n = 1
+            for d in meta.get("shape", []):
+                n *= int(d)
+            name = _STORED.get(str(meta.get("dtype")), (str(meta.get("dtype")).lower(), 0))[0]
+            by_dtype[name] = by_dtype.get(name, 0) + n
+            part, i = key_part(key, adapter)
+            if part == "block" and i is not None:
+                blocks[i] = blocks.get(i, 0) + n
+            elif part == "head":
+                head += n
+            else:
+                body += n
+    return CheckpointSize(sum(blocks.values()) + body + head, max(blocks.values(), default=0), len(blocks), body,
+                          head, max(by_dtype, key=lambda k: by_dtype[k]))
+
+
+def need_in_memory(size: CheckpointSize, dtype: str) -> int:
+    """One model loaded at ``dtype`` and run forward (scoring, pruning, one side of verify)."""
+    return int(size.bytes(dtype) * LOAD_FACTOR)
+
+
+def need_streamed(size: CheckpointSize, dtype: str, activations_bytes: int) -> int:
+    """One block at a time: the largest block, the body and head, and the activations kept between blocks."""
+    return int((size.block + size.body + size.head) * ITEMSIZE[dtype] * LOAD_FACTOR) + int(activations_bytes)
+
+
+def need_export(size: CheckpointSize) -> int:
+    """An ONNX export (traced in fp32, graph written, parity run): on CPU, in RAM."""
+    return int(size.bytes("float32") * EXPORT_FACTOR)
+
+
+def need_verify(size: CheckpointSize, dtype: str) -> int:
+    """verify holds one model at a time (the base is freed before the candidate loads)."""
+    return need_in_memory(size, dtype)
+
+
+def check_fits(need: int, available: int, what: str, fix: str, capped: bool = False) -> None:
+    """Refuse ``what`` when its need exceeds what is available, with both numbers."""
+    if need > available:
+        have = f"--max-memory allows {gb(available)}" if capped else f"{gb(available)} is free"
+        raise BadInput(f"{what} needs about {gb(need)}; {have}", fix)
+
+
+_MORE = "--max-memory SIZE if more memory can be freed for it"
+
+
+def check_load_fits(path: str, adapter: ArchAdapter, dtype: str, device: str, max_memory: int | None = None) -> None:
+    """Before ``from_pretrained``: refuse a load that cannot fit, naming the half-precision load that would.
+    Skipped (silently: nothing to estimate from) without safetensors headers, and for an accelerate device map."""
+    if device == "auto-map":
+        return
+    size = checkpoint_size(path, adapter)
+    if size is None:
+        return
+    need = need_in_memory(size, dtype)
+    free = available_bytes(device, max_memory)
+    half = size.dtype if size.dtype in ("float16", "bfloat16") else "bfloat16"
+    half_need = need_in_memory(size, half)
+    if dtype == "float32" and half_need <= free:
+        fix = f"pass --dtype {half} (needs about {gb(half_need)}), or --stream where the command has it, or {_MORE}"
+    else:
+        fix = f"free memory or use a machine with more, or --stream where the command has it (or {_MORE})"
+    where = "" if device == "cpu" else f" on {device}"
+    check_fits(need, free, f"loading {path} in {dtype}{where}", fix, capped=max_memory is not None)
+
+
+# what a streamed pass keeps between blocks: calibration activations (a few copies of samples x seq x
+# hidden floats); 1 GB covers 4 copies of 64 x 512 x 8192 fp32, well above the defaults
+STREAM_ACTIVATIONS = 10**9
+
+
+def stream_reason(path: str, adapter: ArchAdapter, dtype: str, device: str, max_memory: int | None = None) -> str | None:
+    """One line saying why a load streams (the whole model would not fit, one block would); None: load it whole."""
+    if device == "auto-map":
+        return None
+    size = checkpoint_size(path, adapter)
+    if size is None:
+        return None
+    need, free = need_in_memory(size, dtype), available_bytes(device, max_memory)
+    if need <= free:
+        return None
+    have = f"--max-memory allows {gb(free)}" if max_memory is not None else f"{gb(free)} is free"
+    return (f"loading {path} whole in {dtype} needs about {gb(need)} and {have}: streaming one block at a time "
+            f"(about {gb(need_streamed(size, dtype, STREAM_ACTIVATIONS))}; --no-stream refuses instead)")
+
+
+def check_stream_fits(path: str, adapter: ArchAdapter, dtype: str, device: str, max_memory: int | None = None) -> None:
+    """Before a streamed load: one block, the embeddings and head, and the activations must fit."""
+    size = checkpoint_size(path, adapter)
+    if size is None or device == "auto-map":
+        return
+    half = size.dtype if size.dtype in ("float16", "bfloat16") else "bfloat16"
+    fix = (f"pass --dtype {half}, or {_MORE}" if dtype == "float32" else f"use a machine with more memory (or {_MORE})")
+    check_fits(need_streamed(size, dtype, STREAM_ACTIVATIONS), available_bytes(device, max_memory),
+               f"streaming {path} in {dtype} (one block at a time)", fix, capped=max_memory is not None)
+
+
+def check_export_spec(spec: str, max_memory: int | None = None, trust_remote_code: bool = False) -> None:
+    """``avss export``'s check, from the spec the user typed (its config and headers only)."""
+    from compressor.architectures import adapter_for_config
+    from compressor.sources.models import load_config, resolve_model_path
+
+    path, _ = resolve_model_path(spec)
+    check_export_fits(path, adapter_for_config(load_config(path, trust_remote_code)), max_memory)
+
+
+def check_export_fits(path: str, adapter: ArchAdapter, max_memory: int | None = None, what: str = "") -> None:
+    """Before an export: its fp32 trace, graph and parity pass must fit in RAM."""
+    size = checkpoint_size(path, adapter)
+    if size is None:
+        return
+    check_fits(need_export(size), available_bytes("cpu", max_memory), what or f"exporting {path} to ONNX (fp32)",
+               f"export on a machine with more memory (or {_MORE})", capped=max_memory is not None)
