@@ -118,7 +118,7 @@ def artifact_stage(ctx: RunContext, artifact: Path, slim: Path, kind: str) -> St
             seen.setdefault("art", Identity.of(loaded))
             return loaded
 
-        rep = ctx.verify(Deferred(load_art), f"verify {dest}")
+        rep = ctx.verify(Deferred(load_art), f"verify {dest}", release_base=True)  # after verify: no step needs it
         write_reports(rep, ctx.out / reports)
         vs, md = _vs_slim(ctx, Deferred(load_art, seen["art"]), slim, dest)
         report_md = ctx.out / reports / "report.md"
