@@ -5,11 +5,12 @@ from typing import Any, Optional
 
 
 def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_pickle: bool, trust_remote_code: bool,
-         max_memory: Optional[int] = None) -> Any:
+         max_memory: Optional[int] = None, stream: Optional[bool] = False) -> Any:
     from compressor.sources.models import load_model
 
     return load_model(model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory)
+                      trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream,
+                      with_head=stream is not False)
 
 
 def check_eval_spec(model: str) -> None:
@@ -22,15 +23,20 @@ def check_eval_spec(model: str) -> None:
 
 
 def load_for_eval(model: str, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool,
-                  provider: str, max_memory: Optional[int] = None) -> Any:
+                  provider: str, max_memory: Optional[int] = None, stream: Optional[bool] = False) -> Any:
     """A model to evaluate: an ONNX export folder runs in ONNX Runtime (what ships is what is gated),
     anything else loads as for every other command."""
     from compressor.cli.output import note
     from compressor.export.ort_model import is_onnx_export
 
     if not is_onnx_export(model):
-        return load(model, device, dtype, None, allow_pickle, trust_remote_code, max_memory)
+        return load(model, device, dtype, None, allow_pickle, trust_remote_code, max_memory, stream)
     from compressor.export.ort_model import load_onnx_model
+
+    if stream:
+        from compressor.errors import BadInput
+
+        raise BadInput(f"--stream reads a checkpoint's shards, and {model} is an ONNX export", "drop --stream")
 
     note(f"loading {model} (ONNX export) in ONNX Runtime, provider {provider} ...")
     loaded = load_onnx_model(model, provider=provider, trust_remote_code=trust_remote_code)

@@ -21,6 +21,7 @@ def verify(
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     max_memory: o.MaxMemory = None,
+    stream: o.Stream = None,
     allow_different_tokenizers: Annotated[bool, typer.Option("--allow-different-tokenizers", help="Accept a candidate whose tokenizer differs from the base's: accuracy tasks only; never perplexity.")] = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,13 +34,15 @@ def verify(
     from compressor.profiles import load_profile
     from compressor.sources.cache import check_cache
     from compressor.sources.memory import parse_size
-    from compressor.verify.api import Deferred, check_task_data
+    from compressor.verify.api import Deferred, check_task_data, stream_choice
     from compressor.verify.api import verify as run_verify
     from compressor.verify.report import fmt_agreement, result_word, write_reports
 
     limit = parse_size(max_memory) if max_memory is not None else None
     prof = load_profile(profile)
-    task_data = check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
+    task_data = check_task_data(prof)
+  # a missing or malformed data file fails before minutes of model loading
+    stream = stream_choice(prof, stream)  # and so does --stream with a task that needs the whole model
     check_report_dir(report_dir)  # and so does a report folder that cannot be written
     if not no_cache:
         check_cache("or pass --no-cache")
@@ -47,9 +50,9 @@ def verify(
         common.check_eval_spec(spec)
     # one model at a time: the base's results first, then it is freed, then the candidate loads
     loaded_base = Deferred(lambda: common.load_for_eval(base, device, dtype, allow_pickle, trust_remote_code, provider,
-                                                        limit))
+                                                        limit, stream))
     loaded_cand = Deferred(lambda: common.load_for_eval(candidate, device, dtype, allow_pickle, trust_remote_code,
-                                                        provider, limit))
+                                                        provider, limit, stream))
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as prog:

@@ -18,6 +18,19 @@ from compressor.verify.report import TaskResult, VerifyReport
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
 
 
+def stream_choice(profile: Profile, stream: bool | None) -> bool | None:
+    """The loader's ``stream`` for this profile: every task must run one block at a time (perplexity),
+    else the models load whole (``--stream`` with such a task is refused now, before any model loads)."""
+    from compressor.verify import tasks as T
+
+    whole = [t for t in profile.tasks if not T.kind(t.kind).streams]
+    if not whole:
+        return stream
+    if stream:
+        T.kind(whole[0].kind).check_streams(whole[0])
+    return False
+
+
 def fingerprint(loaded: Any) -> str:
     """The model's content fingerprint (weights, config, tokenizer, dtype, revision): see ``compressor.fingerprint``."""
     from compressor.fingerprint import model_fingerprint
@@ -339,8 +352,11 @@ def verify(
         cached[task.name][role] = hit is not None
         if hit is None:
             cb = progress(f"{task.name} [{role}]") if progress else None
+            model = side.model()
+            if getattr(model, "streamed", False):
+                T.kind(task.kind).check_streams(task)  # a library caller's streamed model (the CLI checks first)
             try:
-                hit = T.kind(task.kind).evaluate(side.model(), task, items, shots, profile, cb)
+                hit = T.kind(task.kind).evaluate(model, task, items, shots, profile, cb)
             except T.NonFiniteOutputs:
                 secs[task.name][role] = round(time.perf_counter() - t, 3)
                 raise

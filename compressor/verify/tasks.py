@@ -610,12 +610,13 @@ class TaskKind:
     # needs the whole model (generation decodes token by token, classifiers have their own heads)
     streams: ClassVar[bool] = False
 
-    def check_streamed(self, loaded: Any, task: Any) -> None:
-        if getattr(loaded, "streamed", False) and not self.streams:
-            raise BadInput(f"task {task.name} (kind {self.name}) needs the whole model in memory, and this model is "
-                           f"loaded streamed; only {', '.join(k.name for k in KINDS.values() if k.streams)} tasks "
-                           "run one block at a time", "drop --stream (on a machine with the memory), or gate on "
-                           "a profile of perplexity tasks")
+    def check_streams(self, task: Any) -> None:
+        """Refuse ``task`` on a streamed model when this kind needs the whole model."""
+        if not self.streams:
+            raise BadInput(f"task {task.name} (kind {self.name}) needs the whole model in memory, so it cannot run "
+                           f"streamed; only {', '.join(k.name for k in KINDS.values() if k.streams)} tasks run one "
+                           "block at a time", "drop --stream (on a machine with the memory), or gate on a profile "
+                           "of perplexity tasks")
 
     def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
                  progress: Progress | None) -> TaskOutput:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +61,27 @@ def test_prune_stream_writes_the_in_memory_checkpoint(tiny, text_file, tmp_path,
         assert cb["repair"]["linear"]["spans"] == ca["repair"]["linear"]["spans"]
     m = AutoModelForCausalLM.from_pretrained(str(tmp_path / "str"))
     assert m.config.num_hidden_layers == 2
+
+
+def test_verify_stream_equals_in_memory_and_refuses_whole_model_tasks(tiny, tmp_path, capsys):
+    from helpers import write_ppl_profile
+
+    base = str(tiny("llama"))
+    code, _, err = run(["prune", base, "--method", "block-influence", "--num-layers", "1", "--profile",
+                        str(write_ppl_profile(tmp_path, 0.01)), "--out", str(tmp_path / "slim")], capsys)
+    assert code == 0, err
+    profile = str(write_ppl_profile(tmp_path, 0.01))
+    reports = {}
+    for flag in ("--no-stream", "--stream"):
+        code, _, err = run(["verify", base, str(tmp_path / "slim"), "--profile", profile, flag, "--no-cache",
+                            "--report-dir", str(tmp_path / flag)], capsys)
+        assert code == 0, err
+        reports[flag] = json.loads((tmp_path / flag / "report.json").read_text())
+    assert "streamed" in err
+    a, b = (r["tasks"][0] for r in reports.values())
+    assert a["base"] == pytest.approx(b["base"], rel=1e-6) and a["candidate"] == pytest.approx(b["candidate"], rel=1e-6)
+    default = Path(__file__).resolve().parents[2] / "profiles" / "default.yaml"  # multiple-choice and more
+    code, _, err = run(["verify", base, str(tmp_path / "slim"), "--profile", str(default), "--stream",
+                        "--report-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(error_lines(err)) == 1 and "needs the whole model" in err, err
+    assert "loading" not in err
