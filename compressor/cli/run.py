@@ -50,6 +50,7 @@ def run(
     allow_pickle: Annotated[Flag, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.", show_default=False)] = None,
     trust_remote_code: Annotated[Flag, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.", show_default=False)] = None,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Memory the run may use, e.g. 24GB or 24GiB (default: what is free now): a run whose largest step (the load, verify's one model, or the export: about 2.4x the fp32 weights) cannot fit is refused before it starts.")] = None,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="Score, patch (linear), cut (shard by shard) and verify (perplexity tasks) one block at a time, the weights read from the shards (results identical). Default: only when the base would not fit whole and every step can stream. The export still needs the whole slim model.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute every stage instead of resuming finished ones.")] = False,
 ) -> None:
     from compressor.cli.output import err, note
@@ -65,7 +66,7 @@ def run(
                      min_retention=min_retention, repair=repair, ridge=ridge, heal_steps=heal_steps,
                      heal_tokens=heal_tokens, heal_lr=heal_lr, provider=provider, quantize=quantize, exporter=exporter, skip_export=skip_export, skip_bench=skip_bench,
                      device=device, dtype=dtype, opset=opset, seed=seed, allow_pickle=allow_pickle,
-                     trust_remote_code=trust_remote_code, max_memory=max_memory, bench_prompt_len=bench_prompt_len,
+                     trust_remote_code=trust_remote_code, max_memory=max_memory, stream=stream, bench_prompt_len=bench_prompt_len,
                      bench_new_tokens=bench_new_tokens, bench_runs=bench_runs, bench_warmup=bench_warmup,
                      bench_rounds=bench_rounds, bench_threads=bench_threads,
                      methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None)

@@ -62,6 +62,9 @@ class RunConfig(BaseModel):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     max_memory: Optional[str] = None  # e.g. "24GB": what the run may use (default: what is free now)
+    # one block at a time (score, linear patch, perplexity verify): True always, False never, None when the
+    # base would not fit whole and every step of the run can stream; results are identical either way
+    stream: Optional[bool] = None
     bench: BenchSettings = Field(default_factory=BenchSettings)
 
     def max_memory_bytes(self) -> Optional[int]:

@@ -110,23 +110,31 @@ class RunContext:
         self._calib: CalibrationData | None = None
         self._base: LoadedModel | None = None
         self._base_id: Identity | None = None
+        self.stream: bool | None = cfg.stream  # resolved by prepare: False when a step needs the whole model
 
     # --- the base model: held for scoring and cutting, freed by verify, reloaded only if asked for --
     @property
     def base(self) -> LoadedModel:
         """The loaded base; after verify released it, a step that asks for its weights reloads it."""
         if self._base is None:
-            from compressor.sources.models import load_model
-
             c = self.cfg
             self.ev.note(f"loading {c.model} again (a later step needs its weights) ...")
-            self._base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
-                                    trust_remote_code=c.trust_remote_code, max_memory=c.max_memory_bytes())
+            self._base = self.load(c.model)
         return self._base
 
     @base.setter
     def base(self, loaded: LoadedModel) -> None:
         self._base, self._base_id = loaded, None
+
+    def load(self, spec: str) -> LoadedModel:
+        """A model as this run loads every model: its device, dtype, memory limit and streaming (with the
+        LM head when streamed: verify's perplexity needs it)."""
+        from compressor.sources.models import load_model
+
+        c = self.cfg
+        return load_model(spec, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
+                          trust_remote_code=c.trust_remote_code, max_memory=c.max_memory_bytes(), stream=self.stream,
+                          with_head=self.stream is not False)
 
     def base_held(self) -> LoadedModel | None:
         """The base if it is in memory now (never reloads it)."""
@@ -207,10 +215,7 @@ class RunContext:
                 "calibration_data": self.calibration}
 
     def load_candidate(self, folder: Path) -> LoadedModel:
-        from compressor.sources.models import load_model
-
-        return load_model(str(folder), device=self.cfg.device, dtype=self.cfg.dtype,
-                          max_memory=self.cfg.max_memory_bytes())
+        return self.load(str(folder))
 
     def verify(self, cand: Any, label: str, stop_at_failure: bool = False, release_base: bool = False) -> VerifyReport:
         """``cand`` (loaded, or ``Deferred``: loaded once the base is done) against the base under the

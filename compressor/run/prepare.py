@@ -63,14 +63,14 @@ def prepare(ctx: RunContext) -> None:
 
 
 def load_base(ctx: RunContext) -> None:
-    from compressor.sources.models import load_model
 
     c = ctx.cfg
+    ctx.stream = stream_choice(ctx)
     check_memory(ctx)  # the run's largest step, from the checkpoint's headers, before the base loads
     ctx.ev.note(f"loading {c.model} ...")
-    ctx.base = base = load_model(c.model, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
-                                 trust_remote_code=c.trust_remote_code, max_memory=c.max_memory_bytes())
-    ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype})")
+    ctx.base = base = ctx.load(c.model)
+    ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype}"
+                f"{', streamed: one block at a time' if base.streamed else ''})")
     if ctx.repair.enabled:
         from compressor.repair.api import check_repair, protect_for
 
@@ -101,6 +101,24 @@ def check_model_settings(ctx: RunContext) -> None:
     check_free_space(ctx.out, disk_need(ctx), f"the artifacts of this run ({c.out})")
 
 
+def stream_choice(ctx: RunContext) -> bool | None:
+    """The run streams only if every step can: its scorers, its repair and its profile's tasks (a
+    ``--stream`` with one that needs the whole model is refused here, before the base loads)."""
+    from compressor.repair.api import check_streams, streams
+    from compressor.score.api import stream_choice as scorer_choice
+    from compressor.verify.api import stream_choice as profile_choice
+
+    c = ctx.cfg
+    stream = c.stream
+    for method in (c.search_methods if c.search else [c.method]):
+        stream = scorer_choice(method, stream) if stream is not False else False
+    if not streams(ctx.repair.method):
+        if stream:
+            check_streams(ctx.repair.method)
+        stream = False
+    return profile_choice(ctx.profile, stream) if stream is not False else False
+
+
 def check_memory(ctx: RunContext) -> None:
     """Refuse a run whose largest step cannot fit: the base's load (score, cut), verify (one model at a
     time) and the export (fp32, in RAM: the bench's full-model reference, else the slim model), each
@@ -117,8 +135,16 @@ def check_memory(ctx: RunContext) -> None:
         return
     dev = resolve_device(c.device)
     dt = resolve_dtype(c.dtype, dev)
-    steps = [("load", f"loading {path} in {dt}", m.need_in_memory(size, dt), dev),
-             ("verify", f"verifying against {path} (one model at a time, {dt})", m.need_verify(size, dt), dev)]
+    whole = m.need_in_memory(size, dt)
+    if ctx.stream is None and whole > m.available_bytes(dev, c.max_memory_bytes()):
+        ctx.stream = True  # every step can stream, and the base would not fit whole: the loader would stream
+    if ctx.stream:
+        part = m.need_streamed(size, dt, m.STREAM_ACTIVATIONS)
+        steps = [("load", f"streaming {path} in {dt} (one block at a time)", part, dev),
+                 ("verify", f"verifying against {path} (streamed, {dt})", part, dev)]
+    else:
+        steps = [("load", f"loading {path} in {dt}", whole, dev),
+                 ("verify", f"verifying against {path} (one model at a time, {dt})", m.need_verify(size, dt), dev)]
     # the smallest cut this run can make bounds the slim model (a search's first candidate removes 1)
     removed = 1 if c.search else c.num_layers or count_for_ratio(c.ratio or 0.25, size.blocks)
     slim = m.need_export(size.slim(max(size.blocks - removed, 0)))

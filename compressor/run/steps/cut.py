@@ -40,6 +40,10 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
 
         res = prune_and_repair(base, removed, folder, ctx.repair, ctx.calibration_batches(), force=True,
                                provenance=provenance, progress=progress)
+    elif base.streamed:  # the plain cut, shard by shard from the checkpoint (nothing in memory to copy)
+        from compressor.repair.api import RepairSettings
+
+        res = prune_and_repair(base, removed, folder, RepairSettings(), None, force=True, provenance=provenance)
     else:
         clone = LoadedModel(base.spec, base.path, copy.deepcopy(base.model), base.tokenizer, base.adapter,
                             base.device, base.dtype)

@@ -75,7 +75,7 @@ def export_base(ctx: RunContext, given: Results) -> Results:
     # the in-memory base is exported as it is when it is fp32 and still held (verify frees it), else the
     # exporter loads it as fp32 from its spec
     held = ctx.base_held()
-    src = held if held is not None and held.dtype == "float32" else ctx.cfg.model
+    src = held if held is not None and held.dtype == "float32" and not held.streamed else ctx.cfg.model
     ctx.run_stage(_export_stage(ctx, "export-base", get_exporter(None), ctx.base_input(), src, "onnx-base",
                                 "the full model (bench reference)"))
     return {"onnx-base": ctx.out / "onnx-base"}
