@@ -547,8 +547,9 @@ def print_shape(shape: Shape, rec: dict, built: bool, build_s: float, rows: list
               f"{_fmt(None if r.peak is None else r.peak / shape.bytes, '.2f')} | "
               f"{_fmt(None if r.peak is None else r.peak / shape.block_bytes, '.1f')} | {r.result} |")
     print()
-    for cmd in ("score block-influence", "prune"):
-        pair = {r.mode: r for r in rows if r.command.startswith(cmd) and r.wall is not None and r.code == 0}
+    pruned = next((r.command for r in rows if r.command.startswith("prune") and r.command.endswith(" layers")), "")
+    for cmd in ("score block-influence", pruned):
+        pair = {r.mode: r for r in rows if r.command == cmd and r.wall is not None and r.code == 0}
         if "in-memory" in pair and "streamed" in pair:
             a, b = pair["in-memory"], pair["streamed"]
             print(f"- {cmd}: streamed / in-memory wall time {b.wall / a.wall:.2f}x (CPU time {b.cpu / a.cpu:.2f}x), "
