@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/exporters.py
 	$(BIN)/python benchmarks/quantized.py
 	$(BIN)/python benchmarks/sleb.py
+	$(BIN)/python benchmarks/scale.py
 
 results: $(STAMP)
 	$(BIN)/python benchmarks/scorers.py
