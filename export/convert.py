@@ -112,6 +112,16 @@ def _quiet_exporter():
 MIN_OPSET, MAX_OPSET = 14, 23  # Optimum's decoder configs need 14; torch 2.13's exporter stops at 23
 
 
+def check_export_spec(spec: str, max_memory: int | None = None, trust_remote_code: bool = False) -> None:
+    """``avss export``'s memory check, from the spec the user typed (its config and headers only)."""
+    from compressor.architectures import adapter_for_config
+    from compressor.sources.memory import check_export_fits
+    from compressor.sources.models import load_config, resolve_model_path
+
+    path, _ = resolve_model_path(spec)
+    check_export_fits(path, adapter_for_config(load_config(path, trust_remote_code)), max_memory)
+
+
 def export_bytes(num_parameters: int) -> int:
     """Disk an export needs while it runs: Optimum's graph and our re-saved copy both sit in the
     staging folder, about twice the fp32 weights."""

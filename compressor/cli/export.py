@@ -29,9 +29,10 @@ def export(
 
     from compressor.cli.output import note, warn
     from compressor.cli.output import out as stdout
+    from compressor.export.convert import check_export_spec
     from compressor.export.exporters import get_exporter
     from compressor.files import check_output_dir
-    from compressor.sources.memory import check_export_spec, parse_size
+    from compressor.sources.memory import parse_size
 
     limit = parse_size(max_memory) if max_memory is not None else None
     chosen = get_exporter(exporter)

@@ -140,9 +140,11 @@ def check_memory(ctx: RunContext) -> None:
         ctx.stream = True  # every step can stream, and the base would not fit whole: the loader would stream
     if ctx.stream:
         part = m.need_streamed(size, dt, m.STREAM_ACTIVATIONS)
-        steps = [("load", f"streaming {path} in {dt} (one block at a time)", part, dev),
+        half = m.need_streamed(size, "bfloat16", m.STREAM_ACTIVATIONS)
+        steps = [("load", f"streaming {path} one block at a time in {dt}", part, dev),
                  ("verify", f"verifying against {path} (streamed, {dt})", part, dev)]
     else:
+        half = m.need_in_memory(size, "bfloat16")
         steps = [("load", f"loading {path} in {dt}", whole, dev),
                  ("verify", f"verifying against {path} (one model at a time, {dt})", m.need_verify(size, dt), dev)]
     # the smallest cut this run can make bounds the slim model (a search's first candidate removes 1)
@@ -155,7 +157,7 @@ def check_memory(ctx: RunContext) -> None:
                       m.need_export(size), "cpu"))
     fixes = {"export": "pass --skip-export" if c.skip_bench else f"pass --skip-bench (the slim model's export needs "
                                                                  f"about {m.gb(slim)})",
-             "load": f"pass --dtype bfloat16 (needs about {m.gb(m.need_in_memory(size, 'bfloat16'))})"
+             "load": f"pass --dtype bfloat16 (needs about {m.gb(half)})"
              if dt == "float32" else "free memory or use a machine with more"}
     limit = c.max_memory_bytes()
     for device in dict.fromkeys(s[3] for s in steps):

@@ -84,7 +84,9 @@ class CheckpointSize:
                               self.head, self.dtype)
 
 
-def _header(f: Path) -> dict[str, dict]:
+def _header(f: Path) -> dict[str, dict] | None:
+    """A file's tensor table, or None when the file is damaged: the estimate is skipped and the load's
+    integrity check (``compressor.sources.integrity``, the one place that words it) names the file."""
     with f.open("rb") as fh:
         raw = fh.read(8)
         n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
@@ -92,10 +94,9 @@ def _header(f: Path) -> dict[str, dict]:
     try:
         head = json.loads(blob)
     except ValueError:
-        head = None
+        return None
     if not isinstance(head, dict):
-        raise BadInput(f"{f} is not a readable safetensors file (its header is damaged)",
-                       "re-download or re-save the model (save_pretrained)")
+        return None
     head.pop("__metadata__", None)
     return head
 
@@ -123,7 +124,10 @@ def checkpoint_size(path: str, adapter: ArchAdapter) -> CheckpointSize | None:
     body = head = 0
     by_dtype: dict[str, int] = {}
     for f in files:
-        for key, meta in _header(f).items():
+        table = _header(f)
+        if table is None:
+            return None
+        for key, meta in table.items():
             n = 1
             for d in meta.get("shape", []):
                 n *= int(d)
@@ -219,15 +223,6 @@ def check_stream_fits(path: str, adapter: ArchAdapter, dtype: str, device: str, 
     fix = (f"pass --dtype {half}, or {_MORE}" if dtype == "float32" else f"use a machine with more memory (or {_MORE})")
     check_fits(need_streamed(size, dtype, STREAM_ACTIVATIONS), available_bytes(device, max_memory),
                f"streaming {path} in {dtype} (one block at a time)", fix, capped=max_memory is not None)
-
-
-def check_export_spec(spec: str, max_memory: int | None = None, trust_remote_code: bool = False) -> None:
-    """``avss export``'s check, from the spec the user typed (its config and headers only)."""
-    from compressor.architectures import adapter_for_config
-    from compressor.sources.models import load_config, resolve_model_path
-
-    path, _ = resolve_model_path(spec)
-    check_export_fits(path, adapter_for_config(load_config(path, trust_remote_code)), max_memory)
 
 
 def check_export_fits(path: str, adapter: ArchAdapter, max_memory: int | None = None, what: str = "") -> None:
