@@ -35,7 +35,7 @@ Commands measured (``--stream`` / ``--no-stream`` and ``export --max-memory`` ar
 command's ``--help`` once; a mode whose flag this build lacks is a row saying "not available in this
 build", and the command then runs once without the flag as the build's default, labelled so):
 
-- ``score --method block-influence --dtype bfloat16 --data builtin:python-docs --samples 32 --seq-len 256
+- ``score --method block-influence --dtype bfloat16 --data builtin:python-docs --samples 16 --seq-len 256
   --batch-size 8``, in memory and streamed (time ratio; the two score files must be identical), and
   ``--method avss --avss-mode robust`` once (streamed where available);
 - ``prune --scores F --num-layers 2 --dtype bfloat16``, in memory and streamed (the two written checkpoints
@@ -642,7 +642,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints this run built (reused next time)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep scores, logs and reports (debugging)")
     ap.add_argument("--shard-mb", type=int, default=DEFAULT_SHARD_MB, help="max shard size in MB (default 1000)")
-    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=1200, help="kill a command after this many seconds")
@@ -650,7 +650,7 @@ def main() -> None:
     if args.quick:
         args.samples, args.seq_len, args.batch_size = 8, 64, 4
     names = args.only or (QUICK if args.quick else DEFAULT + (LARGE if args.large else ()))
-    full = not args.quick and not args.only and args.samples == 32 and args.seq_len == 256 and args.batch_size == 8
+    full = not args.quick and not args.only and args.samples == 16 and args.seq_len == 256 and args.batch_size == 8
 
     work = Path(args.work).expanduser() if args.work else default_work()
     work.mkdir(parents=True, exist_ok=True)
