@@ -110,6 +110,7 @@ class LayerStream:
 
         for name, p in list(module.named_parameters()):
             self._set(module, name, torch.empty_like(p, device="meta"))
+        _trim()
 
     @contextlib.contextmanager
     def block(self, i: int) -> Iterator[Any]:
@@ -194,6 +195,20 @@ class LayerStream:
     def run_block(self, block: Any, hidden: Any, call: BlockCall) -> Any:
         out = block(hidden, *call.args, **call.kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the system. glibc keeps freed blocks of a few MB in its heap, so a
+    process that loads and frees a block's tensors again and again grows by tens of MB per block (measured:
+    0.75 -> 1.09 GB over 6 TinyLlama blocks, flat at 0.76 GB with this); elsewhere it is a no-op."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device: str, dtype: Any,
