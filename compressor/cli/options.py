@@ -16,6 +16,9 @@ Stream = Annotated[Optional[bool], typer.Option(
     help="Run one block at a time, its weights read from the safetensors shards just before it runs (memory: one "
          "block + embeddings + activations; scores equal the in-memory ones). Default: only when the model would not "
          "fit in free memory (or --max-memory). Not for leave-one-out, sleb or distill.")]
+OffloadFolder = Annotated[Optional[str], typer.Option(
+    "--offload-folder", help="With --device-map auto: where weights that fit on no device go (disk); --max-memory caps "
+                             "each device.")]
 DeviceMap = Annotated[Optional[str], typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.")]

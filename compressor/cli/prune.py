@@ -38,6 +38,7 @@ def prune(
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     device_map: o.DeviceMap = None,
+    offload_folder: o.OffloadFolder = None,
     stream: o.Stream = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
@@ -59,7 +60,7 @@ def prune(
         last_state=last_state, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect,
         data=data, profile=profile, samples=samples, seq_len=seq_len, batch_size=batch_size, text_field=text_field,
         pack=pack, seed=seed, repair=repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
-        heal_lr=heal_lr, device=device, dtype=dtype, device_map=device_map, stream=stream, allow_pickle=allow_pickle,
+        heal_lr=heal_lr, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, stream=stream, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, force=force, bar=progress_bar, repair_bars=common.repair_progress,
         max_memory=limit)
     res = done.result

@@ -29,6 +29,7 @@ def score(
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     device_map: o.DeviceMap = None,
+    offload_folder: o.OffloadFolder = None,
     stream: o.Stream = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
@@ -45,7 +46,7 @@ def score(
     report = score_checkpoint(model, method=method, mode=avss_mode, objective=objective, max_remove=max_remove,
                               protect=protect, last_state=last_state, data=data, profile=profile, samples=samples,
                               seq_len=seq_len, batch_size=batch_size, text_field=text_field, pack=pack, seed=seed,
-                              device=device, dtype=dtype, device_map=device_map, stream=stream, allow_pickle=allow_pickle,
+                              device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, stream=stream, allow_pickle=allow_pickle,
                               trust_remote_code=trust_remote_code, out=out, plot=plot, force=force, bar=progress_bar,
                               max_memory=limit)
     common.print_scores(report)

@@ -108,7 +108,7 @@ def prune_checkpoint(
     heal_lr: float | None = None,
     device: str = "cpu",
     dtype: str = "auto",
-    device_map: str | None = None,
+    device_map: str | None = None, offload_folder: str | None = None,
     stream: bool | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
@@ -149,7 +149,7 @@ def prune_checkpoint(
                              text_field=text_field, pack=pack)
     if isinstance(model, (str, Path)):
         spec = str(model)
-        loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+        loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)
     else:
         loaded, spec = model, model.spec

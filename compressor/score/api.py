@@ -157,7 +157,7 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
                      last_state: str | None = None, data: str | None = None, profile: Any = None,
                      samples: int | None = None, seq_len: int | None = None, batch_size: int | None = None,
                      text_field: str | None = None, pack: bool | None = None, seed: int = 0, device: str = "cpu",
-                     dtype: str = "auto", device_map: str | None = None, stream: bool | None = None,
+                     dtype: str = "auto", device_map: str | None = None, offload_folder: str | None = None, stream: bool | None = None,
                      allow_pickle: bool = False, trust_remote_code: bool = False, out: str | Path | None = None,
                      plot: str | Path | None = None, force: bool = False, bar: ProgressBar | None = None,
                      max_memory: int | None = None) -> ScoreReport:
@@ -184,7 +184,7 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
     calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
                              text_field=text_field, pack=pack)
     loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+        model, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)
     opts = scorer_options(method, loaded.num_layers, objective=objective, max_remove=max_remove,
                           last_state=last_state, protect=protect)

@@ -243,18 +243,21 @@ def load_model(
     stream: bool | None = False,
     with_head: bool = False,
     max_memory: int | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load a supported model in eval mode with its tokenizer. ``announce``: say what is loading and
     what loaded on the ``avss`` logger (a load can take minutes; the commands show it). ``stream``:
     load only the skeleton, the body outside the blocks (and the LM head with ``with_head``); blocks are
     read one at a time by the passes that stream (``compressor.sources.stream``); None: stream when the
     whole model would not fit. ``max_memory``: bytes the load may use (default: what is free now); a load
-    that cannot fit is refused before it starts."""
+    that cannot fit is refused before it starts. With ``device_map="auto"`` (accelerate) ``max_memory``
+    caps each device instead, and ``offload_folder`` takes the weights that fit on none (lm-eval's HFLM
+    ``max_memory_per_gpu`` / ``max_cpu_memory`` / ``offload_folder``)."""
     if announce:
         diagnostics.note(f"loading {spec}{' (streamed: one block at a time)' if stream else ''} ...")
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer, stream=stream,
-                            with_head=with_head, max_memory=max_memory)
+                            with_head=with_head, max_memory=max_memory, offload_folder=offload_folder)
         diagnostics.note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} "
                          f"({loaded.dtype}{', streamed' if loaded.streamed else ''})")
         return loaded
@@ -273,6 +276,9 @@ def load_model(
                           else "re-download or re-save the model (save_pretrained)")
     if device_map not in (None, "auto"):
         raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
+    if offload_folder is not None and device_map != "auto":
+        raise BadInput("--offload-folder is where --device-map auto puts the weights that fit on no device",
+                       "add --device-map auto, or drop --offload-folder (--stream reads blocks from the shards)")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     where = "auto-map" if device_map == "auto" else dev
@@ -303,6 +309,10 @@ def load_model(
         kwargs["use_safetensors"] = True
     if device_map == "auto":
         kwargs["device_map"] = "auto"
+        if max_memory is not None:
+            kwargs["max_memory"] = _per_device(max_memory)
+        if offload_folder is not None:
+            kwargs["offload_folder"] = offload_folder
     # ignore_mismatched_sizes turns a shape mismatch into a named entry of the loading info (instead of
     # a RuntimeError naming only the module class); check_loading_info refuses it either way.
     kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
@@ -343,3 +353,12 @@ def _load_tokenizer(path: str, model: Any, trust_remote_code: bool) -> Any:
         # has to exist.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def _per_device(max_memory: int) -> dict[Any, int]:
+    """accelerate's ``max_memory``: the same cap on every GPU and on the CPU."""
+    import torch
+
+    caps: dict[Any, int] = {i: max_memory for i in range(torch.cuda.device_count())}
+    caps["cpu"] = max_memory
+    return caps
