@@ -1,15 +1,15 @@
 """Write a cut checkpoint from the source's safetensors, one tensor at a time, without building the model.
 
 Why: the in-memory cut (``surgery.prune_model``) holds the whole model, which a large checkpoint
-does not fit. A plain cut only drops blocks and renumbers the rest, so it can stream: each tensor is
-read through ``safe_open`` (mmap), its ``<body>.<layers>.N.`` key renumbered, and written into output
-shards no larger than the input's largest. The config edits, the refusal of bad indices, the
+does not fit. A plain cut only drops blocks and renumbers the rest, so it can stream: each kept
+tensor's bytes are copied from its source file in 16 MB chunks (never a whole tensor in memory, never a
+mapping that would count the file into the process), under its ``<body>.<layers>.N.`` key renumbered,
+into output shards no larger than the input's largest, laid out exactly as ``save_file`` lays them out. The config edits, the refusal of bad indices, the
 warnings and the compression record are surgery's, so both writers cut alike; this module only
 moves tensors and copies the files ``save_pretrained`` would write beside them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -28,7 +28,7 @@ from compressor.prune.surgery import (
     save_extras,
     write_folder,
 )
-from compressor.sources.integrity import DTYPE_BYTES, INDEX
+from compressor.sources.integrity import INDEX
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -73,9 +73,6 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
     in-memory cut does); ``None`` loads the source's own. ``spec``: the name the record gives the
     base model (default: ``src``).
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     out = check_output_dir(out, force)
     folder, config, adapter, cls = _source(src)
     files = _weight_files(folder)
@@ -115,16 +112,8 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
         tokenizer = _tokenizer(folder)
 
     def fill(tmp: Path) -> None:
-        with contextlib.ExitStack() as stack:
-            handles: dict[str, Any] = {}
-            for name, shard in zip(names, shards):
-                buf = {}
-                for t, new in shard:
-                    if t.file not in handles:
-                        handles[t.file] = stack.enter_context(safe_open(str(folder / t.file), framework="pt"))
-                    x = handles[t.file].get_tensor(t.key)
-                    buf[new] = x if t.key not in patches else patches[t.key].to(x.dtype).contiguous()
-                save_file(buf, str(tmp / name), metadata=_METADATA)  # one shard in memory at a time
+        for name, shard in zip(names, shards):
+            _write_shard(tmp / name, folder, shard, patches)  # bytes copied: no tensor of the shard in memory
         if len(names) > 1:
             index = {"metadata": {"total_parameters": p_after, "total_size": sum(t.nbytes for t, _ in plan)},
                      "weight_map": {new: name for name, shard in zip(names, shards) for _, new in shard}}
@@ -138,6 +127,74 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
     written = names + ([INDEX] if len(names) > 1 else [])
     return WrittenCut(out, sorted(removed), keep, n_old, len(keep), p_before, p_after, warnings, record["repair"],
                       files=written, bytes=sum((out / n).stat().st_size for n in written))
+
+
+# safetensors orders a file's tensors by dtype (its enum order, descending), then by name; the same order
+# here makes a copied shard byte-identical to what save_file writes for the same tensors
+_DTYPE_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
+                "BF16", "I32", "U32", "F32", "F64", "I64", "U64")
+_COPY_CHUNK = 16 * 2**20  # bytes per read while copying a tensor: memory stays this, whatever the tensor
+
+
+def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], patches: dict[str, Any]) -> None:
+    """One output file in safetensors' own layout (8-byte header length, compact JSON header padded with
+    spaces to 8 bytes, then the tensors back to back), each kept tensor's bytes copied from its source
+    file in chunks and each patched tensor serialized in its source dtype."""
+    import struct
+
+    order = sorted(shard, key=lambda item: (-_DTYPE_ORDER.index(item[0].dtype), item[1]))
+    header: dict[str, Any] = {"__metadata__": _METADATA}
+    at = 0
+    for t, new in order:
+        header[new] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [at, at + t.nbytes]}
+        at += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    sources = {t.file: _data_start(folder / t.file) for t, _ in order}
+    offsets = {(t.file, t.key): off for f in sources for t, off in _offsets(folder / f)}
+    with path.open("wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        for t, _new in order:
+            if t.key in patches:
+                out.write(_tensor_bytes(patches[t.key], t.dtype))
+                continue
+            with (folder / t.file).open("rb") as src:
+                src.seek(sources[t.file] + offsets[(t.file, t.key)])
+                left = t.nbytes
+                while left:
+                    chunk = src.read(min(left, _COPY_CHUNK))
+                    if not chunk:
+                        raise BadInput(f"{folder / t.file} ends inside tensor {t.key}", "re-download or re-save the model")
+                    out.write(chunk)
+                    left -= len(chunk)
+
+
+def _data_start(file: Path) -> int:
+    import struct
+
+    with file.open("rb") as fh:
+        return 8 + int(struct.unpack("<Q", fh.read(8))[0])
+
+
+def _offsets(file: Path) -> list[tuple[_Tensor, int]]:
+    """(tensor, start of its bytes after the header) for every tensor of ``file``, from its header."""
+    import struct
+
+    with file.open("rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        head = json.loads(fh.read(n))
+    head.pop("__metadata__", None)
+    return [(_Tensor(file.name, k, v["dtype"], tuple(v["shape"]), v["data_offsets"][1] - v["data_offsets"][0]),
+             int(v["data_offsets"][0])) for k, v in head.items()]
+
+
+def _tensor_bytes(value: Any, dtype: str) -> bytes:
+    import torch
+
+    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    t = value.to(names[dtype]).contiguous()
+    return bytes(t.view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
 
 def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any]:
@@ -172,16 +229,7 @@ def _weight_files(folder: Path) -> list[str]:
 
 def _read_headers(folder: Path, files: list[str]) -> list[_Tensor]:
     """Every tensor, in file order, from the headers only (no tensor is read)."""
-    from safetensors import safe_open
-
-    rows = []
-    for f in files:
-        with safe_open(str(folder / f), framework="pt") as fh:
-            for k in fh.keys():
-                sl = fh.get_slice(k)
-                dtype, shape = str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape())
-                rows.append(_Tensor(f, k, dtype, shape, math.ceil(math.prod(shape) * DTYPE_BYTES.get(dtype, 4))))
-    return rows
+    return [t for f in files for t, _ in _offsets(folder / f)]
 
 
 def _layer_key(tensors: list[_Tensor], adapter: ArchAdapter, n_layers: int,

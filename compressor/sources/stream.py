@@ -78,12 +78,34 @@ class LayerStream:
     dtype: Any  # torch dtype
     names: dict[str, str] = field(default_factory=dict)  # parameter name -> checkpoint key
     layers_prefix: str = ""
+    with_head: bool = False
+    body_loaded: bool = False
 
-    def block_bytes(self, i: int) -> int:
-        return int(sum(p.numel() * p.element_size() for p in get_layers(self.model, self.adapter)[i].parameters()))
+    def load_body(self) -> None:
+        """Read what runs outside the blocks (embeddings, final norm; the LM head with ``with_head``) on
+        first use: a command that only cuts (prune from a scores file) never reads them."""
+        if self.body_loaded:
+            return
+        model, adapter = self.model, self.adapter
+        layers, body, head = get_layers(model, adapter), body_of(model, adapter), model.get_output_embeddings()
+        body_name = next(name for name, m in model.named_modules() if m is body)
+        layers_name = self.layers_prefix[:-1]
+        for mod_name, module in model.named_modules():
+            if module is layers or module is head or not mod_name.startswith(body_name) or module is body:
+                continue
+            if layers_name.startswith(f"{mod_name}.") or mod_name.startswith(f"{layers_name}."):
+                continue  # holds the blocks, or is inside one
+            self.load_params(f"{mod_name}.", module, recurse=False)
+        if self.with_head and head is not None:
+            head_name = next(name for name, m in model.named_modules() if m is head)
+            if getattr(model.config, "tie_word_embeddings", False) or f"{head_name}.weight" not in self.names:
+                head.weight = model.get_input_embeddings().weight  # tied: the head is the input embedding
+            else:
+                self.load_params(f"{head_name}.", head)
+        self.body_loaded = True
 
     def key(self, name: str) -> str:
-        """The checkpoint key of a model parameter (checkpoints saved from the bare model lack the head's prefix)."""
+        """The checkpoint key of a model parameter (a checkpoint saved from the bare model lacks the body's prefix)."""
         return self.names[name]
 
     def layer_key(self, i: int, name: str) -> str:
@@ -127,6 +149,7 @@ class LayerStream:
         every block replaced by a recorder: the masks, positions and rotary tables are the model's own."""
         import torch
 
+        self.load_body()
         layers = get_layers(self.model, self.adapter)
         body = body_of(self.model, self.adapter)
         n = len(layers)
@@ -181,6 +204,7 @@ class LayerStream:
         some models put on their logits (as the model's own forward computes them)."""
         from compressor.architectures import final_norm_of
 
+        self.load_body()
         head = self.model.get_output_embeddings()
         if head is None or head.weight.device.type == "meta":
             raise BadInput("this streamed model was loaded without its LM head", "load it with with_head=True")
@@ -213,8 +237,8 @@ def _trim() -> None:
 
 def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device: str, dtype: Any,
                  with_head: bool = False) -> LayerStream:
-    """The meta model with the body outside the blocks loaded (and the LM head when ``with_head``).
-    Every key a block needs is checked now, so a damaged checkpoint fails before the first block."""
+    """The meta model; the body outside the blocks (and the LM head when ``with_head``) is read on first
+    use. Every key a block needs is checked now, so a damaged checkpoint fails before the first block."""
     from accelerate import init_empty_weights
 
     reader = ShardReader(path)
@@ -245,17 +269,4 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
                        "(streaming reads each block's weights by name)",
                        "re-save the model with save_pretrained, or pass --no-stream")
     layers_name = next(name for name, m in model.named_modules() if m is layers)
-    stream = LayerStream(reader, model, adapter, device, dtype, names, f"{layers_name}.")
-    for mod_name, module in model.named_modules():
-        if module is layers or module is head or not mod_name.startswith(body_name) or module is body:
-            continue
-        if layers_name.startswith(f"{mod_name}.") or mod_name.startswith(f"{layers_name}."):
-            continue  # holds the blocks, or is inside one
-        stream.load_params(f"{mod_name}.", module, recurse=False)
-    if with_head and head is not None:
-        head_name = next(name for name, m in model.named_modules() if m is head)
-        if getattr(config, "tie_word_embeddings", False) or f"{head_name}.weight" not in names:
-            head.weight = model.get_input_embeddings().weight  # tied: the head is the input embedding
-        else:
-            stream.load_params(f"{head_name}.", head)
-    return stream
+    return LayerStream(reader, model, adapter, device, dtype, names, f"{layers_name}.", with_head=with_head)

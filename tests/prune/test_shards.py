@@ -165,9 +165,9 @@ def test_bad_replacements_are_refused(key, shape, needle, source, tmp_path):
 
 
 def test_a_failure_mid_write_leaves_no_output(source, tmp_path, monkeypatch):
-    import safetensors.torch as st
+    import compressor.prune.shards as shards
 
-    real, calls = st.save_file, []
+    real, calls = shards._write_shard, []
 
     def second_fails(*a, **kw):
         calls.append(1)
@@ -175,7 +175,7 @@ def test_a_failure_mid_write_leaves_no_output(source, tmp_path, monkeypatch):
             raise RuntimeError("disk went away")
         return real(*a, **kw)
 
-    monkeypatch.setattr(st, "save_file", second_fails)
+    monkeypatch.setattr(shards, "_write_shard", second_fails)
     with pytest.raises(RuntimeError, match="disk went away"):
         write_cut(source("llama", "float32", max_shard_size="50KB"), REMOVED, tmp_path / "slim")
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
@@ -233,3 +233,19 @@ def test_the_model_is_never_built(source, tmp_path, monkeypatch):
     monkeypatch.setattr(PreTrainedModel, "__init__", refuse)
     res = write_cut(source("llama", "float32", max_shard_size="50KB"), REMOVED, tmp_path / "slim")
     assert res.num_layers_after == 3 and len(res.files) > 2
+
+
+def test_mixed_dtypes_are_ordered_as_safetensors_orders_them(tmp_path):
+    """A copied shard is byte-identical to save_file's for a file holding several dtypes (its order:
+    dtype descending, then name)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import compressor.prune.shards as shards
+
+    tensors = {"b.w": torch.randn(3, 2), "a.w": torch.randn(4).to(torch.bfloat16), "c.i": torch.arange(5),
+               "d.h": torch.randn(2, 2).to(torch.float16), "e.m": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "src.safetensors"), metadata={"format": "pt"})
+    plan = [(t, t.key) for t, _ in shards._offsets(tmp_path / "src.safetensors")]
+    shards._write_shard(tmp_path / "out.safetensors", tmp_path, plan, {})
+    assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "src.safetensors").read_bytes()
