@@ -31,16 +31,18 @@ def repair(
     stream: o.Stream = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
+    max_memory: o.MaxMemory = None,
     force: o.Force = False,
 ) -> None:
     from compressor.cli import common
     from compressor.cli.output import note
     from compressor.repair.api import repair_pruned
+    from compressor.sources.memory import parse_size
 
     record = repair_pruned(base, slim, out, method=method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
                            heal_lr=heal_lr, data=data, profile=profile, samples=samples, seq_len=seq_len,
                            batch_size=batch_size, text_field=text_field, pack=pack, seed=seed, device=device,
                            dtype=dtype, stream=stream, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
-                           bars=common.repair_progress)
+                           bars=common.repair_progress, max_memory=parse_size(max_memory) if max_memory else None)
     common.print_repair(record)
     note(f"wrote {out} (compression.json records the repair: method, settings, per-span errors)")

@@ -150,7 +150,8 @@ def prune_checkpoint(
     if isinstance(model, (str, Path)):
         spec = str(model)
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)
+                            trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream,
+                            copies=1 + settings.enabled)
     else:
         loaded, spec = model, model.spec
     check_free_space(Path(out), loaded.weight_bytes, f"the slim checkpoint {out}")

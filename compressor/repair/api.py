@@ -433,7 +433,7 @@ def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", rid
                   batch_size: int | None = None, text_field: str | None = None, pack: bool | None = None,
                   seed: int = 0, device: str = "cpu", dtype: str = "auto", stream: bool | None = None,
                   allow_pickle: bool = False, trust_remote_code: bool = False, force: bool = False,
-                  bars: RepairBars | None = None) -> dict[str, Any]:
+                  bars: RepairBars | None = None, max_memory: int | None = None) -> dict[str, Any]:
     """``avss repair`` as one call: settings, output folder and calibration checked before ``base``
     (a spec, or a loaded model) loads, then ``repair_checkpoint``. Arguments are the command's flags;
     returns the repair record written into ``out``'s compression.json."""
@@ -456,7 +456,7 @@ def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", rid
                              text_field=text_field, pack=pack)
     loaded = base if not isinstance(base, (str, Path)) else load_model(
         str(base), device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        announce=True, stream=stream)
+        announce=True, stream=stream, max_memory=max_memory, copies=2)
     check_free_space(Path(out), loaded.weight_bytes, f"the repaired checkpoint {out}")
     cal = calibration_for(loaded, calib, given=bool(data or profile))
     with (bars or _no_bars)() as update:

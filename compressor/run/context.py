@@ -119,14 +119,14 @@ class RunContext:
         if self._base is None:
             c = self.cfg
             self.ev.note(f"loading {c.model} again (a later step needs its weights) ...")
-            self._base = self.load(c.model)
+            self._base = self.load(c.model, 1 + c.repair_settings().enabled)
         return self._base
 
     @base.setter
     def base(self, loaded: LoadedModel) -> None:
         self._base, self._base_id = loaded, None
 
-    def load(self, spec: str) -> LoadedModel:
+    def load(self, spec: str, copies: int = 1) -> LoadedModel:
         """A model as this run loads every model: its device, dtype, memory limit and streaming (with the
         LM head when streamed: verify's perplexity needs it)."""
         from compressor.sources.models import load_model
@@ -134,7 +134,7 @@ class RunContext:
         c = self.cfg
         return load_model(spec, device=c.device, dtype=c.dtype, allow_pickle=c.allow_pickle,
                           trust_remote_code=c.trust_remote_code, max_memory=c.max_memory_bytes(), stream=self.stream,
-                          with_head=self.stream is not False)
+                          with_head=self.stream is not False, copies=copies)
 
     def base_held(self) -> LoadedModel | None:
         """The base if it is in memory now (never reloads it)."""

@@ -68,7 +68,7 @@ def load_base(ctx: RunContext) -> None:
     ctx.stream = stream_choice(ctx)
     check_memory(ctx)  # the run's largest step, from the checkpoint's headers, before the base loads
     ctx.ev.note(f"loading {c.model} ...")
-    ctx.base = base = ctx.load(c.model)
+    ctx.base = base = ctx.load(c.model, 1 + ctx.repair.enabled)  # an in-memory repair cuts a copy of it
     ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype}"
                 f"{', streamed: one block at a time' if base.streamed else ''})")
     if ctx.repair.enabled:
@@ -135,7 +135,7 @@ def check_memory(ctx: RunContext) -> None:
         return
     dev = resolve_device(c.device)
     dt = resolve_dtype(c.dtype, dev)
-    whole = m.need_in_memory(size, dt)
+    whole = m.need_in_memory(size, dt, 1 + c.repair_settings().enabled)  # an in-memory repair cuts a copy of the base
     if ctx.stream is None and whole > m.available_bytes(dev, c.max_memory_bytes()):
         ctx.stream = True  # every step can stream, and the base would not fit whole: the loader would stream
     if ctx.stream:

@@ -244,6 +244,7 @@ def load_model(
     with_head: bool = False,
     max_memory: int | None = None,
     offload_folder: str | None = None,
+    copies: int = 1,
 ) -> LoadedModel:
     """Load a supported model in eval mode with its tokenizer. ``announce``: say what is loading and
     what loaded on the ``avss`` logger (a load can take minutes; the commands show it). ``stream``:
@@ -252,12 +253,15 @@ def load_model(
     whole model would not fit. ``max_memory``: bytes the load may use (default: what is free now); a load
     that cannot fit is refused before it starts. With ``device_map="auto"`` (accelerate) ``max_memory``
     caps each device instead, and ``offload_folder`` takes the weights that fit on none (lm-eval's HFLM
-    ``max_memory_per_gpu`` / ``max_cpu_memory`` / ``offload_folder``)."""
+    ``max_memory_per_gpu`` / ``max_cpu_memory`` / ``offload_folder``). ``copies``: how many copies of the
+    weights the caller's work holds in memory (an in-memory repair: 2), for the fit check and the choice
+    to stream."""
     if announce:
         diagnostics.note(f"loading {spec}{' (streamed: one block at a time)' if stream else ''} ...")
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code, with_tokenizer=with_tokenizer, stream=stream,
-                            with_head=with_head, max_memory=max_memory, offload_folder=offload_folder)
+                            with_head=with_head, max_memory=max_memory, offload_folder=offload_folder,
+                            copies=copies)
         diagnostics.note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers on {loaded.device} "
                          f"({loaded.dtype}{', streamed' if loaded.streamed else ''})")
         return loaded
@@ -283,14 +287,14 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     where = "auto-map" if device_map == "auto" else dev
     if stream is None:  # the caller's work can stream: do it when the whole model would not fit
-        reason = stream_reason(path, adapter, dt, where, max_memory)
+        reason = stream_reason(path, adapter, dt, where, max_memory, copies)
         if reason:
             diagnostics.note(reason)
         stream = reason is not None
     if stream:
         check_stream_fits(path, adapter, dt, where, max_memory)
     else:
-        check_load_fits(path, adapter, dt, where, max_memory)
+        check_load_fits(path, adapter, dt, where, max_memory, copies)
     cls = model_class_for(config, adapter.family)
     if stream:
         if device_map is not None:

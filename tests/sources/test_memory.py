@@ -173,3 +173,16 @@ def test_a_run_that_fits_passes_the_check(tiny, tmp_path):
         check_memory(RunContext(_run_config(tiny, tmp_path, max_memory="1MB", skip_export=True), False, Silent()))
     assert "in float32, the largest step of this run, needs about" in e.value.line()
     assert "pass --dtype bfloat16" in e.value.line()
+
+
+def test_an_in_memory_repair_counts_two_copies(tiny):
+    """prune --repair and avss repair cut a copy of the base in memory: the check needs room for both."""
+    from compressor.sources.memory import check_load_fits, checkpoint_size, need_in_memory
+
+    folder = str(tiny("llama"))
+    adapter = load_model(folder).adapter
+    size = checkpoint_size(folder, adapter)
+    one = need_in_memory(size, "float32")
+    check_load_fits(folder, adapter, "float32", "cpu", max_memory=int(one * 1.5))
+    with pytest.raises(BadInput, match="the repair holds 2 copies"):
+        check_load_fits(folder, adapter, "float32", "cpu", max_memory=int(one * 1.5), copies=2)
