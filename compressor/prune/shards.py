@@ -171,22 +171,24 @@ def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], pat
 
 
 def _data_start(file: Path) -> int:
-    import struct
-
-    with file.open("rb") as fh:
-        return 8 + int(struct.unpack("<Q", fh.read(8))[0])
+    return _table(file)[0]
 
 
 def _offsets(file: Path) -> list[tuple[_Tensor, int]]:
     """(tensor, start of its bytes after the header) for every tensor of ``file``, from its header."""
-    import struct
-
-    with file.open("rb") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]
-        head = json.loads(fh.read(n))
-    head.pop("__metadata__", None)
+    _, head = _table(file)
     return [(_Tensor(file.name, k, v["dtype"], tuple(v["shape"]), v["data_offsets"][1] - v["data_offsets"][0]),
              int(v["data_offsets"][0])) for k, v in head.items()]
+
+
+def _table(file: Path) -> tuple[int, dict[str, Any]]:
+    from compressor.sources.integrity import tensor_table
+
+    found = tensor_table(file)
+    if found is None:
+        raise BadInput(f"the weights file {file} is damaged (its header cannot be read)",
+                       "re-download or re-save the model (save_pretrained)")
+    return found
 
 
 def _tensor_bytes(value: Any, dtype: str) -> bytes:

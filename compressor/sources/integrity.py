@@ -13,6 +13,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 from compressor.errors import BadInput
 
@@ -22,6 +23,25 @@ _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the header's size
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "U16": 2, "I16": 2,
                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
                "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
+
+
+def tensor_table(f: Path) -> tuple[int, dict[str, dict[str, Any]]] | None:
+    """(where the tensor data starts, {name: {dtype, shape, data_offsets}}) from a safetensors file's
+    header, without reading or mapping any tensor; None when the header cannot be read (the caller's
+    check, ``check_safetensors``, names the damage)."""
+    try:
+        with f.open("rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < n <= _MAX_HEADER:
+                return None
+            table = json.loads(fh.read(n))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(table, dict):
+        return None
+    table.pop("__metadata__", None)
+    return 8 + n, table
 
 
 def safetensors_problem(f: Path) -> str | None:

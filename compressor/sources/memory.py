@@ -11,9 +11,7 @@ to 2.4 here). Sizes are decimal GB, as ``df`` and vendors' spec sheets give them
 """
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,18 +85,10 @@ class CheckpointSize:
 def _header(f: Path) -> dict[str, dict] | None:
     """A file's tensor table, or None when the file is damaged: the estimate is skipped and the load's
     integrity check (``compressor.sources.integrity``, the one place that words it) names the file."""
-    with f.open("rb") as fh:
-        raw = fh.read(8)
-        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        blob = fh.read(n) if 0 < n < 1 << 28 else b""
-    try:
-        head = json.loads(blob)
-    except ValueError:
-        return None
-    if not isinstance(head, dict):
-        return None
-    head.pop("__metadata__", None)
-    return head
+    from compressor.sources.integrity import tensor_table
+
+    found = tensor_table(f)
+    return found[1] if found is not None else None
 
 
 def local_folder(path: str) -> Path | None:

@@ -21,39 +21,63 @@ from compressor.errors import BadInput
 
 
 class ShardReader:
-    """One tensor at a time from a safetensors checkpoint (a single file or an index of shards)."""
+    """One tensor at a time from a safetensors checkpoint (a single file or an index of shards), read
+    with plain file reads at the offsets its header gives: a memory map would count every page read into
+    the process until the file closes, so a block would be resident twice while it loads."""
 
     def __init__(self, folder: str | Path):
+        from compressor.sources.integrity import tensor_table
+
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            self.files = {k: self.folder / v for k, v in weight_map.items()}
+            files = sorted({self.folder / v for v in weight_map.values()})
         elif (self.folder / "model.safetensors").is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(self.folder / "model.safetensors"), framework="pt") as f:
-                self.files = {k: self.folder / "model.safetensors" for k in f.keys()}
+            files = [self.folder / "model.safetensors"]
         else:
             raise BadInput(f"--stream reads safetensors shards, and {self.folder} has none",
                            "re-save the model with save_pretrained (safetensors), or drop --stream")
+        self.files: dict[str, Path] = {}
+        self.entries: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> (data start, header entry)
+        for f in files:
+            found = tensor_table(f)
+            if found is None:
+                raise BadInput(f"the weights file {f} is damaged (its header cannot be read)",
+                               "re-download or re-save the model (save_pretrained)")
+            start, table = found
+            for k, entry in table.items():
+                self.files[k] = f
+                self.entries[k] = (start, entry)
 
     def keys(self) -> set[str]:
         return set(self.files)
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
-        """Each file is opened for its tensors and closed after: a handle kept open would keep every
-        page it ever read mapped into this process, and the resident set would grow to the checkpoint."""
-        from safetensors import safe_open
+        import torch
 
+        dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}
+        out = {}
         by_file: dict[Path, list[str]] = {}
         for k in keys:
             by_file.setdefault(self.files[k], []).append(k)
-        out = {}
         for path, ks in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
+            with path.open("rb", buffering=0) as fh:
                 for k in ks:
-                    out[k] = f.get_tensor(k).clone()  # its own memory, not a view of the mapping
+                    start, entry = self.entries[k]
+                    begin, end = (int(x) for x in entry["data_offsets"])
+                    shape, dtype = [int(d) for d in entry["shape"]], dtypes[entry["dtype"]]
+                    buf = bytearray(end - begin)
+                    fh.seek(start + begin)
+                    view, got = memoryview(buf), 0
+                    while got < len(buf):  # one read returns at most ~2 GB on Linux
+                        n = fh.readinto(view[got:])
+                        if not n:
+                            raise BadInput(f"{path} ends inside tensor {k}", "re-download or re-save the model")
+                        got += n
+                    out[k] = (torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)).reshape(shape)
         return out
 
 
