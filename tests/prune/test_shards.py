@@ -64,8 +64,8 @@ def _ids(tokenizer):
     return tokenizer(["Layer pruning keeps the cache consistent.", "Short."], return_tensors="pt", padding=True)
 
 
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("arch", DECODERS)
+# every architecture in bf16 (what large checkpoints ship in), fp32 on two layouts (body prefix model. / transformer.)
+@pytest.mark.parametrize("arch,dtype", [(a, "bfloat16") for a in DECODERS] + [("llama", "float32"), ("gpt2", "float32")])
 def test_shard_cut_equals_the_in_memory_cut(arch, dtype, source, tmp_path):
     from transformers import AutoModelForCausalLM
 
