@@ -150,8 +150,7 @@ def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], pat
         at += t.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    sources = {t.file: _data_start(folder / t.file) for t, _ in order}
-    offsets = {(t.file, t.key): off for f in sources for t, off in _offsets(folder / f)}
+    tables = {t.file: _table(folder / t.file) for t, _ in order}  # each source header read once per shard
     with path.open("wb") as out:
         out.write(struct.pack("<Q", len(blob)))
         out.write(blob)
@@ -160,7 +159,8 @@ def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], pat
                 out.write(_tensor_bytes(patches[t.key], t.dtype))
                 continue
             with (folder / t.file).open("rb") as src:
-                src.seek(sources[t.file] + offsets[(t.file, t.key)])
+                start, table = tables[t.file]
+                src.seek(start + int(table[t.key]["data_offsets"][0]))
                 left = t.nbytes
                 while left:
                     chunk = src.read(min(left, _COPY_CHUNK))
@@ -168,10 +168,6 @@ def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], pat
                         raise BadInput(f"{folder / t.file} ends inside tensor {t.key}", "re-download or re-save the model")
                     out.write(chunk)
                     left -= len(chunk)
-
-
-def _data_start(file: Path) -> int:
-    return _table(file)[0]
 
 
 def _offsets(file: Path) -> list[tuple[_Tensor, int]]:

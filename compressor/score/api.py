@@ -46,10 +46,7 @@ def score_layers(
     methods.check_options(method, objective, max_remove, last_state, protect)
     n = loaded.num_layers
     if loaded.streamed and not scorer.streams:
-        raise BadInput(f"--method {method} runs the whole model many times ({scorer.pass_unit}), so it cannot "
-                       "stream one block at a time, and this model is loaded streamed",
-                       f"use --method {methods.names_text(methods.streaming_scorers())}, or load it whole (--no-stream"
-                       " on a machine with the memory)")
+        _refuse_stream(method)
     if scorer.needs_data and data is None:
         raise BadInput(f"--method {method} needs calibration data", "pass --data SOURCE or --profile FILE")
     inputs = methods.ScoreInputs(loaded, data if scorer.needs_data else None, mode, seed, tau, progress,
@@ -99,10 +96,15 @@ def stream_choice(method: str, stream: bool | None) -> bool | None:
     if scorer.streams:
         return stream
     if stream:
-        raise BadInput(f"--method {method} runs the whole model many times ({scorer.pass_unit}), so it cannot "
-                       "stream one block at a time", f"drop --stream, or use --method "
-                       f"{methods.names_text(methods.streaming_scorers())}")
+        _refuse_stream(method)
     return False
+
+
+def _refuse_stream(method: str) -> None:
+    scorer = methods.get_scorer(method)
+    raise BadInput(f"--method {method} runs the whole model many times ({scorer.pass_unit}), so it cannot "
+                   "stream one block at a time", f"drop --stream, or use --method "
+                   f"{methods.names_text(methods.streaming_scorers())}")
 
 
 def scorer_options(method: str, num_layers: int, *, objective: str | None = None, max_remove: int | None = None,

@@ -89,6 +89,7 @@ class StatsCollector:
         self.last_tokens: list[Any] = [None] * (len(self.layers) + 1)
         self.pair_cos: Any = None  # (L+1, L+1) float64 sum of angular distances between last-token states
         self.samples = 0
+        self._open: dict[int, tuple[BatchContext, list[Any]]] = {}  # streamed passes: every batch open at once
 
     def __enter__(self) -> "StatsCollector":
         for i, layer in enumerate(self.layers):
@@ -108,14 +109,14 @@ class StatsCollector:
         """Streamed passes run block by block, so every batch is open at once: switch to batch ``key``
         (started on first use). Each block still sees the batches in order, so every sum is the
         same as in the model-wide pass."""
-        states = self.__dict__.setdefault("_open", {})
+        states = self._open
         if key not in states:
             states[key] = (BatchContext(mask=attention_mask), [None] * (len(self.layers) + 1))
         self.ctx, self.last_tokens = states[key]
 
     def end_batches(self) -> None:
         """Close every batch opened by ``select_batch``, in order."""
-        states = self.__dict__.pop("_open", {})
+        states, self._open = self._open, {}
         for key in sorted(states):
             self.ctx, self.last_tokens = states[key]
             self.end_batch()
