@@ -115,20 +115,7 @@ class ResultsPage:
             print(f"\nwrote {path}")
 
     def _revision(self) -> tuple[str, str]:
-        """(commit, " (with uncommitted code changes)" or ""): uncommitted edits to the code, not the docs, are said."""
-        import subprocess
-
-        root = self.folder.parents[1]
-
-        def git(*args: str) -> str:
-            try:
-                return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-            except (OSError, subprocess.CalledProcessError):
-                return ""
-
-        code = ("compressor", "export", "benchmarks", "profiles", "pyproject.toml")
-        dirty = " (with uncommitted code changes)" if git("status", "--porcelain", "--untracked-files=no", "--", *code) else ""
-        return git("rev-parse", "--short=12", "HEAD") or "unknown", dirty
+        return _revision(self.folder.parents[1])
 
     def header(self) -> str:
         import platform
@@ -151,6 +138,29 @@ class ResultsPage:
         path = self.folder / f"{self.name}.md"
         atomic_write_text(path, self.header() + body.strip("\n") + "\n```\n")
         return str(path)
+
+
+def _revision(root) -> tuple[str, str]:
+    """(commit, " (with uncommitted code changes)" or ""): uncommitted edits to the code, not the docs, are said."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    code = ("compressor", "export", "benchmarks", "profiles", "pyproject.toml")
+    dirty = " (with uncommitted code changes)" if git("status", "--porcelain", "--untracked-files=no", "--", *code) else ""
+    return git("rev-parse", "--short=12", "HEAD") or "unknown", dirty
+
+
+def revision() -> str:
+    """The commit a results page was measured at, as its header states it."""
+    from pathlib import Path
+
+    commit, dirty = _revision(Path(__file__).resolve().parents[1])
+    return commit + dirty
 
 
 def _relative(p: str, root) -> str:

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _scorers_report import render  # noqa: E402
 
-from _common import PeakRSS  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
+from _common import PeakRSS, revision  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
 from compressor import library_versions  # noqa: E402
 
 START = time.perf_counter()
@@ -61,6 +61,7 @@ class ScorerPlan:
     method: str
     mode: str | None = None
     seed: int = 0
+    objective: str | None = None  # SLEB's loss (nll when None)
 
     @property
     def group(self) -> str:
@@ -87,13 +88,16 @@ SCORERS = [
     ScorerPlan("angular", "angular", "angular"),
     ScorerPlan("leave-one-out", "leave-one-out", "leave-one-out"),
     ScorerPlan("sleb", "SLEB", "sleb"),
+    ScorerPlan("sleb-kl", "SLEB (kl)", "sleb", objective="kl"),
+    ScorerPlan("patch-residual", "patch residual", "patch-residual"),
+    ScorerPlan("patch-residual-greedy", "patch residual (greedy)", "patch-residual-greedy"),
     ScorerPlan("last-k", "last-k", "last-k"),
     *(ScorerPlan(f"random-{s}", f"random (seed {s})", "random", seed=s) for s in (0, 1, 2)),
 ]
 QUICK_SCORERS = ("avss-official", "avss-robust", "angular", "last-k", "random-0", "random-1")
 
 SMOLLM2 = ModelPlan("smollm2", "SmolLM2-135M-Instruct", "builtin:smollm2-135m", "profiles/default.yaml",
-                    (1, 2, 4, 7, 10), (7,), 7, 10)
+                    (1, 2, 4, 7, 8), (7, 8), 7, 8)
 MINILM = ModelPlan("minilm", "MiniLM-L6 sentiment classifier", "builtin:minilm-l6-rt-sentiment",
                    "profiles/sentiment-encoder.yaml", (1, 2), (1, 2), 2, 3)
 
@@ -322,6 +326,8 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
     log(f"{plan.key}: {plan.spec} ready in {secs['prepare']:.1f} s ({model_dir})")
     base = load_model(plan.spec)
     L = base.num_layers
+    if base.adapter.no_fold or base.adapter.mlp_out is None:  # the patch-residual scorers need a foldable patch
+        scorers = [sc for sc in scorers if not sc.method.startswith("patch-residual")]
     threads = os.cpu_count() or 1
     calib = profile.calibration.model_dump()
 
@@ -335,7 +341,11 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
         if get_scorer(sc.method).needs_data:
             log(f"{plan.key}: scoring with {sc.label}")
             out = work / f"{plan.key}-{sc.id}.json"
-            opts = {"max_remove": min(plan.sleb_rounds, L - 1)} if sc.method == "sleb" else {}
+            opts: dict[str, Any] = {}
+            if "max_remove" in get_scorer(sc.method).own_options:  # SLEB, greedy patch residual: nested rounds
+                opts["max_remove"] = min(plan.sleb_rounds, L - 1)
+            if sc.objective:
+                opts["objective"] = sc.objective
             speed[sc.id] = spawn({**job, "method": sc.method, "mode": sc.mode, "label": f"{plan.key}-{sc.id}",
                                   "out": str(out), "options": opts}, work)
             reports[sc.id] = ScoreReport.load(out)
@@ -367,8 +377,9 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
             return Candidate(sid, k, removed, gate_passed(profile, res), len(done) == len(profile.tasks),
                              {n: res[n]["retention"] for n in done}, {n: res[n]["threshold"] for n in done})
 
-        limit = min(max_remove, plan.sleb_rounds) if sc.method == "sleb" else max_remove
-        best, cands = search_method(sc.id, check, limit)
+        scorer = get_scorer(sc.method)
+        limit = min(max_remove, plan.sleb_rounds) if "max_remove" in scorer.own_options else max_remove
+        best, cands = search_method(sc.id, check, limit, nested=scorer.nested_cuts)
         search[sc.id] = {"best": best, "candidates": [asdict(c) for c in sorted(cands, key=lambda c: c.k)]}
         log(f"{plan.key}: {sc.label}: largest passing cut {best} layer(s)")
     secs["search"] = time.perf_counter() - t
@@ -400,6 +411,7 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
         "cuts": list(plan.cuts), "claim_cuts": list(plan.claim_cuts), "max_remove": max_remove,
         "scorers": [{"id": sc.id, "label": sc.label, "group": sc.group, "method": sc.method, "mode": sc.mode,
                      "seed": sc.seed if sc.method == "random" else None,
+                     "objective": sc.objective,
                      "passes": ("iterative" if sc.method == "sleb" else "L + 1" if get_scorer(sc.method).multi_pass
                                 else "1" if get_scorer(sc.method).needs_data else "0"),
                      "ranking": reports[sc.id].ranking, "warnings": reports[sc.id].warnings} for sc in scorers],
@@ -454,7 +466,7 @@ def main() -> None:
         "schema_version": 1,
         "command": "python benchmarks/scorers.py" + (" --quick" if args.quick else "")
                    + (f" --minilm {minilm}" if args.minilm else ""),
-        "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": revision(),
         "machine": machine(), "versions": library_versions(), "gate": None, "models": [],
     }
     from compressor.sources.cache import cache_dir

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from compressor.repair.api import choices as repair_choices
-from compressor.score.methods import SCORERS, last_state_scorers, names_text
+from compressor.score.methods import SCORERS, last_state_scorers, names_text, option_scorers
 
 Model = Annotated[str, typer.Argument(help="builtin:smollm2-135m, builtin:minilm-l6, a local model folder, or a Hub id.")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda never falls back to cpu).")]
@@ -31,14 +31,16 @@ TextField = Annotated[Optional[str], typer.Option("--text-field", help="Field/co
 Pack = Annotated[Optional[bool], typer.Option("--pack/--no-pack", help="Pack text into full windows (default for decoders) or one document per row, padded (default for encoders).")]
 Method = Annotated[str, typer.Option("--method", help=", ".join(SCORERS) + ".")]
 Objective = Annotated[Optional[str], typer.Option("--objective", help="sleb only: nll (calibration next-token loss, SLEB's; default) or kl (KL to the full model's outputs).")]
-MaxRemove = Annotated[Optional[int], typer.Option("--max-remove", help="sleb only: removals to compute (default: half the layers); every cut up to it is nested.")]
+MaxRemove = Annotated[Optional[int], typer.Option("--max-remove", help=names_text(option_scorers("max_remove")) + " only: removal rounds to compute (default: half the layers); every cut up to it is nested.")]
 LastState = Annotated[Optional[str], typer.Option("--last-state", help=names_text(last_state_scorers()) + ": the last block's output as block (raw, default) or final-norm (after the final norm, as ShortGPT/PruneMe).")]
 AvssMode = Annotated[Optional[str], typer.Option("--avss-mode", help="AVSS only: robust (default) or official (the official code's exact formula; collapses on real LLMs).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --method random.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
-Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut: " + ", ".join(repair_choices()) + " (none is the default; linear: closed-form patch, seconds; distill: healing, minutes).")]
+Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut: " + ", ".join(repair_choices()) + " (none is the default; linear: closed-form patch, seconds; distill, lora: healing, minutes).")]
 Ridge = Annotated[Optional[float], typer.Option("--ridge", help="linear: relative ridge of the least-squares patch (default: 1e-4).")]
-HealSteps = Annotated[Optional[int], typer.Option("--heal-steps", help="distill: training steps, one calibration batch each (default: 30).")]
-HealTokens = Annotated[Optional[int], typer.Option("--heal-tokens", help="distill: token budget instead of --heal-steps.")]
+HealSteps = Annotated[Optional[int], typer.Option("--heal-steps", help="distill, lora: training steps, one calibration batch each (default: 30).")]
+HealTokens = Annotated[Optional[int], typer.Option("--heal-tokens", help="distill, lora: token budget instead of --heal-steps.")]
 MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory this command may use, e.g. 24GB or 24GiB (default: what is free now, RAM on CPU, GPU memory on CUDA): a load that cannot fit is refused before it starts, with the numbers.")]
-HealLr = Annotated[Optional[float], typer.Option("--heal-lr", help="distill: learning rate (default: 3e-4, cosine decay).")]
+HealLr = Annotated[Optional[float], typer.Option("--heal-lr", help="distill, lora: learning rate (default: 3e-4 for distill, 1e-3 for lora; cosine decay).")]
+HealLoss = Annotated[Optional[str], typer.Option("--heal-loss", help="distill, lora: hidden (relative MSE of hidden states at the cuts and the final norm; default) or kl (KL to the full model's next-token distribution over its top 64 tokens).")]
+HealMinutes = Annotated[Optional[float], typer.Option("--heal-minutes", help="distill, lora: wall-clock bound on the training, in minutes (the step budget still applies; the best held-out weights are kept).")]

@@ -35,6 +35,8 @@ def prune(
     heal_steps: o.HealSteps = None,
     heal_tokens: o.HealTokens = None,
     heal_lr: o.HealLr = None,
+    heal_loss: o.HealLoss = None,
+    heal_minutes: o.HealMinutes = None,
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     device_map: o.DeviceMap = None,
@@ -60,7 +62,7 @@ def prune(
         last_state=last_state, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect,
         data=data, profile=profile, samples=samples, seq_len=seq_len, batch_size=batch_size, text_field=text_field,
         pack=pack, seed=seed, repair=repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
-        heal_lr=heal_lr, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, stream=stream, allow_pickle=allow_pickle,
+        heal_lr=heal_lr, heal_loss=heal_loss, heal_minutes=heal_minutes, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, stream=stream, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, force=force, bar=progress_bar, repair_bars=common.repair_progress,
         max_memory=limit)
     res = done.result

@@ -18,6 +18,8 @@ def repair(
     heal_steps: o.HealSteps = None,
     heal_tokens: o.HealTokens = None,
     heal_lr: o.HealLr = None,
+    heal_loss: o.HealLoss = None,
+    heal_minutes: o.HealMinutes = None,
     data: o.Data = None,
     profile: o.Profile = None,
     samples: o.Samples = None,
@@ -40,7 +42,7 @@ def repair(
     from compressor.sources.memory import parse_size
 
     record = repair_pruned(base, slim, out, method=method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
-                           heal_lr=heal_lr, data=data, profile=profile, samples=samples, seq_len=seq_len,
+                           heal_lr=heal_lr, heal_loss=heal_loss, heal_minutes=heal_minutes, data=data, profile=profile, samples=samples, seq_len=seq_len,
                            batch_size=batch_size, text_field=text_field, pack=pack, seed=seed, device=device,
                            dtype=dtype, stream=stream, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
                            bars=common.repair_progress, max_memory=parse_size(max_memory) if max_memory else None)

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from compressor.cli import options as o
+from compressor.score.methods import names_text, option_scorers
 
 
 def score(
@@ -16,7 +17,7 @@ def score(
     avss_mode: o.AvssMode = None,
     objective: o.Objective = None,
     max_remove: o.MaxRemove = None,
-    protect: Annotated[Optional[str], typer.Option("--protect", help="sleb only: blocks it never removes (first,last | 0-based indices); its order depends on them.")] = None,
+    protect: Annotated[Optional[str], typer.Option("--protect", help=names_text(option_scorers("protect")) + " only: blocks it never removes (first,last | 0-based indices); its order depends on them.")] = None,
     last_state: o.LastState = None,
     data: o.Data = None,
     profile: o.Profile = None,

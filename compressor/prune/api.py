@@ -106,6 +106,8 @@ def prune_checkpoint(
     heal_steps: int | None = None,
     heal_tokens: int | None = None,
     heal_lr: float | None = None,
+    heal_loss: str | None = None,
+    heal_minutes: float | None = None,
     device: str = "cpu",
     dtype: str = "auto",
     device_map: str | None = None, offload_folder: str | None = None,
@@ -141,7 +143,7 @@ def prune_checkpoint(
     check_prune_options(scores=scores, method=method, avss_mode=avss_mode, objective=objective, max_remove=max_remove,
                         last_state=last_state, ratio=ratio, num_layers=num_layers, mass=mass)
     settings = repair_settings(repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
-                               seed=seed)
+                               seed=seed, heal_loss=heal_loss, heal_minutes=heal_minutes)
     stream = _stream_choice(stream, method if not scores else None, settings.method)
     check_output_dir(out, force, note=diagnostics.note)
     report = ScoreReport.load(scores) if scores else None

@@ -7,8 +7,9 @@ Rules (0-based indices in the original numbering):
 - ``mass=m``: the paper's cumulative rule done right: sort ascending by normalised score, then
   take layers while the cumulative share stays <= m. ``mass_order="depth"`` reproduces the official
   code's bug (cumulative sum in layer order *before* sorting) for comparison only.
-- ``angular`` scores: the contiguous block [l, l+k) with the smallest angular distance between
-  the states entering l and l+k (Gromov et al.), never a scattered set.
+- contiguous scorers (``angular``, ``patch-residual``): the cheapest contiguous block [l, l+k) in the span
+  matrix the scorer wrote (angular: the smallest angular distance between the states entering l and
+  l+k, Gromov et al.; patch-residual: the smallest error left by the linear patch), never a scattered set.
 Protected layers are never removed; ties break by layer index.
 """
 from __future__ import annotations
@@ -67,11 +68,14 @@ def count_for_ratio(ratio: float, num_layers: int) -> int:
     return int(math.floor(ratio * num_layers + 0.5))
 
 
-def _contiguous_scorer(method: str) -> bool:
-    """Scorers whose cuts are contiguous blocks (not nested rankings): the registry says which."""
+def _contiguous_scorer(method: str) -> str | None:
+    """For scorers whose cuts are contiguous blocks (not nested rankings): the report's extra key with
+    their span matrix (the registry says which)."""
     from compressor.score.methods import SCORERS
 
-    return method in SCORERS and not SCORERS[method].nested_cuts
+    if method in SCORERS and not SCORERS[method].nested_cuts:
+        return SCORERS[method].span_matrix
+    return None
 
 
 def select_layers(
@@ -140,10 +144,10 @@ def select_layers(
         raise BadInput(f"cannot remove {k} layers: only {len(candidates)} are not protected",
                        "remove fewer layers or protect fewer")
     if contiguous:
-        matrix = (getattr(report, "extra", None) or {}).get("angular_distance_matrix")
-        if not matrix:  # never fall back to a scattered cut: angular scores only mean something as blocks
-            raise BadInput("these angular scores carry no angular_distance_matrix, which the contiguous-block "
-                           "cut needs", "re-score with `avss score --method angular` (this version writes it)")
+        matrix = (getattr(report, "extra", None) or {}).get(contiguous)
+        if not matrix:  # never fall back to a scattered cut: these scores only mean something as blocks
+            raise BadInput(f"these {method} scores carry no {contiguous}, which the contiguous-block "
+                           f"cut needs", f"re-score with `avss score --method {method}` (this version writes it)")
         removed = _contiguous_block(matrix, L, k, set(prot))
         rule = f"{rule} (contiguous block)"
     else:
@@ -186,6 +190,8 @@ def _contiguous_block(matrix: list[list[float]], L: int, k: int, protected: set[
         if protected.intersection(block):
             continue
         d = matrix[start][start + k]
+        if d is None:  # that block cannot be removed (e.g. no block before it to fold a patch into)
+            continue
         if best is None or d < best[0]:
             best = (d, start)
     if best is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from compressor.errors import BadInput
-from compressor.repair.distill import DEFAULT_LR, DEFAULT_STEPS
+from compressor.repair.distill import DEFAULT_LR, DEFAULT_STEPS, LOSSES
 
 Progress = Callable[[str, int, int, float | None], None]  # (step label, done, total, loss)
 # a progress display for one repair (the CLI's bars): it yields a Progress callback
@@ -29,9 +29,11 @@ class RepairSettings:
     method: str = "none"
     ridge: float = 1e-4
     heal_steps: int = DEFAULT_STEPS
-    heal_lr: float = DEFAULT_LR
+    heal_lr: float | None = None  # None: the healing method's own default (distill 3e-4, lora 1e-3)
     heal_tokens: int | None = None  # overrides heal_steps: steps = tokens / tokens per batch
     seed: int = 0
+    heal_loss: str = "hidden"
+    heal_minutes: float | None = None  # wall-time bound on the training (the step budget still applies)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -51,24 +53,31 @@ class RepairSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "ridge": self.ridge, "heal_steps": self.heal_steps, "heal_lr": self.heal_lr,
-                "heal_tokens": self.heal_tokens, "seed": self.seed}
+                "heal_tokens": self.heal_tokens, "seed": self.seed, "heal_loss": self.heal_loss,
+                "heal_minutes": self.heal_minutes}
 
 
 def repair_settings(method: str | None = None, *, ridge: float | None = None, heal_steps: int | None = None,
-                    heal_tokens: int | None = None, heal_lr: float | None = None, seed: int = 0) -> RepairSettings:
+                    heal_tokens: int | None = None, heal_lr: float | None = None, seed: int = 0,
+                    heal_loss: str | None = None, heal_minutes: float | None = None) -> RepairSettings:
     """User-level values (``None``: the default) -> validated ``RepairSettings``, so the CLI and a
     Python caller get the same defaults and the same refusals, before any model loads."""
     defaults = RepairSettings()
     s = RepairSettings(method=method or "none", ridge=defaults.ridge if ridge is None else ridge,
                        heal_steps=defaults.heal_steps if heal_steps is None else heal_steps,
-                       heal_lr=defaults.heal_lr if heal_lr is None else heal_lr, heal_tokens=heal_tokens, seed=seed)
+                       heal_lr=heal_lr, heal_tokens=heal_tokens, seed=seed,
+                       heal_loss=defaults.heal_loss if heal_loss is None else heal_loss, heal_minutes=heal_minutes)
     parse_method(s.method)
     if s.ridge < 0:
         raise BadInput(f"--ridge must be >= 0 (got {s.ridge})", "e.g. --ridge 1e-4")
     if s.heal_steps < 1 or (s.heal_tokens is not None and s.heal_tokens < 1):
         raise BadInput("--heal-steps and --heal-tokens must be at least 1", "e.g. --heal-steps 30")
-    if not s.heal_lr > 0:
+    if s.heal_lr is not None and not s.heal_lr > 0:
         raise BadInput(f"--heal-lr must be positive (got {s.heal_lr})", "e.g. --heal-lr 3e-4")
+    if s.heal_loss not in LOSSES:
+        raise BadInput(f"unknown --heal-loss {s.heal_loss!r}", f"use one of: {', '.join(LOSSES)}")
+    if s.heal_minutes is not None and not s.heal_minutes > 0:
+        raise BadInput(f"--heal-minutes must be positive (got {s.heal_minutes})", "e.g. --heal-minutes 5")
     return s
 
 
@@ -106,6 +115,7 @@ class Repair:
     cuts: ClassVar[bool] = False  # it cuts the full model itself, so it must come first in a chain
     streams: ClassVar[bool] = False  # it runs one block at a time on a streamed model (``--stream``)
     patches_spans: ClassVar[bool] = False  # it folds into the block before each removed span: layer 0 stays
+    heals: ClassVar[bool] = False  # it trains from the full model: one such step per chain
 
     def check(self, adapter: Any, removed: list[int]) -> None:
         return None
@@ -187,15 +197,15 @@ class LinearRepair(Repair):
                         f"{sp['error_after']:.4f}") for sp in part["spans"]))
 
 
-@register
-class DistillRepair(Repair):
-    name = "distill"
-    description = ("short healing from the full model: the blocks next to each cut train on a relative MSE of "
-                   "hidden states at the cut points and at the final norm, early-stopped on held-out calibration")
+class _Healing(Repair):
+    """Training from the full model (``compressor.repair.distill``); subclasses say what trains."""
+    trainable: ClassVar[str]
+    default_lr: ClassVar[float]
+    heals = True
 
     def check(self, adapter: Any, removed: list[int]) -> None:
         if adapter.family != "decoder":
-            raise BadInput(f"--repair distill is implemented for decoder models, not {adapter.model_type}",
+            raise BadInput(f"--repair {self.name} is implemented for decoder models, not {adapter.model_type}",
                            "use --repair none for encoders")
 
     def apply(self, ctx: _Ctx) -> None:
@@ -208,21 +218,47 @@ class DistillRepair(Repair):
 
         def prog(done: int, total: int, loss: float) -> None:
             if ctx.progress:
-                ctx.progress("distill", done, total, loss)
+                ctx.progress(self.name, done, total, loss)
 
-        rec = distill(ctx.student, ctx.teacher, ctx.kept, ctx.removed, ctx.batches, steps=steps, lr=s.heal_lr,
-                      seed=s.seed, progress=prog)
-        ctx.record["distill"] = rec.to_dict()
+        ctx.student, rec = distill(ctx.student, ctx.teacher, ctx.kept, ctx.removed, ctx.batches, steps=steps,
+                                   lr=s.heal_lr or self.default_lr, seed=s.seed, loss=s.heal_loss,
+                                   trainable=self.trainable, minutes=s.heal_minutes, progress=prog)
+        ctx.record[self.name] = rec.to_dict()
 
     def summary(self, part: dict[str, Any]) -> str:
-        return f"{part['steps']} steps, held-out KL {part['heldout_kl_before']:.3f} -> {part['heldout_kl_after']:.3f}"
+        loss = f" ({part['objective']} loss)" if "objective" in part else ""
+        return (f"{part['steps']} steps{loss}, held-out KL {part['heldout_kl_before']:.3f} -> "
+                f"{part['heldout_kl_after']:.3f}")
 
     def evidence(self, part: dict[str, Any]) -> RepairEvidence:
         d = part
+        ended = ("stopped early" if d["stopped_early"] else
+                 f"time budget {d['budget_minutes']:g} min" if d.get("stopped_by_budget") else "full budget")
+        how = f" ({d['objective']} loss, {d['trainable']})" if "objective" in d else ""
         return RepairEvidence(line=(
-            f"distill: {d['steps']} of {d['budget_steps']} steps ({'stopped early' if d['stopped_early'] else 'full budget'}), "
-            f"held-out loss {d['heldout_loss_before']:.4f} -> {d['heldout_loss_after']:.4f}, held-out KL "
-            f"{d['heldout_kl_before']:.4f} -> {d['heldout_kl_after']:.4f}, {d['seconds']:.0f} s"))
+            f"{self.name}{how}: {d['steps']} of "
+            f"{d['budget_steps']} steps ({ended}), held-out loss {d['heldout_loss_before']:.4f} -> "
+            f"{d['heldout_loss_after']:.4f}, held-out KL {d['heldout_kl_before']:.4f} -> {d['heldout_kl_after']:.4f}, "
+            f"{d['seconds']:.0f} s"))
+
+
+@register
+class DistillRepair(_Healing):
+    name = "distill"
+    description = ("short healing from the full model: the blocks next to each cut train (in full) on --heal-loss "
+                   "(hidden: relative MSE of hidden states at the cut points and final norm; kl: top-64 KL of the "
+                   "next-token distribution), early-stopped on held-out calibration")
+    trainable = "neighbours"
+    default_lr = DEFAULT_LR
+
+
+@register
+class LoraRepair(_Healing):
+    name = "lora"
+    description = ("LoRA healing (peft, rank 8 on every linear layer of every kept block) on --heal-loss, merged "
+                   "back into plain weights; early-stopped on held-out calibration")
+    trainable = "lora"
+    default_lr = 1e-3
 
 
 def choices() -> tuple[str, ...]:
@@ -230,7 +266,7 @@ def choices() -> tuple[str, ...]:
     out = ["none"]
     for k in range(1, len(REPAIRS) + 1):
         for chain in itertools.permutations(REPAIRS.values(), k):
-            if not any(r.cuts for r in chain[1:]):
+            if not any(r.cuts for r in chain[1:]) and sum(r.heals for r in chain) <= 1:
                 out.append("+".join(r.name for r in chain))
     return tuple(out)
 
@@ -240,6 +276,11 @@ def parse_method(method: str) -> list[Repair]:
         return []
     steps = method.split("+")
     if method not in choices():
+        healing = [s for s in steps if s in REPAIRS and REPAIRS[s].heals]
+        if len(healing) > 1:
+            raise BadInput(f"--repair {method} heals twice ({' and '.join(healing)}); one healing step per repair",
+                           f"use --repair {'+'.join(s for s in steps if s not in healing[1:])}, or run avss repair "
+                           "again on its output")
         cutting = [s for s in steps[1:] if s in REPAIRS and REPAIRS[s].cuts]
         if cutting and len(set(steps)) == len(steps) and all(s in REPAIRS for s in steps):
             raise BadInput(f"{cutting[0]} must come first in --repair (it cuts the full model span by span)",
@@ -371,7 +412,7 @@ def repair_cut(base: Any, removed: list[int], settings: RepairSettings, batches:
         ctx.warnings += _cut(ctx)
     record = {**settings.to_dict(), **ctx.record, "seconds": round(time.perf_counter() - t0, 2)}
     # not the base's folder: a fingerprint of this model must hash its own (repaired) weights
-    slim = LoadedModel(f"{base.spec} (cut, {settings.method})", f"{base.path}#in-memory-cut", student, base.tokenizer,
+    slim = LoadedModel(f"{base.spec} (cut, {settings.method})", f"{base.path}#in-memory-cut", ctx.student, base.tokenizer,
                        base.adapter, base.device, base.dtype)
     return slim, record, ctx.warnings
 
@@ -409,7 +450,7 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
         res = prune_and_repair(base, removed, out_p, settings, calibration, force=True, provenance=keep,
                                progress=progress)
         return res.repair or {}
-    # distill alone: heal the slim checkpoint's own weights (already cut) from the base
+    # healing alone: heal the slim checkpoint's own weights (already cut) from the base
     from compressor.sources.models import load_model
 
     slim = load_model(slim_path, device=base.device, dtype=base.dtype)
@@ -418,18 +459,18 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
                        f"{base.num_layers - len(removed)}", "re-run avss prune")
     kept = [i for i in range(base.num_layers) if i not in set(removed)]
     ctx = _Ctx(slim.model, base.model, sorted(removed), kept, calibration.batches, settings, progress, cut_done=True)
-    DistillRepair().apply(ctx)
+    for r in steps:
+        r.apply(ctx)
     previous = prov.get("repair", {"method": "none"})
-    method = "distill" if previous.get("method", "none") == "none" else f"{previous['method']}+distill"
-    record = {**previous, **settings.to_dict(), "method": method, "distill": ctx.record["distill"],
-              "calibration": calibration.describe()}
-    save_checkpoint(slim.model, slim.tokenizer, out_p, current({**prov, "repair": record}))
+    method = settings.method if previous.get("method", "none") == "none" else f"{previous['method']}+{settings.method}"
+    record = {**previous, **settings.to_dict(), "method": method, **ctx.record, "calibration": calibration.describe()}
+    save_checkpoint(ctx.student, slim.tokenizer, out_p, current({**prov, "repair": record}))
     return record
 
 
 def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", ridge: float | None = None,
                   heal_steps: int | None = None, heal_tokens: int | None = None, heal_lr: float | None = None,
-                  data: str | None = None, profile: Any = None, samples: int | None = None, seq_len: int | None = None,
+                  heal_loss: str | None = None, heal_minutes: float | None = None, data: str | None = None, profile: Any = None, samples: int | None = None, seq_len: int | None = None,
                   batch_size: int | None = None, text_field: str | None = None, pack: bool | None = None,
                   seed: int = 0, device: str = "cpu", dtype: str = "auto", stream: bool | None = None,
                   allow_pickle: bool = False, trust_remote_code: bool = False, force: bool = False,
@@ -446,7 +487,7 @@ def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", rid
     from compressor.sources.models import load_model
 
     settings = repair_settings(method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
-                               seed=seed)
+                               seed=seed, heal_loss=heal_loss, heal_minutes=heal_minutes)
     if not streams(settings.method):
         if stream:
             check_streams(settings.method)

@@ -1,14 +1,22 @@
-"""``distill``: short healing of the slim model from the full one, sized for CPU minutes.
+"""Healing the slim model from the full one, sized for CPU minutes: ``distill`` and ``lora``.
 
-Why this loss: a full-vocabulary KL step costs ~4 s per 1k tokens on SmolLM2-135M on 2 cores (the
-49k-word LM head dominates, forward and backward). Matching hidden states skips the head: the
-student's state after the kept block before each cut is pulled towards the teacher's state leaving
-the removed span, and its final (normed) hidden state towards the teacher's, each as a relative
-MSE. Only the blocks next to each cut train (everything else is frozen, so backward stops at the
-first of them); the result is a plain checkpoint with no adapters. A held-out slice of the
-calibration batches stops training when its loss stops falling and keeps the best weights; the
-held-out logit KL to the full model is measured before and after, so a report shows what healing
-bought.
+What trains (``trainable``):
+- ``neighbours`` (``--repair distill``): the kept blocks on both sides of every cut, in full; everything
+  else is frozen, so backward stops at the first of them.
+- ``lora`` (``--repair lora``): LoRA adapters (peft) on every linear layer of every kept block, merged
+  back into the weights afterwards, so the result is a plain checkpoint with no adapters.
+
+The loss (``--heal-loss``):
+- ``hidden``: the student's state after the kept block before each cut is pulled towards the teacher's
+  state leaving the removed span, and its final (normed) hidden state towards the teacher's, each as
+  a relative MSE. It skips the LM head (a full-vocabulary KL step costs ~4 s per 1k tokens on
+  SmolLM2-135M on 2 cores: the 49k-word head dominates).
+- ``kl``: KL between the full model's and the student's next-token distributions restricted to the
+  teacher's top-k tokens (k = 64): the head is evaluated on 64 rows, not 49k, so it does not dominate.
+
+A held-out slice of the calibration batches stops training when its loss stops falling and keeps the
+best weights; ``minutes`` bounds the training's wall time. The held-out full-vocabulary KL to the full
+model is measured before and after, so a report shows what healing bought, whatever the loss.
 """
 from __future__ import annotations
 
@@ -23,11 +31,15 @@ from compressor.repair.linear import spans_of
 
 DEFAULT_STEPS = 30  # measured on SmolLM2-135M, 2 cores: ~5 s per 2,048-token step, ~2.5 min in all
 DEFAULT_LR = 3e-4
+LOSSES = ("hidden", "kl")
+TRAINABLE = ("neighbours", "lora")
+TOP_K = 64
+LORA_RANK = 8
 
 
 @dataclass
 class DistillRecord:
-    steps: int  # steps run (early stopping may end before the budget)
+    steps: int  # steps run (early stopping or the time budget may end before the step budget)
     budget_steps: int
     lr: float
     seed: int
@@ -43,9 +55,17 @@ class DistillRecord:
     stopped_early: bool
     seconds: float
     loss: str = "relative MSE of hidden states at each cut point and of the final normed state"
+    objective: str = "hidden"
+    trainable: str = "neighbours"
+    budget_minutes: float | None = None
+    stopped_by_budget: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+LOSS_TEXT = {"hidden": "relative MSE of hidden states at each cut point and of the final normed state",
+             "kl": f"KL(full || slim) of the next-token distribution over the full model's top {TOP_K} tokens"}
 
 
 def cut_points(kept: list[int], removed: list[int]) -> list[tuple[int, int]]:
@@ -88,16 +108,56 @@ def _kl(student: Any, teacher: Any, batches: list[dict[str, Any]], dev: Any) -> 
     return total / max(count, 1)
 
 
+def _head(model: Any) -> tuple[Any, Any, float | None]:
+    """The LM head's weight and bias, and the final logit soft-cap if the config has one."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise BadInput(f"--heal-loss kl needs a causal LM head; {type(model).__name__} has none",
+                       "use --heal-loss hidden")
+    return head.weight, getattr(head, "bias", None), getattr(model.config, "final_logit_softcapping", None)
+
+
+def _topk_logits(h: Any, idx: Any, head: tuple[Any, Any, float | None]) -> Any:
+    """Logits of ``idx`` (tokens x k) from final hidden states ``h`` (tokens x d): k rows of the head."""
+    import torch
+
+    w, b, cap = head
+    out = torch.einsum("td,tkd->tk", h.float(), w[idx].float())
+    if b is not None:
+        out = out + b[idx].float()
+    if cap:
+        out = cap * torch.tanh(out / cap)
+    return out
+
+
+def _lora_targets(model: Any, kept_layers: Any) -> list[str]:
+    """Full names of every linear layer inside the blocks (peft matches names by suffix)."""
+    from torch import nn
+
+    names = []
+    inside = {id(m) for layer in kept_layers for m in layer.modules()}
+    for name, mod in model.named_modules():
+        if id(mod) in inside and (isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"):
+            names.append(name)
+    return names
+
+
 def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], batches: list[dict[str, Any]], *,
             steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0, eval_every: int = 10,
-            patience: int = 3, progress: Callable[[int, int, float], None] | None = None) -> DistillRecord:
-    """Train ``student`` (the cut model, in place) towards ``teacher`` (the full model)."""
+            patience: int = 3, loss: str = "hidden", trainable: str = "neighbours", minutes: float | None = None,
+            progress: Callable[[int, int, float], None] | None = None) -> tuple[Any, DistillRecord]:
+    """Train ``student`` (the cut model) towards ``teacher`` (the full model); returns the healed model
+    (``student`` itself, or with ``lora`` the same modules with the adapters merged) and the record."""
     import torch
 
     if steps < 1:
         raise BadInput(f"--heal-steps must be at least 1 (got {steps})", "e.g. --heal-steps 30")
     if not lr > 0:
         raise BadInput(f"--heal-lr must be positive (got {lr})", "e.g. --heal-lr 3e-4")
+    if minutes is not None and not minutes > 0:
+        raise BadInput(f"--heal-minutes must be positive (got {minutes})", "e.g. --heal-minutes 5")
+    if loss not in LOSSES:
+        raise BadInput(f"unknown --heal-loss {loss!r}", f"use one of: {', '.join(LOSSES)}")
     if len(batches) < 2:
         raise BadInput("distillation needs at least 2 calibration batches (one is held out)",
                        "raise --samples or lower --batch-size")
@@ -105,26 +165,38 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
     torch.manual_seed(seed)
     held = max(1, len(batches) // 8)
     train, heldout = batches[:-held], batches[-held:]
-    pairs = cut_points(kept, removed)
+    pairs = cut_points(kept, removed) if loss == "hidden" else []
     s_layers, t_layers = get_layers(student), get_layers(teacher)
-    s_body, t_body = body_of(student), body_of(teacher)
-    # trainable: the kept blocks on both sides of every cut
+    t_body = body_of(teacher)
     n = len(s_layers)
-    trainable = set()
-    for span in spans_of(removed):
-        if span[0] > 0:
-            trainable.add(kept.index(span[0] - 1))
-        if span[-1] + 1 in kept:
-            trainable.add(kept.index(span[-1] + 1))
-    trainable_blocks = sorted(i for i in trainable if 0 <= i < n)
     for p in student.parameters():
         p.requires_grad_(False)
-    params = [p for i in trainable_blocks for p in s_layers[i].parameters()]
+    if trainable == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+                            target_modules=_lora_targets(student, s_layers), bias="none")
+        model = get_peft_model(student, config)
+        params = [p for name, p in model.named_parameters() if "lora_" in name]
+        trainable_blocks = list(range(n))
+    else:
+        model = student
+        blocks = set()
+        for span in spans_of(removed):
+            if span[0] > 0:
+                blocks.add(kept.index(span[0] - 1))
+            if span[-1] + 1 in kept:
+                blocks.add(kept.index(span[-1] + 1))
+        trainable_blocks = sorted(i for i in blocks if 0 <= i < n)
+        params = [p for i in trainable_blocks for p in s_layers[i].parameters()]
     for p in params:
         p.requires_grad_(True)
+    s_body = body_of(student)  # the same modules, adapters injected in place
     dev = student.get_input_embeddings().weight.device
+    head = _head(teacher) if loss == "kl" else None
 
-    # teacher targets, computed once (relative MSE needs their mean square too)
+    # teacher targets, computed once: hidden states (relative MSE needs their mean square too), or the
+    # top-k token ids and logits of every real token
     targets: list[dict[Any, Any]] = []
     t_store: dict[int, Any] = {}
     handles = _capture(t_layers, [t for _, t in pairs], t_store)
@@ -133,24 +205,39 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
             for b in batches:
                 t_store.clear()
                 out = t_body(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), use_cache=False)
-                targets.append({**{t: t_store[t].detach().clone() for _, t in pairs},
-                                "final": out.last_hidden_state.detach().clone()})
+                if loss == "kl":
+                    m = b["attention_mask"].to(dev).bool()
+                    h = out.last_hidden_state[m]
+                    logits = teacher.get_output_embeddings()(h).float()
+                    cap = head[2] if head else None
+                    if cap:
+                        logits = cap * torch.tanh(logits / cap)
+                    top = logits.topk(TOP_K, dim=-1)
+                    targets.append({"idx": top.indices.clone(), "logp": torch.log_softmax(top.values, -1).clone()})
+                else:
+                    targets.append({**{t: t_store[t].detach().clone() for _, t in pairs},
+                                    "final": out.last_hidden_state.detach().clone()})
     finally:
-        for h in handles:
-            h.remove()
+        for h_ in handles:
+            h_.remove()
 
     s_store: dict[int, Any] = {}
+    s_head = _head(student) if loss == "kl" else None
 
     def loss_on(bi: int, b: dict[str, Any]) -> Any:
         s_store.clear()
         mask = b["attention_mask"].to(dev).bool()
         out = s_body(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), use_cache=False)
+        if s_head is not None:
+            tg = targets[bi]
+            logq = torch.log_softmax(_topk_logits(out.last_hidden_state[mask], tg["idx"], s_head), -1)
+            return (tg["logp"].exp() * (tg["logp"] - logq)).sum(-1).mean()
         terms = [(s_store[s], targets[bi][t]) for s, t in pairs] + [(out.last_hidden_state, targets[bi]["final"])]
-        loss = 0.0
+        total = 0.0
         for pred, tgt in terms:
             p, g = pred[mask].float(), tgt[mask].float()
-            loss = loss + ((p - g) ** 2).mean() / (g ** 2).mean().clamp_min(1e-12)
-        return loss / len(terms)
+            total = total + ((p - g) ** 2).mean() / (g ** 2).mean().clamp_min(1e-12)
+        return total / len(terms)
 
     def heldout_loss() -> float:
         with torch.no_grad():
@@ -166,21 +253,22 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         order = torch.Generator().manual_seed(seed)
         perm: list[int] = []
-        bad, done, stopped = 0, 0, False
+        bad, done, stopped, out_of_time = 0, 0, False, False
         for step in range(1, steps + 1):
             if not perm:
                 perm = torch.randperm(len(train), generator=order).tolist()
             bi = perm.pop()
-            loss = loss_on(bi, train[bi])
+            value = loss_on(bi, train[bi])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             done = step
             if progress:
-                progress(step, steps, float(loss.detach()))
-            if step % eval_every == 0 or step == steps:
+                progress(step, steps, float(value.detach()))
+            out_of_time = minutes is not None and time.perf_counter() - t0 >= 60 * minutes
+            if step % eval_every == 0 or step == steps or out_of_time:
                 h = heldout_loss()
                 if h < best * (1 - 1e-3):
                     best, bad = h, 0
@@ -190,18 +278,25 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
                     if bad >= patience:
                         stopped = True
                         break
+            if out_of_time:
+                break
         with torch.no_grad():
             for p, v in zip(params, best_state):
                 p.copy_(v)
         after = heldout_loss()
-        kl_after = _kl(student, teacher, heldout, dev)
     finally:
-        for h in handles:
-            h.remove()
-        for p in student.parameters():
+        for h_ in handles:
+            h_.remove()
+        for p in params:
             p.requires_grad_(False)
+    n_params = int(sum(p.numel() for p in params))
+    if trainable == "lora":
+        student = model.merge_and_unload()  # plain modules again, the adapters folded into their weights
+    for p in student.parameters():
+        p.requires_grad_(False)
+    kl_after = _kl(student, teacher, heldout, dev)
     tokens = done * int(sum(int(b["attention_mask"].sum()) for b in train) / max(len(train), 1))
-    return DistillRecord(done, steps, lr, seed, trainable_blocks, int(sum(p.numel() for p in params)), len(train),
-                         len(heldout), tokens, before, after, kl_before, kl_after, stopped,
-                         round(time.perf_counter() - t0, 2))
-
+    return student, DistillRecord(
+        done, steps, lr, seed, trainable_blocks, n_params, len(train), len(heldout), tokens, before, after, kl_before,
+        kl_after, stopped, round(time.perf_counter() - t0, 2), LOSS_TEXT[loss], loss, trainable, minutes,
+        out_of_time and not stopped)

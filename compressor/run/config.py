@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from compressor.errors import BadInput
 
 DEFAULT_SEARCH_METHODS = ["avss", "block-influence"]
+# with the linear patch the search also tries the cuts chosen for it: ReplaceMe's angular block and the
+# spans whose patch leaves the least error (one contiguous block; greedy, several spans)
+PATCH_SEARCH_METHODS = ["angular", "patch-residual", "patch-residual-greedy"]
 
 
 class BenchSettings(BaseModel):
@@ -41,7 +44,7 @@ class RunConfig(BaseModel):
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     num_layers: Optional[int] = Field(None, ge=1)
     search: bool = False
-    methods: Optional[list[str]] = None  # default: avss, block-influence (+ angular with a linear repair)
+    methods: Optional[list[str]] = None  # default: avss, block-influence (+ PATCH_SEARCH_METHODS with linear)
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)
@@ -49,7 +52,9 @@ class RunConfig(BaseModel):
     ridge: float = Field(1e-4, ge=0)
     heal_steps: int = Field(30, ge=1)
     heal_tokens: Optional[int] = Field(None, ge=1)
-    heal_lr: float = Field(3e-4, gt=0)
+    heal_lr: Optional[float] = Field(None, gt=0)  # None: the healing method's own default
+    heal_loss: Literal["hidden", "kl"] = "hidden"
+    heal_minutes: Optional[float] = Field(None, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
     exporter: str = "optimum"  # a registered exporter (compressor.export.exporters), checked below
@@ -89,9 +94,7 @@ class RunConfig(BaseModel):
         except BadInput as exc:
             raise ValueError(f"{exc.problem}; {exc.fix}") from None
         if self.methods is None:
-            # the linear patch rewards contiguous spans (one fold instead of many): with it, the search also
-            # tries ReplaceMe's choice, the contiguous block with the smallest angular distance
-            self.methods = list(DEFAULT_SEARCH_METHODS) + (["angular"] if patches_spans(self.repair) else [])
+            self.methods = list(DEFAULT_SEARCH_METHODS) + (list(PATCH_SEARCH_METHODS) if patches_spans(self.repair) else [])
         if not self.methods:
             raise ValueError("methods must name at least one scorer")
         if self.quantize and self.skip_export:
@@ -115,7 +118,8 @@ class RunConfig(BaseModel):
         """The repair's settings object (``compressor.repair.api.RepairSettings``)."""
         from compressor.repair.api import RepairSettings
 
-        return RepairSettings(self.repair, self.ridge, self.heal_steps, self.heal_lr, self.heal_tokens, self.seed)
+        return RepairSettings(self.repair, self.ridge, self.heal_steps, self.heal_lr, self.heal_tokens, self.seed,
+                              self.heal_loss, self.heal_minutes)
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

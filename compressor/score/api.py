@@ -102,7 +102,7 @@ def stream_choice(method: str, stream: bool | None) -> bool | None:
 
 def _refuse_stream(method: str) -> None:
     scorer = methods.get_scorer(method)
-    raise BadInput(f"--method {method} runs the whole model many times ({scorer.pass_unit}), so it cannot "
+    raise BadInput(f"--method {method} {scorer.whole_model}, so it cannot "
                    "stream one block at a time", f"drop --stream, or use --method "
                    f"{methods.names_text(methods.streaming_scorers())}")
 

@@ -48,11 +48,15 @@ class Scorer:
     pass_unit: ClassVar[str] = "batches"  # what its progress bar counts
     modes: ClassVar[tuple[str, ...]] = ()  # first = default
     nested_cuts: ClassVar[bool] = True  # the k+1 cut contains the k cut; False: contiguous blocks
+    # with nested_cuts False: the report's extra key holding matrix[l][m], the cost of removing blocks l..m-1
+    # (None: that block cannot be removed); the cut of k layers is the cheapest such block
+    span_matrix: ClassVar[str | None] = None
     reads_last_state: ClassVar[bool] = False  # its statistics read the last block's output (--last-state)
     own_options: ClassVar[tuple[str, ...]] = ()  # options only it takes: objective, max_remove, protect
     # it needs only consecutive hidden states (or no model at all), so it runs one block at a time
-    # (``--stream``); False: it runs the whole model many times and needs it in memory
+    # (``--stream``); False: it needs the whole model in memory, for the reason ``whole_model`` gives
     streams: ClassVar[bool] = True
+    whole_model: ClassVar[str] = "runs the whole model many times"
 
     def stat_groups(self, mode: str | None) -> frozenset[str]:
         return self.groups
@@ -131,6 +135,7 @@ class Angular(Scorer):
                    "the contiguous block with the smallest distance")
     groups = frozenset({"last_token"})
     nested_cuts = False
+    span_matrix = "angular_distance_matrix"
     reads_last_state = True
 
     def compute(self, x: ScoreInputs) -> ScoreOutcome:
@@ -174,6 +179,64 @@ class SLEB(Scorer):
     def run_options(self, *, last_state: str | None, objective: str | None, protect: list[int],
                     rounds: int) -> dict[str, Any]:
         return {"objective": objective or "nll", "protect": protect, "max_remove": rounds}
+
+
+@register
+class PatchResidual(Scorer):
+    """ReplaceMe's own criterion made exact: the error the linear patch leaves, not how much a block
+    changes the stream. One pass scores every contiguous span (``compressor.score.residual``)."""
+    name = "patch-residual"
+    description = ("post-patch residual (ReplaceMe's least squares): the contiguous span whose linear patch leaves "
+                   "the smallest error in the residual stream leaving it; one pass scores every span in closed form")
+    nested_cuts = False
+    span_matrix = "span_cost_matrix"
+    pass_unit = "spans solved"
+    streams = False
+    whole_model = "keeps every block's output from one pass, to solve every span's patch"
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        from compressor.score.residual import span_residuals
+
+        r = span_residuals(x.loaded, x.data, progress=x.progress)
+        return residual_outcome(r, x.num_layers)
+
+
+@register
+class PatchResidualGreedy(Scorer):
+    name = "patch-residual-greedy"
+    description = ("greedy post-patch residual: SLEB-style rounds, each removing the block whose removal, with the "
+                   "linear patch of the span it joins, leaves the cut's summed residual lowest; nested cuts")
+    streams = False
+    whole_model = PatchResidual.whole_model
+    pass_unit = "spans solved"
+    own_options = ("max_remove", "protect")
+
+    def compute(self, x: ScoreInputs) -> ScoreOutcome:
+        from compressor.score.residual import greedy_order, span_residuals
+
+        n = x.num_layers
+        max_remove = x.max_remove if x.max_remove is not None else n // 2
+        protect = sorted(set(x.protect or []) | {0})  # nothing precedes block 0 to fold a patch into
+        free = n - len(protect)
+        if not 1 <= max_remove <= free or max_remove >= n:
+            raise BadInput(f"--max-remove {max_remove} is out of range for a {n}-layer model with {len(protect)} "
+                           "protected layer(s) (layer 0 always is: the patch folds into the block before a span)",
+                           f"use 1..{min(free, n - 1)}")
+        r = span_residuals(x.loaded, x.data, max_span=max_remove, progress=x.progress)
+        order, costs = greedy_order(r["cost"], n, max_remove, protect)
+        out = residual_outcome(r, n)
+        rank = order + [l.index for l in sorted(out.layers, key=lambda l: (l.score, l.index)) if l.index not in order]
+        for pos, b in enumerate(rank):
+            layer = out.layers[b]
+            layer.score = float(pos + 1)
+            if b in order:
+                layer.stats.update({"round": order.index(b) + 1, "cut_cost_after_removal": costs[order.index(b)]})
+        out.extra["greedy"] = {"order": order, "cut_cost": costs, "max_remove": max_remove, "protect": protect}
+        return out
+
+    def run_options(self, *, last_state: str | None, objective: str | None, protect: list[int],
+                    rounds: int) -> dict[str, Any]:
+        return {"protect": protect, "max_remove": rounds}
 
 
 @register
@@ -340,6 +403,24 @@ def leave_one_out(base: float, skipped: list[float], kind: str) -> ScoreOutcome:
     return ScoreOutcome([
         LayerScore(i, s - base, {"loss_increase": s - base, "loss_skipped": s, "loss_full": base, "loss_kind": kind})
         for i, s in enumerate(skipped)])
+
+
+def residual_outcome(r: dict[str, Any], n_layers: int) -> ScoreOutcome:
+    """Per layer: the cost of removing it alone (block 0, which no patch can replace, scores above all);
+    the whole span matrix goes in the report for the contiguous cut."""
+    single = [r["cost"][i][i + 1] for i in range(n_layers)]
+    top = max((c for c in single if c is not None), default=0.0)
+    layers = []
+    for i, c in enumerate(single):
+        stats: dict[str, Any] = {"span_cost": c, "error_after": r["error_after"][i][i + 1],
+                                 "error_before": r["error_before"][i][i + 1], "tokens": r["tokens"]}
+        if c is None:
+            stats["unpatchable"] = True
+        layers.append(LayerScore(i, float(c) if c is not None else 2.0 * top + 1.0, stats))
+    return ScoreOutcome(layers, extra={
+        "span_cost_matrix": r["cost"], "span_error_after_matrix": r["error_after"], "ridge": r["ridge"],
+        "span_note": "matrix[l][m]: ||M T - Y||^2 / ||L||^2 after the linear patch of blocks l..m-1 (L: the "
+                     "true stream leaving block m-1); None: no block before l to fold into, or longer than computed"})
 
 
 def _add_normalised(layers: list[LayerScore]) -> None:

@@ -131,7 +131,10 @@ def test_linear_protects_layer_zero():
 def test_repair_choices_order_and_summaries_come_from_the_registry(tmp_path, capsys):
     from compressor.repair.api import choices, describe, parse_method
 
-    assert choices() == ("none", "linear", "distill", "linear+distill")  # linear cuts, so it comes first
+    # linear cuts, so it comes first; one healing step per chain
+    assert choices() == ("none", "linear", "distill", "lora", "linear+distill", "linear+lora")
+    with pytest.raises(BadInput, match="heals twice"):
+        parse_method("linear+distill+lora")
     with pytest.raises(BadInput, match="linear must come first in --repair") as e:
         parse_method("distill+linear")
     assert e.value.fix == "use --repair linear+distill"
