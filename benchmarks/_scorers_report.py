@@ -263,8 +263,12 @@ def setup(results: dict[str, Any]) -> list[str]:
         cal = m["profile"]["calibration"]
         size = (f"{cal['samples']} documents of up to {cal['seq_len']} tokens" if cal.get("pack") is False
                 else f"{cal['samples']} × {cal['seq_len']} tokens")
+        fewer = [f"{x['label']} sees the first {x['samples']}" for x in m["scorers"]
+                 if x.get("samples") and x["samples"] < cal["samples"]]
         parts = [f"calibration {size} from `{cal['source']}`, "
-                 f"{DATA_NOTES.get((cal['source'], 'calibration'), 'the whole source')}"]
+                 f"{DATA_NOTES.get((cal['source'], 'calibration'), 'the whole source')}"
+                 + (f" ({', '.join(fewer)}, to keep the run near an hour: SLEB runs the LM head once per candidate, "
+                    "round and batch)" if fewer else "")]
         for t in m["profile"]["tasks"]:
             split = t["split"] or ("evaluation" if t["data"] in ("builtin:python-docs", "builtin:rt-plots") else None)
             note = DATA_NOTES.get((t["data"], split), "a local file")
@@ -343,7 +347,8 @@ def speed_tables(results: dict[str, Any]) -> list[str]:
              "AVSS, block influence and angular run the bare body under hooks (no head), leave-one-out runs "
              "the full model once per layer plus once, SLEB one round per removed layer (the current model "
              "once, then every remaining block skipped in turn, each from the cached state entering it: the "
-             "blocks after it plus the head). Peak RSS is sampled every 2 ms.", ""]
+             "blocks after it plus the head). A scorer run on fewer calibration tokens (named with its token count) "
+             "is compared per token. Peak RSS is sampled every 2 ms.", ""]
     for m in results["models"]:
         sp = m["speed"]
         fwd = sp["forward"]
@@ -351,7 +356,10 @@ def speed_tables(results: dict[str, Any]) -> list[str]:
         for s in m["scorers"]:
             if s["id"] in sp:
                 r = sp[s["id"]]
-                rows.append([s["label"], s["passes"], f"{r['seconds']:.2f}", f"{r['seconds'] / fwd['seconds']:.2f}",
+                # per token: a scorer given fewer calibration samples (SLEB) is compared at the same work per token
+                scale = fwd["tokens"] / r["tokens"] if r.get("tokens") else 1.0
+                label = s["label"] + (f" ({r['tokens']:,} tokens)" if r.get("tokens") and r["tokens"] != fwd["tokens"] else "")
+                rows.append([label, s["passes"], f"{r['seconds']:.2f}", f"{r['seconds'] * scale / fwd['seconds']:.2f}",
                              f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / fwd['peak_rss_mb']:.2f}"])
             elif s["group"] != "random" or s["seed"] == 0:
                 rows.append([s["group"] if s["group"] == "random" else s["label"], s["passes"], "≈ 0", "—", "—",
