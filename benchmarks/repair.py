@@ -47,6 +47,7 @@ DEFAULT_PLAN = [
     f"block-influence|linear+distill|7|builtin:python-docs|loss=kl,minutes={HEAL:g},steps=1000",
     f"block-influence|linear+lora|7|builtin:python-docs|loss=kl,minutes={HEAL:g},steps=1000",
     "block-influence|linear|7|builtin:mixed",
+    "block-influence|linear|7|builtin:python-docs|samples=128",
 ]
 
 
