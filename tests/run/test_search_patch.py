@@ -33,3 +33,27 @@ def test_search_with_the_patch_scorers(tiny, tmp_path, ppl_profile, capsys):
     # both propose the cheapest single span at k = 1: one cut, repair and verify; the second verdict is reused
     g1 = next(c for c in s["candidates"] if c["method"] == "patch-residual-greedy" and c["k"] == 1)
     assert g1["removed"] == [one] and "the same cut as patch-residual k=1" in err
+
+
+def test_the_chosen_candidate_is_not_repaired_twice(tiny, tmp_path, ppl_profile, capsys):
+    """The search keeps its best passing repaired candidate; the repair step moves it into model/ instead
+    of cutting and training it again (same content, same key), and nothing is left in .search."""
+    out = tmp_path / "art"
+    code, _, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.01)), "--out", str(out), "--search",
+                        "--repair", "linear", "--methods", "block-influence", "--max-remove", "2", "--skip-export"],
+                       capsys)
+    assert code == 0, err
+    r = json.loads((out / "run.json").read_text())
+    stages = {s["name"]: s for s in r["stages"]}
+    assert "not repaired twice" in stages["repair"]["detail"]
+    comp = json.loads((out / "model" / "compression.json").read_text())
+    assert comp["removed_layers"] == r["removed"] and comp["repair"]["method"] == "linear"
+    assert not (out / ".search").exists()
+    # a fresh run (nothing resumed) that cannot reuse anything repairs as before and agrees
+    code, _, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.01)), "--out", str(tmp_path / "b"),
+                        "--repair", "linear", "--method", "block-influence", "--num-layers", str(len(r["removed"])),
+                        "--skip-export"], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "b" / "model" / "compression.json").read_text())
+    assert again["removed_layers"] == comp["removed_layers"]
+    assert again["repair"]["linear"]["spans"] == comp["repair"]["linear"]["spans"]

@@ -54,21 +54,32 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
     return res
 
 
+CHOSEN = "chosen"  # .search/chosen: the chosen candidate's repaired checkpoint, for the repair step
+
+
+def candidate_folder(ctx: RunContext, method: str, k: int) -> Path:
+    return ctx.out / ".search" / f"{method}-k{k}"
+
+
 def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], rep: ScoreReport) -> Stage:
-    """One ``--search`` candidate: cut, verify (stop at the first failing task), discard the cut."""
+    """One ``--search`` candidate: cut, verify (stop at the first failing task). A repaired candidate that
+    passes is kept (the search keeps only the best so far), so the run's repair step need not train it again."""
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
         from compressor.verify.api import Deferred
 
-        folder = ctx.out / ".search" / f"{method}-k{k}"
+        folder = candidate_folder(ctx, method, k)
         cut_into(ctx, removed, folder, cut_provenance(rep, None, run=run_settings(ctx)), repaired=True,
                  label="search")
+        keep = False
         try:
             # the base stays: the next candidate is cut from it (peak: base + candidate)
             v = ctx.verify(Deferred(lambda: ctx.load_candidate(folder)), f"search {method} k={k}",
                            stop_at_failure=True)
+            keep = v.passed and ctx.repair.enabled
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
         gated = {t.name: (t.verdict_value, t.threshold) for t in v.tasks if t.verdict_value is not None}
         cand = Candidate(method, k, removed, v.passed, v.complete, {n: r for n, (r, _) in gated.items()},
                          {n: th for n, (_, th) in gated.items()})
@@ -98,11 +109,17 @@ def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, remo
     prov = cut_provenance(report, None, run=run_settings(ctx))
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
+        from compressor.repair.api import describe
+
+        reused = _searched(ctx, removed) if repaired else None
+        if reused is not None:  # the search already cut and repaired exactly this, in this run: move it
+            shutil.rmtree(ctx.out / dest, ignore_errors=True)
+            shutil.move(str(reused[0]), str(ctx.out / dest))
+            shutil.rmtree(ctx.out / ".search", ignore_errors=True)
+            return {"repair": reused[1]}, f"{describe(reused[1])} ({dest}/, the search's candidate, not repaired twice)"
         res = cut_into(ctx, removed, ctx.out / dest, prov, repaired=repaired)
         if not repaired:
             return {}, f"{report.num_layers} -> {report.num_layers - len(removed)} layers ({dest}/)"
-        from compressor.repair.api import describe
-
         rec = res.repair or {}
         return {"repair": rec}, f"{describe(rec)} ({dest}/)"
 
@@ -111,6 +128,24 @@ def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, remo
     if repaired:
         inputs.update(ctx.repair_inputs())
     return Stage(name, label, inputs, (dest,), work)
+
+
+def _searched(ctx: RunContext, removed: list[int]) -> tuple[Path, dict[str, Any]] | None:
+    """The search's chosen candidate if it is this cut, repaired with this run's repair: (folder, record).
+    ``.search`` is emptied when a run starts, so what is there was made by this run's candidate stages."""
+    from compressor.prune.surgery import read_compression
+
+    folder = ctx.out / ".search" / CHOSEN
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        comp = read_compression(str(folder))
+    except Exception:  # noqa: BLE001 - a damaged scratch folder is simply not reused
+        return None
+    rec = comp.get("repair") or {}
+    if sorted(comp.get("removed_layers", [])) != sorted(removed) or rec.get("method") != ctx.repair.method:
+        return None
+    return folder, rec
 
 
 def prune(ctx: RunContext, given: Results) -> Results:

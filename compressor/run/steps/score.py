@@ -87,7 +87,7 @@ def score(ctx: RunContext, given: Results) -> Results:
 def search(ctx: RunContext, given: Results) -> Results:
     """Every scorer's largest passing cut; the best one is the run's cut (the least bad if none passes)."""
     from compressor.prune.select import parse_protect, select_layers
-    from compressor.run.steps.cut import candidate_stage
+    from compressor.run.steps.cut import CHOSEN, candidate_folder, candidate_stage
     from compressor.score import methods
 
     c, L = ctx.cfg, ctx.base.num_layers
@@ -95,6 +95,7 @@ def search(ctx: RunContext, given: Results) -> Results:
     result = SearchResult(STRATEGY, max_remove)
     reports: dict[str, Any] = {}
     seen: dict[tuple[int, ...], Candidate] = {}
+    kept: Candidate | None = None
     for method in c.search_methods:
         rep = reports[method] = score_with(ctx, method, ctx.out / "search" / f"scores-{method}.json",
                                            f"score-{method}")
@@ -102,6 +103,7 @@ def search(ctx: RunContext, given: Results) -> Results:
         limit = max_remove if nested else min(max_remove, longest_free_run(L, parse_protect(ctx.protect, L)))
 
         def check(k: int, rep: ScoreReport = rep, method: str = method) -> Candidate:
+            nonlocal kept
             removed = select_layers(rep, num_layers=k, protect=ctx.protect).removed
             hit = seen.get(tuple(sorted(removed)))
             if hit is not None:  # the verdict depends on the cut, not on which scorer proposed it
@@ -110,13 +112,25 @@ def search(ctx: RunContext, given: Results) -> Results:
                 return dataclasses.replace(hit, method=method, k=k)
             res = ctx.run_stage(candidate_stage(ctx, method, k, removed, rep))
             seen[tuple(sorted(removed))] = cand = Candidate(**res["candidate"])
+            folder = candidate_folder(ctx, method, k)
+            if folder.is_dir():  # a passing repaired candidate: keep only the best so far (the one chosen)
+                if kept is None or (cand.k, cand.worst) > (kept.k, kept.worst):
+                    if kept is not None:
+                        shutil.rmtree(candidate_folder(ctx, kept.method, kept.k), ignore_errors=True)
+                    kept = cand
+                else:
+                    shutil.rmtree(folder, ignore_errors=True)
             return cand
 
         best, cands = search_method(method, check, limit, nested=nested)
         result.best[method] = best
         result.candidates += cands
-    shutil.rmtree(ctx.out / ".search", ignore_errors=True)
     chosen = result.chosen
+    if kept is not None and chosen is not None and (kept.k, kept.worst, kept.removed) == (chosen.k, chosen.worst,
+                                                                                           chosen.removed):
+        candidate_folder(ctx, kept.method, kept.k).rename(ctx.out / ".search" / CHOSEN)
+    else:
+        shutil.rmtree(ctx.out / ".search", ignore_errors=True)
     if chosen is None:
         chosen = result.fallback()
         ctx.ev.warn(f"no cut passes the gate with any scorer (largest tried: {max_remove} layers); the "
