@@ -330,8 +330,8 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
     log(f"{plan.key}: {plan.spec} ready in {secs['prepare']:.1f} s ({model_dir})")
     base = load_model(plan.spec)
     L = base.num_layers
-    if base.adapter.no_fold or base.adapter.mlp_out is None:  # the patch-residual scorers need a foldable patch
-        scorers = [sc for sc in scorers if not sc.method.startswith("patch-residual")]
+    if base.adapter.no_fold or base.adapter.mlp_out is None:  # scorers that solve the linear patch need it exact
+        scorers = [sc for sc in scorers if not get_scorer(sc.method).needs_patch]
     threads = os.cpu_count() or 1
     calib = profile.calibration.model_dump()
 

@@ -117,6 +117,13 @@ def _head(model: Any) -> tuple[Any, Any, float | None]:
     return head.weight, getattr(head, "bias", None), getattr(model.config, "final_logit_softcapping", None)
 
 
+def _softcap(logits: Any, cap: float | None) -> Any:
+    """The final logit soft-cap of models that have one (Gemma), so both sides see the model's own logits."""
+    import torch
+
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
 def _topk_logits(h: Any, idx: Any, head: tuple[Any, Any, float | None]) -> Any:
     """Logits of ``idx`` (tokens x k) from final hidden states ``h`` (tokens x d): k rows of the head."""
     import torch
@@ -125,9 +132,7 @@ def _topk_logits(h: Any, idx: Any, head: tuple[Any, Any, float | None]) -> Any:
     out = torch.einsum("td,tkd->tk", h.float(), w[idx].float())
     if b is not None:
         out = out + b[idx].float()
-    if cap:
-        out = cap * torch.tanh(out / cap)
-    return out
+    return _softcap(out, cap)
 
 
 def _lora_targets(model: Any, kept_layers: Any) -> list[str]:
@@ -158,6 +163,8 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
         raise BadInput(f"--heal-minutes must be positive (got {minutes})", "e.g. --heal-minutes 5")
     if loss not in LOSSES:
         raise BadInput(f"unknown --heal-loss {loss!r}", f"use one of: {', '.join(LOSSES)}")
+    if trainable not in TRAINABLE:  # pragma: no cover - set by the repair classes, never by a user
+        raise ValueError(f"unknown trainable {trainable!r}")
     if len(batches) < 2:
         raise BadInput("distillation needs at least 2 calibration batches (one is held out)",
                        "raise --samples or lower --batch-size")
@@ -208,10 +215,7 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
                 if loss == "kl":
                     m = b["attention_mask"].to(dev).bool()
                     h = out.last_hidden_state[m]
-                    logits = teacher.get_output_embeddings()(h).float()
-                    cap = head[2] if head else None
-                    if cap:
-                        logits = cap * torch.tanh(logits / cap)
+                    logits = _softcap(teacher.get_output_embeddings()(h).float(), head[2] if head else None)
                     top = logits.topk(TOP_K, dim=-1)
                     targets.append({"idx": top.indices.clone(), "logp": torch.log_softmax(top.values, -1).clone()})
                 else:

@@ -53,7 +53,7 @@ class RunConfig(BaseModel):
     heal_steps: int = Field(30, ge=1)
     heal_tokens: Optional[int] = Field(None, ge=1)
     heal_lr: Optional[float] = Field(None, gt=0)  # None: the healing method's own default
-    heal_loss: Literal["hidden", "kl"] = "hidden"
+    heal_loss: str = "hidden"  # compressor.repair.distill.LOSSES, checked below
     heal_minutes: Optional[float] = Field(None, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
@@ -88,7 +88,10 @@ class RunConfig(BaseModel):
             self.ratio = 0.25
         from compressor.errors import BadInput
         from compressor.repair.api import patches_spans
+        from compressor.repair.distill import LOSSES
 
+        if self.heal_loss not in LOSSES:
+            raise ValueError(f"unknown heal_loss {self.heal_loss!r}; use one of: {', '.join(LOSSES)}")
         try:
             patches_spans(self.repair)  # parses it: an unknown repair or chain is refused with the choices
         except BadInput as exc:

@@ -51,6 +51,7 @@ class Scorer:
     # with nested_cuts False: the report's extra key holding matrix[l][m], the cost of removing blocks l..m-1
     # (None: that block cannot be removed); the cut of k layers is the cheapest such block
     span_matrix: ClassVar[str | None] = None
+    needs_patch: ClassVar[bool] = False  # it solves the linear patch: only where the fold is exact
     reads_last_state: ClassVar[bool] = False  # its statistics read the last block's output (--last-state)
     own_options: ClassVar[tuple[str, ...]] = ()  # options only it takes: objective, max_remove, protect
     # it needs only consecutive hidden states (or no model at all), so it runs one block at a time
@@ -190,6 +191,7 @@ class PatchResidual(Scorer):
                    "the smallest error in the residual stream leaving it; one pass scores every span in closed form")
     nested_cuts = False
     span_matrix = "span_cost_matrix"
+    needs_patch = True
     pass_unit = "spans solved"
     streams = False
     whole_model = "keeps every block's output from one pass, to solve every span's patch"
@@ -208,6 +210,7 @@ class PatchResidualGreedy(Scorer):
                    "linear patch of the span it joins, leaves the cut's summed residual lowest; nested cuts")
     streams = False
     whole_model = PatchResidual.whole_model
+    needs_patch = True
     pass_unit = "spans solved"
     own_options = ("max_remove", "protect")
 

@@ -24,7 +24,7 @@ from compressor.errors import BadInput
 Progress = Callable[[int, int], None]
 
 
-def _capture(loaded: Any, data: Any) -> tuple[list[list[Any]], list[list[Any]], list[Any]]:
+def _capture(loaded: Any, data: Any) -> tuple[list[list[Any]], list[list[Any]]]:
     """Per batch: every block's MLP output and output on real tokens, in the model's dtype (float64 copies
     are made per use: keeping them would double the memory, about 1 GB at SmolLM2's 32 x 256 tokens)."""
     import torch
@@ -36,7 +36,6 @@ def _capture(loaded: Any, data: Any) -> tuple[list[list[Any]], list[list[Any]], 
     L = len(layers)
     Ms: list[list[Any]] = []
     Ls: list[list[Any]] = []
-    masks: list[Any] = []
     got: dict[tuple[str, int], Any] = {}
     handles = []
     for i, layer in enumerate(layers):
@@ -54,11 +53,10 @@ def _capture(loaded: Any, data: Any) -> tuple[list[list[Any]], list[list[Any]], 
                 mask = batch["attention_mask"].to(dev).bool()
                 Ms.append([got[("M", i)][mask] for i in range(L)])
                 Ls.append([got[("L", i)][mask] for i in range(L)])
-                masks.append(mask)
     finally:
         for h in handles:
             h.remove()
-    return Ms, Ls, masks
+    return Ms, Ls
 
 
 def span_residuals(loaded: Any, data: Any, *, ridge: float | None = None, max_span: int | None = None,
@@ -78,7 +76,7 @@ def span_residuals(loaded: Any, data: Any, *, ridge: float | None = None, max_sp
     max_span = L - 1 if max_span is None else max(1, min(max_span, L - 1))
     if not data.batches:
         raise BadInput("the post-patch residual needs calibration data", "pass --data or --profile")
-    Ms, Ls, _ = _capture(loaded, data)
+    Ms, Ls = _capture(loaded, data)
     nb = len(Ms)
     cost: list[list[float | None]] = [[None] * (L + 1) for _ in range(L + 1)]
     after: list[list[float | None]] = [[None] * (L + 1) for _ in range(L + 1)]
