@@ -36,6 +36,8 @@ class ArchAdapter:
     no_fold: str = ""  # why a linear patch cannot be folded exactly (then repair refuses it)
     # the norm after the last block (relative to the body); None: the last block's output is final (BERT)
     final_norm: str | None = None
+    # the input embeddings (relative to the body), whose [vocab, hidden] shape config.json must match
+    embeddings: str | None = "embed_tokens"
 
 
 _ADAPTERS: dict[str, ArchAdapter] = {}
@@ -60,13 +62,18 @@ _register(ArchAdapter("gemma3_text", "decoder", "layers", ("layer_types",),
 _register(ArchAdapter("phi3", "decoder", "layers", mlp_out="mlp.down_proj", final_norm="norm"))
 # GPT-2's Conv1D stores its weight transposed ([d_in, d_out]) and has a bias; dropout is off in eval
 _register(ArchAdapter("gpt2", "decoder", "h", index_dependent_flags=("scale_attn_by_inverse_layer_idx",),
-                      mlp_out="mlp.c_proj", mlp_out_kind="conv1d", final_norm="ln_f"))
+                      mlp_out="mlp.c_proj", mlp_out_kind="conv1d", final_norm="ln_f",
+                      embeddings="wte"))
 # GPT-NeoX (parallel residual: out = x + attn(ln1 x) + mlp(ln2 x)): the MLP output is still added last,
 # unnormalised, so "block output - MLP output" is the rest of the block and the fold stays exact
-_register(ArchAdapter("gpt_neox", "decoder", "layers", mlp_out="mlp.dense_4h_to_h", final_norm="final_layer_norm"))
-_register(ArchAdapter("bert", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm")))
-_register(ArchAdapter("roberta", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm")))
-_register(ArchAdapter("distilbert", "encoder", "transformer.layer", no_fold=_POST_LN.format("output_layer_norm")))
+_register(ArchAdapter("gpt_neox", "decoder", "layers", mlp_out="mlp.dense_4h_to_h", final_norm="final_layer_norm",
+                      embeddings="embed_in"))
+_register(ArchAdapter("bert", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm"),
+                      embeddings="embeddings.word_embeddings"))
+_register(ArchAdapter("roberta", "encoder", "encoder.layer", no_fold=_POST_LN.format("output.LayerNorm"),
+                      embeddings="embeddings.word_embeddings"))
+_register(ArchAdapter("distilbert", "encoder", "transformer.layer", no_fold=_POST_LN.format("output_layer_norm"),
+                      embeddings="embeddings.word_embeddings"))
 
 
 def supported_model_types() -> list[str]:

@@ -115,13 +115,31 @@ def describe_os_error(exc: OSError) -> BadInput | RuntimeFailure | None:
     return None
 
 
+# how libraries that do not raise OSError word a disk error: Rust's std::io (tokenizers, safetensors) says
+# "No space left on device (os error 28)" in a plain Exception
+_DISK_WORDS = ((errno.ENOSPC, ("no space left on device", "os error 28")),
+               (getattr(errno, "EDQUOT", errno.ENOSPC), ("disk quota exceeded", "os error 122")),
+               (errno.EROFS, ("read-only file system", "os error 30")))
+
+
 def os_error_in(exc: BaseException) -> OSError | None:
-    """The first OSError in an exception's cause/context chain (libraries wrap disk errors)."""
+    """The first disk error in an exception's cause/context chain (libraries wrap disk errors, and some
+    raise them as a plain Exception whose message is the system's: that becomes an OSError here)."""
     seen: BaseException | None = exc
     for _ in range(20):
         if seen is None:
             return None
         if isinstance(seen, OSError) and describe_os_error(seen) is not None:
             return seen
+        text = str(seen).lower()
+        for code, words in _DISK_WORDS:
+            if any(w in text for w in words):
+                return OSError(code, str(seen).splitlines()[0] if str(seen) else os_strerror(code))
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def os_strerror(code: int) -> str:
+    import os
+
+    return os.strerror(code)

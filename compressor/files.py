@@ -146,7 +146,15 @@ def check_output_dir(out: str | Path, force: bool, note: Callable[[str], None] |
 
 
 def check_target(out: Path, what: str = "--out") -> None:
-    """A dangling symlink would make ``mkdir`` fail with a confusing 'file exists'."""
+    """A path every output can name, before anything is written: the records, reports and model card
+    hold it as UTF-8 text, so a byte that is not UTF-8 used to fail as an internal error halfway through
+    a run; a dangling symlink would make ``mkdir`` fail with a confusing 'file exists'."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(out)).decode("utf-8", "backslashreplace")
+        raise BadInput(f"{what} {shown} has a byte that is not UTF-8 text, which the records and reports written "
+                       "there must name", "choose a path of UTF-8 characters (rename the folder)") from None
     if out.is_symlink() and not out.exists():
         raise BadInput(f"{what} {out} is a symbolic link to {os.readlink(out)}, which does not exist",
                        "create the link's target folder, remove the link, or choose another path")

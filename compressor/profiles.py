@@ -17,7 +17,7 @@ from compressor.errors import BadInput
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CalibrationSection(_Strict):

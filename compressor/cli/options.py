@@ -1,12 +1,26 @@
 """Flags shared by several commands, declared once."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import math
+from typing import Annotated, Callable, Optional
 
 import typer
 
 from compressor.repair.api import choices as repair_choices
 from compressor.score.methods import SCORERS, last_state_scorers, names_text, option_scorers
+
+
+def finite(flag: str) -> Callable[[Optional[float]], Optional[float]]:
+    """A float option's check at parse time: NaN and inf are refused before the command does anything
+    (click takes "nan" and "inf" as floats; a range check written ``x < 0`` lets NaN through)."""
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not math.isfinite(value):
+            from compressor.errors import BadInput
+
+            raise BadInput(f"{flag} must be a finite number (got {value})", f"pass a number, e.g. {flag} 0.5")
+        return value
+    return check
+
 
 Model = Annotated[str, typer.Argument(help="builtin:smollm2-135m, builtin:minilm-l6, a local model folder, or a Hub id.")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda never falls back to cpu).")]
@@ -37,10 +51,11 @@ AvssMode = Annotated[Optional[str], typer.Option("--avss-mode", help="AVSS only:
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --method random.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
 Repair = Annotated[Optional[str], typer.Option("--repair", help="Repair the cut: " + ", ".join(repair_choices()) + " (none is the default; linear: closed-form patch, seconds; distill, lora: healing, minutes).")]
-Ridge = Annotated[Optional[float], typer.Option("--ridge", help="linear: relative ridge of the least-squares patch (default: 1e-4).")]
+Ridge = Annotated[Optional[float], typer.Option("--ridge", callback=finite("--ridge"), help="linear: relative ridge of the least-squares patch (default: 1e-4).")]
 HealSteps = Annotated[Optional[int], typer.Option("--heal-steps", help="distill, lora: training steps, one calibration batch each (default: 30).")]
 HealTokens = Annotated[Optional[int], typer.Option("--heal-tokens", help="distill, lora: token budget instead of --heal-steps.")]
 MaxMemory = Annotated[Optional[str], typer.Option("--max-memory", help="Memory this command may use, e.g. 24GB or 24GiB (default: what is free now, RAM on CPU, GPU memory on CUDA): a load that cannot fit is refused before it starts, with the numbers.")]
-HealLr = Annotated[Optional[float], typer.Option("--heal-lr", help="distill, lora: learning rate (default: 3e-4 for distill, 1e-3 for lora; cosine decay).")]
+HealLr = Annotated[Optional[float], typer.Option("--heal-lr", callback=finite("--heal-lr"), help="distill, lora: learning rate (default: 3e-4 for distill, 1e-3 for lora; cosine decay).")]
 HealLoss = Annotated[Optional[str], typer.Option("--heal-loss", help="distill, lora: hidden (relative MSE of hidden states at the cuts and the final norm; default) or kl (KL to the full model's next-token distribution over its top 64 tokens).")]
-HealMinutes = Annotated[Optional[float], typer.Option("--heal-minutes", help="distill, lora: wall-clock bound on the training, in minutes (the step budget still applies; the best held-out weights are kept).")]
+HealMinutes = Annotated[Optional[float], typer.Option("--heal-minutes", callback=finite("--heal-minutes"), help="distill, lora: wall-clock bound on the training, in minutes (the step budget still applies; the best held-out weights are kept).")]
+MinRetention = Annotated[Optional[float], typer.Option("--min-retention", callback=finite("--min-retention"), help="Override the profile's gate.min_retention (task-level thresholds still win).")]

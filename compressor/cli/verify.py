@@ -1,7 +1,7 @@
 """Gate a slim model: evaluate base and candidate on a profile's tasks; exit 0 pass, 1 fail."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,7 @@ def verify(
     base: Annotated[str, typer.Argument(help="The original model (builtin:, folder, Hub id, or an ONNX export folder).")],
     candidate: Annotated[str, typer.Argument(help="The slim model to check (a checkpoint, or an ONNX export folder: evaluated in ONNX Runtime).")],
     profile: Annotated[str, typer.Option("--profile", help="Task profile YAML, e.g. profiles/default.yaml.")],
-    min_retention: Annotated[Optional[float], typer.Option("--min-retention", help="Override the profile's gate.min_retention (task-level thresholds still win).")] = None,
+    min_retention: o.MinRetention = None,
     report_dir: Annotated[str, typer.Option("--report-dir", help="Where report.json, report.md and junit.xml go (rewritten each run).")] = "avss-report",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every result instead of reusing cached ones.")] = False,
     provider: Annotated[str, typer.Option("--provider", help="For an ONNX export folder (base or candidate): auto, cpu or cuda (cuda never falls back).")] = "cpu",
@@ -34,12 +34,13 @@ def verify(
     from compressor.profiles import load_profile
     from compressor.sources.cache import check_cache
     from compressor.sources.memory import parse_size
-    from compressor.verify.api import Deferred, check_task_data, stream_choice
+    from compressor.verify.api import Deferred, check_gate, check_task_data, stream_choice
     from compressor.verify.api import verify as run_verify
     from compressor.verify.report import fmt_agreement, result_word, write_reports
 
     limit = parse_size(max_memory) if max_memory is not None else None
     prof = load_profile(profile)
+    check_gate(prof, min_retention)  # no tasks, or a threshold out of range: before anything loads
     task_data = check_task_data(prof)
   # a missing or malformed data file fails before minutes of model loading
     stream = stream_choice(prof, stream)  # and so does --stream with a task that needs the whole model

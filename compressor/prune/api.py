@@ -60,8 +60,9 @@ def check_prune_options(*, scores: Any = None, method: str | None = None, avss_m
         from compressor.score import methods
 
         methods.check_options(method, objective, max_remove, last_state)
-    if sum(x is not None for x in (ratio, num_layers, mass)) != 1:
-        raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --num-layers 7")
+    from compressor.prune.select import check_cut_rule
+
+    check_cut_rule(ratio=ratio, num_layers=num_layers, mass=mass)  # its ranges; against the model once its config is read
 
 
 def check_scores_match(report: Any, scores_file: Any, loaded: Any, spec: str) -> list[str]:
@@ -147,6 +148,19 @@ def prune_checkpoint(
     stream = _stream_choice(stream, method if not scores else None, settings.method)
     check_output_dir(out, force, note=diagnostics.note)
     report = ScoreReport.load(scores) if scores else None
+    if isinstance(model, (str, Path)):  # the cut against the model's config, before it loads
+        from compressor.architectures import num_layers as layers_of
+        from compressor.prune.select import check_cut_rule
+        from compressor.sources.models import load_config, resolve_model_path
+
+        total = layers_of(load_config(resolve_model_path(str(model))[0], trust_remote_code))
+        check_cut_rule(ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, total=total,
+                       protect=protect_for(settings, protect) if settings.enabled else protect)
+        if method is not None:
+            from compressor.score.api import scorer_options
+
+            scorer_options(method, total, objective=objective, max_remove=max_remove, last_state=last_state,
+                           protect=protect, rounds=num_layers)  # --protect, --max-remove against the config
     calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
                              text_field=text_field, pack=pack)
     if isinstance(model, (str, Path)):

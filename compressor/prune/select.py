@@ -78,6 +78,38 @@ def _contiguous_scorer(method: str) -> str | None:
     return None
 
 
+def check_cut_rule(*, ratio: float | None = None, num_layers: int | None = None, mass: float | None = None,
+                   mass_order: str = "sorted", protect: str | Iterable[int] | None = None,
+                   total: int | None = None) -> int | None:
+    """The cut rule's own ranges and, with ``total`` (the model's layer count, from its config), whether it
+    fits the model and ``protect``: every caller asks before the first load or stage, and ``select_layers``
+    asks again. Returns how many layers a ratio or count removes (None for ``mass``, which needs scores)."""
+    if sum(x is not None for x in (ratio, num_layers, mass)) != 1:
+        raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --ratio 0.25 or --num-layers 7")
+    if mass is not None:  # `not 0 < x < 1` also refuses NaN
+        if not 0.0 < mass < 1.0:
+            raise BadInput(f"--mass must be between 0 and 1 (got {mass})", "e.g. --mass 0.25")
+        if mass_order not in ("sorted", "depth"):
+            raise BadInput(f"unknown mass order {mass_order!r}", "use sorted (default) or depth (official code, buggy)")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise BadInput(f"--ratio must be between 0 and 1 (got {ratio})", "e.g. --ratio 0.25")
+    if num_layers is not None and num_layers < 1:
+        raise BadInput(f"--num-layers must be at least 1 (got {num_layers})", "pass a positive number of layers to remove")
+    if total is None:
+        return None
+    prot = parse_protect(protect, total)
+    if mass is not None:
+        return None
+    k = count_for_ratio(ratio, total) if ratio is not None else int(num_layers)  # type: ignore[arg-type]
+    if k == 0:
+        raise BadInput(f"--ratio {ratio} of {total} layers rounds to 0 layers", "raise --ratio or use --num-layers")
+    _check_leaves_some(k, total)
+    if k > total - len(prot):
+        raise BadInput(f"cannot remove {k} layers: only {total - len(prot)} are not protected",
+                       "remove fewer layers or protect fewer")
+    return k
+
+
 def select_layers(
     report: Any,
     *,
@@ -89,9 +121,7 @@ def select_layers(
 ) -> Selection:
     """Choose layers to remove from a ``ScoreReport`` (or anything with .layers/.num_layers/.method)."""
     L = int(report.num_layers)
-    given = [x is not None for x in (ratio, num_layers, mass)]
-    if sum(given) != 1:
-        raise BadInput("give exactly one of --ratio, --num-layers, --mass", "e.g. --ratio 0.25 or --num-layers 7")
+    k = check_cut_rule(ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect, total=L)
     prot = parse_protect(protect, L)
     candidates = [i for i in range(L) if i not in prot]
     scores = {l.index: float(l.score) for l in report.layers}
@@ -99,8 +129,6 @@ def select_layers(
     contiguous = _contiguous_scorer(method)
 
     if mass is not None:
-        if not 0.0 < mass < 1.0:
-            raise BadInput(f"--mass must be between 0 and 1 (got {mass})", "e.g. --mass 0.25")
         if contiguous:
             raise BadInput(f"--mass does not apply to {method} scores (they remove a contiguous block)",
                            "use --num-layers or --ratio")
@@ -110,8 +138,6 @@ def select_layers(
         total = sum(scores.values())
         if total <= 0:
             raise BadInput("--mass needs scores with a positive sum", "use --num-layers or --ratio")
-        if mass_order not in ("sorted", "depth"):
-            raise BadInput(f"unknown mass order {mass_order!r}", "use sorted (default) or depth (official code, buggy)")
         if mass_order == "depth":
             removed = _official_depth_cut(report, candidates, scores, mass)
         else:
@@ -127,22 +153,8 @@ def select_layers(
         _check_leaves_some(len(removed), L)
         return _make(removed, L, "mass", mass=mass, mass_order=mass_order, protect=prot)
 
-    if ratio is not None:
-        if not 0.0 < ratio < 1.0:
-            raise BadInput(f"--ratio must be between 0 and 1 (got {ratio})", "e.g. --ratio 0.25")
-        k = count_for_ratio(ratio, L)
-        if k == 0:
-            raise BadInput(f"--ratio {ratio} of {L} layers rounds to 0 layers", "raise --ratio or use --num-layers")
-        rule = "ratio"
-    else:
-        k = int(num_layers)  # type: ignore[arg-type]
-        if k < 1:
-            raise BadInput(f"--num-layers must be at least 1 (got {k})", "pass a positive number of layers to remove")
-        rule = "num-layers"
-    _check_leaves_some(k, L)
-    if k > len(candidates):
-        raise BadInput(f"cannot remove {k} layers: only {len(candidates)} are not protected",
-                       "remove fewer layers or protect fewer")
+    assert k is not None  # a ratio or a count (check_cut_rule)
+    rule = "ratio" if ratio is not None else "num-layers"
     if contiguous:
         matrix = (getattr(report, "extra", None) or {}).get(contiguous)
         if not matrix:  # never fall back to a scattered cut: these scores only mean something as blocks

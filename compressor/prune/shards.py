@@ -11,7 +11,6 @@ moves tensors and copies the files ``save_pretrained`` would write beside them.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,11 @@ from compressor.prune.surgery import (
     save_extras,
     write_folder,
 )
-from compressor.sources.integrity import INDEX
+from compressor.sources.integrity import DTYPE_ORDER, INDEX, SINGLE, Checkpoint, Dtype, StoredTensor
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-SINGLE = "model.safetensors"
 _METADATA = {"format": "pt"}  # what save_pretrained writes into every safetensors header
 
 
@@ -43,21 +41,6 @@ class WrittenCut(PruneResult):
 
     files: list[str] = field(default_factory=list)  # the weight files in ``out`` (shards, then the index)
     bytes: int = 0  # their total size on disk
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    """One source tensor, as its header describes it."""
-
-    file: str  # source shard
-    key: str  # original numbering
-    dtype: str  # safetensors code, e.g. "BF16"
-    shape: tuple[int, ...]
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
 
 def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
@@ -74,9 +57,8 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
     base model (default: ``src``).
     """
     out = check_output_dir(out, force)
-    folder, config, adapter, cls = _source(src)
-    files = _weight_files(folder)
-    tensors = _read_headers(folder, files)
+    folder, config, adapter, cls, checkpoint = _source(src)
+    tensors = list(checkpoint.tensors.values())
     n_old = num_layers(config)
     keep = kept_layers(removed, n_old)
     layer_key = _layer_key(tensors, adapter, n_old, folder)
@@ -95,7 +77,7 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
 
     plan = [(t, new) for t in tensors if (new := target(t.key)) is not None]  # (source tensor, key in the cut)
     patches = _check_replace(replace or {}, tensors, target, folder)
-    shards = _shards(plan, max((folder / f).stat().st_size for f in files))
+    shards = _shards(plan, max(f.stat().st_size for f in checkpoint.files))
     names = [SINGLE] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                                                for i in range(1, len(shards) + 1)]
     p_before = sum(t.numel for t in tensors if t.key not in tied)
@@ -113,7 +95,7 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
 
     def fill(tmp: Path) -> None:
         for name, shard in zip(names, shards):
-            _write_shard(tmp / name, folder, shard, patches)  # bytes copied: no tensor of the shard in memory
+            _write_shard(tmp / name, shard, patches)  # bytes copied: no tensor of the shard in memory
         if len(names) > 1:
             index = {"metadata": {"total_parameters": p_after, "total_size": sum(t.nbytes for t, _ in plan)},
                      "weight_map": {new: name for name, shard in zip(names, shards) for _, new in shard}}
@@ -129,28 +111,24 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
                       files=written, bytes=sum((out / n).stat().st_size for n in written))
 
 
-# safetensors orders a file's tensors by dtype (its enum order, descending), then by name; the same order
-# here makes a copied shard byte-identical to what save_file writes for the same tensors
-_DTYPE_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
-                "BF16", "I32", "U32", "F32", "F64", "I64", "U64")
 _COPY_CHUNK = 16 * 2**20  # bytes per read while copying a tensor: memory stays this, whatever the tensor
 
 
-def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], patches: dict[str, Any]) -> None:
+def _write_shard(path: Path, shard: list[tuple[StoredTensor, str]], patches: dict[str, Any]) -> None:
     """One output file in safetensors' own layout (8-byte header length, compact JSON header padded with
-    spaces to 8 bytes, then the tensors back to back), each kept tensor's bytes copied from its source
-    file in chunks and each patched tensor serialized in its source dtype."""
+    spaces to 8 bytes, then the tensors ordered by dtype as safetensors orders them, then by name), each
+    kept tensor's bytes copied from its source file in chunks and each patched tensor serialized in its
+    source dtype: byte-identical to what ``save_file`` writes for the same tensors."""
     import struct
 
-    order = sorted(shard, key=lambda item: (-_DTYPE_ORDER.index(item[0].dtype), item[1]))
+    order = sorted(shard, key=lambda item: (-DTYPE_ORDER.index(item[0].dtype.code), item[1]))
     header: dict[str, Any] = {"__metadata__": _METADATA}
     at = 0
     for t, new in order:
-        header[new] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [at, at + t.nbytes]}
+        header[new] = {"dtype": t.dtype.code, "shape": list(t.shape), "data_offsets": [at, at + t.nbytes]}
         at += t.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tables = {t.file: _table(folder / t.file) for t, _ in order}  # each source header read once per shard
     with path.open("wb") as out:
         out.write(struct.pack("<Q", len(blob)))
         out.write(blob)
@@ -158,45 +136,27 @@ def _write_shard(path: Path, folder: Path, shard: list[tuple[_Tensor, str]], pat
             if t.key in patches:
                 out.write(_tensor_bytes(patches[t.key], t.dtype))
                 continue
-            with (folder / t.file).open("rb") as src:
-                start, table = tables[t.file]
-                src.seek(start + int(table[t.key]["data_offsets"][0]))
+            with t.file.open("rb") as src:
+                src.seek(t.offset)
                 left = t.nbytes
                 while left:
                     chunk = src.read(min(left, _COPY_CHUNK))
                     if not chunk:
-                        raise BadInput(f"{folder / t.file} ends inside tensor {t.key}", "re-download or re-save the model")
+                        raise BadInput(f"{t.file} ends inside tensor {t.key}", "re-download or re-save the model")
                     out.write(chunk)
                     left -= len(chunk)
 
 
-def _offsets(file: Path) -> list[tuple[_Tensor, int]]:
-    """(tensor, start of its bytes after the header) for every tensor of ``file``, from its header."""
-    _, head = _table(file)
-    return [(_Tensor(file.name, k, v["dtype"], tuple(v["shape"]), v["data_offsets"][1] - v["data_offsets"][0]),
-             int(v["data_offsets"][0])) for k, v in head.items()]
-
-
-def _table(file: Path) -> tuple[int, dict[str, Any]]:
-    from compressor.sources.integrity import tensor_table
-
-    found = tensor_table(file)
-    if found is None:
-        raise BadInput(f"the weights file {file} is damaged (its header cannot be read)",
-                       "re-download or re-save the model (save_pretrained)")
-    return found
-
-
-def _tensor_bytes(value: Any, dtype: str) -> bytes:
+def _tensor_bytes(value: Any, dtype: Dtype) -> bytes:
     import torch
 
-    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-    t = value.to(names[dtype]).contiguous()
+    t = value.to(dtype.torch()).contiguous()
     return bytes(t.view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
 
-def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any]:
-    """The local folder, its config, adapter and model class (the class names the head's tied keys)."""
+def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any, Checkpoint]:
+    """The local folder, its config, adapter, model class (the class names the head's tied keys) and
+    checked weights; the config is checked against the weights' shapes as the streamed load checks it."""
     from compressor.sources.models import check_weights_safety, load_config, model_class_for, resolve_model_path
 
     path, is_local = resolve_model_path(str(src))
@@ -206,31 +166,18 @@ def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any]:
     config = load_config(path)
     adapter = adapter_for_config(config)
     check_weights_safety(path, True, False)
-    from compressor.sources.integrity import check_safetensors
-
-    check_safetensors(path)
     cls = model_class_for(config, adapter.family)
     mapping = getattr(cls, "_model_mapping", None)  # an Auto class (config without `architectures`): the real one
     if mapping is not None:
         cls = mapping[type(config)]
-    return Path(path), config, adapter, cls
+    from compressor.sources.stream import build_stream
+
+    # the headers checked (Checkpoint.open), and every name and shape against config.json; no weight is read
+    checkpoint = build_stream(path, config, cls, adapter, "cpu", None).reader.checkpoint
+    return Path(path), config, adapter, cls, checkpoint
 
 
-def _weight_files(folder: Path) -> list[str]:
-    if (folder / INDEX).is_file():
-        return sorted(set(json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
-    if (folder / SINGLE).is_file():
-        return [SINGLE]
-    raise BadInput(f"{folder} has neither {SINGLE} nor {INDEX}",
-                   "pass a folder written by save_pretrained with safetensors weights")
-
-
-def _read_headers(folder: Path, files: list[str]) -> list[_Tensor]:
-    """Every tensor, in file order, from the headers only (no tensor is read)."""
-    return [t for f in files for t, _ in _offsets(folder / f)]
-
-
-def _layer_key(tensors: list[_Tensor], adapter: ArchAdapter, n_layers: int,
+def _layer_key(tensors: list[StoredTensor], adapter: ArchAdapter, n_layers: int,
                folder: Path) -> re.Pattern[str]:
     """The pattern of block keys as this checkpoint spells them: ``<body prefix><layers_path>.N.<rest>``.
 
@@ -260,7 +207,7 @@ def _tied_keys(config: Any, cls: Any) -> set[str]:
     return {k for k in (getattr(cls, "_tied_weights_keys", None) or []) if isinstance(k, str)}
 
 
-def _check_replace(replace: dict[str, torch.Tensor], tensors: list[_Tensor], target: Callable[[str], str | None],
+def _check_replace(replace: dict[str, torch.Tensor], tensors: list[StoredTensor], target: Callable[[str], str | None],
                    folder: Path) -> dict[str, torch.Tensor]:
     """Refuse a replacement for a tensor that is not written or whose shape differs; returns them on the CPU."""
     shapes = {t.key: t.shape for t in tensors}
@@ -279,15 +226,15 @@ def _check_replace(replace: dict[str, torch.Tensor], tensors: list[_Tensor], tar
     return out
 
 
-def _shards(plan: list[tuple[_Tensor, str]], limit: int) -> list[list[tuple[_Tensor, str]]]:
+def _shards(plan: list[tuple[StoredTensor, str]], limit: int) -> list[list[tuple[StoredTensor, str]]]:
     """Greedy groups in source order whose files (header included, estimated from above) stay within
     ``limit`` bytes, the input's largest file; a lone tensor is never split."""
     base = 8 + len(json.dumps({"__metadata__": _METADATA})) + 8  # length field, metadata, padding
     digits = len(str(limit))
-    shards: list[list[tuple[_Tensor, str]]] = [[]]
+    shards: list[list[tuple[StoredTensor, str]]] = [[]]
     size = base
     for t, new in plan:
-        entry = len(json.dumps({new: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [0, 0]}}))
+        entry = len(json.dumps({new: {"dtype": t.dtype.code, "shape": list(t.shape), "data_offsets": [0, 0]}}))
         grow = entry + 2 * digits + t.nbytes
         if shards[-1] and size + grow > limit:
             shards.append([])
@@ -297,13 +244,12 @@ def _shards(plan: list[tuple[_Tensor, str]], limit: int) -> list[list[tuple[_Ten
     return shards
 
 
-def _main_dtype(plan: list[tuple[_Tensor, str]]) -> str:
+def _main_dtype(plan: list[tuple[StoredTensor, str]]) -> str:
     """The floating dtype holding most of the weights (a mixed checkpoint keeps each tensor's own)."""
-    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
     weight: dict[str, int] = {}
     for t, _ in plan:
-        if t.dtype in names:
-            weight[names[t.dtype]] = weight.get(names[t.dtype], 0) + t.nbytes
+        if t.dtype.floating:
+            weight[t.dtype.name] = weight.get(t.dtype.name, 0) + t.nbytes
     return max(weight, key=lambda d: weight[d]) if weight else "float32"
 
 

@@ -186,7 +186,15 @@ def save_checkpoint(model: Any, tokenizer: Any, out: Path, record: dict[str, Any
 def save_extras(folder: Path, tokenizer: Any, record: dict[str, Any]) -> None:
     """What a checkpoint holds beside its model files: the tokenizer and ``compression.json``."""
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+        try:
+            tokenizer.save_pretrained(str(folder))
+        except Exception as exc:  # tokenizers (Rust) reports a full disk as a plain Exception: name the file
+            from compressor.errors import os_error_in
+
+            disk = os_error_in(exc)
+            if disk is None:
+                raise
+            raise OSError(disk.errno, disk.strerror, str(folder / "tokenizer.json")) from exc
     (folder / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -68,16 +69,17 @@ def repair_settings(method: str | None = None, *, ridge: float | None = None, he
                        heal_lr=heal_lr, heal_tokens=heal_tokens, seed=seed,
                        heal_loss=defaults.heal_loss if heal_loss is None else heal_loss, heal_minutes=heal_minutes)
     parse_method(s.method)
-    if s.ridge < 0:
-        raise BadInput(f"--ridge must be >= 0 (got {s.ridge})", "e.g. --ridge 1e-4")
+    if not (math.isfinite(s.ridge) and s.ridge >= 0):  # NaN passes a plain `ridge < 0` check
+        raise BadInput(f"--ridge must be a finite number >= 0 (got {s.ridge})", "e.g. --ridge 1e-4")
     if s.heal_steps < 1 or (s.heal_tokens is not None and s.heal_tokens < 1):
         raise BadInput("--heal-steps and --heal-tokens must be at least 1", "e.g. --heal-steps 30")
-    if s.heal_lr is not None and not s.heal_lr > 0:
-        raise BadInput(f"--heal-lr must be positive (got {s.heal_lr})", "e.g. --heal-lr 3e-4")
+    if s.heal_lr is not None and not (math.isfinite(s.heal_lr) and s.heal_lr > 0):
+        raise BadInput(f"--heal-lr must be a finite positive number (got {s.heal_lr})", "e.g. --heal-lr 3e-4")
     if s.heal_loss not in LOSSES:
         raise BadInput(f"unknown --heal-loss {s.heal_loss!r}", f"use one of: {', '.join(LOSSES)}")
-    if s.heal_minutes is not None and not s.heal_minutes > 0:
-        raise BadInput(f"--heal-minutes must be positive (got {s.heal_minutes})", "e.g. --heal-minutes 5")
+    if s.heal_minutes is not None and not (math.isfinite(s.heal_minutes) and s.heal_minutes > 0):
+        raise BadInput(f"--heal-minutes must be a finite positive number (got {s.heal_minutes})",
+                       "e.g. --heal-minutes 5, or leave it out for no time bound")
     return s
 
 

@@ -20,7 +20,7 @@ PATCH_SEARCH_METHODS = ["angular", "patch-residual", "patch-residual-greedy"]
 
 
 class BenchSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     batch_size: int = Field(1, ge=1)
     prompt_len: int = Field(128, ge=1)
     new_tokens: int = Field(32, ge=1)
@@ -33,7 +33,7 @@ class BenchSettings(BaseModel):
 class RunConfig(BaseModel):
     """Everything a run depends on. ``model``, ``profile`` and ``out`` are required."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN slips past a range check
     model: str
     profile: str
     out: str

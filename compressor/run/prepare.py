@@ -17,7 +17,7 @@ def prepare(ctx: RunContext) -> None:
     from compressor.score import methods
     from compressor.sources.cache import check_cache
     from compressor.sources.data import read_documents
-    from compressor.verify.api import task_data_digest
+    from compressor.verify.api import check_gate, task_data_digest
 
     c = ctx.cfg
     c.max_memory_bytes()  # a --max-memory that is not a size: now
@@ -44,10 +44,12 @@ def prepare(ctx: RunContext) -> None:
         if value is not None and not set(scorers) & set(used):
             raise BadInput(f"{option} only applies to {'--method ' if option == '--objective' else ''}"
                            f"{methods.names_text(scorers)} (none of this run's scorers)", f"drop {option}")
+    check_gate(profile, c.min_retention)  # what verify would refuse (no tasks): now, not after pruning
     cal = profile.calibration
     ctx.calibration = Data(lambda: read_documents(cal.source, cal.text_field, "calibration"))
     ctx.repair = c.repair_settings()
     ctx.protect = c.protect
+    check_cut(ctx)
     task_data = Data(lambda: task_data_digest(profile))
     task_data.digest()  # a missing or malformed task file fails now, not after pruning
     ctx.calibration.digest()  # and so does a missing calibration file
@@ -60,6 +62,29 @@ def prepare(ctx: RunContext) -> None:
     ctx.gate_inputs = {
         "profile": Setting(gate), "tasks": task_data, "calibration_data": ctx.calibration,
         "min_retention": Setting(c.min_retention), "load": Setting({"device": c.device, "dtype": c.dtype})}
+
+
+def check_cut(ctx: RunContext) -> None:
+    """The cut (its count or ratio, --protect, --max-remove, the search's range) against the model's layer
+    count from its config (read and checked, with the weights' headers, by ``load_config``): a cut the
+    model cannot take is refused before the base loads, not after the score stage wrote its files."""
+    from compressor.architectures import num_layers
+    from compressor.prune.select import check_cut_rule
+    from compressor.repair.api import protect_for
+    from compressor.run.search import search_limits
+    from compressor.score.api import scorer_options
+    from compressor.sources.models import load_config, resolve_model_path
+
+    c = ctx.cfg
+    total = num_layers(load_config(resolve_model_path(c.model)[0], c.trust_remote_code))
+    protect = protect_for(ctx.repair, c.protect) if ctx.repair.enabled else c.protect
+    rounds: int | None
+    if c.search:
+        rounds = search_limits(total, protect, c.max_remove)
+    else:
+        rounds = check_cut_rule(ratio=c.ratio, num_layers=c.num_layers, protect=protect, total=total)
+    for method in (c.search_methods if c.search else [c.method]):
+        scorer_options(method, total, protect=protect, rounds=rounds)  # a nested scorer's rounds fit the model
 
 
 def load_base(ctx: RunContext) -> None:

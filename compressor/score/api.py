@@ -120,6 +120,11 @@ def scorer_options(method: str, num_layers: int, *, objective: str | None = None
         opts["protect"] = parse_protect(protect, num_layers)
     if "max_remove" in scorer.own_options and max_remove is None and rounds is not None:
         opts["max_remove"] = rounds
+    if "max_remove" in scorer.own_options and opts["max_remove"] is not None:  # before the model loads
+        kept = parse_protect(protect, num_layers) + ([0] if scorer.needs_patch else [])
+        from compressor.score.sleb import check_max_remove
+
+        check_max_remove(opts["max_remove"], num_layers, kept)
     return opts
 
 

@@ -220,11 +220,9 @@ class PatchResidualGreedy(Scorer):
         n = x.num_layers
         max_remove = x.max_remove if x.max_remove is not None else n // 2
         protect = sorted(set(x.protect or []) | {0})  # nothing precedes block 0 to fold a patch into
-        free = n - len(protect)
-        if not 1 <= max_remove <= free or max_remove >= n:
-            raise BadInput(f"--max-remove {max_remove} is out of range for a {n}-layer model with {len(protect)} "
-                           "protected layer(s) (layer 0 always is: the patch folds into the block before a span)",
-                           f"use 1..{min(free, n - 1)}")
+        from compressor.score.sleb import check_max_remove
+
+        check_max_remove(max_remove, n, protect, " (layer 0 always is: the patch folds into the block before a span)")
         r = span_residuals(x.loaded, x.data, max_span=max_remove, progress=x.progress)
         order, costs = greedy_order(r["cost"], n, max_remove, protect)
         out = residual_outcome(r, n)

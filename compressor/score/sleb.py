@@ -102,9 +102,7 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
     layers = get_layers(model, adapter)
     L = len(layers)
     free = [i for i in range(L) if i not in set(protect)]
-    if not 1 <= max_remove <= len(free) or max_remove >= L:
-        raise BadInput(f"--max-remove {max_remove} is out of range for a {L}-layer model with "
-                       f"{L - len(free)} protected layer(s)", f"use 1..{min(len(free), L - 1)}")
+    check_max_remove(max_remove, L, list(protect))
     loss_fn = _Loss(objective, causal)
     Replay = _replay_class()
     batches = list(data.batches)
@@ -207,3 +205,12 @@ def sleb_outcome(result: dict[str, Any], num_layers: int) -> Any:
     extra = {"sleb": {k: result[k] for k in ("objective", "order", "loss_after", "base_loss", "max_remove",
                                               "protect", "seconds", "plain_pass_seconds", "cost_vs_forward")}}
     return ScoreOutcome(layers, extra=extra)
+
+
+def check_max_remove(max_remove: int, n: int, protect: list[int], why: str = "") -> None:
+    """The rounds a nested scorer computes fit the model: at least 1, fewer than its layers, no more than
+    the unprotected ones (asked before any load, from the config, and again by the scorer)."""
+    free = n - len(set(protect))
+    if not 1 <= max_remove <= free or max_remove >= n:
+        raise BadInput(f"--max-remove {max_remove} is out of range for a {n}-layer model with {n - free} "
+                       f"protected layer(s){why}", f"use 1..{min(free, n - 1)}")

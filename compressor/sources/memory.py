@@ -25,9 +25,6 @@ LOAD_FACTOR = 1.21  # peak RSS of from_pretrained + one forward / the weights at
 EXPORT_FACTOR = 2.4  # peak RSS of an export with its parity pass / the fp32 weights (notes §2: 2.34x)
 
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
-_STORED = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-           "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
-           "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1)}
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 
@@ -82,15 +79,6 @@ class CheckpointSize:
                               self.head, self.dtype)
 
 
-def _header(f: Path) -> dict[str, dict] | None:
-    """A file's tensor table, or None when the file is damaged: the estimate is skipped and the load's
-    integrity check (``compressor.sources.integrity``, the one place that words it) names the file."""
-    from compressor.sources.integrity import tensor_table
-
-    found = tensor_table(f)
-    return found[1] if found is not None else None
-
-
 def local_folder(path: str) -> Path | None:
     """The folder holding a model's files: itself, or a Hub id's local snapshot; None when neither exists."""
     p = Path(path)
@@ -105,31 +93,24 @@ def checkpoint_size(path: str, adapter: ArchAdapter) -> CheckpointSize | None:
     """The sizes of a model folder (or a cached Hub snapshot); None when it has no safetensors weights
     (pickle weights, or a Hub model not downloaded yet): then nothing is estimated."""
     from compressor.architectures import key_part
+    from compressor.sources.integrity import check_safetensors
 
     folder = local_folder(path)
-    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
-    if not files:
+    checkpoint = check_safetensors(folder) if folder is not None else None  # a damaged file: refused, named
+    if checkpoint is None:
         return None
     blocks: dict[int, int] = {}
     body = head = 0
     by_dtype: dict[str, int] = {}
-    for f in files:
-        table = _header(f)
-        if table is None:
-            return None
-        for key, meta in table.items():
-            n = 1
-            for d in meta.get("shape", []):
-                n *= int(d)
-            name = _STORED.get(str(meta.get("dtype")), (str(meta.get("dtype")).lower(), 0))[0]
-            by_dtype[name] = by_dtype.get(name, 0) + n
-            part, i = key_part(key, adapter)
-            if part == "block" and i is not None:
-                blocks[i] = blocks.get(i, 0) + n
-            elif part == "head":
-                head += n
-            else:
-                body += n
+    for key, t in checkpoint.tensors.items():
+        by_dtype[t.dtype.name] = by_dtype.get(t.dtype.name, 0) + t.numel
+        part, i = key_part(key, adapter)
+        if part == "block" and i is not None:
+            blocks[i] = blocks.get(i, 0) + t.numel
+        elif part == "head":
+            head += t.numel
+        else:
+            body += t.numel
     return CheckpointSize(sum(blocks.values()) + body + head, max(blocks.values(), default=0), len(blocks), body,
                           head, max(by_dtype, key=lambda k: by_dtype[k]))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor import diagnostics
-from compressor.architectures import ArchAdapter, adapter_for_config
+from compressor.architectures import ArchAdapter, adapter_for_config, supported_model_types
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources import builtins
 from compressor.sources.memory import check_load_fits, check_stream_fits, stream_reason
@@ -119,24 +119,48 @@ def check_weights_safety(path: str, is_local: bool, allow_pickle: bool) -> None:
     raise BadInput(f"{path} has no weight files (*.safetensors)", "pass a folder written by save_pretrained")
 
 
+def weights_fix(path: str | Path) -> str:
+    """What to do about a damaged model folder: a built-in model is converted again once deleted."""
+    from compressor.sources.cache import cache_location
+
+    if Path(path).resolve().is_relative_to((cache_location()[0] / "models").resolve()):
+        return f"delete {path} so avss converts the built-in model again"
+    return "re-download or re-save the model (save_pretrained)"
+
+
 def load_config(path: str, trust_remote_code: bool = False) -> Any:
+    """The model's config, checked before anything is built from it (``sources.configs``): its counts are
+    whole numbers, its per-layer lists have one entry per layer and, for a local folder with safetensors
+    weights, it agrees with them (whose headers ``Checkpoint.open`` checks on the way)."""
     from transformers import AutoConfig
 
+    from compressor.sources.configs import check_config_against_weights, check_config_json
+
+    folder = Path(path)
+    local = folder.is_dir()
+    if local:
+        check_config_json(folder)
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         msg = str(exc)
         if "trust_remote_code" in msg:
             raise BadInput(f"{path} needs custom code to load", "pass --trust-remote-code if you trust it") from exc
         raise BadInput(f"cannot read the config of {path}: {msg.splitlines()[0]}", "check the model folder or Hub id") from exc
+    except TypeError as exc:  # a field of a type the config class cannot take
+        raise BadInput(f"cannot read the config of {path}: {str(exc).splitlines()[0]}",
+                       "fix config.json (or re-save the model with save_pretrained)") from exc
     except OSError as exc:
-        if "is not a valid JSON file" in str(exc):  # a damaged config.json is not a missing model
-            raise BadInput(f"the config file {Path(path) / 'config.json'} is damaged: it is not valid JSON",
-                           "re-download or re-save the model (save_pretrained)") from exc
         raise BadInput(
             f"cannot load model {path!r}: {str(exc).splitlines()[0]}",
             "pass a local model folder, a builtin: model, or a Hub id on a machine with network access",
         ) from exc
+    if local and getattr(config, "model_type", None) in supported_model_types():
+        from compressor.sources.integrity import check_safetensors
+
+        check_config_against_weights(config, adapter_for_config(config), folder, check_safetensors(folder,
+                                                                                                  weights_fix(path)))
+    return config
 
 
 def model_class_for(config: Any, family: str):
@@ -166,21 +190,11 @@ def _first(names: list[str], n: int = 3) -> str:
 
 
 def _checkpoint_shapes(path: str, keys: list[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``keys`` as stored in a local folder's safetensors files (header only; no tensor is read)."""
-    out: dict[str, tuple[int, ...]] = {}
-    p = Path(path)
-    if not p.is_dir():
-        return out
-    from safetensors import safe_open
+    """Shapes of ``keys`` as stored in a local folder's safetensors files (headers only; no tensor is read)."""
+    from compressor.sources.integrity import check_safetensors
 
-    for f in sorted(p.glob("*.safetensors")):
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                for k in set(keys) & set(fh.keys()):
-                    out[k] = tuple(fh.get_slice(k).get_shape())
-        except Exception:  # noqa: BLE001 - shapes only make the message better
-            continue
-    return out
+    checkpoint = check_safetensors(path) if Path(path).is_dir() else None
+    return {k: checkpoint.tensors[k].shape for k in keys if k in checkpoint.tensors} if checkpoint else {}
 
 
 def check_loading_info(path: str, model: Any, info: dict[str, Any]) -> None:
@@ -276,8 +290,7 @@ def load_model(
     if is_local:  # a damaged file is bad input naming the file, not a deserializer's internal error
         from compressor.sources.integrity import check_safetensors
 
-        check_safetensors(path, f"delete {path} so avss converts the built-in model again" if builtins.is_builtin(spec)
-                          else "re-download or re-save the model (save_pretrained)")
+        check_safetensors(path, weights_fix(path))
     if device_map not in (None, "auto"):
         raise BadInput(f"unsupported --device-map {device_map!r}", "use --device-map auto or leave it out")
     if offload_folder is not None and device_map != "auto":

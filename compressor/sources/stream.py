@@ -12,73 +12,54 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, cast
 
 from compressor.architectures import ArchAdapter, body_of, get_layers
 from compressor.errors import BadInput
+from compressor.sources.integrity import INDEX
 
 
 class ShardReader:
     """One tensor at a time from a safetensors checkpoint (a single file or an index of shards), read
     with plain file reads at the offsets its header gives: a memory map would count every page read into
-    the process until the file closes, so a block would be resident twice while it loads."""
+    the process until the file closes, so a block would be resident twice while it loads. The headers
+    are checked first (``Checkpoint.open``: the same rule as every other reader)."""
 
     def __init__(self, folder: str | Path):
-        from compressor.sources.integrity import tensor_table
+        from compressor.sources.integrity import SINGLE, Checkpoint
 
         self.folder = Path(folder)
-        index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            files = sorted({self.folder / v for v in weight_map.values()})
-        elif (self.folder / "model.safetensors").is_file():
-            files = [self.folder / "model.safetensors"]
-        else:
+        if not (self.folder / SINGLE).is_file() and not (self.folder / INDEX).is_file():
             raise BadInput(f"--stream reads safetensors shards, and {self.folder} has none",
                            "re-save the model with save_pretrained (safetensors), or drop --stream")
-        self.files: dict[str, Path] = {}
-        self.entries: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> (data start, header entry)
-        for f in files:
-            found = tensor_table(f)
-            if found is None:
-                raise BadInput(f"the weights file {f} is damaged (its header cannot be read)",
-                               "re-download or re-save the model (save_pretrained)")
-            start, table = found
-            for k, entry in table.items():
-                self.files[k] = f
-                self.entries[k] = (start, entry)
+        self.checkpoint = Checkpoint.open(self.folder)
 
     def keys(self) -> set[str]:
-        return set(self.files)
+        return set(self.checkpoint.tensors)
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         import torch
 
-        dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                  "BOOL": torch.bool}
         out = {}
         by_file: dict[Path, list[str]] = {}
         for k in keys:
-            by_file.setdefault(self.files[k], []).append(k)
+            by_file.setdefault(self.checkpoint.tensors[k].file, []).append(k)
         for path, ks in by_file.items():
             with path.open("rb", buffering=0) as fh:
                 for k in ks:
-                    start, entry = self.entries[k]
-                    begin, end = (int(x) for x in entry["data_offsets"])
-                    shape, dtype = [int(d) for d in entry["shape"]], dtypes[entry["dtype"]]
-                    buf = bytearray(end - begin)
-                    fh.seek(start + begin)
+                    t = self.checkpoint.tensors[k]
+                    dtype = t.dtype.torch()
+                    buf = bytearray(t.nbytes)
+                    fh.seek(t.offset)
                     view, got = memoryview(buf), 0
                     while got < len(buf):  # one read returns at most ~2 GB on Linux
                         n = fh.readinto(view[got:])
                         if not n:
                             raise BadInput(f"{path} ends inside tensor {k}", "re-download or re-save the model")
                         got += n
-                    out[k] = (torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)).reshape(shape)
+                    out[k] = (torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)).reshape(t.shape)
         return out
 
 
@@ -284,7 +265,7 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
     body_prefix = f"{body_name}." if body_name else ""
     keys = reader.keys()
     names: dict[str, str] = {}
-    missing = []
+    missing, misshapen = [], []
     head = model.get_output_embeddings()
     head_params = {id(p) for p in head.parameters()} if head is not None else set()
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -292,10 +273,18 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
         found = next((c for c in (name, bare) if c is not None and c in keys), None)
         if found is not None:
             names[name] = found
+            stored = reader.checkpoint.tensors[found].shape
+            if stored != tuple(p.shape):  # the in-memory load refuses this too (check_loading_info)
+                misshapen.append(f"{found} {list(stored)} in the weights vs {list(p.shape)} from config.json")
         elif not name.startswith(body_prefix) or id(p) in head_params:
             continue  # the head: read only by ``with_head`` (tied to the embeddings when it has no key)
         else:
             missing.append(name)
+    if misshapen:
+        raise BadInput(f"{path}: {len(misshapen)} tensor(s) of the weights do not have the shape its config.json "
+                       f"gives ({', '.join(misshapen[:2])}{' ...' if len(misshapen) > 2 else ''})",
+                       "make config.json match the weights (e.g. hidden sizes, heads, vocab_size), or re-save the "
+                       "model with save_pretrained")
     if missing:
         raise BadInput(f"{path} has no weights named {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
                        "(streaming reads each block's weights by name)",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -286,6 +287,18 @@ def calibration_overlap(profile: Profile, task_items: dict[str, list[Any]]) -> l
     return out
 
 
+def check_gate(profile: Profile, min_retention: float | None = None) -> float:
+    """What ``verify`` refuses about the gate itself (no tasks, a threshold out of range), for every
+    caller to ask before any work (``avss run``'s pre-flight, the CLI); returns the gate's floor."""
+    floor = min_retention if min_retention is not None else profile.gate.min_retention
+    if not (math.isfinite(floor) and 0 < floor <= 2):
+        raise BadInput(f"--min-retention must be in (0, 2] (got {floor})", "e.g. --min-retention 0.9")
+    if not profile.tasks:
+        raise BadInput(f"profile {profile.name!r} has no tasks, so there is nothing to gate",
+                       "add tasks to the profile (see profiles/default.yaml)")
+    return floor
+
+
 def verify(
     base: Any,
     candidate: Any,
@@ -311,11 +324,7 @@ def verify(
     """
     t0 = time.perf_counter()
     gate = profile.gate
-    floor = min_retention if min_retention is not None else gate.min_retention
-    if not 0 < floor <= 2:
-        raise BadInput(f"--min-retention must be in (0, 2] (got {floor})", "e.g. --min-retention 0.9")
-    if not profile.tasks:
-        raise BadInput(f"profile {profile.name!r} has no tasks", "add tasks to the profile")
+    floor = check_gate(profile, min_retention)
     sides = {"base": _Side("base", base), "candidate": _Side("candidate", candidate)}
     warnings: list[str] = []
     provenance: dict[str, Any] = {}

@@ -520,9 +520,10 @@ def pick_shots(pool: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, 
 # ---------------------------------------------------------------- profile entries
 
 class TaskEntry(BaseModel):
-    """A task as a profile writes it. Strict (unknown keys refused), so a typo never silently disables a check."""
+    """A task as a profile writes it. Strict (unknown keys refused, NaN and inf too), so a typo never silently
+    disables a check."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     if TYPE_CHECKING:  # every kind's entry has these; each kind declares them as fields, in its own order

@@ -75,8 +75,23 @@ def test_prune_checkpoint_from_a_scores_file(tiny, tmp_path):
     ({"scores": "s.json", "avss_mode": "official", "num_layers": 1}, "a scores file already records its mode"),
     ({"scores": "s.json", "max_remove": 2, "num_layers": 1}, "--max-remove applies to --method"),
     ({"method": "last-k", "objective": "kl", "num_layers": 1}, "--objective only applies to --method sleb"),
-    ({"method": "last-k", "num_layers": 1, "repair": "linear", "ridge": -1.0}, "--ridge must be >= 0"),
+    ({"method": "last-k", "num_layers": 1, "repair": "linear", "ridge": -1.0}, "--ridge must be a finite number >= 0"),
     ({"method": "last-k", "num_layers": 1, "data": "a.txt", "profile": "p.yaml"}, "--data and --profile both"),
+    # every float rejects NaN and inf, every count and range is checked against config.json, before the load
+    ({"method": "last-k", "num_layers": 1, "repair": "linear", "ridge": float("nan")}, r"--ridge must be a finite"),
+    ({"method": "last-k", "num_layers": 1, "repair": "linear", "ridge": float("inf")}, r"--ridge must be a finite"),
+    ({"method": "last-k", "num_layers": 1, "repair": "distill", "heal_lr": float("inf")}, "--heal-lr must be a finite"),
+    ({"method": "last-k", "num_layers": 1, "repair": "distill", "heal_minutes": float("inf")},
+     "--heal-minutes must be a finite"),
+    ({"method": "last-k", "ratio": float("nan")}, r"--ratio must be between 0 and 1 \(got nan\)"),
+    ({"method": "last-k", "mass": float("inf")}, r"--mass must be between 0 and 1 \(got inf\)"),
+    ({"method": "last-k", "num_layers": 0}, r"--num-layers must be at least 1 \(got 0\)"),
+    ({"method": "last-k", "num_layers": -1}, r"--num-layers must be at least 1 \(got -1\)"),
+    ({"method": "last-k", "num_layers": 4}, "cannot remove 4 of 4 layers: at least one layer must remain"),
+    ({"method": "last-k", "ratio": 0.1}, "--ratio 0.1 of 4 layers rounds to 0 layers"),
+    ({"method": "last-k", "num_layers": 3, "protect": "first,last"}, "cannot remove 3 layers: only 2 are not protected"),
+    ({"method": "last-k", "num_layers": 1, "protect": "7"}, "--protect layer 7 is out of range for a 4-layer model"),
+    ({"method": "sleb", "num_layers": 1, "max_remove": 4}, "--max-remove 4 is out of range for a 4-layer model"),
 ])
 def test_prune_checkpoint_refuses_bad_flags_before_loading(kwargs, needle, tiny, tmp_path):
     with library_log() as log, pytest.raises(BadInput, match=needle):

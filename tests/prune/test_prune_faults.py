@@ -68,3 +68,38 @@ def test_a_dangling_symlink_out_is_named(tiny, tmp_path, capsys):
     assert code == 2
     (line,) = error_lines(err)
     assert "is a symbolic link to" in line and "does not exist" in line
+
+
+def test_a_full_disk_while_the_tokenizer_is_saved_is_its_own_line(tiny, tmp_path, capsys, monkeypatch):
+    """tokenizers raises a plain Exception ("No space left on device (os error 28)"): still the disk's line,
+    exit 3, nothing left behind (it used to be "unexpected Exception ... report it")."""
+    from transformers import PreTrainedTokenizerFast
+
+    argv = _prune(tiny, tmp_path / "slim")
+
+    def full(*a, **kw):
+        raise Exception("No space left on device (os error 28)")  # noqa: TRY002 - what tokenizers raises
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "_save_pretrained", full)
+    code, _, err = run(argv, capsys)
+    assert code == 3, err
+    (line,) = error_lines(err)
+    assert "no space left on the device while writing" in line and "tokenizer.json" in line, line
+    assert "unexpected" not in line and not (tmp_path / "slim").exists() and not list(tmp_path.glob(".slim.*"))
+
+
+def test_a_plain_exception_naming_a_full_disk_is_the_disk_error():
+    from compressor.errors import error_line_for, exit_code_for
+
+    for exc in (Exception("No space left on device (os error 28)"), RuntimeError("IO error: Disk quota exceeded")):
+        assert exit_code_for(exc) == 3 and error_line_for(exc).startswith("no space left on the device")
+    assert error_line_for(Exception("something else")).startswith("unexpected Exception")
+
+
+def test_an_out_path_that_is_not_utf8_is_refused_up_front(tiny, tmp_path, capsys):
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/slim\xff")
+    code, _, err = run(_prune(tiny, out), capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert "output " in line and "slim\\xff has a byte that is not UTF-8 text" in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -80,6 +80,8 @@ def test_the_time_budget_stops_training(tiny):
 
 def test_healing_settings_are_refused_before_any_work():
     for kwargs, needle in [({"heal_loss": "mse"}, "unknown --heal-loss"),
-                           ({"heal_minutes": 0.0}, "--heal-minutes must be positive")]:
+                           ({"heal_minutes": 0.0}, "--heal-minutes must be a finite positive number"),
+                           ({"heal_minutes": float("nan")}, "--heal-minutes must be a finite positive number"),
+                           ({"heal_lr": float("nan")}, "--heal-lr must be a finite positive number")]:
         with pytest.raises(BadInput, match=needle):
             repair_settings("linear+distill", **kwargs)

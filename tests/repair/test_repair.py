@@ -101,7 +101,7 @@ def test_linear_then_distill_and_the_repair_command(tiny, tmp_path, text_file, c
 
 @pytest.mark.parametrize("argv,needle", [
     (["--method", "magic"], "unknown --repair 'magic'"),
-    (["--method", "linear", "--heal-lr", "0"], "--heal-lr must be positive"),
+    (["--method", "linear", "--heal-lr", "0"], "--heal-lr must be a finite positive number"),
 ])
 def test_bad_repair_input(argv, needle, tiny, tmp_path, capsys):
     code, _, err = run(["repair", str(tiny("llama")), str(tiny("llama")), "--out", str(tmp_path / "o"), *argv], capsys)

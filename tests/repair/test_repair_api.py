@@ -17,8 +17,8 @@ def test_repair_settings_fill_defaults_and_refuse_bad_values():
     assert repair_settings() == RepairSettings()
     assert repair_settings("linear+distill", heal_tokens=512, seed=3) == RepairSettings("linear+distill", heal_tokens=512,
                                                                                          seed=3)
-    for kwargs, needle in [({"ridge": -1.0}, "--ridge must be >= 0"), ({"heal_steps": 0}, "--heal-steps and --heal-tokens"),
-                           ({"heal_tokens": 0}, "--heal-steps and --heal-tokens"), ({"heal_lr": 0.0}, "--heal-lr must be positive")]:
+    for kwargs, needle in [({"ridge": -1.0}, "--ridge must be a finite number >= 0"), ({"heal_steps": 0}, "--heal-steps and --heal-tokens"),
+                           ({"heal_tokens": 0}, "--heal-steps and --heal-tokens"), ({"heal_lr": 0.0}, "--heal-lr must be a finite positive number")]:
         with pytest.raises(BadInput, match=needle):
             repair_settings("linear", **kwargs)
     with pytest.raises(BadInput, match="unknown --repair 'bogus'"):

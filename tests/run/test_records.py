@@ -52,6 +52,43 @@ def test_an_edited_verify_record_cannot_turn_a_failed_run_into_a_pass(tiny, tmp_
     assert [s["status"] for s in _run_json(out)["stages"] if s["name"] == "verify"] == ["resumed"]
 
 
+def test_a_report_with_lowered_thresholds_is_judged_under_the_runs_gate(tiny, tmp_path, ppl_profile, capsys):
+    """report.json and the record edited together, consistently (thresholds lowered, so the report's own
+    numbers pass under the report's own gate): the resumed verify is judged under the run's configuration,
+    so the stage runs again and the run still fails."""
+    out = tmp_path / "art"
+    argv = ["run", str(tiny("llama")), "--profile", str(ppl_profile(1.5)), "--out", str(out), "--num-layers", "1",
+            "--skip-export"]
+    code, _, err = run(argv, capsys)
+    assert code == 1, err
+    report = out / "report.json"
+    rep = json.loads(report.read_text())
+    rep["min_retention"] = 0.1
+    for t in rep["tasks"]:
+        t["threshold"], t["passed"] = 0.1, True
+    rep["passed"] = True
+    report.write_text(json.dumps(rep))
+    from compressor.verify.report import VerifyReport
+
+    assert VerifyReport.from_dict(rep).judged()[0] is True  # it passes under the gate it carries
+    from compressor.run.stages import path_digest, record_digest
+
+    record = out / ".avss-run" / "verify.json"
+    d = json.loads(record.read_text())  # the editor also records the edited report's digest
+    d["result"]["passed"] = True
+    d["outputs"]["report.json"] = path_digest(report)
+    d.pop("digest", None)
+    d["digest"] = record_digest(d)
+    record.write_text(json.dumps(d))
+    code, _, err = run(argv, capsys)
+    assert code == 1, err
+    assert "verify: running again (report.json was not judged under this run's gate: its gate is all at 0.1, " \
+           "this run's is all at 1.5" in err, err
+    assert json.loads(report.read_text())["min_retention"] == 1.5 and _run_json(out)["passed"] is False
+    code, _, err = run([*argv, "--min-retention", "0.2"], capsys)  # a lower gate of the run's own: honoured
+    assert code == 0, err
+
+
 def test_run_json_records_the_exit_code_the_process_ends_with(tiny, tmp_path, ppl_profile, capsys, monkeypatch):
     """A read-only disk under the verify cache mid-run: exit 2 (a disk the user can fix), and run.json says 2."""
     from compressor.verify import api

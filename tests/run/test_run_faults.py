@@ -161,13 +161,38 @@ def _config(tmp_path, **fields) -> str:
 
 
 @pytest.mark.parametrize("case", ["opset", "protect-from-config", "prompt-len", "calibration-file", "full-disk",
-                                  "read-only", "dangling-link"])
+                                  "read-only", "dangling-link", "every-layer", "ratio-of-nothing", "search-too-deep",
+                                  "no-tasks", "nan-from-config", "inf-from-config", "non-utf8-out"])
 def test_bad_input_is_found_before_any_work(case, tiny, tmp_path, ppl_profile, capsys, monkeypatch):
     out = tmp_path / "art"
     prof = ppl_profile(0.5)
     argv = ["run", str(tiny("llama")), "--profile", str(prof), "--out", str(out), "--num-layers", "1"]
     code_wanted, needle = 2, ""
-    if case == "opset":
+    if case == "every-layer":  # used to be refused by the select stage, after scoring wrote its files
+        argv[-1] = "4"
+        needle = "cannot remove 4 of 4 layers: at least one layer must remain"
+    elif case == "ratio-of-nothing":
+        argv[-2:] = ["--ratio", "0.1"]
+        needle = "--ratio 0.1 of 4 layers rounds to 0 layers"
+    elif case == "search-too-deep":
+        argv[-2:] = ["--search", "--max-remove", "4"]
+        needle = "--max-remove 4 is more than the 3 layer(s) this 4-layer model can lose"
+    elif case == "no-tasks":  # used to be refused at the verify stage, after score, select and prune wrote files
+        d = yaml.safe_load(prof.read_text())
+        d["tasks"] = []
+        prof.write_text(yaml.safe_dump(d))
+        needle = "profile 'tiny-ppl' has no tasks, so there is nothing to gate"
+    elif case == "nan-from-config":
+        argv += ["--config", _config(tmp_path, repair="linear", ridge=float("nan"))]
+        needle = "ridge: Input should be a finite number"
+    elif case == "inf-from-config":
+        argv += ["--config", _config(tmp_path, repair="distill", heal_minutes=float("inf"))]
+        needle = "heal_minutes: Input should be a finite number"
+    elif case == "non-utf8-out":  # used to fail as an unexpected UnicodeEncodeError, leaving .avss-run behind
+        out = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/art\xff"))
+        argv[argv.index("--out") + 1] = str(out)
+        needle = "has a byte that is not UTF-8 text"
+    elif case == "opset":
         argv += ["--opset", "99"]
         needle = "--opset 99 is outside what this exporter supports; use --opset 14..23"
     elif case == "protect-from-config":
@@ -200,4 +225,5 @@ def test_bad_input_is_found_before_any_work(case, tiny, tmp_path, ppl_profile, c
     (line,) = error_lines(err)
     assert needle in line, line
     assert not out.exists() or out.is_symlink()  # nothing was written
+    assert {p.name for p in tmp_path.iterdir()} <= {"art", "profile.yaml", "run.yaml", "text.txt"}, "a file was left"
     assert "unexpected" not in err and "Traceback" not in err

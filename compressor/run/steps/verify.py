@@ -30,18 +30,42 @@ def verdict_result(rep: VerifyReport) -> dict[str, Any]:
                       for t in rep.tasks]}
 
 
-def rejudge(report_file: Path) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A resumed verify stage's result, re-derived from its report's numbers under its gate. A record or
-    report whose verdict does not follow reruns the stage."""
+def gate_mismatch(rep: VerifyReport, profile: Any, min_retention: float | None) -> str | None:
+    """Where a report's gate differs from the run's own (its floor, aggregate, tasks and each task's
+    threshold), or None: a report is judged only under the gate this run was configured with."""
+    from compressor.verify.api import check_gate
+
+    floor = check_gate(profile, min_retention)
+    own = {t.name: t.min_retention for t in profile.tasks}
+    if rep.min_retention != floor or rep.aggregate != profile.gate.aggregate:
+        return (f"its gate is {rep.aggregate} at {rep.min_retention:g}, this run's is {profile.gate.aggregate} at "
+                f"{floor:g}")
+    names = [t.name for t in rep.tasks]
+    if names != list(own)[:len(names)] or (rep.complete and len(names) != len(own)):
+        return f"its tasks ({', '.join(names)}) are not this profile's ({', '.join(own)})"
+    for t in rep.tasks:
+        want = own[t.name] if own[t.name] is not None else floor
+        if t.threshold != want or t.own_threshold != (own[t.name] is not None):
+            return f"task {t.name} has threshold {t.threshold:g} there, {want:g} in this run"
+    return None
+
+
+def rejudge(report_file: Path, ctx: RunContext) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A resumed verify stage's result, re-derived from its report's numbers under this run's gate (its
+    --min-retention and its profile's thresholds, not the ones written in the report). A report judged
+    under another gate, or a record whose verdict does not follow, reruns the stage."""
 
     def recheck(recorded: dict[str, Any]) -> dict[str, Any]:
         from compressor.verify.report import VerifyReport
 
         try:
             rep = VerifyReport.from_dict(json.loads(report_file.read_text(encoding="utf-8")))
+            other = gate_mismatch(rep, ctx.profile, ctx.cfg.min_retention)
             passed, _ = rep.judged()
         except (OSError, ValueError) as exc:
             raise Stale(f"{report_file.name} cannot be re-judged ({exc})") from exc
+        if other is not None:
+            raise Stale(f"{report_file.name} was not judged under this run's gate: {other}")
         if passed != rep.passed or recorded.get("passed") is not passed:
             raise Stale(f"the recorded verdict does not follow from the numbers in {report_file.name}")
         derived = verdict_result(rep)
@@ -75,7 +99,7 @@ def verify(ctx: RunContext, given: Results) -> Results:
     inputs: dict[str, Input] = {"base": ctx.base_input(), "candidate": Files(slim), "search": Setting(search_md),
                                 **ctx.gate_inputs}
     return {"verdict": ctx.run_stage(Stage("verify", "verifying", inputs, ("report.json", "report.md", "junit.xml"),
-                                           work, recheck=rejudge(ctx.out / "report.json")))}
+                                           work, recheck=rejudge(ctx.out / "report.json", ctx)))}
 
 
 def _vs_slim(ctx: RunContext, art: Any, slim: Path, dest: str) -> tuple[dict[str, Any], list[str]]:
@@ -131,7 +155,7 @@ def artifact_stage(ctx: RunContext, artifact: Path, slim: Path, kind: str) -> St
     inputs: dict[str, Input] = {"base": ctx.base_input(), "artifact": Files(artifact), "slim": Files(slim),
                                 "provider": Setting(c.provider), **ctx.gate_inputs}
     return Stage(f"verify-{dest}", f"verifying {dest}/ in ONNX Runtime", inputs, (reports,), work,
-                 recheck=rejudge(ctx.out / reports / "report.json"))
+                 recheck=rejudge(ctx.out / reports / "report.json", ctx))
 
 
 def verify_onnx(ctx: RunContext, given: Results) -> Results:
