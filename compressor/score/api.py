@@ -190,6 +190,12 @@ def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: st
             check_output_file(p, "output", force)
     calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
                              text_field=text_field, pack=pack)
+    if not isinstance(model, LoadedModel):  # --protect and --max-remove against the config, before the load
+        from compressor.architectures import num_layers
+        from compressor.sources.models import load_config, resolve_model_path
+
+        scorer_options(method, num_layers(load_config(resolve_model_path(model)[0], trust_remote_code)),
+                       objective=objective, max_remove=max_remove, last_state=last_state, protect=protect)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)

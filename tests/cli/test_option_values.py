@@ -34,3 +34,22 @@ def test_nan_and_inf_are_refused_as_they_are_parsed(command, flag, value, tmp_pa
     (line,) = error_lines(err)
     assert f"{flag} must be a finite number (got {float(value)})" in line, line
     assert "Traceback" not in err and "loading" not in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["score", "{m}", "--method", "sleb", "--max-remove", "9"], "--max-remove 9 is out of range for a 4-layer model"),
+    (["score", "{m}", "--method", "sleb", "--max-remove", "0"], "--max-remove 0 is out of range for a 4-layer model"),
+    (["score", "{m}", "--method", "sleb", "--protect", "9"], "--protect layer 9 is out of range for a 4-layer model"),
+    (["prune", "{m}", "--method", "last-k", "--num-layers", "0", "--out", "{o}"], "--num-layers must be at least 1"),
+    (["prune", "{m}", "--method", "last-k", "--num-layers", "-1", "--out", "{o}"], "--num-layers must be at least 1"),
+    (["prune", "{m}", "--method", "last-k", "--num-layers", "4", "--out", "{o}"], "cannot remove 4 of 4 layers"),
+    (["prune", "{m}", "--method", "patch-residual-greedy", "--repair", "linear", "--num-layers", "1",
+      "--max-remove", "4", "--out", "{o}"], "--max-remove 4 is out of range for a 4-layer model with 1 protected"),
+])
+def test_counts_are_checked_against_the_config_before_the_model_loads(argv, needle, tiny, tmp_path, capsys):
+    argv = [a.format(m=tiny("llama"), o=tmp_path / "slim") for a in argv]
+    code, _, err = run(argv, capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert needle in line, line
+    assert "loading" not in err and not (tmp_path / "slim").exists()
