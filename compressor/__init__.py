@@ -2,7 +2,7 @@
 
 Public surface (kept small on purpose; each name imports its module, and torch, only when used):
 
-    from compressor import load_model, score_layers, select_layers, prune_model, verify, export_model
+    from compressor import load_model, score_layers, select_layers, prune_model, verify_models, export_model
     from compressor import score_checkpoint, prune_checkpoint, repair_pruned  # the commands as calls
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Error types mapped to exit codes in exactly one place (``compressor.cli.app``).
+"""Error types, each with its exit code; ``exit_code_for`` and ``error_line_for`` are the one mapping from how
+a command ended to its code and its stderr line (``compressor.cli.app`` and ``run.json`` both call them).
 
 Every user-facing error carries a *fix*: the message a user reads must say what to do next.
 """

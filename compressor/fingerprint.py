@@ -168,9 +168,3 @@ def tokenizer_identity(tok: Any) -> dict[str, Any]:
 def data_digest(value: Any) -> str:
     """Digest of loaded data (documents, examples): what a stage read, not where it read it from."""
     return digest_json(value)
-
-
-def clear_memo() -> None:
-    """Forget memoised digests (tests that edit files within one mtime tick)."""
-    _FILE_MEMO.clear()
-    _CODE.clear()

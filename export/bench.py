@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from compressor.defaults import BENCH, PROVIDER
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export import layout, runtime
 from compressor.files import atomic_write_figure, atomic_write_text, check_output_file, clean_temp, make_temp_dir
@@ -37,13 +38,13 @@ WORKER_FILE = str(Path(__file__).resolve().with_name("_bench_worker.py"))
 
 @dataclass
 class BenchOptions:
-    provider: str = "auto"  # auto | cpu | cuda (cuda never falls back to CPU)
-    batch_size: int = 1
-    prompt_len: int = 128
-    new_tokens: int = 32
-    warmup: int = 3
-    runs: int = 10
-    rounds: int = 1
+    provider: str = PROVIDER  # auto | cpu | cuda (cuda never falls back to CPU)
+    batch_size: int = BENCH["batch_size"]
+    prompt_len: int = BENCH["prompt_len"]
+    new_tokens: int = BENCH["new_tokens"]
+    warmup: int = BENCH["warmup"]
+    runs: int = BENCH["runs"]
+    rounds: int = BENCH["rounds"]
     threads: int | None = None  # intra_op_num_threads; None: physical cores
     io_binding: bool | None = None  # None: on for CUDA, off for CPU; True on CPU exercises the CUDA code path
     seed: int = 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 from compressor.errors import BadInput
+from compressor.registry import Registry
 
 OnStart = Optional[Callable[[str], None]]
 OnStage = Optional[Callable[[str, float], None]]
@@ -117,7 +118,7 @@ class OptimumExporter(Exporter):
 class GenAIExporter(Exporter):
     name = "genai"
     help = ("genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; "
-            "Llama, Mistral, Qwen2/3, Gemma 3, Phi-3)")
+            "Llama, Mistral, Qwen2/3, Phi-3)")
     precisions = (None, "int4", "int8-weights")
     bench_reference = "onnx-base-genai"
     quantize_source = "checkpoint"
@@ -153,7 +154,9 @@ class GenAIExporter(Exporter):
         return {"quantization": rec["quantization"], "structural_checks": rec["structural_checks"], "files": rec["files"]}
 
 
-EXPORTERS: dict[str, Exporter] = {e.name: e for e in (OptimumExporter(), GenAIExporter())}
+EXPORTERS: Registry[Exporter] = Registry("--exporter")
+EXPORTERS.register(OptimumExporter)
+EXPORTERS.register(GenAIExporter)
 DEFAULT = "optimum"
 
 
@@ -163,10 +166,7 @@ def names() -> list[str]:
 
 def get_exporter(name: Optional[str]) -> Exporter:
     """The exporter called ``name`` (None: the default); an unknown name is refused with the choices."""
-    e = EXPORTERS.get(name or DEFAULT)
-    if e is None:
-        raise BadInput(f"unknown --exporter {name!r}", f"use --exporter {' or '.join(EXPORTERS)}")
-    return e
+    return EXPORTERS.find(name or DEFAULT)
 
 
 def help_text() -> str:

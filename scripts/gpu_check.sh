@@ -25,7 +25,6 @@ if [ "$PYTHON" != .venv/bin/python ] && ls .whl/*.whl >/dev/null 2>&1; then  # a
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export AVSS_CACHE=${AVSS_CACHE:-$PWD/.cache/avss}
 rm -rf "$OUT" && mkdir -p "$OUT"
 AVSS=("$PYTHON" -m compressor)
 STATUS="$OUT/steps.tsv"

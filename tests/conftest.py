@@ -8,7 +8,8 @@ import pytest
 from helpers import shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("AVSS_CACHE", str(ROOT / ".cache" / "avss"))
+# the cache is the CLI's default (AVSS_CACHE, else ~/.cache/avss-compressor): the converted built-in model is
+# shared with `make demo` and the README's commands; tests that need a cold cache set their own
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):

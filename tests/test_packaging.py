@@ -105,3 +105,24 @@ def test_no_code_outside_a_registry_compares_a_scorer_repair_or_exporter_name():
                     if rel not in owners and set(consts) & names:
                         hits.append(f"{rel}:{node.lineno}: compares a {what} name {sorted(set(consts) & names)}")
     assert not hits, hits
+
+
+def test_one_cache_default():
+    """make, the scripts, CI and the tests use the CLI's own cache default (AVSS_CACHE, else
+    ~/.cache/avss-compressor): a second default made the README's commands convert the built-in model again
+    and miss every cached verify after `make demo`."""
+    import re
+
+    from compressor.sources.cache import cache_location
+
+    setters = re.compile(r"AVSS_CACHE\s*(\?=|:=|=(?!=)|\})|setdefault\(\s*[\"']AVSS_CACHE")
+    places = [ROOT / "Makefile", ROOT / ".ci" / "run", *(ROOT / "scripts").glob("*.sh"), ROOT / "tests" / "conftest.py"]
+    assert [str(p.relative_to(ROOT)) for p in places if setters.search(p.read_text())] == []
+    assert "~/.cache/avss-compressor" in (ROOT / "README.md").read_text()  # the CI example caches that folder
+    import os
+
+    saved = {k: os.environ.pop(k, None) for k in ("AVSS_CACHE", "XDG_CACHE_HOME")}
+    try:
+        assert cache_location() == (Path.home() / ".cache" / "avss-compressor", "HOME")
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})

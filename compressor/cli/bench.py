@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from compressor import defaults
 from compressor.cli import options as o
 
 if TYPE_CHECKING:
@@ -15,13 +16,13 @@ if TYPE_CHECKING:
 
 def bench(
     onnx_dirs: Annotated[list[str], typer.Argument(help="Export folders (model.onnx + config.json) or .onnx files; the first is the reference.")],
-    provider: Annotated[str, typer.Option("--provider", help="auto, cpu or cuda (cuda never falls back to cpu).")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per run.")] = 1,
-    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens per sequence (random ids).")] = 128,
-    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Decode steps per generation (decoders).")] = 32,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed generations before timing.")] = 3,
-    runs: Annotated[int, typer.Option("--runs", help="Timed generations per model and round.")] = 10,
-    rounds: Annotated[int, typer.Option("--rounds", help="Measure the models alternately this many times, each in a fresh process, and pool the samples.")] = 1,
+    provider: o.Provider = defaults.PROVIDER,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per run.")] = defaults.BENCH["batch_size"],
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens per sequence (random ids).")] = defaults.BENCH["prompt_len"],
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Decode steps per generation (decoders).")] = defaults.BENCH["new_tokens"],
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed generations before timing.")] = defaults.BENCH["warmup"],
+    runs: Annotated[int, typer.Option("--runs", help="Timed generations per model and round.")] = defaults.BENCH["runs"],
+    rounds: Annotated[int, typer.Option("--rounds", help="Measure the models alternately this many times, each in a fresh process, and pool the samples.")] = defaults.BENCH["rounds"],
     threads: Annotated[Optional[int], typer.Option("--threads", help="intra_op_num_threads (default: the physical cores).")] = None,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the results here (atomic write).")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Latency box plots, PNG (default with --json: the --json path with .png).")] = None,

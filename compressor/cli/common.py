@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
-def load(model: str, device: str, dtype: str, device_map: Optional[str], allow_pickle: bool, trust_remote_code: bool,
+def load(model: str, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool,
          max_memory: Optional[int] = None, stream: Optional[bool] = False) -> Any:
     from compressor.sources.models import load_model
 
-    return load_model(model, device=device, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle,
+    return load_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream,
                       with_head=stream is not False)
 
@@ -30,7 +30,7 @@ def load_for_eval(model: str, device: str, dtype: str, allow_pickle: bool, trust
     from compressor.export.ort_model import is_onnx_export
 
     if not is_onnx_export(model):
-        return load(model, device, dtype, None, allow_pickle, trust_remote_code, max_memory, stream)
+        return load(model, device, dtype, allow_pickle, trust_remote_code, max_memory, stream)
     from compressor.export.ort_model import load_onnx_model
 
     if stream:

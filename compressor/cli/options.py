@@ -59,3 +59,4 @@ HealLr = Annotated[Optional[float], typer.Option("--heal-lr", callback=finite("-
 HealLoss = Annotated[Optional[str], typer.Option("--heal-loss", help="distill, lora: hidden (relative MSE of hidden states at the cuts and the final norm; default) or kl (KL to the full model's next-token distribution over its top 64 tokens).")]
 HealMinutes = Annotated[Optional[float], typer.Option("--heal-minutes", callback=finite("--heal-minutes"), help="distill, lora: wall-clock bound on the training, in minutes (the step budget still applies; the best held-out weights are kept).")]
 MinRetention = Annotated[Optional[float], typer.Option("--min-retention", callback=finite("--min-retention"), help="Override the profile's gate.min_retention (task-level thresholds still win).")]
+Provider = Annotated[str, typer.Option("--provider", help="ONNX Runtime provider for an ONNX export folder: auto (CUDA when its runtime works here, else CPU), cpu or cuda (cuda never falls back).")]

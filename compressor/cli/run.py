@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from compressor import defaults
 from compressor.cli import options as o
 
 Flag = Optional[bool]
@@ -20,7 +21,7 @@ def run(
     avss_mode: o.AvssMode = None,
     objective: o.Objective = None,
     last_state: o.LastState = None,
-    ratio: Annotated[Optional[float], typer.Option("--ratio", callback=o.finite("--ratio"), help="Remove round-half-up(ratio x layers) layers (default: 0.25).")] = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", callback=o.finite("--ratio"), help=f"Remove round-half-up(ratio x layers) layers (default: {defaults.RATIO}).")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Remove exactly this many layers.")] = None,
     search: Annotated[Flag, typer.Option("--search", help="Find the largest cut that passes the gate (see --methods).", show_default=False)] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Scorers tried by --search, comma-separated (default: avss,block-influence; plus angular with a linear repair).")] = None,
@@ -43,11 +44,11 @@ def run(
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto, float32, float16, bfloat16 for score/verify (default: auto).")] = None,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: 18).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for --method random (default: 0).")] = None,
-    bench_prompt_len: Annotated[Optional[int], typer.Option("--bench-prompt-len", help="Bench prompt tokens (default: 128).")] = None,
-    bench_new_tokens: Annotated[Optional[int], typer.Option("--bench-new-tokens", help="Bench decode steps (default: 32).")] = None,
-    bench_runs: Annotated[Optional[int], typer.Option("--bench-runs", help="Timed bench generations (default: 5).")] = None,
-    bench_warmup: Annotated[Optional[int], typer.Option("--bench-warmup", help="Untimed bench generations (default: 2).")] = None,
-    bench_rounds: Annotated[Optional[int], typer.Option("--bench-rounds", help="Alternate full and slim this many times (default: 2).")] = None,
+    bench_prompt_len: Annotated[Optional[int], typer.Option("--bench-prompt-len", help=f"Bench prompt tokens (default: {defaults.BENCH['prompt_len']}).")] = None,
+    bench_new_tokens: Annotated[Optional[int], typer.Option("--bench-new-tokens", help=f"Bench decode steps (default: {defaults.BENCH['new_tokens']}).")] = None,
+    bench_runs: Annotated[Optional[int], typer.Option("--bench-runs", help=f"Timed bench generations (default: {defaults.BENCH['runs']}).")] = None,
+    bench_warmup: Annotated[Optional[int], typer.Option("--bench-warmup", help=f"Untimed bench generations (default: {defaults.BENCH['warmup']}).")] = None,
+    bench_rounds: Annotated[Optional[int], typer.Option("--bench-rounds", help=f"Alternate full and slim this many times (default: {defaults.BENCH['rounds']}).")] = None,
     bench_threads: Annotated[Optional[int], typer.Option("--bench-threads", help="Bench intra-op threads (default: physical cores).")] = None,
     allow_pickle: Annotated[Flag, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights. They can run code: trusted sources only.", show_default=False)] = None,
     trust_remote_code: Annotated[Flag, typer.Option("--trust-remote-code", help="Allow custom model code from the checkpoint.", show_default=False)] = None,

@@ -53,7 +53,7 @@ def score(
     common.print_scores(report)
     sel = report.default_selection
     note(f"method: {report.label}; ranking (least important first): {report.ranking}")
-    note(f"default selection ({sel['rule']} 0.25 -> {sel['num_layers']} layers) would remove {sel['removed']}")
+    note(f"default selection ({sel['rule']} {sel['ratio']} -> {sel['num_layers']} layers) would remove {sel['removed']}")
     if out:
         note(f"wrote {out}")
     if plot:

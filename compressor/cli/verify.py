@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from compressor import defaults
 from compressor.cli import options as o
 
 
@@ -15,7 +16,7 @@ def verify(
     min_retention: o.MinRetention = None,
     report_dir: Annotated[str, typer.Option("--report-dir", help="Where report.json, report.md and junit.xml go (rewritten each run).")] = "avss-report",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every result instead of reusing cached ones.")] = False,
-    provider: Annotated[str, typer.Option("--provider", help="For an ONNX export folder (base or candidate): auto, cpu or cuda (cuda never falls back).")] = "cpu",
+    provider: o.Provider = defaults.PROVIDER,
     device: o.Device = "cpu",
     dtype: o.Dtype = "auto",
     allow_pickle: o.AllowPickle = False,

@@ -34,7 +34,7 @@ class PruneOutcome:
 
     @property
     def repaired(self) -> bool:
-        return self.settings.method != "none"
+        return bool(self.settings.enabled)
 
     @property
     def out(self) -> Path:
@@ -167,11 +167,11 @@ def prune_checkpoint(
         spec = str(model)
         loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream,
-                            copies=1 + settings.enabled)
+                            copies=settings.copies)
     else:
         loaded, spec = model, model.spec
     check_free_space(Path(out), loaded.weight_bytes, f"the slim checkpoint {out}")
-    if settings.method != "none":
+    if settings.enabled:
         check_repair(settings, loaded.adapter)  # an architecture it cannot repair fails before scoring
         if protect_for(settings, protect) != protect:
             diagnostics.note(f"--repair {settings.method} keeps layer 0 (its patch folds into the block before each "
@@ -195,7 +195,7 @@ def prune_checkpoint(
     diagnostics.note(f"method {report.label}: removing {sel.num_layers} of {report.num_layers} layers {sel.removed} "
                      f"({sel.rule})")
     provenance = cut_provenance(report, sel, scores_file=scores)
-    cal = calibration_for(loaded, calib) if settings.method != "none" else None
+    cal = calibration_for(loaded, calib) if settings.enabled else None
     with (repair_bars or contextlib.nullcontext)() as update:
         res = prune_and_repair(loaded, sel.removed, out, settings, cal, force=force, provenance=provenance,
                                progress=update)
@@ -207,13 +207,7 @@ def prune_checkpoint(
 def _stream_choice(stream: bool | None, method: str | None, repair: str) -> bool | None:
     """The loader's ``stream`` for this prune: a scorer or repair that needs the whole model rules
     streaming out (``--stream`` with one is refused now, before the model loads)."""
-    from compressor.repair.api import check_streams, streams
-    from compressor.score.api import stream_choice
+    from compressor.repair.api import stream_choice as repair_choice
+    from compressor.score.api import stream_choice as scorer_choice
 
-    if method is not None:
-        stream = stream_choice(method, stream)
-    if not streams(repair):
-        if stream:
-            check_streams(repair)
-        return False
-    return stream
+    return repair_choice(repair, scorer_choice(method, stream) if method is not None else stream)

@@ -32,7 +32,6 @@ from compressor.repair.linear import spans_of
 DEFAULT_STEPS = 30  # measured on SmolLM2-135M, 2 cores: ~5 s per 2,048-token step, ~2.5 min in all
 DEFAULT_LR = 3e-4
 LOSSES = ("hidden", "kl")
-TRAINABLE = ("neighbours", "lora")
 TOP_K = 64
 LORA_RANK = 8
 
@@ -147,6 +146,51 @@ def _lora_targets(model: Any, kept_layers: Any) -> list[str]:
     return names
 
 
+class _Neighbours:
+    """Train the kept blocks on either side of each removed span (ShortGPT-style healing, in place)."""
+
+    name = "neighbours"
+
+    @staticmethod
+    def attach(student: Any, s_layers: Any, kept: list[int], removed: list[int]) -> tuple[Any, list[Any], list[int]]:
+        blocks = set()
+        for span in spans_of(removed):
+            if span[0] > 0:
+                blocks.add(kept.index(span[0] - 1))
+            if span[-1] + 1 in kept:
+                blocks.add(kept.index(span[-1] + 1))
+        trained = sorted(i for i in blocks if 0 <= i < len(s_layers))
+        return student, [p for i in trained for p in s_layers[i].parameters()], trained
+
+    @staticmethod
+    def detach(model: Any) -> Any:
+        return model
+
+
+class _Lora:
+    """LoRA adapters (peft) on every linear layer of every kept block, merged back into plain weights."""
+
+    name = "lora"
+
+    @staticmethod
+    def attach(student: Any, s_layers: Any, kept: list[int], removed: list[int]) -> tuple[Any, list[Any], list[int]]:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+                            target_modules=_lora_targets(student, s_layers), bias="none")
+        model = get_peft_model(student, config)
+        return model, [p for name, p in model.named_parameters() if "lora_" in name], list(range(len(s_layers)))
+
+    @staticmethod
+    def detach(model: Any) -> Any:
+        return model.merge_and_unload()  # plain modules again, the adapters folded into their weights
+
+
+# what a healing step trains (``Repair.trainable`` names one): attach returns (the model to run, its trained
+# parameters, the trained blocks), detach the plain model afterwards
+TRAINABLE = {t.name: t for t in (_Neighbours, _Lora)}
+
+
 def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], batches: list[dict[str, Any]], *,
             steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0, eval_every: int = 10,
             patience: int = 3, loss: str = "hidden", trainable: str = "neighbours", minutes: float | None = None,
@@ -175,27 +219,9 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
     pairs = cut_points(kept, removed) if loss == "hidden" else []
     s_layers, t_layers = get_layers(student), get_layers(teacher)
     t_body = body_of(teacher)
-    n = len(s_layers)
     for p in student.parameters():
         p.requires_grad_(False)
-    if trainable == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
-                            target_modules=_lora_targets(student, s_layers), bias="none")
-        model = get_peft_model(student, config)
-        params = [p for name, p in model.named_parameters() if "lora_" in name]
-        trainable_blocks = list(range(n))
-    else:
-        model = student
-        blocks = set()
-        for span in spans_of(removed):
-            if span[0] > 0:
-                blocks.add(kept.index(span[0] - 1))
-            if span[-1] + 1 in kept:
-                blocks.add(kept.index(span[-1] + 1))
-        trainable_blocks = sorted(i for i in blocks if 0 <= i < n)
-        params = [p for i in trainable_blocks for p in s_layers[i].parameters()]
+    model, params, trainable_blocks = TRAINABLE[trainable].attach(student, s_layers, kept, removed)
     for p in params:
         p.requires_grad_(True)
     s_body = body_of(student)  # the same modules, adapters injected in place
@@ -294,8 +320,7 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
         for p in params:
             p.requires_grad_(False)
     n_params = int(sum(p.numel() for p in params))
-    if trainable == "lora":
-        student = model.merge_and_unload()  # plain modules again, the adapters folded into their weights
+    student = TRAINABLE[trainable].detach(model)
     for p in student.parameters():
         p.requires_grad_(False)
     kl_after = _kl(student, teacher, heldout, dev)

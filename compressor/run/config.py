@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from compressor.defaults import BENCH, PROVIDER, RATIO
 from compressor.errors import BadInput
 
 DEFAULT_SEARCH_METHODS = ["avss", "block-influence"]
@@ -21,12 +22,12 @@ PATCH_SEARCH_METHODS = ["angular", "patch-residual", "patch-residual-greedy"]
 
 class BenchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    batch_size: int = Field(1, ge=1)
-    prompt_len: int = Field(128, ge=1)
-    new_tokens: int = Field(32, ge=1)
-    warmup: int = Field(2, ge=0)
-    runs: int = Field(5, ge=1)
-    rounds: int = Field(2, ge=1)  # full, slim, full, slim: a noisy machine hits both alike
+    batch_size: int = Field(BENCH["batch_size"], ge=1)
+    prompt_len: int = Field(BENCH["prompt_len"], ge=1)
+    new_tokens: int = Field(BENCH["new_tokens"], ge=1)
+    warmup: int = Field(BENCH["warmup"], ge=0)
+    runs: int = Field(BENCH["runs"], ge=1)
+    rounds: int = Field(BENCH["rounds"], ge=1)
     threads: Optional[int] = Field(None, ge=1)
 
 
@@ -48,14 +49,16 @@ class RunConfig(BaseModel):
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)
-    repair: str = "none"  # a --repair choice (compressor.repair.api.choices), checked below
-    ridge: float = Field(1e-4, ge=0)
-    heal_steps: int = Field(30, ge=1)
-    heal_tokens: Optional[int] = Field(None, ge=1)
-    heal_lr: Optional[float] = Field(None, gt=0)  # None: the healing method's own default
-    heal_loss: str = "hidden"  # compressor.repair.distill.LOSSES, checked below
-    heal_minutes: Optional[float] = Field(None, gt=0)
-    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # the repair and its knobs: None is the repair's own default; validated by compressor.repair.api.repair_settings,
+    # the one place that knows them (a new knob is a field here and a keyword there)
+    repair: str = "none"
+    ridge: Optional[float] = None
+    heal_steps: Optional[int] = None
+    heal_tokens: Optional[int] = None
+    heal_lr: Optional[float] = None
+    heal_loss: Optional[str] = None
+    heal_minutes: Optional[float] = None
+    provider: Literal["auto", "cpu", "cuda"] = PROVIDER  # type: ignore[assignment]
     quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
     exporter: str = "optimum"  # a registered exporter (compressor.export.exporters), checked below
     skip_export: bool = False
@@ -81,19 +84,17 @@ class RunConfig(BaseModel):
     def _one_cut_rule(self) -> "RunConfig":
         given = [n for n, v in (("ratio", self.ratio), ("num_layers", self.num_layers)) if v is not None]
         if self.search and given:
-            raise ValueError(f"search finds the cut size itself; drop {given[0]}")
+            raise ValueError(f"--search finds the cut size itself; it cannot be combined with --{given[0].replace('_', '-')} "
+                             f"({given[0]}); drop one of them")
         if len(given) > 1:
             raise ValueError("give only one of ratio and num_layers")
         if not self.search and not given:
-            self.ratio = 0.25
+            self.ratio = RATIO
         from compressor.errors import BadInput
         from compressor.repair.api import patches_spans
-        from compressor.repair.distill import LOSSES
 
-        if self.heal_loss not in LOSSES:
-            raise ValueError(f"unknown heal_loss {self.heal_loss!r}; use one of: {', '.join(LOSSES)}")
         try:
-            patches_spans(self.repair)  # parses it: an unknown repair or chain is refused with the choices
+            self.repair_settings()  # the repair's own validation: an unknown chain or knob, with the fix
         except BadInput as exc:
             raise ValueError(f"{exc.problem}; {exc.fix}") from None
         if self.methods is None:
@@ -112,17 +113,26 @@ class RunConfig(BaseModel):
                              f"not {self.quantize}; use one of those or another exporter")
         return self
 
+    def cut_size(self, layers: int) -> int:
+        """How many layers a fixed cut removes from a model of ``layers`` (``--num-layers``, or the ratio
+        rounded half up); the one place the run computes it."""
+        from compressor.prune.select import count_for_ratio
+
+        assert not self.search  # a search finds the size itself
+        return self.num_layers if self.num_layers is not None else count_for_ratio(self.ratio or RATIO, layers)
+
     @property
     def search_methods(self) -> list[str]:
         """The scorers ``--search`` compares (validation fills in the default)."""
         return list(self.methods or [])
 
     def repair_settings(self) -> Any:
-        """The repair's settings object (``compressor.repair.api.RepairSettings``)."""
-        from compressor.repair.api import RepairSettings
+        """The repair's validated settings (``compressor.repair.api.RepairSettings``), defaults filled in."""
+        from compressor.repair.api import repair_settings
 
-        return RepairSettings(self.repair, self.ridge, self.heal_steps, self.heal_lr, self.heal_tokens, self.seed,
-                              self.heal_loss, self.heal_minutes)
+        return repair_settings(self.repair, ridge=self.ridge, heal_steps=self.heal_steps, heal_tokens=self.heal_tokens,
+                               heal_lr=self.heal_lr, seed=self.seed, heal_loss=self.heal_loss,
+                               heal_minutes=self.heal_minutes)
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -130,8 +140,11 @@ class RunConfig(BaseModel):
 
 def _validation_error(exc: ValidationError, where: str) -> BadInput:
     e = exc.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "config"
-    return BadInput(f"{where}: {loc}: {e['msg']}", "fix that setting (see `avss run --help` and README: avss run)")
+    msg = e["msg"].removeprefix("Value error, ")
+    if not e["loc"]:  # a rule between settings: its message names them and the fix
+        return BadInput(f"{where}: {msg}", "see `avss run --help` and README: avss run")
+    loc = ".".join(str(x) for x in e["loc"])
+    return BadInput(f"{where}: {loc}: {msg}", "fix that setting (see `avss run --help` and README: avss run)")
 
 
 def load_run_config(path: str | None, overrides: dict[str, Any]) -> RunConfig:
@@ -159,13 +172,11 @@ def load_run_config(path: str | None, overrides: dict[str, Any]) -> RunConfig:
     if bench:
         data["bench"] = bench
     flag_cut = [f"--{k.replace('_', '-')}" for k in ("ratio", "num_layers") if overrides.get(k) is not None]
-    if overrides.get("search") and flag_cut:
-        raise BadInput(f"--search finds the cut size itself; it cannot be combined with {flag_cut[0]}",
-                       f"drop {flag_cut[0]} or --search")
-    if flag_cut:  # a fixed cut on the command line replaces the file's cut rule
+    # a cut rule on the command line replaces the file's (both at once reach the validator, which refuses them)
+    if flag_cut and not overrides.get("search"):
         data["search"] = False
         data.pop("num_layers" if overrides.get("ratio") is not None else "ratio", None)
-    if overrides.get("search"):
+    if overrides.get("search") and not flag_cut:
         data.pop("ratio", None)
         data.pop("num_layers", None)
     missing = [k for k in ("model", "profile", "out") if not data.get(k)]

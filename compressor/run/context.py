@@ -119,7 +119,7 @@ class RunContext:
         if self._base is None:
             c = self.cfg
             self.ev.note(f"loading {c.model} again (a later step needs its weights) ...")
-            self._base = self.load(c.model, 1 + c.repair_settings().enabled)
+            self._base = self.load(c.model, c.repair_settings().copies)
         return self._base
 
     @base.setter

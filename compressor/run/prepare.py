@@ -93,7 +93,7 @@ def load_base(ctx: RunContext) -> None:
     ctx.stream = stream_choice(ctx)
     check_memory(ctx)  # the run's largest step, from the checkpoint's headers, before the base loads
     ctx.ev.note(f"loading {c.model} ...")
-    ctx.base = base = ctx.load(c.model, 1 + ctx.repair.enabled)  # an in-memory repair cuts a copy of it
+    ctx.base = base = ctx.load(c.model, ctx.repair.copies)
     ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype}"
                 f"{', streamed: one block at a time' if base.streamed else ''})")
     if ctx.repair.enabled:
@@ -129,7 +129,7 @@ def check_model_settings(ctx: RunContext) -> None:
 def stream_choice(ctx: RunContext) -> bool | None:
     """The run streams only if every step can: its scorers, its repair and its profile's tasks (a
     ``--stream`` with one that needs the whole model is refused here, before the base loads)."""
-    from compressor.repair.api import check_streams, streams
+    from compressor.repair.api import stream_choice as repair_choice
     from compressor.score.api import stream_choice as scorer_choice
     from compressor.verify.api import stream_choice as profile_choice
 
@@ -137,10 +137,7 @@ def stream_choice(ctx: RunContext) -> bool | None:
     stream = c.stream
     for method in (c.search_methods if c.search else [c.method]):
         stream = scorer_choice(method, stream) if stream is not False else False
-    if not streams(ctx.repair.method):
-        if stream:
-            check_streams(ctx.repair.method)
-        stream = False
+    stream = repair_choice(ctx.repair.method, stream) if stream is not False else False
     return profile_choice(ctx.profile, stream) if stream is not False else False
 
 
@@ -149,20 +146,21 @@ def check_memory(ctx: RunContext) -> None:
     time) and the export (fp32, in RAM: the bench's full-model reference, else the slim model), each
     against the memory of the device it runs on. Nothing to estimate without safetensors headers."""
     from compressor.architectures import adapter_for_config
-    from compressor.prune.select import count_for_ratio
     from compressor.sources import memory as m
     from compressor.sources.models import load_config, resolve_device, resolve_dtype, resolve_model_path
 
     c = ctx.cfg
     path, _ = resolve_model_path(c.model)
-    size = m.checkpoint_size(path, adapter_for_config(load_config(path, c.trust_remote_code)))
+    adapter = adapter_for_config(load_config(path, c.trust_remote_code))
+    size = m.checkpoint_size(path, adapter)
     if size is None:
         return
     dev = resolve_device(c.device)
     dt = resolve_dtype(c.dtype, dev)
-    whole = m.need_in_memory(size, dt, 1 + c.repair_settings().enabled)  # an in-memory repair cuts a copy of the base
-    if ctx.stream is None and whole > m.available_bytes(dev, c.max_memory_bytes()):
-        ctx.stream = True  # every step can stream, and the base would not fit whole: the loader would stream
+    copies = c.repair_settings().copies
+    whole = m.need_in_memory(size, dt, copies)
+    if ctx.stream is None:  # every step can stream: the loader's own decision (sources.memory.stream_reason)
+        ctx.stream = m.stream_reason(path, adapter, dt, dev, c.max_memory_bytes(), copies) is not None
     if ctx.stream:
         part = m.need_streamed(size, dt, m.STREAM_ACTIVATIONS)
         half = m.need_streamed(size, "bfloat16", m.STREAM_ACTIVATIONS)
@@ -173,7 +171,7 @@ def check_memory(ctx: RunContext) -> None:
         steps = [("load", f"loading {path} in {dt}", whole, dev),
                  ("verify", f"verifying against {path} (one model at a time, {dt})", m.need_verify(size, dt), dev)]
     # the smallest cut this run can make bounds the slim model (a search's first candidate removes 1)
-    removed = 1 if c.search else c.num_layers or count_for_ratio(c.ratio or 0.25, size.blocks)
+    removed = 1 if c.search else c.cut_size(size.blocks)
     slim = m.need_export(size.slim(max(size.blocks - removed, 0)))
     if not c.skip_export and c.skip_bench:
         steps.append(("export", f"exporting the slim model of {path} to ONNX (fp32)", slim, "cpu"))

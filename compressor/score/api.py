@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compressor import __version__, diagnostics
+from compressor.defaults import RATIO as DEFAULT_RATIO
 from compressor.errors import BadInput, compute_error
 from compressor.score import methods
 from compressor.score.passes import Progress
@@ -16,7 +17,6 @@ from compressor.score.stats import ROBUST_TAU
 from compressor.sources.data import CalibrationData, CalibrationSpec
 from compressor.sources.models import LoadedModel
 
-DEFAULT_RATIO = 0.25
 # a progress display named by its description (the CLI's progress_bar); it yields a (done, total) callback
 ProgressBar = Callable[[str], AbstractContextManager[Progress | None]]
 

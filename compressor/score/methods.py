@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from compressor.errors import BadInput, RuntimeFailure
+from compressor.registry import Registry
 from compressor.score.report import LayerScore, ScoreOutcome
 from compressor.score.stats import ROBUST_TAU
 
@@ -76,12 +77,8 @@ class Scorer:
         return {"last_state": last_state} if self.reads_last_state and last_state is not None else {}
 
 
-SCORERS: dict[str, Scorer] = {}
-
-
-def register(cls: type[Scorer]) -> type[Scorer]:
-    SCORERS[cls.name] = cls()
-    return cls
+SCORERS: Registry[Scorer] = Registry("method")
+register = SCORERS.register
 
 
 @register
@@ -267,13 +264,7 @@ def streaming_scorers() -> list[str]:
 
 
 def get_scorer(name: str) -> Scorer:
-    if name not in SCORERS:
-        raise BadInput(f"unknown method {name!r}", f"use one of: {', '.join(SCORERS)}")
-    return SCORERS[name]
-
-
-def stat_groups(name: str, mode: str | None) -> frozenset[str]:
-    return get_scorer(name).stat_groups(mode)
+    return SCORERS.find(name)
 
 
 LAST_STATES = ("block", "final-norm")
@@ -293,7 +284,7 @@ def mode_scorers() -> list[str]:
 
 
 def names_text(names: list[str]) -> str:
-    """"a, b and c", streaming scorers first (the order the README and messages use)."""
+    """"a, b and c" in registration order, avss last (the order the README and messages use)."""
     names = sorted(names, key=lambda n: (n == "avss", list(SCORERS).index(n)))
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 

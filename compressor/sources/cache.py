@@ -86,7 +86,7 @@ def check_cache(alternative: str = "") -> Path:
         where = {"AVSS_CACHE": f"AVSS_CACHE={root}", "XDG_CACHE_HOME": f"the cache folder {root} (from XDG_CACHE_HOME)",
                  "HOME": f"the cache folder {root} (from HOME)"}[source]
         raise BadInput(f"{where} cannot hold the cache: {problem}",
-                       "set AVSS_CACHE to a folder you can write to (e.g. export AVSS_CACHE=$HOME/.cache/avss)"
+                       "set AVSS_CACHE to a folder you can write to (e.g. export AVSS_CACHE=$HOME/.cache/avss-compressor)"
                        + (f", {alternative}" if alternative else ""))
     _CHECKED.add(str(root))
     return root

@@ -4,7 +4,7 @@ Why up front: an 8 B checkpoint loaded in fp32 on a 24 GB machine is killed by t
 with no message. Reading the headers takes milliseconds and gives the parameter counts exactly, so
 each command can refuse with the numbers (and the flag that would fit) instead.
 
-The factors are measured (``shared/notes/edge-export-and-scale.md`` section 2, a 1.17 B Llama on CPU):
+The factors were measured once, on a 1.17 B Llama on CPU:
 a plain ``from_pretrained`` plus one forward peaks at 1.21x the weights in their load dtype (fp32
 and bf16 alike); an Optimum export with its parity pass peaks at 2.34x the fp32 weights (rounded up
 to 2.4 here). Sizes are decimal GB, as ``df`` and vendors' spec sheets give them.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Un
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compressor.errors import BadInput
+from compressor.registry import Registry
 from compressor.sources.data import pad_right
 from compressor.verify.data import load_examples
 
@@ -651,20 +652,21 @@ class TaskKind:
         return sum(bool(r["tie"][key] if isinstance(r["tie"], dict) else r["tie"]) for r in records)
 
 
-KINDS: dict[str, TaskKind] = {}
+def _declares_its_kind(cls: type) -> None:
+    tag = cls.Entry.model_fields.get("kind")  # type: ignore[attr-defined]
+    if tag is None or get_args(tag.annotation) != (cls.name,):  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__}.Entry must declare kind: Literal[{cls.name!r}] (profiles find a task's "  # type: ignore[attr-defined]
+                        "kind by it)")
+
+
+KINDS: Registry[TaskKind] = Registry("task kind", check=_declares_its_kind)
 
 # kinds that live with an optional dependency, loaded by name (no import cycle) when first asked for;
 # importing one is cheap, its dependency loads only when a task of it runs
 PLUGIN_KINDS = {"lm-eval": "compressor.verify.harness"}
 
 
-def register(cls: type[TaskKind]) -> type[TaskKind]:
-    tag = cls.Entry.model_fields.get("kind")
-    if tag is None or get_args(tag.annotation) != (cls.name,):
-        raise TypeError(f"{cls.__name__}.Entry must declare kind: Literal[{cls.name!r}] (profiles find a task's "
-                        "kind by it)")
-    KINDS[cls.name] = cls()
-    return cls
+register = KINDS.register
 
 
 def unregister(name: str) -> None:
@@ -676,7 +678,7 @@ def kind(name: str) -> TaskKind:
         import importlib
 
         importlib.import_module(PLUGIN_KINDS[name])  # its @register adds it
-    return KINDS[name]
+    return KINDS.find(name)
 
 
 def all_kinds() -> list[TaskKind]:

@@ -10,12 +10,13 @@ import sys
 
 import pytest
 
+from compressor.defaults import BENCH
 from compressor.errors import BadInput
 from compressor.export import layout
 from compressor.export.bench import BenchOptions, bench_models, run_worker
 from helpers import run
 
-TINY = dict(provider="cpu", prompt_len=8, new_tokens=4, warmup=1, runs=2, threads=1)
+TINY = dict(provider="cpu", prompt_len=8, new_tokens=4, warmup=1, runs=2, rounds=1, threads=1)
 SCHEMA_MODEL_KEYS = {"path", "layers", "params", "prefill_ms", "decode_ms_per_token", "tokens_per_s",
                      "rss_peak_mb", "device_mem_peak_mb"}
 
@@ -32,7 +33,7 @@ def test_decoder_bench_has_every_schema_field(tiny_onnx):
     assert d["schema_version"] == 1 and d["provider"] == "CPUExecutionProvider"
     s = d["settings"]
     for key in ("batch_size", "prompt_len", "new_tokens", "warmup", "runs", "rounds", "threads"):
-        assert s[key] == {**TINY, "batch_size": 1, "rounds": 1}[key]
+        assert s[key] == {**BENCH, **TINY}[key]  # the shared defaults (compressor.defaults) fill the rest
     assert s["versions"]["onnxruntime"] and s["versions"]["numpy"] and s["machine"]["cpu_count"] >= 1
     assert d["ratios"] == []
     (m,) = d["models"]
@@ -132,7 +133,7 @@ def test_json_and_plot_written_atomically_and_force_respected(tiny_onnx, tmp_pat
             "--runs", "2", "--threads", "1", "--json", str(out_json)]
     code, out, err = run(args, capsys)
     assert code == 0, err
-    assert "measuring" in err and "round 1/1" in err and "measuring" not in out
+    assert "measuring" in err and "round 1/2" in err and "round 2/2" in err and "measuring" not in out
     assert "auto: the session runs on" in err  # --provider auto says what it got
     assert "decode p50" in out and "vs ideal" in out  # both tables on stdout
     d = json.loads(out_json.read_text())

@@ -20,7 +20,7 @@ def test_every_exporter_is_found_by_its_name_and_the_default_is_optimum():
 def test_an_unknown_exporter_is_refused_with_the_choices():
     with pytest.raises(BadInput) as exc:
         get_exporter("tensorrt")
-    assert "unknown --exporter 'tensorrt'" in exc.value.problem and "optimum or genai" in exc.value.fix
+    assert "unknown --exporter 'tensorrt'" in exc.value.problem and "optimum, genai" in exc.value.fix
 
 
 @pytest.mark.parametrize("name,quantize,ok", [("optimum", "int8", True), ("genai", "int8", False),

@@ -52,10 +52,20 @@ def test_the_builder_export_passes_parity(arch, genai):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_a_builder_graph_that_differs_from_pytorch_is_not_kept(tiny, tmp_path, capsys):
+def test_a_builder_graph_that_differs_from_pytorch_is_not_kept(tiny, tmp_path, capsys, monkeypatch):
     """The pinned builder's Gemma 3 graph (sliding + full attention layers) does not compute what
-    transformers 4.57's Gemma 3 computes (measured: 0.011 on the prompt logits): exit 3, nothing written."""
+    transformers 4.57's Gemma 3 computes (measured: 0.011 on the prompt logits): refused up front (exit 2);
+    built anyway, the parity check refuses it (exit 3), nothing written."""
+    import compressor.export.genai as genai
+
     out = tmp_path / "g"
+    code, _, err = run(["export", str(tiny("gemma3-gqa16")), "--exporter", "genai", "--out", str(out)], capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert "builds Gemma3ForCausalLM models, but its Gemma 3 graph" in line and "use --exporter optimum" in line
+    assert "loading" not in err and not out.exists()
+    monkeypatch.setattr(genai, "WRONG", {})
+    monkeypatch.setattr(genai, "SUPPORTED", (*genai.SUPPORTED, "Gemma3ForCausalLM"))
     code, _, err = run(["export", str(tiny("gemma3-gqa16")), "--exporter", "genai", "--out", str(out)], capsys)
     assert code == 3, err
     (line,) = error_lines(err)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 def scorer_options(ctx: RunContext, method: str) -> dict[str, Any]:
     """A scorer's own settings (part of its stage key): SLEB's loss, protection and rounds (as many as
     this run's cut, or its search, needs); the last-state convention of the stream scorers."""
-    from compressor.prune.select import count_for_ratio, parse_protect
+    from compressor.prune.select import parse_protect
     from compressor.score import methods
 
     c, L = ctx.cfg, ctx.base.num_layers
@@ -37,7 +37,7 @@ def scorer_options(ctx: RunContext, method: str) -> dict[str, Any]:
     rounds = 0
     if "max_remove" in scorer.own_options:  # as many rounds as this run's cut, or its search, needs
         rounds = (search_limits(L, ctx.protect, c.max_remove) if c.search
-                  else (c.num_layers or count_for_ratio(c.ratio or 0.25, L)))
+                  else c.cut_size(L))
     return scorer.run_options(last_state=c.last_state, objective=c.objective, protect=parse_protect(ctx.protect, L),
                               rounds=rounds)
 
