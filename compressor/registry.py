@@ -29,6 +29,12 @@ class Registry(dict[str, T], Generic[T]):
         self[str(cls.name)] = cls()  # type: ignore[attr-defined]  # every registered class has a name
         return cls
 
+    def copy(self) -> Registry[T]:
+        """A registry with the same entries and rules (a test registers into it, then restores the original)."""
+        out: Registry[T] = Registry(self.what, self._check)
+        out.update(self)
+        return out
+
     def find(self, name: str) -> T:
         """The entry called ``name``; an unknown name is bad input naming the choices."""
         if name not in self:

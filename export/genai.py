@@ -94,10 +94,6 @@ def check_supported(config: Any, family: str, quantize: Optional[str], device: s
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) does not build {arch} models",
                        f"use --exporter optimum (the builder builds {', '.join(SUPPORTED)})")
     check_precision(quantize)
-    if quantize == "int8-weights" and getattr(config, "tie_word_embeddings", False):
-        raise BadInput("the pinned builder's int8 precision writes an invalid graph for a model with tied "
-                       "embeddings (its LM head references a 4-bit initializer it never writes)",
-                       "use --quantize int4 with --exporter genai, or --exporter optimum --quantize int8-weights")
     heads = int(getattr(config, "num_attention_heads", 1))
     head = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     if head % CPU_HEAD_MULTIPLE:  # also for CUDA: without a CUDA provider its parity runs on CPU
@@ -153,6 +149,35 @@ def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], d
         raise RuntimeFailure(f"ONNX Runtime GenAI's builder failed on {src}: {first}",
                              "re-run with --debug; or use --exporter optimum") from exc
     return cmd
+
+
+def unties(config: Any, quantize: Optional[str]) -> bool:
+    """Whether the build reads an untied copy of the source: the pinned builder's int8 precision writes a tied
+    LM head that references a 4-bit initializer it never writes (the graph does not load), so the head is
+    stored apart from the input embeddings, with the same values, before the build."""
+    return quantize == "int8-weights" and bool(getattr(config, "tie_word_embeddings", False))
+
+
+def _untied_copy(model: Any, src: Path, dst: Path) -> Path:
+    """``src`` with its LM head stored as its own tensor (equal to the input embeddings) and
+    ``tie_word_embeddings: false``; the tokenizer and generation files are copied as they are."""
+    from safetensors.torch import save_file
+
+    from compressor.sources.integrity import INDEX
+
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (INDEX, "config.json"):
+            shutil.copy2(f, dst / f.name)
+    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    cfg["tie_word_embeddings"] = False
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    head = model.get_output_embeddings()
+    key = next(n for n, m in model.named_modules() if m is head) + ".weight"
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != key}
+    state[key] = head.weight.detach().clone().contiguous()
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
 
 
 def structural_checks(folder: Path, num_layers: int, quantize: Optional[str]) -> list[dict[str, Any]]:
@@ -257,13 +282,18 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     src = Path(path)
     loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
                                               trust_remote_code=trust_remote_code))
-    check_free_space(out, 2 * loaded.weight_bytes, f"the GenAI export {out}")
+    check_free_space(out, (2 + unties(config, quantize)) * loaded.weight_bytes, f"the GenAI export {out}")
     num_layers = int(loaded.config.num_hidden_layers)
     tmp = staging_dir(out)
     final, scratch = tmp / "final", tmp / "scratch"
     scratch.mkdir()
+    untie = unties(config, quantize)
+    if untie:
+        warnings.append("the LM head was stored apart from the input embeddings (same values) before the build: the "
+                        "pinned builder's int8 precision cannot write a tied one; the folder holds both matrices")
     try:
-        cmd = timed("build", lambda: _run_builder(src, final, scratch, quantize, dtype, target))
+        build_src = _untied_copy(loaded.model, src, scratch / "untied") if untie else src
+        cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
         for name in ("config.json", "generation_config.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, final / name)
@@ -291,7 +321,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                                "command": _recorded(cmd)},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
                   "task": "text-generation-with-past", "num_layers": num_layers, "target": target,
-                  "dtype": dtype, "warnings": warnings, "quantization": ({"method": quantize, "settings": PRECISION[quantize][1]}
+                  "dtype": dtype, "warnings": warnings, "quantization": ({"method": quantize, "settings": PRECISION[quantize][1], "untied_head": untie}
                                                        if quantize else None),
                   "parity": report.to_dict() if report is not None else None, "structural_checks": checks,
                   "files": files, "timings": timings}

@@ -32,16 +32,25 @@ def test_importing_never_touches_the_umask():
 
 
 BUILDER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from pathlib import Path
     from compressor.files import build_once
 
     target, log = Path(sys.argv[1]), Path(sys.argv[2])
 
+    def other_is_waiting():
+        # the kernel lists a process blocked on a flock as "N: -> FLOCK ..." on the lock file's inode
+        inode = os.stat(target.parent / f".{target.name}.lock").st_ino
+        return any("->" in line and line.split()[-3].endswith(f":{inode}")
+                   for line in Path("/proc/locks").read_text().splitlines())
+
     def build(tmp):
         with log.open("a") as fh:
             fh.write("build\\n")
-        time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+        deadline = time.monotonic() + 60
+        while not other_is_waiting():  # finish only once the other process waits on the lock: no race window
+            assert time.monotonic() < deadline, "the other process never waited on the lock"
+            time.sleep(0.01)
         (tmp / "weights.bin").write_bytes(b"w" * 1000)
         (tmp / "config.json").write_text("{}")
 
@@ -67,10 +76,10 @@ def test_build_once_failure_leaves_no_folder(tmp_path):
         (tmp / "half").write_text("x")
         raise RuntimeError("disk full")
 
-    try:
+    import pytest
+
+    with pytest.raises(RuntimeError, match="disk full"):
         build_once(tmp_path / "m", lambda t: (t / "config.json").exists(), boom)
-    except RuntimeError:
-        pass
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock"]
 
 
@@ -135,10 +144,12 @@ def test_a_replace_killed_between_its_renames_is_rolled_back_on_the_next_start(t
     hidden.mkdir()
     (hidden / "config.json").write_text("{}")
     notes = []
-    try:
+    import pytest
+
+    from compressor.errors import BadInput
+
+    with pytest.raises(BadInput, match="already exists"):  # the restored copy exists again: --force is needed
         check_output_dir(out, force=False, note=notes.append)
-    except Exception as exc:  # noqa: BLE001 - the restored copy exists again: --force is needed
-        assert "already exists" in str(exc)
     assert (out / "config.json").exists() and not hidden.exists()
     assert "restored slim" in notes[0]
 

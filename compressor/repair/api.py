@@ -146,7 +146,11 @@ class Repair:
 
 
 REPAIRS: Registry[Repair] = Registry("--repair step")
-register = REPAIRS.register
+
+
+def register(cls: type[Repair]) -> type[Repair]:
+    """``@register``: a repair class becomes a ``--repair`` step (into the registry as it is now)."""
+    return REPAIRS.register(cls)
 
 
 @register

@@ -78,7 +78,11 @@ class Scorer:
 
 
 SCORERS: Registry[Scorer] = Registry("method")
-register = SCORERS.register
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    """``@register``: a scorer class becomes a ``--method`` (into the registry as it is now)."""
+    return SCORERS.register(cls)
 
 
 @register

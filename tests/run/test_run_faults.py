@@ -95,16 +95,14 @@ def test_a_second_run_on_the_same_folder_stops_at_once(finished_run, capsys):
     other = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "locked"
-        t0 = time.perf_counter()
         code, _, err = run(argv, capsys)
-        waited = time.perf_counter() - t0
     finally:
         other.kill()
         other.wait()
     assert code == 2, err
     (line,) = error_lines(err)
     assert f"is in use by another avss run (pid {other.pid}" in line and "choose another --out" in line
-    assert waited < 10  # refused before loading the model, not after
+    assert "loading" not in err and "loaded" not in err  # refused before the model loads, not after
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "lock"} == before
     code, _, err = run(argv, capsys)  # the holder was killed: its lock is taken over, with a note
     assert code == 0 and f"took over the run folder's lock from pid {other.pid}" in err, err

@@ -119,7 +119,7 @@ def test_a_new_scorer_is_one_registry_class(monkeypatch, tiny):
     options validated, and no other code names it."""
     from compressor.score import methods
 
-    monkeypatch.setattr(methods, "SCORERS", dict(methods.SCORERS))  # the registry as it was, after the test
+    monkeypatch.setattr(methods, "SCORERS", methods.SCORERS.copy())  # the registry as it was, after the test
 
     @methods.register
     class Depth(methods.Scorer):

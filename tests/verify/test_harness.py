@@ -112,13 +112,18 @@ def test_our_encoding_is_the_harness_encoding(llama):
 
 
 def test_harness_data_not_on_disk_fails_fast_offline(tiny, tmp_path, capsys, monkeypatch):
-    import time
+    """Refused from what is on disk, without a connection attempt (a retrying download would hang for minutes)."""
+    import socket
 
+    def no_network(*a, **kw):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     prof = write_profile(tmp_path / "p.yaml", profile(harness_task(task="avss_hub_only", metric="acc")).model_dump(mode="json"))
-    t = time.perf_counter()
     code, _, err = run(["verify", str(tiny("llama")), str(tiny("llama")), "--profile", str(prof)], capsys)
-    assert code == 2 and time.perf_counter() - t < 60
+    assert code == 2, err
     [line] = error_lines(err)
     assert "avss_hub_only" in line and "not on disk and downloads are off" in line and "allow_download" in line
     assert "Traceback" not in err
