@@ -3,7 +3,7 @@
 Per-example records (not just a final number) let the gate compute agreement between base and
 candidate, and paired bootstrap confidence intervals, from the same data. One ``TaskKind`` class per
 kind (at the end of this file) holds all of it: its profile entry (schema and validators), its data
-rules, evaluation, metrics and agreement. Profiles and ``verify.data`` ask the registry, so adding a
+rules, evaluation, metrics and agreement. Profiles and ``verify.examples`` ask the registry, so adding a
 kind is one class in one place (lm-evaluation-harness tasks: ``harness.py``).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from compressor.errors import BadInput
 from compressor.registry import Registry
 from compressor.sources.data import pad_right
-from compressor.verify.data import load_examples
+from compressor.verify.examples import load_examples
 
 Progress = Callable[[int, int], None]
 # lower-is-better metric names: ours, and lm-evaluation-harness's rolling-log-likelihood metrics
@@ -569,7 +569,7 @@ class TaskKind:
     lower_is_better: frozenset[str] = frozenset()  # this kind's metrics where lower is better
     per_token = False  # its scores are per token: base and candidate must share a tokenizer
 
-    # data rules, applied by ``verify.data``: an example's fields (canonical names; str, int or list, a
+    # data rules, applied by ``verify.examples``: an example's fields (canonical names; str, int or list, a
     # list written "a|b" in CSV), those a file may leave out (with their value then), whether examples
     # are plain-text documents (the one field) instead of records, the built-in data shapes it reads
     example_fields: dict[str, type] = {}

@@ -2,7 +2,7 @@
 from collections import Counter
 
 from compressor.sources.data import read_documents
-from compressor.verify.data import rt_qa
+from compressor.verify.examples import rt_qa
 from compressor.verify.tasks import kind
 
 
