@@ -6,7 +6,8 @@ numpy, psutil, the standard library and ``compressor.export.runtime`` (stdlib-on
 the list it reports in ``modules``.
 
 JOB keys: parent (the pid this worker dies with), model, provider, threads, batch_size, prompt_len, new_tokens, warmup, runs, io_binding
-(null: on for CUDA only; true on CPU exercises the CUDA code path), seed. RESULT is either the
+(null: on for CUDA only; true on CPU exercises the CUDA code path), seed, genai_folder (a GenAI folder: timed
+with onnxruntime-genai's own Model and Generator, what serves it; then onnxruntime_genai is imported too). RESULT is either the
 measurement or ``{"error": {"kind": "bad_input" | "runtime", "problem": ..., "fix": ...}}``.
 """
 from __future__ import annotations
@@ -224,6 +225,95 @@ class Workload:
         return prompt_ms, steps
 
 
+class GenAIWorkload:
+    """A GenAI folder timed as it is served: onnxruntime-genai's ``Model`` and ``Generator`` (prompt through
+    ``append_tokens``, then ``generate_next_token``), not a raw session. The bench's intra-op thread count is
+    set through ``Config.overlay``, as for every raw session: the builder's genai_config.json carries none,
+    and onnxruntime-genai's own choice decoded 1.7x slower on 2 cores (measured), which would compare
+    settings rather than graphs."""
+
+    def __init__(self, folder: str, on_cuda: bool, threads: int, batch: int, prompt_len: int, new_tokens: int,
+                 seed: int):
+        import onnxruntime_genai as og
+
+        self.og = og
+        config = og.Config(folder)
+        config.clear_providers()
+        if on_cuda:
+            config.append_provider("cuda")
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self.model = og.Model(config)
+        self.decoder = True
+        self.batch, self.prompt_len, self.new_tokens = batch, prompt_len, new_tokens
+        self.rng = np.random.default_rng(seed)
+
+    def generate(self, run: Any = None) -> tuple[float, list[float]]:
+        """(prompt ms, [ms per decode step]): greedy, never stopped early (min length = max length).
+        ``append_tokens`` runs the prompt; each ``generate_next_token`` picks a token from the logits it has and
+        runs the model on the token picked before, so the first call only picks (0.1 ms, measured): it is
+        not timed, and ``new_tokens`` timed calls after it run the model ``new_tokens`` times, as a raw
+        session's decode steps do."""
+        og, total = self.og, self.prompt_len + self.new_tokens + 1
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        gen = og.Generator(self.model, params)
+        ids = self.rng.integers(3, 200, (self.batch, self.prompt_len), dtype=np.int64)
+        t0 = time.perf_counter()
+        gen.append_tokens(ids)
+        prompt_ms = (time.perf_counter() - t0) * 1e3
+        gen.generate_next_token()  # picks the first new token from the prompt's logits
+        steps: list[float] = []
+        for _ in range(self.new_tokens):
+            t0 = time.perf_counter()
+            gen.generate_next_token()
+            steps.append((time.perf_counter() - t0) * 1e3)
+        return prompt_ms, steps
+
+
+def measure_genai(job: dict[str, Any]) -> dict[str, Any]:
+    """``measure`` for a GenAI folder, in its own runtime (see ``GenAIWorkload``)."""
+    import onnxruntime_genai as og
+
+    proc = psutil.Process()
+    on_cuda = job["provider"] == "cuda" or (job["provider"] == "auto" and runtime.cuda_in_build())
+    nvml = Nvml.open() if on_cuda else None
+    rss_before = proc.memory_info().rss
+    dev_before = nvml.used_mb() if nvml else None
+    t0 = time.perf_counter()
+    try:
+        work = GenAIWorkload(job["genai_folder"], on_cuda, job["threads"], job["batch_size"], job["prompt_len"],
+                             job["new_tokens"], job["seed"])
+    except Exception as exc:  # noqa: BLE001 - whatever onnxruntime-genai says is the problem
+        raise WorkerError(f"onnxruntime-genai cannot load {job['genai_folder']} ({str(exc).splitlines()[0]})",
+                          "re-export it with `avss export --exporter genai`") from exc
+    create_s = time.perf_counter() - t0
+    rss_after = proc.memory_info().rss
+    dev_after = nvml.used_mb() if nvml else None
+    for _ in range(job["warmup"]):
+        work.generate()
+    prompt_ms: list[float] = []
+    step_ms: list[float] = []
+    for _ in range(job["runs"]):
+        p, steps = work.generate()
+        prompt_ms.append(p)
+        step_ms.extend(steps)
+    with PeakSampler(proc, nvml) as sampler:
+        work.generate()
+    version = getattr(og, "__version__", "?")
+    return {
+        "provider": "CUDAExecutionProvider" if on_cuda else "CPUExecutionProvider",
+        "runtime": f"onnxruntime-genai {version} (Model + Generator, intra_op_num_threads {job['threads']})",
+        "notes": [], "kind": "decoder", "io_binding": False, "threads": job["threads"],
+        "session_create_s": create_s, "rss_before_session_mb": rss_before / MB, "rss_after_session_mb": rss_after / MB,
+        "rss_peak_mb": max(sampler.rss_peak, rss_after) / MB, "ru_maxrss_mb": _maxrss_mb(),
+        "device_mem_before_mb": dev_before, "device_mem_after_mb": dev_after,
+        "device_mem_peak_mb": None if sampler.device_peak is None else max(sampler.device_peak, dev_after or 0.0),
+        "prompt_ms": prompt_ms, "step_ms": step_ms,
+        "versions": {"onnxruntime_genai": version, "numpy": np.__version__, "psutil": psutil.__version__},
+        "modules": sorted({m.split(".")[0] for m in sys.modules}),
+    }
+
+
 def _maxrss_mb() -> float:
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
@@ -232,6 +322,9 @@ def _maxrss_mb() -> float:
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Session creation and memory, a timing pass (no sampler), then a one-generation memory pass."""
     import onnxruntime as ort
+
+    if job.get("genai_folder"):
+        return measure_genai(job)
 
     proc = psutil.Process()
     may_use_cuda = job["provider"] == "cuda" or (job["provider"] == "auto" and runtime.cuda_in_build())
@@ -266,6 +359,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "provider": s.provider,
+        "runtime": f"onnxruntime {ort.__version__} (InferenceSession)",
         "notes": notes,
         "kind": "decoder" if work.decoder else "encoder",
         "io_binding": io_binding,

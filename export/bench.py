@@ -97,7 +97,7 @@ class ModelBench:
     kept_layers: list[int] | None
     provider: str
     io_binding: bool
-    session_create_s: float  # median over rounds
+    session_create_s: float  # median over rounds (a GenAI folder: onnxruntime-genai's Model)
     prefill_ms: Percentiles | None  # decoders: the prompt pass
     decode_ms_per_token: Percentiles | None  # decoders: every decode step of every run
     tokens_per_s: float | None  # batch / median decode step
@@ -113,6 +113,8 @@ class ModelBench:
     device_mem_peak_mb: float | None
     notes: list[str] = field(default_factory=list)  # e.g. which provider ``auto`` got
     samples: dict[str, list[float]] = field(default_factory=dict)  # pooled raw timings (ms)
+    # what timed it: a raw ONNX Runtime session, or for a GenAI folder onnxruntime-genai's Generator (what serves it)
+    runtime: str = "onnxruntime"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -283,6 +285,7 @@ def _summarise(t: _Target, rounds: list[dict[str, Any]], batch: int) -> ModelBen
         removed_layers=comp.get("removed_layers"),
         kept_layers=comp.get("kept_layers"),
         provider=first["provider"],
+        runtime=first["runtime"],
         io_binding=first["io_binding"],
         session_create_s=float(np.median([r["session_create_s"] for r in rounds])),
         prefill_ms=prefill if decoder else None,
@@ -378,7 +381,8 @@ def bench_models(paths: list[str], options: BenchOptions,
             for i, t in enumerate(targets):
                 say(f"measuring {t.path} (round {r + 1}/{options.rounds}) ...")
                 started = time.perf_counter()
-                res = run_worker({**job, "model": str(t.measured), "kv_shape": genai_kv_shape(t.folder)})
+                res = run_worker({**job, "model": str(t.measured), "kv_shape": genai_kv_shape(t.folder),
+                                  "genai_folder": str(t.folder) if layout.is_genai_folder(t.folder) else None})
                 results[i].append(res)
                 _check_same(targets, results, i)
                 say(f"{t.path}: done in {time.perf_counter() - started:.1f} s")
@@ -398,7 +402,8 @@ def bench_models(paths: list[str], options: BenchOptions,
         "threads": threads,
         "io_binding": first["io_binding"],
         "seed": options.seed,
-        "versions": {**first["versions"], "python": platform.python_version()},
+        "versions": {**{k: v for rs in results for r in rs for k, v in r["versions"].items()},
+                     "python": platform.python_version()},
         "machine": {"cpu_count": os.cpu_count(), "cpu_count_physical": _physical_cores(),
                     "platform": platform.platform(), "processor": platform.machine()},
     }

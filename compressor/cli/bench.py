@@ -41,6 +41,8 @@ def bench(
                           progress=lambda msg: note(f"[{time.perf_counter() - started:6.1f} s] {msg}"))
     for n in report.notes:
         note(n)
+    for m in report.models:  # say what timed each figure: a raw session, or the runtime that serves a GenAI folder
+        note(f"{m.path}: timed with {m.runtime}")
     out.print(_models_table(report))
     if report.ratios:
         out.print(_ratios_table(report))

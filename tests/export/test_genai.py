@@ -227,9 +227,31 @@ def test_a_broken_genai_graph_fails_the_gate_and_bench_runs_it_next_to_optimum(g
                           "--json", str(tmp_path / "bench.json")], capsys)
     assert code == 0, err
     assert "decode p50" in out  # the table (its model names are cut to the terminal's width)
-    models = json.loads((tmp_path / "bench.json").read_text())["models"]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    models = bench["models"]
     assert [m["path"] for m in models] == [str(tiny_onnx("llama")), str(genai("llama-gqa16"))]
     assert all(m["decode_ms_per_token"]["p50"] > 0 and m["kind"] == "decoder" for m in models)
+    # each figure says what timed it: a raw session, or the runtime that serves a GenAI folder, same threads
+    assert models[0]["runtime"].startswith("onnxruntime 1.") and "InferenceSession" in models[0]["runtime"]
+    assert models[1]["runtime"].startswith("onnxruntime-genai 0.15.2 (Model + Generator, intra_op_num_threads 1)")
+    decode = models[1]["samples"]["decode_ms"]
+    assert len(decode) == 2 * 4 * 2  # runs x new tokens x rounds: never stopped early at an EOS
+    import statistics
+
+    assert min(decode) > 0.25 * statistics.median(decode)  # each timed step ran the model (a pick-only call: 0.08x)
+    assert {"onnxruntime", "onnxruntime_genai"} <= set(bench["settings"]["versions"])
+    assert f"{genai('llama-gqa16')}: timed with onnxruntime-genai" in err
+
+
+def test_the_genai_bench_worker_imports_the_serving_runtime_and_nothing_heavy(genai):
+    from compressor.export.bench import run_worker
+
+    job = {"provider": "cpu", "threads": 1, "batch_size": 1, "prompt_len": 8, "new_tokens": 2, "warmup": 0,
+           "runs": 1, "io_binding": None, "seed": 0, "model": str(genai("llama-gqa16") / "model.onnx"),
+           "genai_folder": str(genai("llama-gqa16"))}
+    res = run_worker(job)
+    assert "onnxruntime_genai" in res["modules"] and len(res["step_ms"]) == 2
+    assert not set(res["modules"]) & {"torch", "transformers", "optimum", "matplotlib", "typer", "rich", "pydantic"}
 
 
 def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys):
