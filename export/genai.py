@@ -180,6 +180,67 @@ def _untied_copy(model: Any, src: Path, dst: Path) -> Path:
     return dst
 
 
+# texts the served tokenizer must encode as transformers does: words and spaces, code with indentation and
+# newlines, accents, a symbol outside Latin-1 and an emoji (byte-level pieces)
+TOKENIZER_PROBES = ("The capital of France is Paris.", "def f(x):\n    return x  # two spaces\n",
+                    "Café au lait, naïve déjà vu – 5 €", "emoji 🙂 and CJK 中文")
+
+
+def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
+    """Whether ONNX Runtime GenAI's own tokenizer, as it reads ``folder`` (what an edge team serves with),
+    reads text as ``tokenizer`` (transformers', which the gate feeds) does. A check record, as
+    ``structural_checks`` gives them: failed when it reads garbage (an id that is no token, or a decoded text
+    that differs); passed with a ``warning`` when it reads the same text as other tokens (onnxruntime-genai
+    0.15.2 splits a newline followed by spaces apart where transformers' byte-level regex keeps them
+    together: the served model then sees token splits the gate did not measure). Special tokens are left
+    out: transformers' template may add a BOS the runtime's encoder does not (said in the detail)."""
+    import onnxruntime_genai as og
+
+    name = "served tokenizer (onnxruntime-genai) reads text as the source's"
+    fix = "save the tokenizer the model was trained with next to it and export again"
+    try:
+        config = og.Config(str(folder))
+        config.clear_providers()  # the tokenizer is the same on every provider; a CUDA graph loads on the CPU too
+        served = og.Tokenizer(og.Model(config))
+    except Exception as exc:  # noqa: BLE001 - whatever the runtime says is the detail
+        return {"name": name, "passed": False, "fix": fix,
+                "detail": f"onnxruntime-genai cannot load it: {str(exc).splitlines()[0]}"}
+    vocab = len(tokenizer)
+    split: list[str] = []
+    for text in TOKENIZER_PROBES:
+        want = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        got = [int(i) for i in served.encode(text)]
+        if any(not 0 <= i < vocab for i in got) or served.decode(got) != tokenizer.decode(want):
+            return {"name": name, "passed": False, "fix": fix,
+                    "detail": f"it encodes {text!r} as {got[:8]}... (decoded: {served.decode(got)[:40]!r}) where the "
+                              f"source tokenizer gives {want[:8]}..."}
+        if served.decode(want) != tokenizer.decode(want):
+            return {"name": name, "passed": False, "fix": fix, "detail": f"it decodes {text!r} as {served.decode(want)!r}"}
+        if got != want:
+            split.append(f"{text!r}: {got[:10]} vs {want[:10]}")
+    ids = tokenizer("x")["input_ids"]
+    bos = "" if not ids or ids[0] != tokenizer.bos_token_id else \
+        f"; transformers adds {tokenizer.bos_token} at the start, onnxruntime-genai's encode does not"
+    record: dict[str, Any] = {"name": name, "passed": True,
+                              "detail": f"{len(TOKENIZER_PROBES) - len(split)} of {len(TOKENIZER_PROBES)} texts give "
+                                        f"the same ids, all decode alike{bos}"}
+    if split:
+        record["warning"] = (f"onnxruntime-genai's tokenizer splits {len(split)} of {len(TOKENIZER_PROBES)} probe texts "
+                             f"into other tokens than transformers' (same text; e.g. {split[0]}): the served model "
+                             "reads such text as token splits the gate did not measure")
+    return record
+
+
+def check_served_tokenizer(folder: Path, tokenizer: Any) -> None:
+    """Refuse (exit 3) a GenAI folder whose served tokenizer reads text differently from the source's: its
+    gate (which feeds transformers' ids) would pass an artifact that serves garbage."""
+    check = served_tokenizer(folder, tokenizer)
+    if not check["passed"]:
+        raise RuntimeFailure(f"{folder}: ONNX Runtime GenAI's tokenizer does not read text as the source tokenizer "
+                             f"does ({check['detail']}), so the served model would read garbage",
+                             "save the tokenizer the model was trained with next to it and export again")
+
+
 def structural_checks(folder: Path, num_layers: int, quantize: Optional[str]) -> list[dict[str, Any]]:
     """What a quantized graph must show without running: the fused attention per layer, 4-bit weights."""
     import onnx
@@ -298,7 +359,8 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
             if (src / name).is_file():
                 shutil.copy2(src / name, final / name)
         check_onnx_files(final / "model.onnx")
-        checks = structural_checks(final, num_layers, quantize) + [_runs(final, provider)]
+        checks = structural_checks(final, num_layers, quantize) + [_runs(final, provider),
+                                                                   served_tokenizer(final, loaded.tokenizer)]
         report = None
         if quantize is None:
             report = timed("parity", lambda: parity.check_genai_parity(loaded.model, final, num_layers=num_layers,
@@ -310,10 +372,11 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                 raise RuntimeFailure(f"parity check failed: {report.summary()}",
                                      "the builder's graph does not compute what the PyTorch model computes for this "
                                      "architecture; nothing was written (use --exporter optimum)")
+        warnings += [c["warning"] for c in checks if c.get("warning")]
         bad = [c for c in checks if not c["passed"]]
         if bad:
-            raise RuntimeFailure(f"the builder's graph fails a structural check: {bad[0]['name']} ({bad[0]['detail']})",
-                                 "use --exporter optimum")
+            raise RuntimeFailure(f"the builder's folder fails a check: {bad[0]['name']} ({bad[0]['detail']})",
+                                 bad[0].get("fix", "use --exporter optimum"))
         files = {f.name: f.stat().st_size for f in sorted(final.iterdir()) if f.is_file()}
         record = {"schema_version": 1, "tool": "avss-compressor", "tool_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -314,6 +314,10 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
     except Exception as exc:  # noqa: BLE001
         raise BadInput(f"{folder} has no usable tokenizer ({str(exc).splitlines()[0]})",
                        "export with `avss export`, which saves the tokenizer next to the model") from exc
+    if adapter.family == "decoder" and genai:  # gated only if it is served as it reads text here
+        from compressor.export.genai import check_served_tokenizer
+
+        check_served_tokenizer(folder, tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     rows = getattr(config, "vocab_size", None)

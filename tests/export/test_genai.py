@@ -1,11 +1,12 @@
 """``avss export --exporter genai``: ONNX Runtime GenAI's Model Builder, parity-checked like Optimum, refused
 up front where it cannot build; its folder gated by ``verify`` like any candidate and benched by ``bench``."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from helpers import error_lines, run
+from helpers import error_lines, run, write_ppl_profile
 from verify.conftest import causal_profile, task_files, write_profile  # noqa: F401 (task_files: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,9 @@ def test_int4_is_built_and_checked_structurally(genai):
                                           "-p", "int4", "-e", "cpu", "-c", "CACHE", "--extra_options",
                                           "int4_block_size=32", "int4_accuracy_level=4"]
     assert [c["name"] for c in rec["structural_checks"]] == ["GroupQueryAttention per layer", "int4 weights",
-                                                             "runs in ONNX Runtime"]
+                                                             "runs in ONNX Runtime",
+                                                             "served tokenizer (onnxruntime-genai) reads text as the "
+                                                             "source's"]
     assert all(c["passed"] for c in rec["structural_checks"])
     fp32 = json.loads((genai("llama-gqa16") / "export.json").read_text())
     assert rec["files"]["model.onnx.data"] < fp32["files"]["model.onnx.data"] / 3
@@ -255,7 +258,6 @@ def test_the_genai_bench_worker_imports_the_serving_runtime_and_nothing_heavy(ge
 
 
 def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys):
-    from helpers import write_ppl_profile
 
     out = tmp_path / "art"
     profile = str(write_ppl_profile(tmp_path, 0.5))
@@ -287,3 +289,71 @@ def test_a_folder_built_before_records_carried_a_label_still_names_its_exporter(
     assert rec["exporter"].pop("label") == "onnx-genai"
     (old / "export.json").write_text(json.dumps(rec))
     assert load_onnx_model(str(old)).dtype == "onnx-genai-float32"
+
+
+# the decoder transformers' GGUF conversion wrote for the built-in SmolLM2 (converted by avss before the fix)
+SENTENCEPIECE_STYLE = {"type": "Sequence", "decoders": [
+    {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+    {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}]}
+
+
+def _with_decoder(folder, decoder):
+    f = folder / "tokenizer.json"
+    tok = json.loads(f.read_text(encoding="utf-8"))
+    tok["decoder"] = decoder
+    f.write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+
+
+def test_the_served_tokenizer_of_every_genai_export_reads_text_as_the_source_does(genai):
+    rec = json.loads((genai("llama-gqa16") / "export.json").read_text())
+    (check,) = [c for c in rec["structural_checks"] if c["name"].startswith("served tokenizer")]
+    assert check["passed"] and "all decode alike" in check["detail"], check
+    assert "transformers adds <|im_start|> at the start, onnxruntime-genai's encode does not" in check["detail"]
+    # onnxruntime-genai 0.15.2 splits a newline and the indent after it apart: said, never hidden
+    assert "1 of 4 probe texts into other tokens" in check["warning"] and check["warning"] in rec["warnings"]
+
+
+def test_a_folder_that_would_serve_garbage_is_never_exported_or_gated(genai, tiny, tmp_path, capsys):
+    """With the GGUF conversion's SentencePiece-style decoder, onnxruntime-genai's tokenizer encoded every
+    space as -1 ids while the gate (fed transformers' ids) passed: now exit 3 at export and at the gate."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny("llama-gqa16"), src)
+    _with_decoder(src, SENTENCEPIECE_STYLE)
+    out = tmp_path / "g"
+    code, _, err = run(["export", str(src), "--exporter", "genai", "--out", str(out)], capsys)
+    assert code == 3, err
+    (line,) = error_lines(err)
+    assert "served tokenizer (onnxruntime-genai) reads text as the source's" in line and "-1" in line, line
+    assert line.endswith("save the tokenizer the model was trained with next to it and export again")
+    assert not out.exists()
+    shipped = tmp_path / "shipped"  # a folder exported before the check, its tokenizer as the old conversion left it
+    shutil.copytree(genai("llama-gqa16"), shipped)
+    _with_decoder(shipped, SENTENCEPIECE_STYLE)
+    prof = write_ppl_profile(tmp_path, 0.5)
+    code, _, err = run(["verify", str(tiny("llama-gqa16")), str(shipped), "--profile", str(prof), "--report-dir",
+                        str(tmp_path / "r")], capsys)
+    assert code == 3, err
+    assert "ONNX Runtime GenAI's tokenizer does not read text as the source tokenizer does" in err, err
+
+
+def test_the_builtin_tokenizer_decodes_byte_level_and_an_old_conversion_is_fixed_in_place(smollm2_dir, tmp_path):
+    """The fix changes no id and no decoded text in transformers (the vocabulary has no "▁" and no byte
+    tokens), so every figure measured before stands; only the runtime's reading changes."""
+    from transformers import AutoTokenizer
+
+    from compressor.export.genai import TOKENIZER_PROBES
+    from compressor.sources import builtins
+
+    assert builtins._byte_level_decoder(smollm2_dir)
+    old = tmp_path / "smollm2-135m"
+    old.mkdir()
+    for f in smollm2_dir.iterdir():  # the weights by link: nothing here reads them
+        (old / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy2(f, old / f.name)
+    _with_decoder(old, SENTENCEPIECE_STYLE)
+    before = AutoTokenizer.from_pretrained(str(old))
+    assert not builtins._smollm2_complete(old)
+    assert builtins._convert_smollm2(old) == old and builtins._byte_level_decoder(old)
+    after = AutoTokenizer.from_pretrained(str(old))
+    for text in TOKENIZER_PROBES:
+        ids = before(text)["input_ids"]
+        assert after(text)["input_ids"] == ids and after.decode(ids) == before.decode(ids) == "<|im_start|>" + text
