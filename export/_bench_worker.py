@@ -270,47 +270,62 @@ class GenAIWorkload:
         return prompt_ms, steps
 
 
+class Loaded:
+    """What loading a model cost: its time, and the process (and device) memory before and after."""
+
+    def __init__(self, proc: psutil.Process, nvml: Nvml | None):
+        self.proc, self.nvml = proc, nvml
+        self.rss_before, self.dev_before = proc.memory_info().rss, nvml.used_mb() if nvml else None
+        self.t0 = time.perf_counter()
+
+    def done(self) -> "Loaded":
+        self.create_s = time.perf_counter() - self.t0
+        self.rss_after, self.dev_after = self.proc.memory_info().rss, self.nvml.used_mb() if self.nvml else None
+        return self
+
+
+def timed(job: dict[str, Any], generate: Callable[[], tuple[float, list[float]]], loaded: Loaded) -> dict[str, Any]:
+    """The measurement both runtimes share: warm-up, ``runs`` timed generations (no sampler running), then one
+    generation under the memory sampler; with the load's own figures."""
+    for _ in range(job["warmup"]):
+        generate()
+    prompt_ms: list[float] = []
+    step_ms: list[float] = []
+    for _ in range(job["runs"]):
+        p, steps = generate()
+        prompt_ms.append(p)
+        step_ms.extend(steps)
+    with PeakSampler(loaded.proc, loaded.nvml) as sampler:
+        generate()
+    return {
+        "threads": job["threads"], "session_create_s": loaded.create_s,
+        "rss_before_session_mb": loaded.rss_before / MB, "rss_after_session_mb": loaded.rss_after / MB,
+        "rss_peak_mb": max(sampler.rss_peak, loaded.rss_after) / MB, "ru_maxrss_mb": _maxrss_mb(),
+        "device_mem_before_mb": loaded.dev_before, "device_mem_after_mb": loaded.dev_after,
+        "device_mem_peak_mb": None if sampler.device_peak is None else max(sampler.device_peak, loaded.dev_after or 0.0),
+        "prompt_ms": prompt_ms, "step_ms": step_ms, "modules": sorted({m.split(".")[0] for m in sys.modules}),
+    }
+
+
 def measure_genai(job: dict[str, Any]) -> dict[str, Any]:
     """``measure`` for a GenAI folder, in its own runtime (see ``GenAIWorkload``)."""
     import onnxruntime_genai as og
 
-    proc = psutil.Process()
     on_cuda = job["provider"] == "cuda" or (job["provider"] == "auto" and runtime.cuda_in_build())
-    nvml = Nvml.open() if on_cuda else None
-    rss_before = proc.memory_info().rss
-    dev_before = nvml.used_mb() if nvml else None
-    t0 = time.perf_counter()
+    loaded = Loaded(psutil.Process(), Nvml.open() if on_cuda else None)
     try:
         work = GenAIWorkload(job["genai_folder"], on_cuda, job["threads"], job["batch_size"], job["prompt_len"],
                              job["new_tokens"], job["seed"])
     except Exception as exc:  # noqa: BLE001 - whatever onnxruntime-genai says is the problem
         raise WorkerError(f"onnxruntime-genai cannot load {job['genai_folder']} ({str(exc).splitlines()[0]})",
                           "re-export it with `avss export --exporter genai`") from exc
-    create_s = time.perf_counter() - t0
-    rss_after = proc.memory_info().rss
-    dev_after = nvml.used_mb() if nvml else None
-    for _ in range(job["warmup"]):
-        work.generate()
-    prompt_ms: list[float] = []
-    step_ms: list[float] = []
-    for _ in range(job["runs"]):
-        p, steps = work.generate()
-        prompt_ms.append(p)
-        step_ms.extend(steps)
-    with PeakSampler(proc, nvml) as sampler:
-        work.generate()
     version = getattr(og, "__version__", "?")
     return {
         "provider": "CUDAExecutionProvider" if on_cuda else "CPUExecutionProvider",
         "runtime": f"onnxruntime-genai {version} (Model + Generator, intra_op_num_threads {job['threads']})",
-        "notes": [], "kind": "decoder", "io_binding": False, "threads": job["threads"],
-        "session_create_s": create_s, "rss_before_session_mb": rss_before / MB, "rss_after_session_mb": rss_after / MB,
-        "rss_peak_mb": max(sampler.rss_peak, rss_after) / MB, "ru_maxrss_mb": _maxrss_mb(),
-        "device_mem_before_mb": dev_before, "device_mem_after_mb": dev_after,
-        "device_mem_peak_mb": None if sampler.device_peak is None else max(sampler.device_peak, dev_after or 0.0),
-        "prompt_ms": prompt_ms, "step_ms": step_ms,
+        "notes": [], "kind": "decoder", "io_binding": False,
         "versions": {"onnxruntime_genai": version, "numpy": np.__version__, "psutil": psutil.__version__},
-        "modules": sorted({m.split(".")[0] for m in sys.modules}),
+        **timed(job, work.generate, loaded.done()),
     }
 
 
@@ -325,57 +340,28 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     if job.get("genai_folder"):
         return measure_genai(job)
-
-    proc = psutil.Process()
     may_use_cuda = job["provider"] == "cuda" or (job["provider"] == "auto" and runtime.cuda_in_build())
-    nvml = Nvml.open() if may_use_cuda else None
-    rss_before = proc.memory_info().rss
-    dev_before = nvml.used_mb() if nvml else None
-    t0 = time.perf_counter()
+    loaded = Loaded(psutil.Process(), Nvml.open() if may_use_cuda else None)
     s = runtime.make_session(job["model"], job["provider"], job["threads"])
-    create_s = time.perf_counter() - t0
-    rss_after = proc.memory_info().rss
-    dev_after = nvml.used_mb() if nvml else None
+    loaded.done()
     notes = [s.note] if s.note else []
     if not s.on_cuda:
-        nvml, dev_before, dev_after = None, None, None
-    elif nvml is None:
+        loaded.nvml, loaded.dev_before, loaded.dev_after = None, None, None
+    elif loaded.nvml is None:
         notes.append("NVML (libnvidia-ml.so.1) was not found, so device memory was not measured")
 
     io_binding = s.on_cuda if job["io_binding"] is None else bool(job["io_binding"])
     run = bound_runner(s.session, "cuda" if s.on_cuda else "cpu") if io_binding else plain_runner(s.session)
     work = Workload(s.session, job["batch_size"], job["prompt_len"], job["new_tokens"], job["seed"],
                     job.get("kv_shape"))
-    for _ in range(job["warmup"]):
-        work.generate(run)
-    prompt_ms: list[float] = []
-    step_ms: list[float] = []
-    for _ in range(job["runs"]):
-        p, steps = work.generate(run)
-        prompt_ms.append(p)
-        step_ms.extend(steps)
-    with PeakSampler(proc, nvml) as sampler:
-        work.generate(run)
-
     return {
         "provider": s.provider,
         "runtime": f"onnxruntime {ort.__version__} (InferenceSession)",
         "notes": notes,
         "kind": "decoder" if work.decoder else "encoder",
         "io_binding": io_binding,
-        "threads": job["threads"],
-        "session_create_s": create_s,
-        "rss_before_session_mb": rss_before / MB,
-        "rss_after_session_mb": rss_after / MB,
-        "rss_peak_mb": max(sampler.rss_peak, rss_after) / MB,
-        "ru_maxrss_mb": _maxrss_mb(),
-        "device_mem_before_mb": dev_before,
-        "device_mem_after_mb": dev_after,
-        "device_mem_peak_mb": None if sampler.device_peak is None else max(sampler.device_peak, dev_after or 0.0),
-        "prompt_ms": prompt_ms,
-        "step_ms": step_ms,
         "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__, "psutil": psutil.__version__},
-        "modules": sorted({m.split(".")[0] for m in sys.modules}),
+        **timed(job, lambda: work.generate(run), loaded),
     }
 
 
