@@ -186,6 +186,21 @@ TOKENIZER_PROBES = ("The capital of France is Paris.", "def f(x):\n    return x 
                     "Café au lait, naïve déjà vu – 5 €", "emoji 🙂 and CJK 中文")
 
 
+SERVED_TOKENIZER = "served tokenizer (onnxruntime-genai) reads text as the source's"
+# what onnxruntime-genai's tokenizer reads from a folder: the check's result is keyed on their content
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "genai_config.json")
+
+
+def tokenizer_files_digest(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = folder / name
+        h.update(name.encode() + (b"\0" + f.read_bytes() if f.is_file() else b"\1"))
+    return h.hexdigest()
+
+
 def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
     """Whether ONNX Runtime GenAI's own tokenizer, as it reads ``folder`` (what an edge team serves with),
     reads text as ``tokenizer`` (transformers', which the gate feeds) does. A check record, as
@@ -196,7 +211,7 @@ def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
     out: transformers' template may add a BOS the runtime's encoder does not (said in the detail)."""
     import onnxruntime_genai as og
 
-    name = "served tokenizer (onnxruntime-genai) reads text as the source's"
+    name = SERVED_TOKENIZER
     fix = "save the tokenizer the model was trained with next to it and export again"
     try:
         config = og.Config(str(folder))
@@ -221,7 +236,7 @@ def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
     ids = tokenizer("x")["input_ids"]
     bos = "" if not ids or ids[0] != tokenizer.bos_token_id else \
         f"; transformers adds {tokenizer.bos_token} at the start, onnxruntime-genai's encode does not"
-    record: dict[str, Any] = {"name": name, "passed": True,
+    record: dict[str, Any] = {"name": name, "passed": True, "files": tokenizer_files_digest(folder),
                               "detail": f"{len(TOKENIZER_PROBES) - len(split)} of {len(TOKENIZER_PROBES)} texts give "
                                         f"the same ids, all decode alike{bos}"}
     if split:
@@ -233,7 +248,15 @@ def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
 
 def check_served_tokenizer(folder: Path, tokenizer: Any) -> None:
     """Refuse (exit 3) a GenAI folder whose served tokenizer reads text differently from the source's: its
-    gate (which feeds transformers' ids) would pass an artifact that serves garbage."""
+    gate (which feeds transformers' ids) would pass an artifact that serves garbage. The export's passed check
+    is reused when the tokenizer files are the ones it checked (the runtime's tokenizer needs the whole model
+    loaded: a second copy of the weights beside the gate's session)."""
+    from compressor.export.layout import read_record
+
+    digest = tokenizer_files_digest(folder)
+    if any(c.get("name") == SERVED_TOKENIZER and c.get("passed") and c.get("files") == digest
+           for c in read_record(folder).get("structural_checks") or [] if isinstance(c, dict)):
+        return
     check = served_tokenizer(folder, tokenizer)
     if not check["passed"]:
         raise RuntimeFailure(f"{folder}: ONNX Runtime GenAI's tokenizer does not read text as the source tokenizer "
@@ -343,12 +366,12 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     src = Path(path)
     loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
                                               trust_remote_code=trust_remote_code))
-    check_free_space(out, (2 + unties(config, quantize)) * loaded.weight_bytes, f"the GenAI export {out}")
+    untie = unties(config, quantize)
+    check_free_space(out, (2 + untie) * loaded.weight_bytes, f"the GenAI export {out}")
     num_layers = int(loaded.config.num_hidden_layers)
     tmp = staging_dir(out)
     final, scratch = tmp / "final", tmp / "scratch"
     scratch.mkdir()
-    untie = unties(config, quantize)
     if untie:
         warnings.append("the LM head was stored apart from the input embeddings (same values) before the build: the "
                         "pinned builder's int8 precision cannot write a tied one; the folder holds both matrices")

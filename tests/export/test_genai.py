@@ -357,3 +357,23 @@ def test_the_builtin_tokenizer_decodes_byte_level_and_an_old_conversion_is_fixed
     for text in TOKENIZER_PROBES:
         ids = before(text)["input_ids"]
         assert after(text)["input_ids"] == ids and after.decode(ids) == before.decode(ids) == "<|im_start|>" + text
+
+
+def test_the_gate_reuses_the_exports_tokenizer_check_while_the_files_are_unchanged(genai, tmp_path, monkeypatch):
+    """The runtime's tokenizer needs the whole model loaded; the gate loads the graph already, so it reuses
+    the export's passed check, keyed on the tokenizer files' content, and runs it again when they change."""
+    import onnxruntime_genai as og
+
+    from compressor.export.ort_model import load_onnx_model
+
+    folder = tmp_path / "g"
+    shutil.copytree(genai("llama-gqa16"), folder)
+    loads = []
+    real = og.Model
+    monkeypatch.setattr(og, "Model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    load_onnx_model(str(folder))
+    assert loads == []  # the files the export checked: no second model
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 4096}))
+    load_onnx_model(str(folder))
+    assert len(loads) == 1  # edited: checked again (and it still reads text alike)
