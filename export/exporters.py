@@ -43,6 +43,8 @@ class Exporter:
     help: ClassVar[str]
     # the --quantize values it builds (None: the unquantized graph)
     precisions: ClassVar[tuple[Optional[str], ...]]
+    # what ``--search fastest`` tries, most precise first (its precision rule reads this order)
+    search_precisions: ClassVar[tuple[Optional[str], ...]] = (None,)
     # the bench's full-model reference through this exporter at the shipped precision (a run folder
     # entry), or None when the plain Optimum fp32 reference (``onnx-base``) is the fair comparison
     bench_reference: ClassVar[Optional[str]] = None
@@ -78,6 +80,9 @@ class OptimumExporter(Exporter):
     name = "optimum"
     help = "optimum (any supported model)"
     precisions = (None, "int8", "int8-weights", "int4")
+    # dynamic int8 is left out: it quantizes activations too, so it is not "less precise" than int8-weights
+    # on one scale, and the precision rule needs one order
+    search_precisions = (None, "int8-weights", "int4")
     traces_on_device = True
 
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
@@ -119,7 +124,8 @@ class GenAIExporter(Exporter):
     name = "genai"
     help = ("genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; "
             "Llama, Mistral, Qwen2/3, Phi-3)")
-    precisions = (None, "int4", "int8-weights")
+    precisions = (None, "int4", "int8-weights", "int4-mixed")
+    search_precisions = (None, "int8-weights", "int4-mixed", "int4")
     bench_reference = "onnx-base-genai"
     quantize_source = "checkpoint"
 
@@ -152,6 +158,11 @@ class GenAIExporter(Exporter):
         rec = self.export(checkpoint, out, quantize=precision, force=True, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code).record
         return {"quantization": rec["quantization"], "structural_checks": rec["structural_checks"], "files": rec["files"]}
+
+    def quantize_inputs(self, precision: str) -> dict[str, Any]:
+        from compressor.export.genai import PRECISION
+
+        return {"exporter": self.name, "quantize": precision, "builder": list(PRECISION[precision])}
 
 
 EXPORTERS: Registry[Exporter] = Registry("--exporter")

@@ -36,7 +36,10 @@ WRONG = {"Gemma3ForCausalLM": "its Gemma 3 graph (sliding and full attention lay
 # (int8 compute, as our own weight-only methods use; ONNX Runtime's fast CPU path). int8-weights is the
 # builder's 8-bit precision (its int4_* options apply to both bit widths).
 _MATMULNBITS = ["int4_block_size=32", "int4_accuracy_level=4"]
-PRECISION = {None: ("fp32", []), "int4": ("int4", _MATMULNBITS), "int8-weights": ("int8", _MATMULNBITS)}
+# int4-mixed: the builder's k_quant_mixed (0.15.2): k-quant int4 body, the LM head and the most quantization-sensitive
+# MatMuls (llama.cpp's mixed strategy: first and last eighth of the layers, every third layer's qkv/v/down) in int8
+PRECISION = {None: ("fp32", []), "int4": ("int4", _MATMULNBITS), "int8-weights": ("int8", _MATMULNBITS),
+             "int4-mixed": ("int4", [*_MATMULNBITS, "int4_algo_config=k_quant_mixed"])}
 CPU_HEAD_MULTIPLE = 16  # ONNX Runtime's CPU GroupQueryAttention: "head_size shall be a multiple of 16"
 # --dtype -> builder precision for an unquantized graph. fp16 targets the CUDA provider (``-e cuda``); its
 # graph also runs on ONNX Runtime's CPU provider, so its parity is checked there when no CUDA provider
@@ -80,7 +83,7 @@ def check_target(dtype: str, device: str, quantize: Optional[str]) -> str:
 def check_precision(quantize: Optional[str]) -> None:
     if quantize not in PRECISION:
         raise BadInput(f"--exporter genai has no --quantize {quantize}",
-                       "use --quantize int4 or int8-weights (the builder's MatMulNBits), or --exporter optimum for "
+                       "use --quantize int4, int4-mixed or int8-weights (the builder's MatMulNBits), or --exporter optimum for "
                        "dynamic int8")
 
 

@@ -56,7 +56,10 @@ def _quiet() -> Iterator[None]:
 
 def check_method(method: str | None) -> None:
     if method is not None and method not in METHODS:
-        raise BadInput(f"unknown --quantize {method!r}", "use --quantize int8, int8-weights or int4")
+        fix = "use --quantize int8, int8-weights or int4"
+        raise BadInput(f"unknown --quantize {method!r}" if method != "int4-mixed" else
+                       "--quantize int4-mixed is the GenAI builder's (k-quant int4, sensitive layers int8)",
+                       fix + (" or add --exporter genai" if method == "int4-mixed" else ""))
 
 
 def settings(method: str) -> dict[str, Any]:

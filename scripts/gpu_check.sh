@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 minutes): score on CUDA, export fp32 and fp16 with --device cuda,
-# benchmark full vs slim with the CUDA provider when the installed ONNX Runtime has it, then print
+# One prepared GPU check (< 10 minutes): score on CUDA, export fp32 and fp16 with --device cuda,
+# benchmark full vs slim with the CUDA provider when the installed ONNX Runtime has it, run
+# --search fastest (PyTorch verdicts on the device, artifacts on the provider), then print
 # one summary table. Every step runs even if an earlier one failed; the table says what happened.
 #
 #   bash scripts/gpu_check.sh                      # on a CUDA machine with the project installed
@@ -73,4 +74,10 @@ if [ -d "$OUT/onnx-full-fp16" ]; then
   step bench-fp16 180 "${AVSS[@]}" bench "$OUT/onnx-full-fp16" --provider "$PROVIDER" --prompt-len 128 \
     --new-tokens 32 --warmup 2 --runs 5 --json "$OUT/bench-fp16.json"
 fi
+# the --search fastest path on the device: PyTorch verdicts on $DEVICE, artifacts gated and the frontier benched
+# with $PROVIDER (exit 1 is a result here: a random model passes no gate, and the path still ran end to end)
+step search-fastest 300 bash -c '"$@"; rc=$?; [ $rc -le 1 ]' _ "${AVSS[@]}" run "$MODEL" --profile profiles/default.yaml \
+  --out "$OUT/fastest" --search fastest --device "$DEVICE" --provider "$PROVIDER" --exporter optimum \
+  --precisions fp32,int8-weights --methods block-influence --max-remove 1 --bench-prompt-len 32 \
+  --bench-new-tokens 8 --bench-runs 2 --bench-rounds 1
 "$PYTHON" scripts/gpu_check_summary.py "$OUT"

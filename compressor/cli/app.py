@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -86,6 +87,26 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def search_objective(argv: list[str]) -> list[str]:
+    """``avss run --search fastest``: a Typer option cannot take an optional value, so a word after
+    ``--search`` (``fastest``, ``largest``) is passed on as ``--search-objective WORD``; ``--search`` alone
+    (or before another option) stays the largest cut. A word that names no objective is refused by the run's
+    configuration with the choices."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--search" and i + 1 < len(argv) and re.fullmatch(r"[a-z][a-z-]*", argv[i + 1]):
+            out += ["--search-objective", argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--search="):
+            a = "--search-objective=" + a.split("=", 1)[1]
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app and maps every failure to one stderr line and an exit code.
 
@@ -95,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     route_library_diagnostics()
     _state["debug"] = os.environ.get("AVSS_DEBUG", "") not in ("", "0")
+    argv = search_objective(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None

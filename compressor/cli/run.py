@@ -23,7 +23,9 @@ def run(
     last_state: o.LastState = None,
     ratio: Annotated[Optional[float], typer.Option("--ratio", callback=o.finite("--ratio"), help=f"Remove round-half-up(ratio x layers) layers (default: {defaults.RATIO}).")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Remove exactly this many layers.")] = None,
-    search: Annotated[Flag, typer.Option("--search", help="Find the largest cut that passes the gate (see --methods).", show_default=False)] = None,
+    search: Annotated[Flag, typer.Option("--search", help="Find the largest cut that passes the gate (see --methods). `--search fastest`: the fastest artifact that passes, over cut x exporter x precision, each candidate gated on the artifact itself (README: avss run --search fastest).", show_default=False)] = None,
+    search_objective: Annotated[Optional[str], typer.Option("--search-objective", hidden=True, help="What `--search WORD` passes on: largest or fastest.")] = None,
+    precisions: Annotated[Optional[str], typer.Option("--precisions", help="With --search fastest: the precisions tried, comma-separated (default: each exporter's: fp32,int8-weights,int4, and int4-mixed for genai).")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Scorers tried by --search, comma-separated (default: avss,block-influence; plus angular with a linear repair).")] = None,
     max_remove: Annotated[Optional[int], typer.Option("--max-remove", help="Largest cut --search tries (default: half the layers).")] = None,
     protect: Annotated[Optional[str], typer.Option("--protect", help="Never remove these: first,last | none | 0-based indices.")] = None,
@@ -36,8 +38,8 @@ def run(
     heal_loss: o.HealLoss = None,
     heal_minutes: o.HealMinutes = None,
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider for the ONNX gate and the bench: auto, cpu or cuda (cuda never falls back).")] = None,
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8, int8-weights or int4: also write onnx-<q>/ (ONNX Runtime quantization), gate it and bench it.")] = None,
-    exporter: Annotated[Optional[str], typer.Option("--exporter", help="optimum (default) or genai: ONNX Runtime GenAI's Model Builder writes onnx/ (and onnx-int4/ with --quantize int4); the bench adds the full model through the same exporter.")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8, int8-weights or int4 (with --exporter genai also int4-mixed): also write onnx-<q>/ (ONNX Runtime quantization), gate it and bench it.")] = None,
+    exporter: Annotated[Optional[str], typer.Option("--exporter", help="optimum (default) or genai: ONNX Runtime GenAI's Model Builder writes onnx/ (and onnx-int4/ with --quantize int4); the bench adds the full model through the same exporter. With --search fastest: search this exporter only (default: every one that builds the model).")] = None,
     skip_export: Annotated[Flag, typer.Option("--skip-export", help="Stop after verify (no ONNX, no bench).", show_default=False)] = None,
     skip_bench: Annotated[Flag, typer.Option("--skip-bench", help="Export the slim model but do not benchmark.", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto for score/verify/export (default: cpu).")] = None,
@@ -65,14 +67,15 @@ def run(
 
     overrides = dict(model=model, profile=profile, out=out, method=method, avss_mode=avss_mode, ratio=ratio,
                      objective=objective, last_state=last_state,
-                     num_layers=num_layers, search=search, max_remove=max_remove, protect=protect,
+                     num_layers=num_layers, search=search_objective or search, max_remove=max_remove, protect=protect,
                      min_retention=min_retention, repair=repair, ridge=ridge, heal_steps=heal_steps,
                      heal_tokens=heal_tokens, heal_lr=heal_lr, heal_loss=heal_loss, heal_minutes=heal_minutes, provider=provider, quantize=quantize, exporter=exporter, skip_export=skip_export, skip_bench=skip_bench,
                      device=device, dtype=dtype, opset=opset, seed=seed, allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code, max_memory=max_memory, stream=stream, bench_prompt_len=bench_prompt_len,
                      bench_new_tokens=bench_new_tokens, bench_runs=bench_runs, bench_warmup=bench_warmup,
                      bench_rounds=bench_rounds, bench_threads=bench_threads,
-                     methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None)
+                     methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+                     precisions=[p.strip() for p in precisions.split(",") if p.strip()] if precisions else None)
     cfg = load_run_config(config, overrides)
     if save_config:
         from pathlib import Path
@@ -87,6 +90,7 @@ def run(
         failed = [t["failed_because"] for t in result.tasks if t["passed"] is False]
         failed += [f"{a['artifact']}/ {t['failed_because']}" for a in result.artifacts for t in a["tasks"]
                    if t["passed"] is False]
-        what = "no cut passes the gate" if cfg.search and not (result.search or {}).get("chosen") else "retention gate failed"
+        what = ("retention gate failed" if not cfg.search or (result.search or {}).get("chosen")
+                else "no artifact passes the gate" if cfg.search == "fastest" else "no cut passes the gate")
         raise GateFailed(f"{what} ({', '.join(failed) or result.verdict}); every artifact was still written",
                          f"see {cfg.out}/report.md")

@@ -39,7 +39,9 @@ def summarize(result: RunResult, cfg: RunConfig, results: dict[str, Any]) -> Non
     if v is not None:
         result.passed, result.verdict, result.tasks = v["passed"], v["verdict"], v["tasks"]
     if results.get("onnx") is not None:
-        result.parity, result.exporter = results.get("parity"), cfg.exporter
+        from compressor.export.exporters import get_exporter
+
+        result.parity, result.exporter = results.get("parity"), get_exporter(cfg.exporter).name
     result.artifacts = [results[a] for a in ("artifact-onnx", "artifact-quantized") if results.get(a) is not None]
     result.bench = results.get("bench")
 
@@ -76,7 +78,8 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, events: Optional[Events
         claim(ctx)
         ctx.started = True  # from here run.json says "running", then how the run ended
         ctx.write_run_json()
-        pipeline.execute(ctx, STEPS, lambda results: summarize(ctx.result, cfg, results))
+        pipeline.execute(ctx, STEPS, lambda results: summarize(ctx.result, ctx.cfg, results))  # the search may
+        # choose the exporter and precision, so the run's configuration is read as it is then
         conclude(ctx)
         return ctx.result
     except BaseException as exc:  # how the run ended, in run.json: the same code and line as the process exit

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compressor.defaults import BENCH, PROVIDER, RATIO
 from compressor.errors import BadInput
+from compressor.run.fastest import OBJECTIVES
 
 DEFAULT_SEARCH_METHODS = ["avss", "block-influence"]
 # with the linear patch the search also tries the cuts chosen for it: ReplaceMe's angular block and the
@@ -44,7 +45,11 @@ class RunConfig(BaseModel):
     last_state: Optional[Literal["block", "final-norm"]] = None  # block-influence, angular, avss
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     num_layers: Optional[int] = Field(None, ge=1)
-    search: bool = False
+    # None: a fixed cut; "largest": the largest cut that passes; "fastest": the fastest artifact that passes,
+    # over cut x exporter x precision (``compressor.run.fastest``). ``true`` in a file means "largest".
+    search: Optional[str] = None
+    precisions: Optional[list[str]] = None  # --search fastest: the precisions searched (default: each exporter's)
+    search_sweep: bool = False  # --search fastest: gate every candidate, no rule, no stop (the benchmark's yardstick)
     methods: Optional[list[str]] = None  # default: avss, block-influence (+ PATCH_SEARCH_METHODS with linear)
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
@@ -59,8 +64,10 @@ class RunConfig(BaseModel):
     heal_loss: Optional[str] = None
     heal_minutes: Optional[float] = None
     provider: Literal["auto", "cpu", "cuda"] = PROVIDER  # type: ignore[assignment]
-    quantize: Optional[Literal["int8", "int8-weights", "int4"]] = None
-    exporter: str = "optimum"  # a registered exporter (compressor.export.exporters), checked below
+    quantize: Optional[Literal["int8", "int8-weights", "int4", "int4-mixed"]] = None
+    # a registered exporter (compressor.export.exporters), checked below; None: Optimum, or with --search fastest
+    # every exporter that builds the model
+    exporter: Optional[str] = None
     skip_export: bool = False
     skip_bench: bool = False
     device: str = "cpu"
@@ -79,6 +86,18 @@ class RunConfig(BaseModel):
         from compressor.sources.memory import parse_size
 
         return parse_size(self.max_memory) if self.max_memory is not None else None
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        if v is True:
+            return "largest"
+        if v is False or v is None:
+            return None
+        if v not in OBJECTIVES:
+            raise ValueError(f"--search has no objective {v!r}; use --search (the largest cut that passes) or "
+                             "--search fastest (the fastest artifact that passes)")
+        return v
 
     @model_validator(mode="after")
     def _one_cut_rule(self) -> "RunConfig":
@@ -105,13 +124,33 @@ class RunConfig(BaseModel):
             raise ValueError("quantize works on the ONNX export; drop skip_export")
         from compressor.export.exporters import get_exporter, names
 
-        if self.exporter not in names():
+        if self.exporter is not None and self.exporter not in names():
             raise ValueError(f"unknown exporter {self.exporter!r}; use one of {', '.join(names())}")
+        self._check_fastest()
         built = [p or "fp32" for p in get_exporter(self.exporter).precisions]
         if self.quantize not in get_exporter(self.exporter).precisions:
             raise ValueError(f"the {self.exporter} exporter builds {', '.join(built[:-1])} or {built[-1]} graphs, "
                              f"not {self.quantize}; use one of those or another exporter")
         return self
+
+    def _check_fastest(self) -> None:
+        from compressor.export.exporters import EXPORTERS
+
+        if self.search != "fastest":
+            for name, v in (("precisions", self.precisions), ("search_sweep", self.search_sweep or None)):
+                if v is not None:
+                    raise ValueError(f"{name} narrows --search fastest's space; add --search fastest or drop it")
+            return
+        if self.quantize:
+            raise ValueError(f"--search fastest searches the precision itself; it cannot be combined with --quantize "
+                             f"{self.quantize}: drop --quantize (narrow the space with --precisions)")
+        if self.skip_export:
+            raise ValueError("--search fastest judges exported artifacts; drop skip_export (or use --search)")
+        if self.precisions is not None:
+            known = list(dict.fromkeys(p or "fp32" for e in EXPORTERS.values() for p in e.search_precisions))
+            bad = [p for p in self.precisions if p not in known]
+            if bad or not self.precisions:
+                raise ValueError(f"precisions: {', '.join(bad) or 'none given'} is not one of {', '.join(known)}")
 
     def cut_size(self, layers: int) -> int:
         """How many layers a fixed cut removes from a model of ``layers`` (``--num-layers``, or the ratio

@@ -33,7 +33,7 @@ def prepare(ctx: RunContext) -> None:
     if target in ("onnx", "quantized") and c.skip_export:
         raise BadInput(f"profile {profile.name!r} gates the {target} artifact (gate.target: {target}), but "
                        "--skip-export writes none", "drop --skip-export, or set gate.target: pytorch")
-    if target == "quantized" and not c.quantize:
+    if target == "quantized" and not c.quantize and c.search != "fastest":
         raise BadInput(f"profile {profile.name!r} gates the quantized artifact (gate.target: quantized)",
                        "pass --quantize int8 (or int4), or set gate.target: all")
     used = c.search_methods if c.search else [c.method]
@@ -114,7 +114,11 @@ def check_model_settings(ctx: RunContext) -> None:
 
     c, base = ctx.cfg, ctx.base
     parse_protect(ctx.protect, base.num_layers)  # also a --protect from --config
-    if not c.skip_export:  # an architecture the exporter cannot build: now
+    if c.search == "fastest":  # the exporters that build it (none: an empty space, refused now)
+        from compressor.run.steps.fastest import space
+
+        space(ctx)
+    elif not c.skip_export:  # an architecture the exporter cannot build: now
         ctx.exporter.check_model(base.config, base.adapter.family, c.quantize)
     if c.search:
         search_limits(base.num_layers, ctx.protect, c.max_remove)
@@ -197,9 +201,11 @@ def disk_need(ctx: RunContext) -> int:
     from compressor.export.convert import export_bytes
 
     c, b = ctx.cfg, ctx.base
-    need: int = b.weight_bytes * (1 + ctx.repair.enabled + c.search)
+    fastest = c.search == "fastest"  # its passing cuts and the frontier's artifacts are kept until it chooses
+    need: int = b.weight_bytes * (1 + ctx.repair.enabled + bool(c.search) + 2 * fastest)
     if not c.skip_export:
-        need += export_bytes(b.num_parameters) * (1 + (not c.skip_bench)) + 2 * b.num_parameters * bool(c.quantize)
+        need += (export_bytes(b.num_parameters) * (1 + (not c.skip_bench) + 2 * fastest)
+                 + 2 * b.num_parameters * bool(c.quantize or fastest))
     return need
 
 

@@ -59,9 +59,13 @@ class SearchResult:
             raise ValueError("the search tried no cut (the caller checks max_remove >= 1 first)")
         return max(ones, key=lambda c: c.worst)
 
+    def markdown(self) -> str:
+        """The report's search section (``report.md``), with its figure."""
+        return to_markdown(self) + "\n![retention against layers removed](search.png)\n"
+
     def to_dict(self) -> dict[str, Any]:
         chosen = self.chosen
-        return {"strategy": self.strategy, "max_remove": self.max_remove, "best": self.best,
+        return {"objective": "largest", "strategy": self.strategy, "max_remove": self.max_remove, "best": self.best,
                 "chosen": asdict(chosen) if chosen else None,
                 "candidates": [asdict(c) for c in sorted(self.candidates, key=lambda c: (c.method, c.k))]}
 

@@ -40,7 +40,7 @@ def test_a_run_config_takes_its_exporter_choices_from_the_registry():
 
     with pytest.raises(ValueError, match="unknown exporter 'tensorrt'"):
         RunConfig(model="m", profile="p", out="o", exporter="tensorrt")
-    with pytest.raises(ValueError, match="the genai exporter builds fp32, int4 or int8-weights graphs, not int8"):
+    with pytest.raises(ValueError, match="the genai exporter builds fp32, int4, int8-weights or int4-mixed graphs, not int8"):
         RunConfig(model="m", profile="p", out="o", exporter="genai", quantize="int8")
 
 

@@ -112,6 +112,21 @@ def test_int8_weights_of_a_tied_model_is_built_from_an_untied_copy_and_passes_th
     assert 0.97 <= ppl["retention"] <= 1.03, ppl  # int8 weights: close to the fp32 model, not equal
 
 
+def test_int4_mixed_keeps_the_lm_head_and_the_sensitive_layers_in_int8(genai, tiny):
+    """int4-mixed is the builder's k_quant_mixed: an int4 body with the LM head (and llama.cpp's most sensitive
+    MatMuls) in 8 bits; of a tied model it builds without an untied copy, loads and runs."""
+    folder = genai("llama-gqa16", "int4-mixed")
+    rec = json.loads((folder / "export.json").read_text())
+    assert rec["quantization"]["method"] == "int4-mixed" and rec["quantization"]["untied_head"] is False
+    assert "int4_algo_config=k_quant_mixed" in rec["exporter"]["command"]
+    assert all(c["passed"] for c in rec["structural_checks"]), rec["structural_checks"]
+    import onnx
+
+    inits = [t.name for t in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.initializer]
+    assert any(n.startswith("lm_head") and "Q8" in n for n in inits), "the LM head is not 8-bit"
+    assert any("Q4" in n for n in inits) and any(n.startswith("model.layers") and "Q8" in n for n in inits)
+
+
 @pytest.mark.parametrize("arch,extra,words", [
     ("gpt2", [], "does not build GPT2LMHeadModel models"),
     ("bert", [], "does not build BertForSequenceClassification models"),
@@ -269,7 +284,7 @@ def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys)
     assert [a["artifact"] for a in d["artifacts"]] == ["onnx"] and d["artifacts"][0]["passed"] is True
     assert (out / "onnx" / "genai_config.json").is_file()
     assert json.loads((out / "onnx" / "export.json").read_text())["exporter"]["name"] == "genai"
-    for argv, words in ((["--quantize", "int8"], "the genai exporter builds fp32, int4 or int8-weights graphs"),
+    for argv, words in ((["--quantize", "int8"], "the genai exporter builds fp32, int4, int8-weights or int4-mixed graphs"),
                         ([], "does not build GPT2LMHeadModel models")):
         model = tiny("gpt2") if not argv else tiny("llama-gqa16")
         code, _, err = run(["run", str(model), "--profile", profile, "--out", str(tmp_path / "other"),

@@ -27,7 +27,8 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
     from compressor.sources.models import LoadedModel
 
     base = ctx.base
-    if repaired and ctx.repair.enabled:
+    if repaired and ctx.repair.enabled and removed:  # nothing removed (the uncut model --search fastest may
+        # ship): nothing to repair, the copy below is exact
         bars: dict[str, Any] = {}
 
         def progress(step: str, done: int, total: int, loss: float | None) -> None:

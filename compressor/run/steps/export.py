@@ -91,7 +91,15 @@ def export_base_ship(ctx: RunContext, given: Results) -> Results:
 
 
 def _ship_name(cfg: Any) -> str:
-    return f"export-base-{cfg.exporter}"
+    from compressor.export.exporters import get_exporter
+
+    return f"export-base-{get_exporter(cfg.exporter).name}"
+
+
+def _ship_skip(ctx: RunContext, given: Results) -> Optional[str]:
+    if ctx.cfg.skip_bench:
+        return "--skip-bench"
+    return None if ctx.exporter.bench_reference else f"{ctx.exporter.name} is the reference exporter (onnx-base/)"
 
 
 def _skip_bench(why: str) -> Any:
@@ -119,9 +127,10 @@ def _has_reference(cfg: Any) -> bool:
 STEPS = (
     Step("export", ("slim", "verdict"), ("onnx", "parity"), ("onnx",), export, skip=_export_skip),
     Step("quantize", ("slim", "onnx"), ("quantized",), _quantized_entries(), quantize,
-         active=lambda c: bool(c.quantize)),
+         active=lambda c: bool(c.quantize) or c.search == "fastest",
+         skip=lambda ctx, given: None if ctx.cfg.quantize else "the search chose an fp32 artifact"),
     Step("export-base", ("onnx",), ("onnx-base",), ("onnx-base",), export_base,
          skip=_skip_bench("--skip-bench (only the benchmark needs the full model in ONNX)")),
     Step("export-base-ship", ("onnx",), ("base-ship",), _reference_entries(), export_base_ship,
-         active=_has_reference, skip=_skip_bench("--skip-bench"), title=_ship_name),
+         active=lambda c: _has_reference(c) or c.search == "fastest", skip=_ship_skip, title=_ship_name),
 )

@@ -113,6 +113,8 @@ def search(ctx: RunContext, given: Results) -> Results:
             res = ctx.run_stage(candidate_stage(ctx, method, k, removed, rep))
             seen[tuple(sorted(removed))] = cand = Candidate(**res["candidate"])
             folder = candidate_folder(ctx, method, k)
+            if folder.is_dir() and c.search == "fastest":  # every passing cut may be exported: keep them all
+                return cand
             if folder.is_dir():  # a passing repaired candidate: keep only the best so far (the one chosen)
                 if kept is None or (cand.k, cand.worst) > (kept.k, kept.worst):
                     if kept is not None:
@@ -125,6 +127,8 @@ def search(ctx: RunContext, given: Results) -> Results:
         best, cands = search_method(method, check, limit, nested=nested)
         result.best[method] = best
         result.candidates += cands
+    if c.search == "fastest":
+        return _fastest(ctx, result, reports)
     chosen = result.chosen
     if kept is not None and chosen is not None and (kept.k, kept.worst, kept.removed) == (chosen.k, chosen.worst,
                                                                                            chosen.removed):
@@ -139,6 +143,37 @@ def search(ctx: RunContext, given: Results) -> Results:
     save_curve(result, ctx.out / "search.png", f"{c.model}: retention vs layers removed ({ctx.profile.name})")
     shutil.copy2(ctx.out / "search" / f"scores-{chosen.method}.json", ctx.out / "scores.json")
     return {"report": reports[chosen.method], "removed": chosen.removed, "search": result}
+
+
+def _fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any]) -> Results:
+    """The artifact walk over the PyTorch search's passing cuts; the run then ships the chosen candidate."""
+    from compressor.run.steps import fastest
+    from compressor.run.steps.cut import CHOSEN, candidate_folder
+
+    ctx.search_reports = reports
+    result = fastest.search_fastest(ctx, cuts, reports)
+    chosen = result.walk.chosen
+    if chosen is None:
+        chosen = result.walk.fallback()
+        ctx.ev.warn(f"no artifact passes the gate ({result.walk.counts()['gated']} gated); the run's artifacts are "
+                    f"for the least bad one ({chosen.id}, worst retention {chosen.worst:.3f})")
+    fastest.ship(ctx, chosen)
+    folder = candidate_folder(ctx, chosen.cut.method, chosen.cut.k)
+    if chosen.cut.removed and ctx.repair.enabled and folder.is_dir():  # its repaired checkpoint: the repair step
+        # moves it into model/ (not trained twice)
+        folder.rename(ctx.out / ".search" / (CHOSEN + ".kept"))
+    scratch = ctx.out / ".search"
+    for p in scratch.iterdir() if scratch.is_dir() else []:
+        if p.name != CHOSEN + ".kept":
+            shutil.rmtree(p, ignore_errors=True)
+    if (scratch / (CHOSEN + ".kept")).is_dir():
+        (scratch / (CHOSEN + ".kept")).rename(scratch / CHOSEN)
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    fastest.write(ctx, result, f"{ctx.cfg.model} ({ctx.profile.name})")
+    method = chosen.cut.method if chosen.cut.removed else next(iter(reports))
+    shutil.copy2(ctx.out / "search" / f"scores-{method}.json", ctx.out / "scores.json")
+    return {"report": reports[method], "removed": list(chosen.cut.removed), "search": result}
 
 
 def select(ctx: RunContext, given: Results) -> Results:
@@ -160,7 +195,8 @@ def select(ctx: RunContext, given: Results) -> Results:
 
 STEPS = (
     Step("score", (), ("report", "removed"), ("scores.json",), score, active=lambda c: not c.search),
-    Step("search", (), ("report", "removed", "search"), ("search.json", "search.png", "search", ".search",
-                                                          "scores.json"), search, active=lambda c: c.search),
+    Step("search", (), ("report", "removed", "search"), ("search.json", "search.png", "pareto.png", "search",
+                                                          ".search", "scores.json"), search,
+         active=lambda c: bool(c.search)),
     Step("select", ("report", "removed"), (), ("scores.png",), select),
 )

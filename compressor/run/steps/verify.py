@@ -78,10 +78,8 @@ def rejudge(report_file: Path, ctx: RunContext) -> Callable[[dict[str, Any]], di
 
 
 def verify(ctx: RunContext, given: Results) -> Results:
-    from compressor.run.search import to_markdown
-
     slim: Path = given["slim"]
-    search_md = to_markdown(given["search"]) if given.get("search") is not None else None
+    search_md = given["search"].markdown() if given.get("search") is not None else None
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
         from compressor.verify.api import Deferred
@@ -92,8 +90,7 @@ def verify(ctx: RunContext, given: Results) -> Results:
         write_reports(rep, ctx.out)
         if search_md is not None:
             md = ctx.out / "report.md"
-            atomic_write_text(md, md.read_text(encoding="utf-8") + search_md
-                              + "\n![retention against layers removed](search.png)\n")
+            atomic_write_text(md, md.read_text(encoding="utf-8") + search_md)
         return verdict_result(rep), rep.verdict_line()
 
     inputs: dict[str, Input] = {"base": ctx.base_input(), "candidate": Files(slim), "search": Setting(search_md),
@@ -180,5 +177,5 @@ STEPS = (
          optional=("search",)),
     Step("verify-onnx", ("slim", "onnx"), ("artifact-onnx",), ("reports",), verify_onnx),
     Step("verify-quantized", ("slim", "quantized"), ("artifact-quantized",), ("reports",), verify_quantized,
-         active=lambda c: bool(c.quantize), title=lambda c: f"verify-onnx-{c.quantize}"),
+         active=lambda c: bool(c.quantize) or c.search == "fastest", title=lambda c: f"verify-onnx-{c.quantize or 'quantized'}"),
 )
