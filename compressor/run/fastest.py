@@ -21,7 +21,7 @@ reachable at all?"). The estimate cannot rank exporters (their kernels differ), 
 every exporter has ``PER_EXPORTER`` passing candidates (or has none left); those, the frontier, are then
 benched in one run with alternating rounds, and the fastest measured decode wins. Every skipped candidate
 is recorded with its rule and the candidate that caused it. ``sweep`` gates every candidate (no rule, no
-stop): the benchmark's yardstick.
+stop; the cuts that failed in PyTorch are exported too): the benchmark's yardstick.
 """
 from __future__ import annotations
 

@@ -93,6 +93,10 @@ def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any], exp
             removed = tuple(sorted(select_layers(reports[method], num_layers=k, protect=ctx.protect).removed))
             seen.setdefault(removed, Cut(method, k, removed))
     failed = [{"method": c.method, "k": c.k, "removed": c.removed} for c in cuts.candidates if not c.passed]
+    if ctx.cfg.search_sweep:  # the sweep checks the pytorch rule too: the cuts that failed in PyTorch are exported
+        for f in failed:
+            seen.setdefault(tuple(sorted(f["removed"])), Cut(f["method"], f["k"], tuple(sorted(f["removed"]))))
+        failed = []
     out = [ArtifactCandidate(cut, e, p, rank, estimate_bytes(L - cut.k, block, head, p))
            for cut in seen.values() for e in exporters for rank, p in enumerate(precisions[e])]
     return FastestSearch(out, exporters, precisions, pytorch_failed=failed, sweep=ctx.cfg.search_sweep)
