@@ -33,7 +33,7 @@ class _Device:
 
 
 class _Embeddings:
-    """``tasks._dev`` reads ``get_input_embeddings().weight.device``: where input tensors go (the CPU)."""
+    """``verify.loglik.input_device`` reads ``get_input_embeddings().weight.device``: where input tensors go (the CPU)."""
 
     def __init__(self) -> None:
         import torch

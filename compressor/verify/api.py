@@ -14,6 +14,7 @@ from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
 from compressor.verify import tasks as T
 from compressor.verify.gate import bootstrap_lower, judge, retention, task_verdict
+from compressor.verify.metrics import NonFiniteOutputs
 from compressor.verify.report import TaskResult, VerifyReport
 
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
@@ -366,7 +367,7 @@ def verify(
                 T.kind(task.kind).check_streams(task)  # a library caller's streamed model (the CLI checks first)
             try:
                 hit = T.kind(task.kind).evaluate(model, task, items, shots, profile, cb)
-            except T.NonFiniteOutputs:
+            except NonFiniteOutputs:
                 secs[task.name][role] = round(time.perf_counter() - t, 3)
                 raise
             except (RuntimeError, MemoryError) as exc:
@@ -384,7 +385,7 @@ def verify(
     for task, items, shots in loaded_tasks:  # the base on every task first: the reference, then freed
         try:
             run_task("base", task, items, shots)
-        except T.NonFiniteOutputs as exc:
+        except NonFiniteOutputs as exc:
             raise BadInput(f"task {task.name}: the base model {sides['base'].identity().spec} gives {exc.what()}, "
                            "so there is no reference to compare the candidate with",
                            "check the base model's weights (re-download or re-save it); a float16 load "
@@ -394,10 +395,10 @@ def verify(
         check_pair()
     results: list[TaskResult] = []
     for task, items, shots in loaded_tasks:
-        broken: T.NonFiniteOutputs | None = None
+        broken: NonFiniteOutputs | None = None
         try:
             run_task("candidate", task, items, shots)
-        except T.NonFiniteOutputs as exc:
+        except NonFiniteOutputs as exc:
             broken = exc
         task_outs, task_cached, task_secs = outs[task.name], cached[task.name], secs[task.name]
         kind = T.kind(task.kind)

@@ -4,16 +4,13 @@ Per-example records (not just a final number) let the gate compute agreement bet
 candidate, and paired bootstrap confidence intervals, from the same data. One ``TaskKind`` class per
 kind (at the end of this file) holds all of it: its profile entry (schema and validators), its data
 rules, evaluation, metrics and agreement. Profiles and ``verify.examples`` ask the registry, so adding a
-kind is one class in one place (lm-evaluation-harness tasks: ``harness.py``).
+kind is one class in one place (lm-evaluation-harness tasks: ``harness.py``). What the kinds share lives
+apart: records -> numbers and the finiteness rule in ``verify.metrics``, the KV-sharing log-likelihood
+engine in ``verify.loglik``.
 """
 from __future__ import annotations
 
-import math
 import random
-import re
-import string
-from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,232 +19,26 @@ from compressor.errors import BadInput
 from compressor.registry import Registry
 from compressor.sources.data import pad_right
 from compressor.verify.examples import load_examples
+from compressor.verify.loglik import input_device, loglikelihoods
+from compressor.verify.metrics import (
+    MC_PREDICTION,
+    FiniteCount,
+    TaskOutput,
+    all_finite,
+    cls_metrics,
+    gen_metrics,
+    mc_metrics,
+    mc_predictions,
+    nan_or_posinf,
+    no_nan_or_posinf,
+    normalize,
+    ppl_metrics,
+    tied_max,
+    token_f1,
+)
 
 Progress = Callable[[int, int], None]
 # lower-is-better metric names: ours, and lm-evaluation-harness's rolling-log-likelihood metrics
-
-
-@dataclass
-class TaskOutput:
-    records: list[dict[str, Any]]
-    metrics: dict[str, float]
-
-
-class NonFiniteOutputs(Exception):
-    """A model gave NaN/inf logits or log-likelihoods on a task: there is no score to compare.
-
-    Why an exception and not a number: every NaN log-likelihood ties, the argmax takes the first
-    choice, and a broken model scores like a base near chance; a NaN perplexity cannot be written to
-    JSON. ``verify`` turns it into a failed task (candidate) or bad input (base)."""
-
-    def __init__(self, bad: int, total: int, unit: str):
-        self.bad, self.total, self.unit = bad, total, unit
-        super().__init__(self.what())
-
-    def what(self, whose: str = "") -> str:
-        return f"non-finite {whose + ' ' if whose else ''}outputs (NaN/inf) on {self.bad} of {self.total} {self.unit}"
-
-
-class FiniteCount:
-    """Counts the examples (windows, generations) whose outputs were not all finite; ``check()`` raises."""
-
-    def __init__(self, unit: str):
-        self.unit, self.bad, self.total = unit, 0, 0
-
-    def see(self, finite: bool) -> bool:
-        self.total += 1
-        self.bad += not finite
-        return finite
-
-    def check(self) -> None:
-        if self.bad:
-            raise NonFiniteOutputs(self.bad, self.total, self.unit)
-
-
-def all_finite(values: Any) -> bool:
-    """Whether every value (floats, or a tensor) is finite."""
-    if hasattr(values, "isfinite"):
-        return bool(values.isfinite().all())
-    return all(math.isfinite(v) for v in values)
-
-
-def nan_or_posinf(t: Any) -> Any:
-    """Where logits are broken: NaN or +inf (-inf is a masked vocabulary slot or a logits processor's)."""
-    import torch
-
-    return torch.isnan(t) | torch.isposinf(t)
-
-
-def no_nan_or_posinf(t: Any) -> bool:
-    return not bool(nan_or_posinf(t).any())
-
-
-def tied_max(scores: list[float]) -> bool:
-    """Whether the highest score is shared: the argmax then picks the first of equals, not the model."""
-    top = max(scores)
-    return sum(v == top for v in scores) > 1
-
-
-def _dev(model: Any) -> Any:
-    return model.get_input_embeddings().weight.device
-
-
-# ---------------------------------------------------------------- metrics (records -> number)
-
-def ppl_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    nll = sum(r["nll"] for r in records)
-    n = sum(r["n"] for r in records)
-    loss = nll / max(n, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "token_accuracy": sum(r["correct"] for r in records) / max(n, 1)}
-
-
-def cls_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    acc = sum(r["pred"] == r["label"] for r in records) / max(len(records), 1)
-    labels = sorted({r["label"] for r in records} | {r["pred"] for r in records})
-    f1s = []
-    for c in labels:
-        tp = sum(r["pred"] == c and r["label"] == c for r in records)
-        fp = sum(r["pred"] == c and r["label"] != c for r in records)
-        fn = sum(r["pred"] != c and r["label"] == c for r in records)
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": acc, "macro_f1": sum(f1s) / max(len(f1s), 1)}
-
-
-# which per-example prediction a multiple-choice metric reads (our kind and lm-eval's multiple_choice)
-MC_PREDICTION = {"acc": "pred", "acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}
-
-
-def first_argmax(scores: list[float]) -> int:
-    """Index of the highest score, the first of equals (numpy's argmax, which lm-eval uses)."""
-    return max(range(len(scores)), key=lambda c: (scores[c], -c))
-
-
-def mc_predictions(lls: list[float], choices: list[str]) -> dict[str, Any]:
-    """The choice each multiple-choice metric picks (lm-eval's argmax, first of equals), and whether that
-    pick was a tie (every tied choice scored the same, so the pick says nothing about the model)."""
-    scored = {"pred": lls, "pred_norm": [v / max(len(c), 1) for v, c in zip(lls, choices)],
-              "pred_bytes": [v / max(len(c.encode("utf-8")), 1) for v, c in zip(lls, choices)]}
-    out: dict[str, Any] = {k: first_argmax(v) for k, v in scored.items()}
-    out["tie"] = {k: tied_max(v) for k, v in scored.items()}
-    return out
-
-
-def mc_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    n = max(len(records), 1)
-    return {"acc": sum(r["pred"] == r["answer"] for r in records) / n,
-            "acc_norm": sum(r["pred_norm"] == r["answer"] for r in records) / n,
-            "acc_bytes": sum(r["pred_bytes"] == r["answer"] for r in records) / n}
-
-
-def gen_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    n = max(len(records), 1)
-    return {k: sum(r[k] for r in records) / n for k in ("exact_match", "f1", "contains")}
-
-
-# ---------------------------------------------------------------- shared log-likelihood engine
-
-def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int,
-                   progress: Progress | None = None, prefix: list[int] | None = None) -> list[float]:
-    """Sum of log p(continuation | prefix + context) per pair.
-
-    Pairs that share a context (the choices of one question, the label words of one review) run the
-    context once: single-token continuations read the context's last logits (batched), longer ones
-    reuse its KV cache, so cost scales with contexts, not contexts x choices. A ``prefix`` shared by
-    every pair (few-shot examples) is run once and its KV cache reused for every batch.
-    """
-    prefix = list(prefix or [])
-    prefix_past = _prefix_past(model, prefix) if prefix else None
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (ctx, _) in enumerate(pairs):
-        groups.setdefault(tuple(ctx), []).append(i)
-    out = [0.0] * len(pairs)
-    single = [k for k, idx in groups.items() if all(len(pairs[i][1]) == 1 for i in idx)]
-    multi = [k for k, idx in groups.items() if not all(len(pairs[i][1]) == 1 for i in idx)]
-    done, total = 0, len(groups)
-    for start in range(0, len(single), batch_size):
-        chunk = single[start:start + batch_size]
-        last = _last_logprobs(model, [list(k)[-max(max_length - len(prefix), 1):] for k in chunk], prefix_past)
-        for row, k in zip(last, chunk):
-            for i in groups[k]:
-                out[i] = float(row[pairs[i][1][0]])
-        done += len(chunk)
-        if progress:
-            progress(done, total)
-    for k in multi:
-        idx = groups[k]
-        conts = [pairs[i][1] for i in idx]
-        ctx = (prefix + list(k))[-max(max_length - max(len(c) for c in conts), 1):]
-        for i, v in zip(idx, _continuations(model, ctx, conts)):
-            out[i] = v
-        done += 1
-        if progress:
-            progress(done, total)
-    return out
-
-
-def _last_only(model: Any) -> dict[str, Any]:
-    """Ask for the last position's logits only, where the model supports it (saves the vocab matmul)."""
-    import inspect
-
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
-def _prefix_past(model: Any, prefix: list[int]) -> Any:
-    """KV cache of the shared prefix (callers copy it before use: a forward pass appends to it)."""
-    import torch
-
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([prefix], device=_dev(model)), use_cache=True,
-                     **_last_only(model)).past_key_values
-
-
-def _last_logprobs(model: Any, contexts: list[list[int]], prefix_past: Any = None) -> Any:
-    """log-softmax of the next-token distribution after (prefix +) each context (right padding, one batch)."""
-    import copy
-
-    import torch
-    import torch.nn.functional as F
-
-    x, m = pad_right(contexts)
-    dev = _dev(model)
-    with torch.inference_mode():
-        if prefix_past is not None:
-            past = copy.deepcopy(prefix_past)
-            past.batch_repeat_interleave(len(contexts))
-            full = torch.cat([torch.ones((len(contexts), past.get_seq_length()), dtype=torch.long), m], dim=1)
-            logits = model(input_ids=x.to(dev), attention_mask=full.to(dev), past_key_values=past, use_cache=True).logits
-        else:
-            logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
-    rows = torch.arange(len(contexts), device=logits.device)
-    ends = (m.sum(1) - 1).to(logits.device)
-    return F.log_softmax(logits[rows, ends].float(), dim=-1).cpu()
-
-
-def _continuations(model: Any, ctx: list[int], conts: list[list[int]]) -> list[float]:
-    """Run ``ctx`` once, then every continuation (right-padded) on a copy of its KV cache."""
-    import torch
-    import torch.nn.functional as F
-
-    dev = _dev(model)
-    n = len(conts)
-    with torch.inference_mode():
-        pre = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, **_last_only(model))
-        first = F.log_softmax(pre.logits[0, -1].float(), dim=-1)
-        past = pre.past_key_values
-        past.batch_repeat_interleave(n)
-        x, cm = pad_right(conts)
-        m = torch.cat([torch.ones((n, len(ctx)), dtype=torch.long), cm], dim=1)
-        logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), past_key_values=past, use_cache=True).logits
-        lp = F.log_softmax(logits.float(), dim=-1)
-    out = []
-    for j, c in enumerate(conts):
-        total = float(first[c[0]])
-        for t in range(1, len(c)):
-            total += float(lp[j, t - 1, c[t]])
-        out.append(total)
-    return out
-
 
 # ---------------------------------------------------------------- evaluators
 
@@ -303,7 +94,7 @@ def _chunk_logits(model: Any, chunks: list[tuple[Any, Any]], stream: Any, progre
     import torch
 
     if stream is None:
-        dev = _dev(model)
+        dev = input_device(model)
         for c, (x, m) in enumerate(chunks):
             with torch.inference_mode():
                 yield model(input_ids=x.to(dev), attention_mask=m.to(dev), use_cache=False).logits
@@ -320,7 +111,7 @@ def eval_classification(model: Any, tok: Any, task: Any, examples: list[dict[str
                         max_length: int, progress: Progress | None = None) -> TaskOutput:
     import torch
 
-    dev = _dev(model)
+    dev = input_device(model)
     records = []
     finite = FiniteCount("examples")
     for s in range(0, len(examples), batch_size):
@@ -417,31 +208,11 @@ def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[st
     return TaskOutput(records, mc_metrics(records))
 
 
-def normalize(text: str) -> str:
-    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(pred: str, gold: str) -> float:
-    p, g = normalize(pred).split(), normalize(gold).split()
-    common = Counter(p) & Counter(g)
-    same = sum(common.values())
-    if not p or not g:
-        return float(p == g)
-    if same == 0:
-        return 0.0
-    prec, rec = same / len(p), same / len(g)
-    return 2 * prec * rec / (prec + rec)
-
-
 def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int, max_length: int,
                     progress: Progress | None = None) -> TaskOutput:
     import torch
 
-    dev = _dev(model)
+    dev = input_device(model)
     bos = leading_special(tok)  # as lm-eval's generate_until: the tokenizer's defaults
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     keep = max(max_length - task.max_new_tokens, 8)

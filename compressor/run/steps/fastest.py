@@ -92,7 +92,8 @@ def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any], exp
                 continue
             removed = tuple(sorted(select_layers(reports[method], num_layers=k, protect=ctx.protect).removed))
             seen.setdefault(removed, Cut(method, k, removed))
-    failed = [{"method": c.method, "k": c.k, "removed": c.removed} for c in cuts.candidates if not c.passed]
+    failed: list[dict[str, Any]] = [{"method": c.method, "k": c.k, "removed": c.removed} for c in cuts.candidates
+                                    if not c.passed]
     if ctx.cfg.search_sweep:  # the sweep checks the pytorch rule too: the cuts that failed in PyTorch are exported
         for f in failed:
             seen.setdefault(tuple(sorted(f["removed"])), Cut(f["method"], f["k"], tuple(sorted(f["removed"]))))
