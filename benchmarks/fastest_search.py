@@ -60,6 +60,21 @@ def read_folder(out: Path, code: int, wall: float | None) -> dict:
             "search_s": sum(st["seconds"] for st in r["stages"] if st["name"].startswith(("search", "score-")))}
 
 
+def counts(search: dict) -> dict:
+    """The walk's counts, from its candidates (a cut several scorers proposed and PyTorch failed counts once,
+    whichever version of the tool wrote search.json)."""
+    from compressor.run.fastest import ArtifactCandidate, Cut, FastestSearch
+
+    def prec(p: str) -> str | None:
+        return None if p == "fp32" else p
+
+    cands = [ArtifactCandidate(Cut(c["cut"]["method"], c["cut"]["k"], tuple(c["cut"]["removed"])), c["exporter"],
+                               prec(c["precision"]), c["rank"], c["estimate"], c["status"]) for c in search["candidates"]]
+    walk = FastestSearch(cands, search["exporters"], {e: [prec(p) for p in ps] for e, ps in search["precisions"].items()},
+                         pytorch_failed=search["pytorch_failed"])
+    return walk.counts()
+
+
 def shipped(out: Path, chosen: dict) -> Path:
     return out / ("onnx" if chosen["precision"] == "fp32" else f"onnx-{chosen['precision']}")
 
@@ -71,6 +86,7 @@ def main() -> int:
     ap.add_argument("--methods", default=None)
     ap.add_argument("--search-run", default=None, help="an existing `--search fastest` run folder to compare "
                     "(its run.json and search.json are read; it is not run again)")
+    ap.add_argument("--sweep-run", default=None, help="an existing sweep run folder (`search_sweep: true`), read as is")
     ap.add_argument("--no-page", action="store_true", help="do not write docs/results/fastest-search.md")
     args = ap.parse_args()
     out = Path(args.out)
@@ -78,10 +94,11 @@ def main() -> int:
                              enabled=not args.no_page):
         search = (read_folder(Path(args.search_run), 0, None) if args.search_run
                   else run_folder(out / "search", args.repair, args.methods, sweep=False))
-        sweep = run_folder(out / "sweep", args.repair, args.methods, sweep=True)
+        sweep = (read_folder(Path(args.sweep_run), 0, None) if args.sweep_run
+                 else run_folder(out / "sweep", args.repair, args.methods, sweep=True))
         rows = []
         for name, res in (("search", search), ("sweep", sweep)):
-            s, n = res["search"], res["search"]["counts"]
+            s, n = res["search"], counts(res["search"])
             c, ref = s["chosen"] or {}, s["reference"] or {}
             ratio = c.get("decode_ms") / ref["decode_ms"] if c.get("decode_ms") and ref.get("decode_ms") else None
             rows.append((name, n["space"], n["gated"], n["pass"], n["skipped"] + n["skipped_pytorch"], c.get("id"),

@@ -223,7 +223,11 @@ class FastestSearch:
         return max(gated, key=lambda c: (c.worst, -c.estimate))
 
     def counts(self) -> dict[str, int]:
-        out = {"space": len(self.candidates) + len(self.pytorch_failed) * sum(len(p) for p in self.precisions.values())}
+        """How many candidates the space holds and what became of them; a cut two scorers proposed (and
+        PyTorch failed) counts once."""
+        mine = {c.cut.removed for c in self.candidates}
+        failed = {tuple(sorted(f["removed"])) for f in self.pytorch_failed} - mine
+        out = {"space": len(self.candidates) + len(failed) * sum(len(p) for p in self.precisions.values())}
         for s in ("pass", "fail", "skipped", "untried"):
             out[s] = sum(c.status == s for c in self.candidates)
         out["gated"] = out["pass"] + out["fail"]
