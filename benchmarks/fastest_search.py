@@ -135,7 +135,7 @@ def main() -> int:
             print(f"\nthe search and the sweep choose the same artifact: {s_id}")
             not_slower = True
         art = shipped(search["out"], search["search"]["chosen"])
-        code, _ = avss("verify", MODEL, str(art), "--profile", PROFILE)
+        code, _ = avss("verify", MODEL, str(art), "--profile", PROFILE, "--report-dir", str(out / "verify-report"))
         print(f"`avss verify {MODEL} {art} --profile {PROFILE}` on its own: exit {code}")
         ratio = rows[0][6]
         print("\ngoals:")
