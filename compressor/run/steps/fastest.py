@@ -45,6 +45,8 @@ def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]]]:
     for name in names:
         exp = EXPORTERS.find(name)
         wanted = [p for p in exp.search_precisions if c.precisions is None or precision_name(p) in c.precisions]
+        if ctx.profile.gate.target == "quantized":  # the profile gates a quantized artifact: fp32 cannot ship
+            wanted = [p for p in wanted if p is not None]
         try:
             exp.check_model(base.config, base.adapter.family, None)
         except AvssError as exc:
