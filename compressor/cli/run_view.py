@@ -79,13 +79,22 @@ def print_summary(result: Any) -> None:
     from compressor.cli.output import out
     from compressor.verify.report import result_word
 
+    shipped = (f", shipped: {result.exporter} {result.config.get('quantize') or 'fp32'}" if result.exporter else "")
     t = Table(title=f"avss run: {result.config['model']} -> {result.out} ({result.method_label}, "
-                    f"removed {len(result.removed)}: {result.removed})")
+                    f"removed {len(result.removed)}: {result.removed}{shipped})")
     for col in ("stage", "status", "time (s)", "result"):
         t.add_column(col, justify="right" if col == "time (s)" else "left")
     for s in result.stages:
         t.add_row(s.name, s.status, f"{s.seconds:.1f}", s.detail)
     out.print(t)
+    search = result.search or {}
+    chosen, ref = search.get("chosen"), search.get("reference") or {}
+    if search.get("objective") == "fastest" and chosen:
+        speed = (f", decode {chosen['decode_ms'] / ref['decode_ms']:.2f}x the full model through Optimum fp32"
+                 if chosen.get("decode_ms") and ref.get("decode_ms") else "")
+        n = search.get("counts") or {}
+        out.print(f"search fastest: chose {chosen['id']} by {search.get('chosen_by')}{speed}; {n.get('gated')} of "
+                  f"{n.get('space')} candidates gated on the artifact (search.json, pareto.png)")
     if result.tasks:
         v = Table(title=f"verify: {result.verdict}")
         for col in ("task", "metric", "base", "candidate", "retention", "threshold", "result"):

@@ -141,6 +141,8 @@ def test_fastest_ships_what_it_chose_and_it_passes_verify_on_its_own(tiny, tmp_p
     assert shipped.is_dir() and r["passed"] is True
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and not (out / ".search").exists()
     assert "Search: the fastest artifact that passes" in (out / "report.md").read_text()
+    assert f"search fastest: chose {chosen['id']} by measured decode" in stdout
+    assert f"shipped: {chosen['exporter']} {chosen['precision']}" in stdout
     # the shipped artifact passes the same gate on its own
     code, _, err = run(["verify", str(model), str(shipped), "--profile", str(profile)], capsys)
     assert code == 0, err
