@@ -31,6 +31,12 @@ class BenchSettings(BaseModel):
     rounds: int = Field(BENCH["rounds"], ge=1)
     threads: Optional[int] = Field(None, ge=1)
 
+    def options(self, provider: str) -> Any:
+        """These settings as the bench's own ``BenchOptions`` (the run's bench and its search's frontier bench)."""
+        from compressor.export.bench import BenchOptions
+
+        return BenchOptions(provider=provider, **self.model_dump())
+
 
 class RunConfig(BaseModel):
     """Everything a run depends on. ``model``, ``profile`` and ``out`` are required."""

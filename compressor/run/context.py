@@ -111,7 +111,6 @@ class RunContext:
         self._base: LoadedModel | None = None
         self._base_id: Identity | None = None
         self.stream: bool | None = cfg.stream  # resolved by prepare: False when a step needs the whole model
-        self.search_reports: dict[str, Any] = {}  # --search: each scorer's report (its cuts are cut again on demand)
 
     # --- the base model: held for scoring and cutting, freed by verify, reloaded only if asked for --
     @property

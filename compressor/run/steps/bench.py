@@ -14,13 +14,10 @@ def bench(ctx: RunContext, given: Results) -> Results:
     folders = [given[r] for r in ("onnx-base", "onnx", "quantized", "base-ship") if given.get(r) is not None]
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
-        from compressor.export.bench import BenchOptions, bench_models, write_json
+        from compressor.export.bench import bench_models, write_json
         from compressor.export.bench import save_plot as bench_plot
 
-        opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size, prompt_len=c.bench.prompt_len,
-                            new_tokens=c.bench.new_tokens, warmup=c.bench.warmup, runs=c.bench.runs,
-                            rounds=c.bench.rounds, threads=c.bench.threads)
-        rep = bench_models([str(f) for f in folders], opts, progress=ctx.ev.note)
+        rep = bench_models([str(f) for f in folders], c.bench.options(c.provider), progress=ctx.ev.note)
         write_json(rep, ctx.out / "bench.json")
         bench_plot(rep, ctx.out / "bench.png")
         d = rep.to_dict()

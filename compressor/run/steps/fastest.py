@@ -32,10 +32,10 @@ SCRATCH = ".search"
 REFERENCE = ("optimum", None)  # the objective's denominator: the full model through Optimum, fp32
 
 
-def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]]]:
-    """The exporters that build this architecture (``--exporter`` narrows them to one) and each one's
-    precisions (``--precisions`` narrows them), most precise first. Called before any work: an empty space
-    is bad input."""
+def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]], list[str]]:
+    """The exporters that build this architecture (``--exporter`` narrows them to one), each one's
+    precisions (``--precisions`` narrows them), most precise first, and why the others are left out. Called
+    before any work too (``prepare``): an empty space is bad input."""
     from compressor.errors import AvssError, BadInput
     from compressor.export.exporters import EXPORTERS
 
@@ -59,9 +59,7 @@ def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]]]:
         why = "; ".join(refused) or f"no exporter builds {', '.join(c.precisions or [])}"
         raise BadInput(f"--search fastest has nothing to search: {why}",
                        "use --search (the largest cut) with an exporter that builds this model, or widen --precisions")
-    for r in refused:
-        ctx.ev.note(f"search: left out of the space ({r})")
-    return exporters, precisions
+    return exporters, precisions, refused
 
 
 def shape(ctx: RunContext) -> tuple[int, int]:
@@ -100,13 +98,13 @@ def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any], exp
         for f in failed:
             seen.setdefault(tuple(sorted(f["removed"])), Cut(f["method"], f["k"], tuple(sorted(f["removed"]))))
         failed = []
-    out = [ArtifactCandidate(cut, e, p, rank, estimate_bytes(L - cut.k, block, head, p))
+    out = [ArtifactCandidate(cut, e, p, rank, estimate_bytes(L - len(cut.removed), block, head, p))
            for cut in seen.values() for e in exporters for rank, p in enumerate(precisions[e])]
     return FastestSearch(out, exporters, precisions, pytorch_failed=failed, sweep=ctx.cfg.search_sweep)
 
 
 # --- building artifacts --------------------------------------------------------------------------
-def cut_folder(ctx: RunContext, cut: Cut) -> Path:
+def cut_folder(ctx: RunContext, cut: Cut, reports: dict[str, Any]) -> Path:
     """The cut's checkpoint (the base's own folder for k = 0): the PyTorch search's kept candidate, else
     cut (and repaired) again from the base, which gives the same weights."""
     from compressor.prune.provenance import cut_provenance
@@ -117,7 +115,7 @@ def cut_folder(ctx: RunContext, cut: Cut) -> Path:
     folder = candidate_folder(ctx, cut.method, cut.k)
     if not (folder / "config.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        rep = ctx.search_reports[cut.method]
+        rep = reports[cut.method]
         cut_into(ctx, list(cut.removed), folder, cut_provenance(rep, None, run=run_settings(ctx)), repaired=True,
                  label="search")
     return folder
@@ -127,14 +125,15 @@ def artifact_folder(ctx: RunContext, cand_id: str) -> Path:
     return ctx.out / SCRATCH / "artifacts" / cand_id
 
 
-def build(ctx: RunContext, cut: Cut, exporter_name: str, precision: Optional[str], dest: Path) -> int:
+def build(ctx: RunContext, cut: Cut, exporter_name: str, precision: Optional[str], dest: Path,
+          reports: dict[str, Any]) -> int:
     """Export ``cut`` through the exporter at the precision into ``dest``; returns the graph's bytes. A
     quantized Optimum graph starts from the fp32 graph, which is kept for the next precision."""
     from compressor.export.exporters import get_exporter
 
     c = ctx.cfg
     exp = get_exporter(exporter_name)
-    src = cut_folder(ctx, cut)
+    src = cut_folder(ctx, cut, reports)
     kw = dict(allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
     if precision is None:
         exp.export(src, dest, opset=c.opset, force=True, **kw)
@@ -149,7 +148,7 @@ def build(ctx: RunContext, cut: Cut, exporter_name: str, precision: Optional[str
     return sum(f.stat().st_size for f in dest.iterdir() if f.name.startswith("model.onnx"))
 
 
-def gate_stage(ctx: RunContext, cand: ArtifactCandidate) -> Stage:
+def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, Any]) -> Stage:
     """Export one candidate and judge it on the artifact (ONNX Runtime, stop at the first failing task).
     A passing artifact stays in ``.search/artifacts/`` for the frontier bench."""
     from compressor.export.exporters import get_exporter
@@ -164,7 +163,7 @@ def gate_stage(ctx: RunContext, cand: ArtifactCandidate) -> Stage:
         dest = artifact_folder(ctx, cand.id)
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        size = build(ctx, cand.cut, cand.exporter, cand.precision, dest)
+        size = build(ctx, cand.cut, cand.exporter, cand.precision, dest, reports)
         seen: dict[str, Any] = {}
 
         def load() -> Any:
@@ -200,29 +199,26 @@ def reference_folder(ctx: RunContext, walk: FastestSearch) -> Path:
     if not (folder / "model.onnx").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        build(ctx, uncut, *REFERENCE, folder)
+        build(ctx, uncut, *REFERENCE, folder, {})
     return folder
 
 
-def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str]) -> Stage:
+def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str], reports: dict[str, Any]) -> Stage:
     """The frontier and the reference in one bench run (alternating rounds, same prompt, tokens, threads)."""
     c = ctx.cfg
     front = walk.frontier()
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
-        from compressor.export.bench import BenchOptions, bench_models
+        from compressor.export.bench import bench_models
 
         folders = [reference_folder(ctx, walk)]
         for cand in front:
             folder = artifact_folder(ctx, cand.id)
             if not (folder / "model.onnx").is_file():  # gated by an earlier run: the scratch was emptied since
                 shutil.rmtree(folder, ignore_errors=True)
-                build(ctx, cand.cut, cand.exporter, cand.precision, folder)
+                build(ctx, cand.cut, cand.exporter, cand.precision, folder, reports)
             folders.append(folder)
-        opts = BenchOptions(provider=c.provider, batch_size=c.bench.batch_size, prompt_len=c.bench.prompt_len,
-                            new_tokens=c.bench.new_tokens, warmup=c.bench.warmup, runs=c.bench.runs,
-                            rounds=c.bench.rounds, threads=c.bench.threads)
-        rep = bench_models([str(f) for f in folders], opts, progress=ctx.ev.note)
+        rep = bench_models([str(f) for f in folders], c.bench.options(c.provider), progress=ctx.ev.note)
         rows = []
         for m in rep.models:
             rows.append({"decode_ms": m.decode_ms_per_token.p50 if m.decode_ms_per_token else None,
@@ -242,12 +238,14 @@ def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str]) -> S
 
 def search_fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any]) -> FastestResult:
     """Walk the space, bench the frontier, choose; the run then ships the chosen (cut, exporter, precision)."""
-    exporters, precisions = space(ctx)
+    exporters, precisions, refused = space(ctx)
+    for r in refused:
+        ctx.ev.note(f"search: left out of the space ({r})")
     walk = candidates(ctx, cuts, reports, exporters, precisions)
     keys: dict[str, str] = {}
 
     def gate(cand: ArtifactCandidate) -> GateOutcome:
-        stage = gate_stage(ctx, cand)
+        stage = gate_stage(ctx, cand, reports)
         keys[cand.id] = stage_key(stage.name, input_digests(stage))
         g = ctx.run_stage(stage)["gate"]
         return GateOutcome(g["passed"], g["retention"], g["thresholds"], g["complete"], g["size_bytes"],
@@ -259,7 +257,7 @@ def search_fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any])
         walk.choose_by_estimate()
         ctx.ev.warn("--skip-bench: the search chose by its estimate (bytes read per token), not by measured speed")
     elif walk.frontier():
-        b = ctx.run_stage(bench_stage(ctx, walk, keys))["bench"]
+        b = ctx.run_stage(bench_stage(ctx, walk, keys, reports))["bench"]
         walk.reference, walk.bench = b["reference"], {"settings": b["settings"], "provider": b["provider"]}
         for cand in walk.frontier():
             row = b["frontier"].get(cand.id) or {}

@@ -150,7 +150,6 @@ def _fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any]) -> Re
     from compressor.run.steps import fastest
     from compressor.run.steps.cut import CHOSEN, candidate_folder
 
-    ctx.search_reports = reports
     result = fastest.search_fastest(ctx, cuts, reports)
     chosen = result.walk.chosen
     if chosen is None:
@@ -158,18 +157,14 @@ def _fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any]) -> Re
         ctx.ev.warn(f"no artifact passes the gate ({result.walk.counts()['gated']} gated); the run's artifacts are "
                     f"for the least bad one ({chosen.id}, worst retention {chosen.worst:.3f})")
     fastest.ship(ctx, chosen)
-    folder = candidate_folder(ctx, chosen.cut.method, chosen.cut.k)
+    scratch, folder = ctx.out / ".search", candidate_folder(ctx, chosen.cut.method, chosen.cut.k)
     if chosen.cut.removed and ctx.repair.enabled and folder.is_dir():  # its repaired checkpoint: the repair step
-        # moves it into model/ (not trained twice)
-        folder.rename(ctx.out / ".search" / (CHOSEN + ".kept"))
-    scratch = ctx.out / ".search"
+        folder.rename(scratch / CHOSEN)  # moves it into model/ (not trained twice)
     for p in scratch.iterdir() if scratch.is_dir() else []:
-        if p.name != CHOSEN + ".kept":
+        if p.name != CHOSEN:
             shutil.rmtree(p, ignore_errors=True)
-    if (scratch / (CHOSEN + ".kept")).is_dir():
-        (scratch / (CHOSEN + ".kept")).rename(scratch / CHOSEN)
-    else:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if scratch.is_dir() and not any(scratch.iterdir()):
+        scratch.rmdir()
     fastest.write(ctx, result, f"{ctx.cfg.model} ({ctx.profile.name})")
     method = chosen.cut.method if chosen.cut.removed else next(iter(reports))
     shutil.copy2(ctx.out / "search" / f"scores-{method}.json", ctx.out / "scores.json")
