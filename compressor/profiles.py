@@ -119,23 +119,10 @@ def load_profile(path: str | Path) -> Profile:
 def calibration_spec(data: str | None = None, profile: Any = None, *, samples: int | None = None,
                      seq_len: int | None = None, batch_size: int | None = None, text_field: str | None = None,
                      pack: bool | None = None) -> Any:
-    """The one place a calibration spec is put together from where the text comes from (a ``data``
-    source, or a ``profile``: a YAML path or a loaded ``Profile``) and the settings given over it
-    (``None``: the profile's, else the defaults). Validated, so a bad setting fails before any load."""
-    has_profile = bool(profile) if isinstance(profile, str) else profile is not None
-    if data and has_profile:
-        raise BadInput("--data and --profile both say where calibration text comes from", "pass only one of them")
-    base: dict[str, Any] = {}
-    if has_profile:
-        if not hasattr(profile, "calibration"):
-            profile = load_profile(profile)
-        base = profile.calibration.model_dump()
-    elif data:
-        base = {"source": data}
-    overrides = {"samples": samples, "seq_len": seq_len, "batch_size": batch_size, "text_field": text_field, "pack": pack}
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    from compressor.sources.data import CalibrationSpec
+    """A validated calibration spec from a ``data`` source or a ``profile`` (a YAML path or a loaded
+    ``Profile``) and the settings given over it: ``CalibrationSettings`` with the profile loaded here."""
+    from compressor.sources.settings import CalibrationSettings
 
-    spec = CalibrationSpec(**base)
-    spec.validate()
-    return spec
+    if isinstance(profile, str):
+        profile = load_profile(profile) if profile else None
+    return CalibrationSettings(data, profile, samples, seq_len, batch_size, text_field, pack).spec()

@@ -4,15 +4,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
-def load(model: str, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool,
-         max_memory: Optional[int] = None, stream: Optional[bool] = False) -> Any:
-    from compressor.sources.models import load_model
-
-    return load_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream,
-                      with_head=stream is not False)
-
-
 def check_eval_spec(model: str) -> None:
     """What can be checked of a model to evaluate without loading it (a folder that is not there)."""
     from compressor.export.ort_model import is_onnx_export
@@ -22,24 +13,23 @@ def check_eval_spec(model: str) -> None:
         resolve_model_path(model)
 
 
-def load_for_eval(model: str, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool,
-                  provider: str, max_memory: Optional[int] = None, stream: Optional[bool] = False) -> Any:
+def load_for_eval(model: str, load: Any, provider: str) -> Any:
     """A model to evaluate: an ONNX export folder runs in ONNX Runtime (what ships is what is gated),
-    anything else loads as for every other command."""
+    anything else loads as for every other command (``load``: the command's ``LoadSettings``)."""
     from compressor.cli.output import note
     from compressor.export.ort_model import is_onnx_export
 
     if not is_onnx_export(model):
-        return load(model, device, dtype, allow_pickle, trust_remote_code, max_memory, stream)
+        return load.load(model, with_head=load.stream is not False)
     from compressor.export.ort_model import load_onnx_model
 
-    if stream:
+    if load.stream:
         from compressor.errors import BadInput
 
         raise BadInput(f"--stream reads a checkpoint's shards, and {model} is an ONNX export", "drop --stream")
 
     note(f"loading {model} (ONNX export) in ONNX Runtime, provider {provider} ...")
-    loaded = load_onnx_model(model, provider=provider, trust_remote_code=trust_remote_code)
+    loaded = load_onnx_model(model, provider=provider, trust_remote_code=load.trust_remote_code)
     note(f"loaded {loaded.config.model_type} with {loaded.num_layers} layers ({loaded.dtype}, {loaded.device})")
     return loaded
 

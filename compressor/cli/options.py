@@ -1,10 +1,13 @@
 """Flags shared by several commands, declared once."""
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Annotated, Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Callable, Optional, TypeVar, get_args, get_origin
 
 import typer
+from typer.models import ParameterInfo
 
 from compressor.repair.api import choices as repair_choices
 from compressor.score.methods import SCORERS, last_state_scorers, names_text, option_scorers
@@ -60,3 +63,116 @@ HealLoss = Annotated[Optional[str], typer.Option("--heal-loss", help="distill, l
 HealMinutes = Annotated[Optional[float], typer.Option("--heal-minutes", callback=finite("--heal-minutes"), help="distill, lora: wall-clock bound on the training, in minutes (the step budget still applies; the best held-out weights are kept).")]
 MinRetention = Annotated[Optional[float], typer.Option("--min-retention", callback=finite("--min-retention"), help="Override the profile's gate.min_retention (task-level thresholds still win).")]
 Provider = Annotated[str, typer.Option("--provider", help="ONNX Runtime provider for an ONNX export folder: auto (CUDA when its runtime works here, else CPU), cpu or cuda (cuda never falls back).")]
+
+
+# --- option groups: the options several commands share, declared once, each group built into one settings
+# object by the shell before the command body runs (so the body and the library see settings, never flags)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Group:
+    """``build``'s Typer-annotated parameters become the command's options; its plain parameters are the
+    command's own of that name (e.g. ``seed``); it returns the settings the command receives. ``raw``: the
+    options' values as a dict instead (``avss run`` merges them with its config file)."""
+
+    build: Callable[..., Any]
+    omit: tuple[str, ...] = ()
+    raw: bool = False
+
+    def without(self, *names: str) -> "Group":
+        """This group less options a command does not take (they keep ``build``'s defaults)."""
+        return replace(self, omit=self.omit + names)
+
+    def values(self) -> "Group":
+        return replace(self, raw=True)
+
+    def params(self) -> tuple[list[inspect.Parameter], list[str]]:
+        options, shared = [], []
+        for p in inspect.signature(self.build, eval_str=True).parameters.values():
+            if p.name in self.omit:
+                continue
+            if _is_option(p.annotation):
+                options.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            elif not self.raw:
+                shared.append(p.name)
+        return options, shared
+
+
+def _is_option(annotation: Any) -> bool:
+    return get_origin(annotation) is Annotated and any(isinstance(m, ParameterInfo) for m in get_args(annotation)[1:])
+
+
+def grouped(**groups: Group) -> Callable[[F], F]:
+    """A command whose parameters named like ``groups`` receive each group's settings; Typer sees the
+    groups' options in their place. The command's own annotations are resolved here (Typer reads the
+    signature this returns as it is)."""
+    def wrap(fn: F) -> F:
+        own = inspect.signature(fn)
+        params: list[inspect.Parameter] = []
+        plan: dict[str, tuple[list[str], list[str]]] = {}
+        for p in own.parameters.values():
+            if p.name in groups:
+                options, shared = groups[p.name].params()
+                missing = [s for s in shared if s not in own.parameters]
+                assert not missing, f"{fn.__name__}: group {p.name} reads {missing}, which the command lacks"
+                plan[p.name] = ([o.name for o in options], shared)
+                params += options
+            else:
+                ann = eval(p.annotation, fn.__globals__) if isinstance(p.annotation, str) else p.annotation  # noqa: S307
+                params.append(p.replace(annotation=ann, kind=inspect.Parameter.KEYWORD_ONLY))
+
+        def command(**kwargs: Any) -> Any:
+            for name, (options, shared) in plan.items():
+                given = {o: kwargs.pop(o) for o in options}
+                group = groups[name]
+                kwargs[name] = given if group.raw else group.build(**given, **{s: kwargs[s] for s in shared})
+            return fn(**kwargs)
+
+        command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__, command.__module__ = fn.__name__, fn.__doc__, fn.__module__
+        return command  # type: ignore[return-value]
+    return wrap
+
+
+def _load(device: Device = "cpu", dtype: Dtype = "auto", device_map: DeviceMap = None,
+          offload_folder: OffloadFolder = None, stream: Stream = None, allow_pickle: AllowPickle = False,
+          trust_remote_code: TrustRemoteCode = False, max_memory: MaxMemory = None) -> Any:
+    from compressor.sources.memory import parse_size
+    from compressor.sources.settings import LoadSettings
+
+    return LoadSettings(device, dtype, device_map, offload_folder, stream, allow_pickle, trust_remote_code,
+                        parse_size(max_memory) if max_memory is not None else None)
+
+
+def _calibration(data: Data = None, profile: Profile = None, samples: Samples = None, seq_len: SeqLen = None,
+                 batch_size: BatchSize = None, text_field: TextField = None, pack: Pack = None) -> Any:
+    from compressor.profiles import load_profile
+    from compressor.sources.settings import CalibrationSettings
+
+    given = CalibrationSettings(data, profile, samples, seq_len, batch_size, text_field, pack)  # --data and --profile
+    return replace(given, profile=load_profile(profile)) if profile else given
+
+
+def _scorer(method: Optional[str], seed: int, avss_mode: AvssMode = None, objective: Objective = None,
+            max_remove: MaxRemove = None, last_state: LastState = None) -> Any:
+    from compressor.score.settings import ScorerSettings
+
+    return ScorerSettings(method, avss_mode, objective, max_remove, last_state, seed)
+
+
+def _repair(repair: Optional[str], seed: int, ridge: Ridge = None, heal_steps: HealSteps = None,
+            heal_tokens: HealTokens = None, heal_lr: HealLr = None, heal_loss: HealLoss = None,
+            heal_minutes: HealMinutes = None) -> Any:
+    from compressor.repair.api import repair_settings
+
+    return repair_settings(repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
+                           seed=seed, heal_loss=heal_loss, heal_minutes=heal_minutes)
+
+
+LOAD = Group(_load)  # -> compressor.sources.settings.LoadSettings
+CALIBRATION = Group(_calibration)  # -> CalibrationSettings, the profile loaded
+SCORER = Group(_scorer)  # -> compressor.score.settings.ScorerSettings
+REPAIR = Group(_repair)  # -> compressor.repair.api.RepairSettings, validated

@@ -1,50 +1,35 @@
 """Remove the least important layers and write a checkpoint that loads with plain transformers."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from compressor.cli import options as o
 
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.repair.api import RepairSettings
+    from compressor.score.settings import ScorerSettings
+    from compressor.sources.settings import CalibrationSettings, LoadSettings
 
+
+@o.grouped(scorer=o.SCORER, calibration=o.CALIBRATION, repair_settings=o.REPAIR, load=o.LOAD)
 def prune(
     model: o.Model,
     out: Annotated[str, typer.Option("--out", help="Folder for the slim checkpoint (atomic write).")],
     scores: Annotated[Optional[str], typer.Option("--scores", help="A scores JSON from `avss score`.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Score now with this method instead of --scores.")] = None,
-    avss_mode: o.AvssMode = None,
-    objective: o.Objective = None,
-    max_remove: o.MaxRemove = None,
-    last_state: o.LastState = None,
+    scorer: ScorerSettings = None,  # type: ignore[assignment]
     ratio: Annotated[Optional[float], typer.Option("--ratio", callback=o.finite("--ratio"), help="Remove round-half-up(ratio x layers) layers.")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Remove exactly this many layers.")] = None,
     mass: Annotated[Optional[float], typer.Option("--mass", callback=o.finite("--mass"), help="Remove the lowest layers whose normalised scores sum to <= MASS (sorted first).")] = None,
     mass_order: Annotated[str, typer.Option("--mass-order", help="sorted (correct) or depth (the official AVSS code's bug, for comparison).")] = "sorted",
     protect: Annotated[str, typer.Option("--protect", help="Never remove these: first,last | none | 0-based indices.")] = "none",
-    data: o.Data = None,
-    profile: o.Profile = None,
-    samples: o.Samples = None,
-    seq_len: o.SeqLen = None,
-    batch_size: o.BatchSize = None,
-    text_field: o.TextField = None,
-    pack: o.Pack = None,
+    calibration: CalibrationSettings = None,  # type: ignore[assignment]
     seed: o.Seed = 0,
     repair: o.Repair = None,
-    ridge: o.Ridge = None,
-    heal_steps: o.HealSteps = None,
-    heal_tokens: o.HealTokens = None,
-    heal_lr: o.HealLr = None,
-    heal_loss: o.HealLoss = None,
-    heal_minutes: o.HealMinutes = None,
-    device: o.Device = "cpu",
-    dtype: o.Dtype = "auto",
-    device_map: o.DeviceMap = None,
-    offload_folder: o.OffloadFolder = None,
-    stream: o.Stream = None,
-    allow_pickle: o.AllowPickle = False,
-    trust_remote_code: o.TrustRemoteCode = False,
-    max_memory: o.MaxMemory = None,
+    repair_settings: RepairSettings = None,  # type: ignore[assignment]
+    load: LoadSettings = None,  # type: ignore[assignment]
     force: o.Force = False,
 ) -> None:
     from rich.table import Table
@@ -53,18 +38,12 @@ def prune(
     from compressor.cli.output import note, progress_bar
     from compressor.cli.output import out as stdout
     from compressor.prune.api import prune_checkpoint
-    from compressor.sources.memory import parse_size
+    from compressor.prune.select import CutSettings
 
-    limit = parse_size(max_memory) if max_memory is not None else None
-
-    done = prune_checkpoint(
-        model, out, scores=scores, method=method, avss_mode=avss_mode, objective=objective, max_remove=max_remove,
-        last_state=last_state, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect,
-        data=data, profile=profile, samples=samples, seq_len=seq_len, batch_size=batch_size, text_field=text_field,
-        pack=pack, seed=seed, repair=repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens,
-        heal_lr=heal_lr, heal_loss=heal_loss, heal_minutes=heal_minutes, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, stream=stream, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, force=force, bar=progress_bar, repair_bars=common.repair_progress,
-        max_memory=limit)
+    cut = CutSettings(ratio, num_layers, mass, mass_order, protect)
+    done = prune_checkpoint(model, out, scores=scores, scorer=scorer, cut=cut, calibration=calibration,
+                            repair=repair_settings, load=load, force=force, bar=progress_bar,
+                            repair_bars=common.repair_progress)
     res = done.result
     if done.repaired:
         common.print_repair(res.repair or {})

@@ -11,6 +11,7 @@ from compressor.cli import options as o
 Flag = Optional[bool]
 
 
+@o.grouped(repair_knobs=o.REPAIR.values())
 def run(
     model: Annotated[Optional[str], typer.Argument(help="builtin:smollm2-135m, a local model folder, or a Hub id (or `model:` in --config).")] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Task profile YAML: calibration, tasks and gate.")] = None,
@@ -31,12 +32,7 @@ def run(
     protect: Annotated[Optional[str], typer.Option("--protect", help="Never remove these: first,last | none | 0-based indices.")] = None,
     min_retention: o.MinRetention = None,
     repair: o.Repair = None,
-    ridge: o.Ridge = None,
-    heal_steps: o.HealSteps = None,
-    heal_tokens: o.HealTokens = None,
-    heal_lr: o.HealLr = None,
-    heal_loss: o.HealLoss = None,
-    heal_minutes: o.HealMinutes = None,
+    repair_knobs: dict = None,  # type: ignore[assignment]
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider for the ONNX gate and the bench: auto, cpu or cuda (cuda never falls back).")] = None,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8, int8-weights or int4 (with --exporter genai also int4-mixed): also write onnx-<q>/ (ONNX Runtime quantization), gate it and bench it.")] = None,
     exporter: Annotated[Optional[str], typer.Option("--exporter", help="optimum (default) or genai: ONNX Runtime GenAI's Model Builder writes onnx/ (and onnx-int4/ with --quantize int4); the bench adds the full model through the same exporter. With --search fastest: search this exporter only (default: every one that builds the model).")] = None,
@@ -68,8 +64,8 @@ def run(
     overrides = dict(model=model, profile=profile, out=out, method=method, avss_mode=avss_mode, ratio=ratio,
                      objective=objective, last_state=last_state,
                      num_layers=num_layers, search=search_objective or search, max_remove=max_remove, protect=protect,
-                     min_retention=min_retention, repair=repair, ridge=ridge, heal_steps=heal_steps,
-                     heal_tokens=heal_tokens, heal_lr=heal_lr, heal_loss=heal_loss, heal_minutes=heal_minutes, provider=provider, quantize=quantize, exporter=exporter, skip_export=skip_export, skip_bench=skip_bench,
+                     min_retention=min_retention, repair=repair, **repair_knobs, provider=provider, quantize=quantize,
+                     exporter=exporter, skip_export=skip_export, skip_bench=skip_bench,
                      device=device, dtype=dtype, opset=opset, seed=seed, allow_pickle=allow_pickle,
                      trust_remote_code=trust_remote_code, max_memory=max_memory, stream=stream, bench_prompt_len=bench_prompt_len,
                      bench_new_tokens=bench_new_tokens, bench_runs=bench_runs, bench_warmup=bench_warmup,

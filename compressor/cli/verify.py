@@ -1,14 +1,18 @@
 """Gate a slim model: evaluate base and candidate on a profile's tasks; exit 0 pass, 1 fail."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from compressor import defaults
 from compressor.cli import options as o
 
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.sources.settings import LoadSettings
 
+
+@o.grouped(load=o.LOAD.without("device_map", "offload_folder"))
 def verify(
     base: Annotated[str, typer.Argument(help="The original model (builtin:, folder, Hub id, or an ONNX export folder).")],
     candidate: Annotated[str, typer.Argument(help="The slim model to check (a checkpoint, or an ONNX export folder: evaluated in ONNX Runtime).")],
@@ -17,12 +21,7 @@ def verify(
     report_dir: Annotated[str, typer.Option("--report-dir", help="Where report.json, report.md and junit.xml go (rewritten each run).")] = "avss-report",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every result instead of reusing cached ones.")] = False,
     provider: o.Provider = defaults.PROVIDER,
-    device: o.Device = "cpu",
-    dtype: o.Dtype = "auto",
-    allow_pickle: o.AllowPickle = False,
-    trust_remote_code: o.TrustRemoteCode = False,
-    max_memory: o.MaxMemory = None,
-    stream: o.Stream = None,
+    load: LoadSettings = None,  # type: ignore[assignment]
     allow_different_tokenizers: Annotated[bool, typer.Option("--allow-different-tokenizers", help="Accept a candidate whose tokenizer differs from the base's: accuracy tasks only; never perplexity.")] = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,27 +33,22 @@ def verify(
     from compressor.files import check_report_dir
     from compressor.profiles import load_profile
     from compressor.sources.cache import check_cache
-    from compressor.sources.memory import parse_size
     from compressor.verify.api import Deferred, check_gate, check_task_data, stream_choice
     from compressor.verify.api import verify as run_verify
     from compressor.verify.report import fmt_agreement, result_word, write_reports
 
-    limit = parse_size(max_memory) if max_memory is not None else None
     prof = load_profile(profile)
     check_gate(prof, min_retention)  # no tasks, or a threshold out of range: before anything loads
-    task_data = check_task_data(prof)
-  # a missing or malformed data file fails before minutes of model loading
-    stream = stream_choice(prof, stream)  # and so does --stream with a task that needs the whole model
+    task_data = check_task_data(prof)  # a missing or malformed data file fails before minutes of model loading
+    load = load.streaming(stream_choice(prof, load.stream))  # and so does --stream with a task that needs the whole model
     check_report_dir(report_dir)  # and so does a report folder that cannot be written
     if not no_cache:
         check_cache("or pass --no-cache")
     for spec in (base, candidate):  # a candidate folder that is not there fails before the base loads
         common.check_eval_spec(spec)
     # one model at a time: the base's results first, then it is freed, then the candidate loads
-    loaded_base = Deferred(lambda: common.load_for_eval(base, device, dtype, allow_pickle, trust_remote_code, provider,
-                                                        limit, stream))
-    loaded_cand = Deferred(lambda: common.load_for_eval(candidate, device, dtype, allow_pickle, trust_remote_code,
-                                                        provider, limit, stream))
+    loaded_base = Deferred(lambda: common.load_for_eval(base, load, provider))
+    loaded_cand = Deferred(lambda: common.load_for_eval(candidate, load, provider))
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as prog:

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compressor import diagnostics
+from compressor.defaults import RATIO
 from compressor.errors import BadInput
+from compressor.prune.select import CutSettings
+from compressor.repair.api import RepairSettings
+from compressor.score.settings import ScorerSettings
+from compressor.sources.settings import CalibrationSettings, LoadSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from compressor.repair.api import RepairBars
@@ -41,28 +46,23 @@ class PruneOutcome:
         return Path(self.result.out)
 
 
-def check_prune_options(*, scores: Any = None, method: str | None = None, avss_mode: str | None = None,
-                        objective: str | None = None, max_remove: int | None = None, last_state: str | None = None,
-                        ratio: float | None = None, num_layers: int | None = None, mass: float | None = None) -> None:
+def check_prune_options(scores: Any, scorer: ScorerSettings | None, cut: CutSettings) -> None:
     """The rules between the flags (one source of scores, one cut rule, scorer options only with a
     scorer): refused before anything is read or loaded."""
+    method = scorer.method if scorer is not None else None
     if (scores is None) == (method is None):
         raise BadInput("give exactly one of --scores FILE or --method NAME", "e.g. --scores scores.json")
-    if scores is not None and avss_mode is not None:
-        raise BadInput("--avss-mode applies to --method; a scores file already records its mode",
-                       "drop --avss-mode, or score with --method avss --avss-mode ...")
-    given = [f for f, v in (("--objective", objective), ("--max-remove", max_remove), ("--last-state", last_state))
-             if v is not None]
+    given = scorer.own if scorer is not None else []
     if scores is not None and given:
-        raise BadInput(f"{given[0]} applies to --method; a scores file was computed with its own settings",
-                       f"drop {given[0]}, or score now with --method")
-    if method is not None:
-        from compressor.score import methods
-
-        methods.check_options(method, objective, max_remove, last_state)
-    from compressor.prune.select import check_cut_rule
-
-    check_cut_rule(ratio=ratio, num_layers=num_layers, mass=mass)  # its ranges; against the model once its config is read
+        flag = given[0][0]
+        if flag == "--avss-mode":
+            raise BadInput("--avss-mode applies to --method; a scores file already records its mode",
+                           "drop --avss-mode, or score with --method avss --avss-mode ...")
+        raise BadInput(f"{flag} applies to --method; a scores file was computed with its own settings",
+                       f"drop {flag}, or score now with --method")
+    if scorer is not None and method is not None:
+        scorer.check()
+    cut.check()  # its ranges; against the model once its config is read
 
 
 def check_scores_match(report: Any, scores_file: Any, loaded: Any, spec: str) -> list[str]:
@@ -84,56 +84,26 @@ def prune_checkpoint(
     out: str | Path,
     *,
     scores: str | Path | None = None,
-    method: str | None = None,
-    avss_mode: str | None = None,
-    objective: str | None = None,
-    max_remove: int | None = None,
-    last_state: str | None = None,
-    ratio: float | None = None,
-    num_layers: int | None = None,
-    mass: float | None = None,
-    mass_order: str = "sorted",
-    protect: str = "none",
-    data: str | None = None,
-    profile: Any = None,
-    samples: int | None = None,
-    seq_len: int | None = None,
-    batch_size: int | None = None,
-    text_field: str | None = None,
-    pack: bool | None = None,
-    seed: int = 0,
-    repair: str | None = None,
-    ridge: float | None = None,
-    heal_steps: int | None = None,
-    heal_tokens: int | None = None,
-    heal_lr: float | None = None,
-    heal_loss: str | None = None,
-    heal_minutes: float | None = None,
-    device: str = "cpu",
-    dtype: str = "auto",
-    device_map: str | None = None, offload_folder: str | None = None,
-    stream: bool | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
+    scorer: ScorerSettings | None = None,
+    cut: CutSettings = CutSettings(ratio=RATIO),
+    calibration: CalibrationSettings = CalibrationSettings(),
+    repair: RepairSettings = RepairSettings(),
+    load: LoadSettings = LoadSettings(),
     force: bool = False,
     bar: ProgressBar | None = None,
     repair_bars: RepairBars | None = None,
-    max_memory: int | None = None,
 ) -> PruneOutcome:
-    """``avss prune``: arguments are its flags (``model``: a spec, or a loaded model, which a plain cut
-    modifies). Scores come from ``scores`` (a file from ``avss score``) or are computed now with
-    ``method``; exactly one of ``ratio``, ``num_layers``, ``mass`` picks the cut; ``repair`` repairs it
-    before it is written. ``stream``: True scores, repairs and writes the cut one block / one shard at a
-    time (no whole model in memory), False never, None when the model would not fit and every step can.
-    ``bar(description)`` / ``repair_bars()``: optional progress displays."""
+    """``avss prune``: the settings are its flags, grouped (``model``: a spec, or a loaded model, which a
+    plain cut modifies). Scores come from ``scores`` (a file from ``avss score``) or are computed now by
+    ``scorer``; ``cut`` picks the layers; ``repair`` repairs the cut before it is written. ``load.stream``:
+    True scores, repairs and writes the cut one block / one shard at a time (no whole model in memory),
+    False never, None when the model would not fit and every step can. ``bar(description)`` /
+    ``repair_bars()``: optional progress displays."""
     from compressor.files import check_free_space, check_output_dir
-    from compressor.profiles import calibration_spec
     from compressor.prune.provenance import cut_provenance
-    from compressor.prune.select import select_layers
-    from compressor.repair.api import check_repair, protect_for, prune_and_repair, repair_settings
+    from compressor.repair.api import check_repair, protect_for, prune_and_repair
     from compressor.score.report import ScoreReport
     from compressor.sources.data import calibration_for
-    from compressor.sources.models import load_model
 
     warnings: list[str] = []
 
@@ -141,67 +111,53 @@ def prune_checkpoint(
         warnings.append(msg)
         diagnostics.warn(msg)
 
-    check_prune_options(scores=scores, method=method, avss_mode=avss_mode, objective=objective, max_remove=max_remove,
-                        last_state=last_state, ratio=ratio, num_layers=num_layers, mass=mass)
-    settings = repair_settings(repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
-                               seed=seed, heal_loss=heal_loss, heal_minutes=heal_minutes)
-    stream = _stream_choice(stream, method if not scores else None, settings.method)
+    check_prune_options(scores, scorer, cut)
+    method = scorer.method if scorer is not None and not scores else None
+    load = load.streaming(_stream_choice(load.stream, method, repair.method))
     check_output_dir(out, force, note=diagnostics.note)
     report = ScoreReport.load(scores) if scores else None
+    protect = protect_for(repair, cut.protect) if repair.enabled else cut.protect
     if isinstance(model, (str, Path)):  # the cut against the model's config, before it loads
-        from compressor.architectures import num_layers as layers_of
-        from compressor.prune.select import check_cut_rule
-        from compressor.sources.models import load_config, resolve_model_path
-
-        total = layers_of(load_config(resolve_model_path(str(model))[0], trust_remote_code))
-        check_cut_rule(ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, total=total,
-                       protect=protect_for(settings, protect) if settings.enabled else protect)
-        if method is not None:
-            from compressor.score.api import scorer_options
-
-            scorer_options(method, total, objective=objective, max_remove=max_remove, last_state=last_state,
-                           protect=protect, rounds=num_layers)  # --protect, --max-remove against the config
-    calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
-                             text_field=text_field, pack=pack)
+        total = load.num_layers(str(model))
+        cut.check(total, protect)
+        if scorer is not None and method is not None:  # --protect, --max-remove against the config
+            scorer.options(total, cut.protect, rounds=cut.num_layers)
+    calib = calibration.spec()
     if isinstance(model, (str, Path)):
         spec = str(model)
-        loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
-                            trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream,
-                            copies=settings.copies)
+        loaded = load.load(spec, copies=repair.copies)
     else:
         loaded, spec = model, model.spec
     check_free_space(Path(out), loaded.weight_bytes, f"the slim checkpoint {out}")
-    if settings.enabled:
-        check_repair(settings, loaded.adapter)  # an architecture it cannot repair fails before scoring
-        if protect_for(settings, protect) != protect:
-            diagnostics.note(f"--repair {settings.method} keeps layer 0 (its patch folds into the block before each "
+    if repair.enabled:
+        check_repair(repair, loaded.adapter)  # an architecture it cannot repair fails before scoring
+        if protect != cut.protect:
+            diagnostics.note(f"--repair {repair.method} keeps layer 0 (its patch folds into the block before each "
                              "removed span)")
-            protect = protect_for(settings, protect)
     if report is not None:
         for w in check_scores_match(report, scores, loaded, spec):
             warn(w)
     else:
-        from compressor.score.api import score_model, scorer_options
+        from compressor.score.api import score_model
 
-        assert method is not None  # exactly one of scores and method (checked above)
-        opts = scorer_options(method, loaded.num_layers, objective=objective, max_remove=max_remove,
-                              last_state=last_state, protect=protect, rounds=num_layers)
-        report = score_model(loaded, method, mode=avss_mode, calibration=calib, calibration_given=bool(data or profile),
-                             seed=seed, bar=bar, **opts)
+        assert scorer is not None and scorer.method is not None  # exactly one of scores and method (checked above)
+        report = score_model(loaded, scorer.method, mode=scorer.mode, calibration=calib,
+                             calibration_given=calibration.given, seed=scorer.seed, bar=bar,
+                             **scorer.options(loaded.num_layers, protect, rounds=cut.num_layers))
         warnings += report.warnings
-    sel = select_layers(report, ratio=ratio, num_layers=num_layers, mass=mass, mass_order=mass_order, protect=protect)
+    sel = cut.select(report, protect)
     if sel.num_layers > report.num_layers // 2:
         warn(f"this removes {sel.num_layers} of {report.num_layers} layers, more than half of the model")
     diagnostics.note(f"method {report.label}: removing {sel.num_layers} of {report.num_layers} layers {sel.removed} "
                      f"({sel.rule})")
     provenance = cut_provenance(report, sel, scores_file=scores)
-    cal = calibration_for(loaded, calib) if settings.enabled else None
+    cal = calibration_for(loaded, calib) if repair.enabled else None
     with (repair_bars or contextlib.nullcontext)() as update:
-        res = prune_and_repair(loaded, sel.removed, out, settings, cal, force=force, provenance=provenance,
+        res = prune_and_repair(loaded, sel.removed, out, repair, cal, force=force, provenance=provenance,
                                progress=update)
     for w in res.warnings:
         warn(w)
-    return PruneOutcome(res, report, sel, settings, provenance, warnings)
+    return PruneOutcome(res, report, sel, repair, provenance, warnings)
 
 
 def _stream_choice(stream: bool | None, method: str | None, repair: str) -> bool | None:

@@ -36,6 +36,28 @@ class Selection:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class CutSettings:
+    """How many layers a cut removes (exactly one of ``ratio``, ``num_layers``, ``mass``) and which it never
+    removes: one record, checked by ``check_cut_rule`` before any load and read by ``select_layers``."""
+
+    ratio: float | None = None
+    num_layers: int | None = None
+    mass: float | None = None
+    mass_order: str = "sorted"
+    protect: str = "none"
+
+    def check(self, total: int | None = None, protect: str | None = None) -> int | None:
+        """``check_cut_rule`` for these settings (``protect``: the one a repair widened it to)."""
+        return check_cut_rule(ratio=self.ratio, num_layers=self.num_layers, mass=self.mass,
+                              mass_order=self.mass_order, total=total,
+                              protect=self.protect if protect is None else protect)
+
+    def select(self, report: Any, protect: str | None = None) -> "Selection":
+        return select_layers(report, ratio=self.ratio, num_layers=self.num_layers, mass=self.mass,
+                             mass_order=self.mass_order, protect=self.protect if protect is None else protect)
+
+
 def parse_protect(value: str | Iterable[int] | None, num_layers: int) -> list[int]:
     """``"first,last"``, ``"none"``, ``"0,29"`` or a list of ints -> sorted layer indices."""
     if value is None:

@@ -488,37 +488,31 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
     return record
 
 
-def repair_pruned(base: Any, slim: str, out: str, *, method: str = "linear", ridge: float | None = None,
-                  heal_steps: int | None = None, heal_tokens: int | None = None, heal_lr: float | None = None,
-                  heal_loss: str | None = None, heal_minutes: float | None = None, data: str | None = None, profile: Any = None, samples: int | None = None, seq_len: int | None = None,
-                  batch_size: int | None = None, text_field: str | None = None, pack: bool | None = None,
-                  seed: int = 0, device: str = "cpu", dtype: str = "auto", stream: bool | None = None,
-                  allow_pickle: bool = False, trust_remote_code: bool = False, force: bool = False,
-                  bars: RepairBars | None = None, max_memory: int | None = None) -> dict[str, Any]:
+def repair_pruned(base: Any, slim: str, out: str, *, repair: RepairSettings = RepairSettings(method="linear"),
+                  calibration: Any = None, load: Any = None, force: bool = False,
+                  bars: RepairBars | None = None) -> dict[str, Any]:
     """``avss repair`` as one call: settings, output folder and calibration checked before ``base``
-    (a spec, or a loaded model) loads, then ``repair_checkpoint``. Arguments are the command's flags;
-    returns the repair record written into ``out``'s compression.json."""
+    (a spec, or a loaded model) loads, then ``repair_checkpoint``. ``calibration`` and ``load`` are the
+    command's ``CalibrationSettings`` and ``LoadSettings`` (defaults when None); returns the repair record
+    written into ``out``'s compression.json."""
     from pathlib import Path
 
     from compressor import diagnostics
     from compressor.files import check_free_space, check_output_dir
-    from compressor.profiles import calibration_spec
     from compressor.sources.data import calibration_for
-    from compressor.sources.models import load_model
+    from compressor.sources.settings import CalibrationSettings, LoadSettings
 
-    settings = repair_settings(method, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
-                               seed=seed, heal_loss=heal_loss, heal_minutes=heal_minutes)
-    stream = stream_choice(settings.method, stream)
+    if not repair.enabled:
+        raise BadInput("--method none repairs nothing", f"use one of: {', '.join(choices()[1:])}")
+    calibration = calibration or CalibrationSettings()
+    load = (load or LoadSettings()).streaming(stream_choice(repair.method, (load or LoadSettings()).stream))
     check_output_dir(out, force, note=diagnostics.note)
-    calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
-                             text_field=text_field, pack=pack)
-    loaded = base if not isinstance(base, (str, Path)) else load_model(
-        str(base), device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        announce=True, stream=stream, max_memory=max_memory, copies=settings.copies)
+    calib = calibration.spec()
+    loaded = base if not isinstance(base, (str, Path)) else load.load(str(base), copies=repair.copies)
     check_free_space(Path(out), loaded.weight_bytes, f"the repaired checkpoint {out}")
-    cal = calibration_for(loaded, calib, given=bool(data or profile))
+    cal = calibration_for(loaded, calib, given=calibration.given)
     with (bars or _no_bars)() as update:
-        return repair_checkpoint(loaded, slim, settings, cal, out, force=force, progress=update)
+        return repair_checkpoint(loaded, slim, repair, cal, out, force=force, progress=update)
 
 
 def _no_bars() -> AbstractContextManager[None]:

@@ -72,7 +72,7 @@ def check_cut(ctx: RunContext) -> None:
     from compressor.prune.select import check_cut_rule
     from compressor.repair.api import protect_for
     from compressor.run.search import search_limits
-    from compressor.score.api import scorer_options
+    from compressor.score.settings import scorer_options
     from compressor.sources.models import load_config, resolve_model_path
 
     c = ctx.cfg

@@ -13,9 +13,11 @@ from compressor.errors import BadInput, compute_error
 from compressor.score import methods
 from compressor.score.passes import Progress
 from compressor.score.report import ScoreReport
+from compressor.score.settings import ScorerSettings
 from compressor.score.stats import ROBUST_TAU
 from compressor.sources.data import CalibrationData, CalibrationSpec
 from compressor.sources.models import LoadedModel
+from compressor.sources.settings import CalibrationSettings, LoadSettings
 
 # a progress display named by its description (the CLI's progress_bar); it yields a (done, total) callback
 ProgressBar = Callable[[str], AbstractContextManager[Progress | None]]
@@ -107,27 +109,6 @@ def _refuse_stream(method: str) -> None:
                    f"{methods.names_text(methods.streaming_scorers())}")
 
 
-def scorer_options(method: str, num_layers: int, *, objective: str | None = None, max_remove: int | None = None,
-                   last_state: str | None = None, protect: Any = None, rounds: int | None = None) -> dict[str, Any]:
-    """``score_layers``' options for ``method`` from user-level values: ``protect`` parsed (first,last |
-    indices) for the scorer whose order depends on it; ``rounds`` (the cut's size) as the default
-    ``max_remove`` of a scorer that computes removals round by round, so it computes no more than needed."""
-    from compressor.prune.select import parse_protect
-
-    scorer = methods.get_scorer(method)
-    opts: dict[str, Any] = {"objective": objective, "max_remove": max_remove, "last_state": last_state}
-    if "protect" in scorer.own_options:  # e.g. SLEB: its removal order depends on what it may not remove
-        opts["protect"] = parse_protect(protect, num_layers)
-    if "max_remove" in scorer.own_options and max_remove is None and rounds is not None:
-        opts["max_remove"] = rounds
-    if "max_remove" in scorer.own_options and opts["max_remove"] is not None:  # before the model loads
-        kept = parse_protect(protect, num_layers) + ([0] if scorer.needs_patch else [])
-        from compressor.score.sleb import check_max_remove
-
-        check_max_remove(opts["max_remove"], num_layers, kept)
-    return opts
-
-
 def score_model(loaded: LoadedModel, method: str = "avss", *, mode: str | None = None,
                 calibration: CalibrationSpec | None = None, calibration_given: bool = True, seed: int = 0,
                 bar: ProgressBar | None = None, **options: Any) -> ScoreReport:
@@ -159,50 +140,35 @@ def _no_bar(description: str) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def score_checkpoint(model: str | LoadedModel, *, method: str = "avss", mode: str | None = None,
-                     objective: str | None = None, max_remove: int | None = None, protect: str | None = None,
-                     last_state: str | None = None, data: str | None = None, profile: Any = None,
-                     samples: int | None = None, seq_len: int | None = None, batch_size: int | None = None,
-                     text_field: str | None = None, pack: bool | None = None, seed: int = 0, device: str = "cpu",
-                     dtype: str = "auto", device_map: str | None = None, offload_folder: str | None = None, stream: bool | None = None,
-                     allow_pickle: bool = False, trust_remote_code: bool = False, out: str | Path | None = None,
-                     plot: str | Path | None = None, force: bool = False, bar: ProgressBar | None = None,
-                     max_memory: int | None = None) -> ScoreReport:
+def score_checkpoint(model: str | LoadedModel, *, scorer: ScorerSettings = ScorerSettings(),
+                     protect: str | None = None, calibration: CalibrationSettings = CalibrationSettings(),
+                     load: LoadSettings = LoadSettings(), out: str | Path | None = None,
+                     plot: str | Path | None = None, force: bool = False,
+                     bar: ProgressBar | None = None) -> ScoreReport:
     """``avss score`` as one call: every flag rule checked and every output place checked before the
-    model loads, then the scores (``out``: the JSON, ``plot``: the PNG) written. Arguments are the
-    command's flags; ``model`` may also be a loaded model. ``stream``: True one block at a time, False
-    the whole model, None streams when a streaming scorer's model would not fit."""
+    model loads, then the scores (``out``: the JSON, ``plot``: the PNG) written. The settings are the
+    command's flags, grouped; ``model`` may also be a loaded model. ``load.stream``: True one block at a
+    time, False the whole model, None streams when a streaming scorer's model would not fit."""
     from compressor.files import check_output_file
-    from compressor.profiles import calibration_spec
     from compressor.score.report import save_plot
-    from compressor.sources.models import load_model
 
-    scorer = methods.get_scorer(method)
-    methods.check_mode(method, mode)
-    methods.check_options(method, objective, max_remove, last_state)
-    if protect is not None and "protect" not in scorer.own_options:
+    assert scorer.method is not None
+    method = scorer.method
+    scorer.check()
+    if protect is not None and "protect" not in methods.get_scorer(method).own_options:
         raise BadInput(f"--protect on avss score only applies to --method {methods.names_text(methods.option_scorers('protect'))} "
                        f"(got --method {method}); other scores do not depend on it",
                        "drop --protect here and pass it to avss prune")
-    stream = stream_choice(method, stream)
+    load = load.streaming(stream_choice(method, load.stream))
     for p in (out, plot):
         if p:
             check_output_file(p, "output", force)
-    calib = calibration_spec(data, profile, samples=samples, seq_len=seq_len, batch_size=batch_size,
-                             text_field=text_field, pack=pack)
+    calib = calibration.spec()
     if not isinstance(model, LoadedModel):  # --protect and --max-remove against the config, before the load
-        from compressor.architectures import num_layers
-        from compressor.sources.models import load_config, resolve_model_path
-
-        scorer_options(method, num_layers(load_config(resolve_model_path(model)[0], trust_remote_code)),
-                       objective=objective, max_remove=max_remove, last_state=last_state, protect=protect)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, announce=True, max_memory=max_memory, stream=stream)
-    opts = scorer_options(method, loaded.num_layers, objective=objective, max_remove=max_remove,
-                          last_state=last_state, protect=protect)
-    report = score_model(loaded, method, mode=mode, calibration=calib, calibration_given=bool(data or profile),
-                         seed=seed, bar=bar, **opts)
+        scorer.options(load.num_layers(model), protect)
+    loaded = model if isinstance(model, LoadedModel) else load.load(model)
+    report = score_model(loaded, method, mode=scorer.mode, calibration=calib, calibration_given=calibration.given,
+                         seed=scorer.seed, bar=bar, **scorer.options(loaded.num_layers, protect))
     if out:
         report.save(out)
     if plot:

@@ -12,9 +12,9 @@ from compressor import __version__
 from compressor.errors import BadInput, compute_error
 from compressor.profiles import Profile
 from compressor.sources.cache import cache_dir
-from compressor.verify import tasks as T
 from compressor.verify.gate import bootstrap_lower, judge, retention, task_verdict
-from compressor.verify.metrics import NonFiniteOutputs
+from compressor.verify.kinds.base import kind as task_kind
+from compressor.verify.metrics import NonFiniteOutputs, TaskOutput
 from compressor.verify.report import TaskResult, VerifyReport
 
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
@@ -23,13 +23,11 @@ StageProgress = Callable[[str], Callable[[int, int], None] | None]
 def stream_choice(profile: Profile, stream: bool | None) -> bool | None:
     """The loader's ``stream`` for this profile: every task must run one block at a time (perplexity),
     else the models load whole (``--stream`` with such a task is refused now, before any model loads)."""
-    from compressor.verify import tasks as T
-
-    whole = [t for t in profile.tasks if not T.kind(t.kind).streams]
+    whole = [t for t in profile.tasks if not task_kind(t.kind).streams]
     if not whole:
         return stream
     if stream:
-        T.kind(whole[0].kind).check_streams(whole[0])
+        task_kind(whole[0].kind).check_streams(whole[0])
     return False
 
 
@@ -156,7 +154,7 @@ def _check_tokenizers(base: Identity, candidate: Identity, profile: Profile, all
     if not allow_different:
         raise BadInput(what, "save the base's tokenizer next to the candidate (tokenizer.save_pretrained), or pass "
                              "--allow-different-tokenizers (accuracy tasks only; never perplexity)")
-    ppl = [t.name for t in profile.tasks if T.kind(t.kind).per_token]
+    ppl = [t.name for t in profile.tasks if task_kind(t.kind).per_token]
     if ppl:
         raise BadInput(f"{what}; profile {profile.name!r} has perplexity task(s) {', '.join(ppl)}, and per-token "
                        "perplexities over different tokenizations are not comparable",
@@ -189,7 +187,7 @@ class _Cache:
 
         return digest_json({"records": records, "metrics": metrics})
 
-    def get(self, key: str, metric: str) -> T.TaskOutput | None:
+    def get(self, key: str, metric: str) -> TaskOutput | None:
         """A cached result, or None for anything short of an intact entry of the right shape with a
         finite ``metric``: a damaged entry is recomputed, never trusted and never fatal."""
         import math
@@ -215,9 +213,9 @@ class _Cache:
             return None
         if d.get("digest") != self._payload_digest(records, metrics):
             return None  # edited (or written by older code): its numbers cannot be vouched for
-        return T.TaskOutput(records, metrics)
+        return TaskOutput(records, metrics)
 
-    def put(self, key: str, out: T.TaskOutput) -> None:
+    def put(self, key: str, out: TaskOutput) -> None:
         if self.dir is None:
             return
         from compressor.files import atomic_write_text
@@ -261,7 +259,7 @@ def _data_hash(items: list[Any], shots: list[Any]) -> str:
 
 def _examples(task: Any, profile: Profile) -> tuple[list[Any], list[Any]]:
     """(evaluation examples, few-shot pool)."""
-    items, shots = T.kind(task.kind).load(task, profile)
+    items, shots = task_kind(task.kind).load(task, profile)
     if not items:
         raise BadInput(f"task {task.name}: no evaluation examples", "check the task's data and limit")
     return items, shots
@@ -348,7 +346,7 @@ def verify(
     cache = _Cache(use_cache)
     loaded_tasks, overlap = task_data if task_data is not None else check_task_data(profile)  # before compute
     warnings += overlap
-    outs: dict[str, dict[str, T.TaskOutput]] = {t.name: {} for t, _, _ in loaded_tasks}
+    outs: dict[str, dict[str, TaskOutput]] = {t.name: {} for t, _, _ in loaded_tasks}
     cached: dict[str, dict[str, bool]] = {t.name: {} for t, _, _ in loaded_tasks}
     secs: dict[str, dict[str, float]] = {t.name: {} for t, _, _ in loaded_tasks}
 
@@ -364,9 +362,9 @@ def verify(
             cb = progress(f"{task.name} [{role}]") if progress else None
             model = side.model()
             if getattr(model, "streamed", False):
-                T.kind(task.kind).check_streams(task)  # a library caller's streamed model (the CLI checks first)
+                task_kind(task.kind).check_streams(task)  # a library caller's streamed model (the CLI checks first)
             try:
-                hit = T.kind(task.kind).evaluate(model, task, items, shots, profile, cb)
+                hit = task_kind(task.kind).evaluate(model, task, items, shots, profile, cb)
             except NonFiniteOutputs:
                 secs[task.name][role] = round(time.perf_counter() - t, 3)
                 raise
@@ -401,7 +399,7 @@ def verify(
         except NonFiniteOutputs as exc:
             broken = exc
         task_outs, task_cached, task_secs = outs[task.name], cached[task.name], secs[task.name]
-        kind = T.kind(task.kind)
+        kind = task_kind(task.kind)
         threshold = task.min_retention if task.min_retention is not None else floor
         b = task_outs["base"].metrics[task.metric]
         ties = {role: n for role, o in task_outs.items() if (n := kind.ties(task.metric, o.records)) is not None}

@@ -1,7 +1,7 @@
 """Evaluation examples from built-in data or local files (with field mapping), read by a kind's rules.
 
 What a task's data must hold (an example's fields and types, which built-in data fits, checks on each
-example) is declared by its kind's class (``compressor.verify.tasks``); this module applies those rules
+example) is declared by its kind's class (``compressor.verify.kinds``); this module applies those rules
 and knows no kind by name, so a new kind brings its data rules with it.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ _MISFIT = {
 
 
 class Rules(Protocol):
-    """What this module asks a task kind (``compressor.verify.tasks.TaskKind`` documents each)."""
+    """What this module asks a task kind (``compressor.verify.kinds.base.TaskKind`` documents each)."""
 
     name: str
     example_fields: dict[str, type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from compressor.verify.tasks import kind as task_kind
+from compressor.verify.kinds.base import kind as task_kind
 
 
 def retention(higher_is_better: bool, base: float, cand: float) -> float:

@@ -18,8 +18,8 @@ from typing import Any, Iterator, Literal
 from pydantic import Field
 
 from compressor.errors import BadInput
+from compressor.verify.kinds.base import TaskEntry, TaskKind, register
 from compressor.verify.metrics import MC_PREDICTION, FiniteCount, TaskOutput, all_finite, mc_predictions
-from compressor.verify.tasks import TaskEntry, TaskKind, register
 
 REQUIREMENT = "lm_eval==0.4.13"
 INSTALL = "pip install 'avss-compressor[lm-eval]' (from a checkout: pip install -e '.[lm-eval]')"

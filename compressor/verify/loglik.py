@@ -1,7 +1,8 @@
 """The log-likelihood engine our log-likelihood kinds share: continuations scored in right-padded batches,
 one shared context's KV cache reused for all its continuations (lm-eval's per-request scoring gives the
 same numbers: benchmarks/lm_eval_parity.py), only the last position's logits computed where that is all
-a kind reads.
+a kind reads. Text becomes ids here too, as lm-eval encodes it (its BOS rule, its context/continuation
+split), so every kind that must match lm-eval's numbers encodes the same way.
 """
 from __future__ import annotations
 
@@ -15,6 +16,32 @@ Progress = Callable[[int, int], None]
 def input_device(model: Any) -> Any:
     """Where a model's input tensors go (an ONNX model answers the CPU: ``export.ort_model``)."""
     return model.get_input_embeddings().weight.device
+
+
+def leading_special(tok: Any) -> list[int]:
+    """Token ids the tokenizer puts before any text by default (its BOS, if ``add_bos_token``).
+
+    lm-evaluation-harness encodes with the tokenizer's defaults, so a model whose tokenizer asks for a
+    BOS is evaluated with one; ours follows the tokenizer the same way (a pruned model keeps its
+    tokenizer, so base and candidate always see the same ids)."""
+    probe = "x"
+    a = tok(probe)["input_ids"]
+    b = tok(probe, add_special_tokens=False)["input_ids"]
+    return list(a[: len(a) - len(b)]) if b and a[len(a) - len(b):] == b else []
+
+
+def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) exactly as lm-evaluation-harness 0.4 encodes a causal LM request:
+    trailing spaces of the context move to the continuation, the whole string is encoded with the
+    tokenizer's defaults (BOS) and split at the context's length."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    bos = getattr(tok, "bos_token", None)
+    special = {"add_special_tokens": False} if bos and context.startswith(bos) else {}
+    whole = tok(context + continuation, **special)["input_ids"]
+    ctx = tok(context, **special)["input_ids"]
+    return list(ctx), list(whole[len(ctx):])
 
 
 def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int,

@@ -1,7 +1,7 @@
 """What a task's outputs are and how they become numbers: records -> metrics, the finiteness rule every
 kind applies (a broken model must not score like a base near chance), and SQuAD-style text matching.
 
-Why apart from the kinds (``verify.tasks``): metrics are pure functions of records, used by our kinds and
+Why apart from the kinds (``verify.kinds``): metrics are pure functions of records, used by our kinds and
 by lm-evaluation-harness's (``verify.harness``); they need neither a model nor torch (except to test
 logits for NaN).
 """

@@ -1,6 +1,6 @@
-"""The CLI reference (docs/cli.md) stays in sync with the Typer app: every command has a section and
-every flag of a command is documented inside that command's own section; the README's and the docs'
-relative links resolve, anchors included."""
+"""The CLI reference (docs/cli.md) stays in sync with the Typer app: every command has a section, every
+flag of a command is documented inside that command's own section and every flag a section's table
+names is the command's; the README's and the docs' relative links resolve, anchors included."""
 import re
 from pathlib import Path
 
@@ -32,6 +32,17 @@ def test_every_flag_is_documented_in_its_section(name):
             if opt.startswith("--") and opt != "--help":
                 assert re.search(rf"(?:`|/ ){re.escape(opt)}(?![\w-])", text), \
                     f"avss {name}: {opt} is not documented in its docs/cli.md section"
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_flag_a_section_documents_exists(name):
+    """The reverse: a flag in the first column of a command's flag table is one of that command's flags
+    (e.g. `--device-map` only where the command declares it)."""
+    opts = {o for p in _commands()[name].params for o in p.opts + p.secondary_opts}
+    for line in _section(name).splitlines():
+        if line.startswith("| `"):
+            for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", line.split("|")[1]):
+                assert flag in opts, f"docs/cli.md documents {flag} for avss {name}, which has no such flag"
 
 
 def test_quickstart_commands_exist():

@@ -12,7 +12,7 @@ from compressor.prune.provenance import COMPRESSION_SCHEMA, PROVENANCE_KEYS, cur
 from compressor.prune.select import select_layers
 from compressor.score.api import score_layers
 from compressor.sources.models import load_model
-from helpers import library_log
+from helpers import grouped, library_log
 
 
 def test_cut_provenance_has_every_key_whoever_cuts(tiny):
@@ -45,7 +45,7 @@ def test_an_older_record_is_brought_to_the_current_schema():
 def test_prune_checkpoint_is_the_prune_command_as_a_call(tiny, tmp_path):
     model = str(tiny("llama"))
     with library_log() as log:
-        done = prune_checkpoint(model, tmp_path / "slim", method="last-k", num_layers=3)
+        done = prune_checkpoint(model, tmp_path / "slim", **grouped(cut=True, method="last-k", num_layers=3))
     assert isinstance(done, PruneOutcome) and not done.repaired and done.out == tmp_path / "slim"
     assert (done.result.num_layers_before, done.result.num_layers_after) == (4, 1)
     assert done.result.removed == done.selection.removed and done.report.method == "last-k"
@@ -62,11 +62,11 @@ def test_prune_checkpoint_from_a_scores_file(tiny, tmp_path):
     score_layers(load_model(str(tiny("llama"))), "last-k").save(tmp_path / "s.json")
     twin = tmp_path / "twin"  # the same model in another folder: a warning, not an error
     shutil.copytree(tiny("llama"), twin)
-    done = prune_checkpoint(str(twin), tmp_path / "slim", scores=tmp_path / "s.json", num_layers=1)
+    done = prune_checkpoint(str(twin), tmp_path / "slim", **grouped(cut=True, scores=tmp_path / "s.json", num_layers=1))
     assert done.warnings == [f"{tmp_path / 's.json'} was computed for {str(tiny('llama'))!r}; pruning {str(twin)!r}"]
     assert done.provenance["scores_file"] == str(tmp_path / "s.json") and done.result.removed == [2]
     with pytest.raises(BadInput, match="was computed for a llama model, not gpt2"):
-        prune_checkpoint(str(tiny("gpt2")), tmp_path / "other", scores=tmp_path / "s.json", num_layers=1)
+        prune_checkpoint(str(tiny("gpt2")), tmp_path / "other", **grouped(cut=True, scores=tmp_path / "s.json", num_layers=1))
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -95,7 +95,7 @@ def test_prune_checkpoint_from_a_scores_file(tiny, tmp_path):
 ])
 def test_prune_checkpoint_refuses_bad_flags_before_loading(kwargs, needle, tiny, tmp_path):
     with library_log() as log, pytest.raises(BadInput, match=needle):
-        prune_checkpoint(str(tiny("llama")), tmp_path / "slim", **kwargs)
+        prune_checkpoint(str(tiny("llama")), tmp_path / "slim", **grouped(cut=True, **kwargs))
     assert log == [] and not (tmp_path / "slim").exists()
 
 
@@ -115,8 +115,9 @@ def test_prune_checkpoint_with_a_repair_keeps_layer_0_and_drives_the_displays(ti
         yield lambda step, done, total, loss: seen.append(step) if step not in seen else None
 
     with library_log() as log:
-        done = prune_checkpoint(loaded, tmp_path / "slim", method="block-influence", num_layers=1, repair="linear",
-                                data=str(text_file), samples=4, seq_len=32, bar=bar, repair_bars=repair_bars)
+        done = prune_checkpoint(loaded, tmp_path / "slim", **grouped(
+            cut=True, method="block-influence", num_layers=1, repair="linear", data=str(text_file), samples=4,
+            seq_len=32, bar=bar, repair_bars=repair_bars))
     assert done.repaired and done.selection.protect == [0] and 0 not in done.result.removed
     assert ("info", "--repair linear keeps layer 0 (its patch folds into the block before each removed span)") in log
     assert not any(m.startswith("loading") for _, m in log)  # a loaded model is used as it is

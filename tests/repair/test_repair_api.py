@@ -10,7 +10,7 @@ from compressor.prune.surgery import prune_model
 from compressor.repair import api as repairs
 from compressor.repair.api import RepairEvidence, RepairSettings, evidence, repair_pruned, repair_settings
 from compressor.sources.models import load_model
-from helpers import library_log
+from helpers import grouped, library_log
 
 
 def test_repair_settings_fill_defaults_and_refuse_bad_values():
@@ -52,6 +52,12 @@ def test_the_registry_renders_each_steps_evidence(monkeypatch):
     assert evidence({"method": "echo", "echo": {"n": 2}}) == [RepairEvidence(line="echoed 2")]
 
 
+def _args(method, **flags):
+    """``avss repair``'s flags as ``repair_pruned`` takes them (its --method is the repair)."""
+    args = grouped(repair=method, **flags)
+    return {k: args[k] for k in ("repair", "calibration", "load")}
+
+
 def _as_schema_2(folder):
     """Rewrite a checkpoint's compression.json as the previous schema wrote it (no one-shape provenance)."""
     f = folder / "compression.json"
@@ -67,15 +73,15 @@ def test_repair_pruned_repairs_an_older_checkpoint_into_the_current_schema(tiny,
     _as_schema_2(tmp_path / "cut")
     calib = {"data": str(text_file), "samples": 4, "seq_len": 32, "batch_size": 2}
     with library_log() as log:
-        rec = repair_pruned(base, str(tmp_path / "cut"), str(tmp_path / "fixed"), method="linear", **calib)
+        rec = repair_pruned(base, str(tmp_path / "cut"), str(tmp_path / "fixed"), **_args("linear", **calib))
     assert ("info", f"loading {base} ...") in log
     comp = json.loads((tmp_path / "fixed" / "compression.json").read_text())
     assert comp["schema_version"] == 3 and all(k in comp for k in PROVENANCE_KEYS)
     assert comp["method"] == "last-k" and comp["run"] is None and comp["removed_layers"] == [2]
     assert comp["repair"]["method"] == rec["method"] == "linear" and rec["linear"]["spans"][0]["removed"] == [2]
     # distill alone heals the slim weights as written, and rewrites the record under the current schema too
-    rec = repair_pruned(base, str(tmp_path / "cut"), str(tmp_path / "healed"), method="distill", heal_steps=1, **calib)
+    rec = repair_pruned(base, str(tmp_path / "cut"), str(tmp_path / "healed"), **_args("distill", heal_steps=1, **calib))
     comp = json.loads((tmp_path / "healed" / "compression.json").read_text())
     assert comp["schema_version"] == 3 and comp["run"] is None and comp["repair"]["method"] == "distill" == rec["method"]
     with pytest.raises(BadInput, match="--method none repairs nothing"):
-        repair_pruned(base, str(tmp_path / "cut"), str(tmp_path / "none"), method="none", **calib)
+        repair_pruned(base, str(tmp_path / "cut"), str(tmp_path / "none"), **_args("none", **calib))

@@ -2,17 +2,18 @@
 import pytest
 
 from compressor.errors import BadInput
-from compressor.score.api import score_checkpoint, score_model, scorer_options
+from compressor.score.api import score_checkpoint, score_model
 from compressor.score.report import ScoreReport
+from compressor.score.settings import scorer_options
 from compressor.sources.data import CalibrationSpec
 from compressor.sources.models import load_model
-from helpers import library_log
+from helpers import grouped, library_log
 
 
 def test_score_checkpoint_writes_what_avss_score_writes(tiny, tmp_path, text_file):
     with library_log() as log:
-        report = score_checkpoint(str(tiny("llama")), method="block-influence", data=str(text_file), samples=4,
-                                  seq_len=32, out=tmp_path / "s.json", plot=tmp_path / "s.png")
+        report = score_checkpoint(str(tiny("llama")), **grouped(method="block-influence", data=str(text_file), samples=4,
+                                                           seq_len=32, out=tmp_path / "s.json", plot=tmp_path / "s.png"))
     assert ScoreReport.load(tmp_path / "s.json").ranking == report.ranking
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.calibration["source"] == str(text_file)
@@ -30,7 +31,7 @@ def test_score_checkpoint_refuses_before_loading(kwargs, needle, tiny, tmp_path)
     (tmp_path / "s.json").write_text("{}")
     kwargs = {k: (str(tmp_path / "s.json") if v == "EXISTING" else v) for k, v in kwargs.items()}
     with library_log() as log, pytest.raises(BadInput, match=needle):
-        score_checkpoint(str(tiny("llama")), **kwargs)
+        score_checkpoint(str(tiny("llama")), **grouped(**kwargs))
     assert log == []
 
 

@@ -3,7 +3,7 @@ from collections import Counter
 
 from compressor.sources.data import read_documents
 from compressor.verify.examples import rt_qa
-from compressor.verify.tasks import kind
+from compressor.verify.kinds.base import kind
 
 
 def test_rt_qa_is_well_formed_and_from_the_evaluation_half():

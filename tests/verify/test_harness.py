@@ -72,7 +72,7 @@ def test_the_harness_gates_caches_and_agrees_with_our_kind_per_question(llama, s
     assert h.passed == (h.retention >= 0.9)
     # per question, and the metrics recomputed from the harness's per-document values
     items, shots = check_task_data(prof)[0][0][1:]
-    from compressor.verify.tasks import kind
+    from compressor.verify.kinds.base import kind
 
     for model in (llama, slim):
         out = kind("lm-eval").evaluate(model, prof.tasks[0], items, shots, prof, None)
@@ -100,7 +100,7 @@ def test_our_encoding_is_the_harness_encoding(llama):
     continuation, whole-string encoding split at the context: token for token, lm-eval's _encode_pair."""
     from lm_eval.models.huggingface import HFLM
 
-    from compressor.verify.tasks import encode_pair, leading_special
+    from compressor.verify.loglik import encode_pair, leading_special
 
     tok = llama.tokenizer
     assert leading_special(tok) == [tok.bos_token_id]

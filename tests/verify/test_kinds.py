@@ -2,7 +2,7 @@
 import pytest
 
 from compressor.errors import BadInput
-from compressor.verify.tasks import kind as kind_
+from compressor.verify.kinds.base import kind as kind_
 
 
 def examples(kind, source, fields=None, split=None):
@@ -84,7 +84,8 @@ def word_count():
 
     from pydantic import Field
 
-    from compressor.verify.tasks import DataEntry, TaskKind, TaskOutput, cls_metrics, register, unregister
+    from compressor.verify.kinds.base import DataEntry, TaskKind, register, unregister
+    from compressor.verify.metrics import TaskOutput, cls_metrics
 
     @register
     class WordCount(TaskKind):
@@ -126,7 +127,7 @@ def _profile_file(tmp_path, task, **top):
 
 def test_a_kind_registered_in_one_class_is_a_kind_profiles_and_data_know(word_count, tmp_path):
     from compressor.profiles import load_profile
-    from compressor.verify import tasks as T
+    from compressor.verify.kinds import base as T
 
     data = tmp_path / "wc.jsonl"
     data.write_text('{"t": "one two", "n": "2"}\n{"t": "three", "n": 1}\n', encoding="utf-8")
@@ -180,7 +181,7 @@ def test_verify_runs_a_registered_kind_end_to_end(word_count, tiny, tmp_path, mo
 
 def test_unregistering_a_kind_takes_it_out_of_profiles(word_count, tmp_path):
     from compressor.profiles import load_profile
-    from compressor.verify import tasks as T
+    from compressor.verify.kinds import base as T
 
     T.unregister("word-count")
     try:
@@ -198,7 +199,7 @@ def test_unregistering_a_kind_takes_it_out_of_profiles(word_count, tmp_path):
 def test_a_kind_must_name_its_tag_in_its_entry():
     from typing import Literal
 
-    from compressor.verify.tasks import DataEntry, TaskKind, register
+    from compressor.verify.kinds.base import DataEntry, TaskKind, register
 
     class Mislabelled(TaskKind):
         name = "mislabelled"
@@ -213,17 +214,18 @@ def test_a_kind_must_name_its_tag_in_its_entry():
 
 
 def test_no_code_outside_the_kinds_names_a_kind():
-    """Kind names appear only in the kinds' own modules (tasks.py, harness.py, and metrics.py, whose
-    perplexity metric shares the kind's name): everything else asks the registry, so a new kind touches
-    nothing else."""
+    """Kind names appear only in the kinds' own modules (the ``verify/kinds`` package, harness.py, and
+    metrics.py, whose perplexity metric shares the kind's name): everything else asks the registry, so a
+    new kind touches nothing else."""
     import ast
     from pathlib import Path
 
-    from compressor.verify import tasks as T
+    from compressor.verify.kinds import base as T
 
     root = Path(__file__).resolve().parents[2]
     names = {k.name for k in T.all_kinds()}
-    own = {root / "compressor" / "verify" / f for f in ("tasks.py", "harness.py", "metrics.py")}
+    verify = root / "compressor" / "verify"
+    own = {*(verify / "kinds").glob("*.py"), verify / "harness.py", verify / "metrics.py"}
     found = []
     for base in (root / "compressor", root / "export"):
         for f in sorted(base.rglob("*.py")):

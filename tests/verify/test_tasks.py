@@ -7,7 +7,13 @@ import torch.nn.functional as F
 
 from compressor.profiles import Profile
 from compressor.sources.models import load_model
-from compressor.verify import tasks as T
+from compressor.verify.kinds.base import KINDS, kind
+from compressor.verify.kinds.classification import eval_classification, eval_zero_shot, few_shot_prefix, pick_shots
+from compressor.verify.kinds.generation import eval_generation
+from compressor.verify.kinds.multiple_choice import eval_multiple_choice
+from compressor.verify.kinds.perplexity import eval_perplexity
+from compressor.verify.loglik import loglikelihoods
+from compressor.verify.metrics import cls_metrics, normalize, token_f1
 from verify.conftest import causal_profile
 
 
@@ -22,8 +28,8 @@ def _task(files, name):
 
 def test_perplexity_rolling_windows_match_a_direct_computation(llama, task_files):
     task = _task(task_files, "ppl")
-    docs = T.kind("perplexity").examples(str(task_files / "ppl.txt"), None, {})
-    out = T.eval_perplexity(llama.model, llama.tokenizer, task, docs, batch_size=3, max_length=128)
+    docs = kind("perplexity").examples(str(task_files / "ppl.txt"), None, {})
+    out = eval_perplexity(llama.model, llama.tokenizer, task, docs, batch_size=3, max_length=128)
     assert sum(r["n"] for r in out.records) == task.limit  # every token after the first scored exactly once
     # direct: same windows, one at a time
     ids = []
@@ -47,8 +53,8 @@ def test_perplexity_rolling_windows_match_a_direct_computation(llama, task_files
 
 def test_multiple_choice_picks_the_highest_loglikelihood(llama, task_files):
     task = _task(task_files, "mc")
-    ex = T.kind("multiple-choice").examples(str(task_files / "mc.jsonl"), None, {})
-    out = T.eval_multiple_choice(llama.model, llama.tokenizer, task, ex, batch_size=3, max_length=128)
+    ex = kind("multiple-choice").examples(str(task_files / "mc.jsonl"), None, {})
+    out = eval_multiple_choice(llama.model, llama.tokenizer, task, ex, batch_size=3, max_length=128)
     tok = llama.tokenizer
     for e, rec in zip(ex, out.records):
         # the tokenizer's BOS first (it asks for one), as lm-evaluation-harness encodes
@@ -71,18 +77,18 @@ def test_multiple_choice_picks_the_highest_loglikelihood(llama, task_files):
 
 def test_zero_shot_with_few_shot_and_field_mapping(llama, task_files):
     task = _task(task_files, "zs")
-    ex = T.kind(task.kind).examples(str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
-    shots = T.pick_shots(ex[:4], 1, seed=0)
-    assert T.few_shot_prefix(task, shots).endswith("\n\n")
-    out = T.eval_zero_shot(llama.model, llama.tokenizer, task, ex, 4, 128, shots)
+    ex = kind(task.kind).examples(str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
+    shots = pick_shots(ex[:4], 1, seed=0)
+    assert few_shot_prefix(task, shots).endswith("\n\n")
+    out = eval_zero_shot(llama.model, llama.tokenizer, task, ex, 4, 128, shots)
     assert len(out.records) == len(ex) and {r["pred"] for r in out.records} <= {0, 1}
     assert 0 <= out.metrics["accuracy"] <= 1 and 0 <= out.metrics["macro_f1"] <= 1
 
 
 def test_generation_greedy_with_stop_strings(llama, task_files):
     task = _task(task_files, "gen")
-    ex = T.kind("generation").examples(str(task_files / "gen.jsonl"), None, {})
-    out = T.eval_generation(llama.model, llama.tokenizer, task, ex, 2, 128)
+    ex = kind("generation").examples(str(task_files / "gen.jsonl"), None, {})
+    out = eval_generation(llama.model, llama.tokenizer, task, ex, 2, 128)
     for e, r in zip(ex, out.records):
         prompt = llama.tokenizer(task.template.format(**e), return_tensors="pt")  # with the tokenizer's BOS
         with torch.no_grad():
@@ -96,8 +102,8 @@ def test_classification_on_a_sequence_classifier(tiny, task_files):
     task = Profile.model_validate({"name": "c", "model_kind": "sequence-classification", "tasks": [
         {"name": "c", "kind": "classification", "data": {"source": str(task_files / "cls.jsonl"),
                                                         "fields": {"text": "sentence", "label": "y"}}}]}).tasks[0]
-    ex = T.kind("classification").examples(str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
-    out = T.eval_classification(bert.model, bert.tokenizer, task, ex, 3, 64)
+    ex = kind("classification").examples(str(task_files / "cls.jsonl"), None, {"text": "sentence", "label": "y"})
+    out = eval_classification(bert.model, bert.tokenizer, task, ex, 3, 64)
     enc = bert.tokenizer([e["text"] for e in ex], padding=True, return_tensors="pt")
     with torch.no_grad():
         preds = bert.model(**enc).logits.argmax(-1).tolist()
@@ -106,12 +112,12 @@ def test_classification_on_a_sequence_classifier(tiny, task_files):
 
 def test_metric_helpers():
     recs = [{"pred": 1, "label": 1}, {"pred": 1, "label": 0}, {"pred": 0, "label": 0}, {"pred": 0, "label": 0}]
-    m = T.cls_metrics(recs)
+    m = cls_metrics(recs)
     assert m["accuracy"] == 0.75 and m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    assert T.normalize("The Baker!") == "baker" and T.token_f1("a red car", "the red car") == 1.0
-    assert T.kind("classification").agreement("accuracy", recs, [dict(r, pred=1) for r in recs]) == 0.5
+    assert normalize("The Baker!") == "baker" and token_f1("a red car", "the red car") == 1.0
+    assert kind("classification").agreement("accuracy", recs, [dict(r, pred=1) for r in recs]) == 0.5
     kinds = {"perplexity", "classification", "zero-shot-classification", "multiple-choice", "generation", "lm-eval"}
-    assert T.kind("lm-eval") is T.KINDS["lm-eval"] and set(T.KINDS) == kinds  # one class per kind, found by name
+    assert kind("lm-eval") is KINDS["lm-eval"] and set(KINDS) == kinds  # one class per kind, found by name
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox", "phi3", "gemma3_text"])
@@ -123,7 +129,7 @@ def test_shared_context_loglikelihoods_equal_full_sequences(arch, tiny):
     conts = [tok(c, add_special_tokens=False)["input_ids"] for c in [" Oslo", " in the port of Rome", " Lima", " x"]]
     single_ctx = tok("Review: fine\nSentiment:", add_special_tokens=False)["input_ids"]
     pairs = [(ctx, c) for c in conts] + [(single_ctx, [5]), (single_ctx, [9])]
-    got = T.loglikelihoods(m.model, pairs, batch_size=4, max_length=256)
+    got = loglikelihoods(m.model, pairs, batch_size=4, max_length=256)
     for (c, cont), value in zip(pairs, got):
         x = torch.tensor([c + cont])
         with torch.no_grad():
@@ -139,7 +145,7 @@ def test_shared_prefix_cache_equals_full_sequences(arch, tiny):
     prefix = tok("Review: great\nSentiment: positive\n\n", add_special_tokens=False)["input_ids"]
     ctxs = [tok(t, add_special_tokens=False)["input_ids"] for t in ["Review: dull and long\nSentiment:", "Review: ok\nSentiment:"]]
     pairs = [(c, [y]) for c in ctxs for y in (7, 11)] + [(ctxs[0], [7, 8, 9])]
-    got = T.loglikelihoods(m.model, pairs, batch_size=2, max_length=256, prefix=prefix)
+    got = loglikelihoods(m.model, pairs, batch_size=2, max_length=256, prefix=prefix)
     for (c, cont), value in zip(pairs, got):
         x = torch.tensor([prefix + c + cont])
         with torch.no_grad():
@@ -162,7 +168,7 @@ def test_generation_truncates_long_prompts_on_the_left(llama, task_files, monkey
 
     monkeypatch.setattr(llama.model, "generate", spy)
     before = llama.tokenizer.truncation_side
-    T.eval_generation(llama.model, llama.tokenizer, task, ex, 1, 64)
+    eval_generation(llama.model, llama.tokenizer, task, ex, 1, 64)
     ids = seen[0][0]
     assert len(ids) == 64 - task.max_new_tokens
     assert llama.tokenizer.decode(ids).endswith("Question: What does the fox do?\nAnswer:")

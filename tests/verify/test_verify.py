@@ -13,7 +13,7 @@ from verify.conftest import causal_profile, write_profile
 
 
 def test_retention_definitions():
-    from compressor.verify.tasks import kind
+    from compressor.verify.kinds.base import kind
 
     # each kind declares its metrics' direction: perplexity is lower-is-better, accuracy higher
     assert not kind("perplexity").higher_is_better("perplexity") and kind("classification").higher_is_better("accuracy")
