@@ -23,53 +23,6 @@ def perplexity(loaded, data) -> float:
     return math.exp(model_loss(loaded, data)[0])
 
 
-class PeakRSS:
-    """Peak resident memory of this process while the ``with`` block runs.
-
-    A thread samples RSS every 2 ms (torch releases the GIL inside kernels, so it keeps up); the
-    increment over the RSS on entry is what the block itself needed (activations, logits).
-    """
-
-    MB = 1024 * 1024
-
-    def __init__(self, interval: float = 0.002):
-        self.interval = interval
-
-    def __enter__(self) -> "PeakRSS":
-        import threading
-
-        import psutil
-
-        self._proc = psutil.Process()
-        self.baseline = self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / self.MB
-
-    @property
-    def baseline_mb(self) -> float:
-        return self.baseline / self.MB
-
-    @property
-    def increment_mb(self) -> float:
-        return (self.peak - self.baseline) / self.MB
-
-
 class ResultsPage:
     """Tee what a benchmark prints into ``docs/results/<name>.md``, headed by when, at which commit, on
     what and by which command it was measured; written only when the run completes.
@@ -79,9 +32,12 @@ class ResultsPage:
     """
 
     def __init__(self, name: str, title: str, enabled: bool = True, folder: str | None = None):
+        import sys
         from pathlib import Path
 
-        self.name, self.title, self.enabled = name, title, enabled
+        # `--help` prints usage and exits 0: that is not a measurement, so it never replaces the page
+        self.name, self.title = name, title
+        self.enabled = enabled and not {"-h", "--help"} & set(sys.argv[1:])
         self.folder = Path(folder) if folder else Path(__file__).resolve().parents[1] / "docs" / "results"
 
     def __enter__(self) -> "ResultsPage":

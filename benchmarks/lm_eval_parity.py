@@ -59,7 +59,8 @@ def main() -> int:
     from compressor.profiles import load_profile
     from compressor.sources.models import load_model
     from compressor.verify.api import check_task_data
-    from compressor.verify.tasks import encode_pair, kind
+    from compressor.verify.kinds.base import kind
+    from compressor.verify.loglik import encode_pair
 
     profile = load_profile("profiles/lm-eval.yaml")
     (h_task, h_items, h_shots), (o_task, o_items, o_shots) = check_task_data(profile)[0]

@@ -31,7 +31,7 @@ def main() -> None:
 
     from compressor.export.bench import BenchOptions, bench_models
     from compressor.export.convert import export_model
-    from compressor.prune.select import select_layers
+    from compressor.score.select import select_layers
     from compressor.prune.surgery import prune_model
     from compressor.score.api import score_layers
     from compressor.sources.data import CalibrationSpec, load_calibration

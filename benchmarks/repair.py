@@ -9,7 +9,7 @@ Why it is built this way:
 - one base model, one score report per scorer (the profile's calibration), the same cut for every
   repair of a size (layer 0 protected throughout, which the linear patch needs), so the rows differ
   only by the repair;
-- each cut is cut and repaired in memory with ``compressor.repair.api.repair_cut`` (the function
+- each cut is cut and repaired in memory with ``compressor.repair.methods.repair_cut`` (the function
   ``avss prune/repair/run --repair`` call), saved, reloaded as a user would load it and evaluated with
   ``compressor.verify.api.verify`` (base results come from the verify cache);
 - repair time and the process's peak RSS while repairing are measured per cut (one process, so the
@@ -29,8 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakRSS, revision  # noqa: E402
+from _common import revision  # noqa: E402
 from compressor import library_versions  # noqa: E402
+from compressor.export.peak_rss import PeakRSS  # noqa: E402
 
 START = time.perf_counter()
 STARTED = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -68,9 +69,10 @@ def parse_options(text: str) -> dict:
 
 def measure(args: argparse.Namespace) -> dict:
     from compressor.profiles import load_profile
-    from compressor.prune.select import select_layers
+    from compressor.score.select import select_layers
     from compressor.prune.surgery import save_checkpoint
-    from compressor.repair.api import RepairSettings, repair_cut
+    from compressor.repair.methods import repair_cut
+    from compressor.repair.settings import RepairSettings
     from compressor.score.api import score_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--leave-one-out", action="store_true", help="also run leave-one-out (31 passes, slow)")
     args = ap.parse_args()
 
-    from compressor.prune.select import select_layers
+    from compressor.score.select import select_layers
     from compressor.prune.surgery import remove_layers
     from compressor.score import methods
     from compressor.score.api import score_layers

@@ -31,8 +31,8 @@ Choices, said once:
   its config and shard size, reused when present; without ``--keep`` what this run built is deleted at the
   end (command outputs always are).
 
-Commands measured (``--stream`` / ``--no-stream`` and ``export --max-memory`` are detected from each
-command's ``--help`` once; a mode whose flag this build lacks is a row saying "not available in this
+Commands measured (``--stream`` / ``--no-stream`` and ``export --max-memory`` are looked up in the options each
+command declares in the ``avss`` app; a mode whose flag this build lacks is a row saying "not available in this
 build", and the command then runs once without the flag as the build's default, labelled so):
 
 - ``score --method block-influence --dtype bfloat16 --data builtin:python-docs --samples 16 --seq-len 256
@@ -66,6 +66,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ResultsPage  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
+from compressor.export.peak_rss import recorded_high_water  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = Path(__file__).resolve().parent / "scale_profile.yaml"
@@ -282,16 +283,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-_HELP: dict[str, set[str]] = {}
+_HELP: dict[str, set[str]] = {}  # command -> the option names it declares (what its --help lists)
 
 
 def flags_of(command: str) -> set[str]:
-    """The option names ``avss COMMAND --help`` lists (asked once per command)."""
+    """The option names ``avss COMMAND`` declares (both sides of ``--stream/--no-stream``), from the app itself."""
     if command not in _HELP:
-        env = dict(_env(), COLUMNS="400", NO_COLOR="1", TERM="dumb")
-        out = subprocess.run([sys.executable, "-m", "compressor", command, "--help"], capture_output=True,
-                             text=True, env=env, cwd=ROOT)
-        _HELP[command] = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", out.stdout + out.stderr))
+        import typer
+
+        from compressor.cli.app import app
+
+        params = typer.main.get_group(app).commands[command].params
+        _HELP[command] = {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
     return _HELP[command]
 
 
@@ -330,21 +333,17 @@ def measure(argv: list[str], log: Path, timeout: float | None, module: str = "co
         wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # reaped by wait4: Popen must not wait for it again
-    try:
-        peak = int(hwm.read_text().strip()) * 1024  # kB
-    except (OSError, ValueError):  # killed before it could write it: the (inflated) rusage figure, said
+    peak = recorded_high_water(str(hwm))
+    if peak is None:  # killed before it could write it: the (inflated) rusage figure, said
         peak = usage.ru_maxrss * 1024
     return wall, peak, code, timed_out, usage.ru_utime + usage.ru_stime
 
 
 # the child writes its own peak resident set (VmHWM, reset by exec) to a file as it exits, however it exits
 _HWM_LAUNCHER = """
-import atexit, sys
-def _hwm():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmHWM:'):
-            open({path!r}, 'w').write(line.split()[1])
-atexit.register(_hwm)
+import sys
+from compressor.export.peak_rss import record_high_water_at_exit
+record_high_water_at_exit({path!r})
 sys.argv = ['avss', *sys.argv[1:]]
 {code}
 """

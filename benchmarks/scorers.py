@@ -44,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _scorers_report import render  # noqa: E402
 
-from _common import PeakRSS, revision  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
+from _common import revision  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
 from compressor import library_versions  # noqa: E402
+from compressor.export.peak_rss import PeakRSS  # noqa: E402
 
 START = time.perf_counter()
 
@@ -60,14 +61,14 @@ class ScorerPlan:
     label: str
     method: str
     mode: str | None = None
-    seed: int = 0
+    seed: int | None = None  # set for a scorer run under several seeds (random); None: it takes no seed
     objective: str | None = None  # SLEB's loss (nll when None)
     samples: int | None = None  # calibration samples when fewer than the profile's (stated on the page)
 
     @property
     def group(self) -> str:
-        """Random seeds are one scorer in the tables (mean and spread)."""
-        return "random" if self.method == "random" else self.id
+        """One scorer's seeds are one scorer in the tables (mean and spread)."""
+        return self.method if self.seed is not None else self.id
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ QUICK_CUTS = {"smollm2": (1, 7), "minilm": (1,)}
 
 # ------------------------------------------------------------------------------ scoring child
 
+def in_rounds(scorer: Any) -> bool:
+    """Its cuts come from removal rounds, one block each, up to ``max_remove`` (SLEB, greedy patch residual)."""
+    return "max_remove" in scorer.own_options
+
+
 def _forward_kwargs(loaded: Any, batch: dict[str, Any]) -> dict[str, Any]:
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if loaded.adapter.family == "decoder":
@@ -128,10 +134,12 @@ def run_child(job_file: str) -> None:
     import torch
 
     from compressor.score.api import score_layers
+    from compressor.score.methods import get_scorer
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
 
     job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    scorer = None if job["method"] == "forward" else get_scorer(job["method"])
     torch.set_num_threads(job["threads"])
     loaded = load_model(job["model"])
     data = load_calibration(CalibrationSpec(**job["calibration"]), loaded.tokenizer, loaded.adapter.family)
@@ -140,8 +148,8 @@ def run_child(job_file: str) -> None:
     gc.collect()
 
     def progress(done: int, total: int) -> None:
-        if job["method"] in ("leave-one-out", "sleb") and (done % 5 == 0 or done == total):
-            what = "layers skipped" if job["method"] == "leave-one-out" else "round x batch steps"
+        if scorer is not None and scorer.multi_pass and (done % 5 == 0 or done == total):
+            what = "round x batch steps" if in_rounds(scorer) else "layers skipped"
             print(f"    {job['label']}: {done}/{total} {what}", file=sys.stderr, flush=True)
 
     with PeakRSS() as rss:
@@ -310,7 +318,7 @@ def bench_cuts(plan: ModelPlan, base: Any, cuts: dict[int, dict[str, Any]], work
 
 def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work: Path) -> dict[str, Any]:
     from compressor.profiles import load_profile
-    from compressor.prune.select import select_layers
+    from compressor.score.select import select_layers
     from compressor.run.search import Candidate, search_method
     from compressor.score.api import score_layers
     from compressor.score.methods import get_scorer
@@ -346,7 +354,7 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
             log(f"{plan.key}: scoring with {sc.label}")
             out = work / f"{plan.key}-{sc.id}.json"
             opts: dict[str, Any] = {}
-            if "max_remove" in get_scorer(sc.method).own_options:  # SLEB, greedy patch residual: nested rounds
+            if in_rounds(get_scorer(sc.method)):
                 opts["max_remove"] = min(plan.sleb_rounds, L - 1)
             if sc.objective:
                 opts["objective"] = sc.objective
@@ -355,7 +363,7 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
                                   "out": str(out), "options": opts}, work)
             reports[sc.id] = ScoreReport.load(out)
         else:
-            reports[sc.id] = score_layers(base, sc.method, seed=sc.seed)
+            reports[sc.id] = score_layers(base, sc.method, seed=sc.seed or 0)
     secs["scoring"] = time.perf_counter() - t
 
     # 2. the grid: every scorer x cut size, every task
@@ -383,7 +391,7 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
                              {n: res[n]["retention"] for n in done}, {n: res[n]["threshold"] for n in done})
 
         scorer = get_scorer(sc.method)
-        limit = min(max_remove, plan.sleb_rounds) if "max_remove" in scorer.own_options else max_remove
+        limit = min(max_remove, plan.sleb_rounds) if in_rounds(scorer) else max_remove
         best, cands = search_method(sc.id, check, limit, nested=scorer.nested_cuts)
         search[sc.id] = {"best": best, "candidates": [asdict(c) for c in sorted(cands, key=lambda c: c.k)]}
         log(f"{plan.key}: {sc.label}: largest passing cut {best} layer(s)")
@@ -415,16 +423,21 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
                     "calibration": calib, "tasks": tasks},
         "cuts": list(plan.cuts), "claim_cuts": list(plan.claim_cuts), "max_remove": max_remove,
         "scorers": [{"id": sc.id, "label": sc.label, "group": sc.group, "method": sc.method, "mode": sc.mode,
-                     "seed": sc.seed if sc.method == "random" else None,
-                     "objective": sc.objective, "samples": sc.samples,
-                     "passes": ("iterative" if sc.method == "sleb" else "L + 1" if get_scorer(sc.method).multi_pass
-                                else "1" if get_scorer(sc.method).needs_data else "0"),
+                     "seed": sc.seed, "objective": sc.objective, "samples": sc.samples,
+                     "passes": _passes(get_scorer(sc.method)),
                      "ranking": reports[sc.id].ranking, "warnings": reports[sc.id].warnings} for sc in scorers],
         "grid": grid, "search": search, "speed": {"threads": threads, **speed}, "onnx": onnx,
         "evaluations": {"cuts": len(ev.results), "computed": ev.computed, "cached": ev.cached},
         "verify_warnings": ev.warnings,
         "seconds": {k: round(v, 1) for k, v in secs.items()},
     }
+
+
+def _passes(scorer: Any) -> str:
+    """Passes over the calibration data, as the tables state them."""
+    if scorer.multi_pass:
+        return "iterative" if in_rounds(scorer) else "L + 1"
+    return "1" if scorer.needs_data else "0"
 
 
 # ----------------------------------------------------------------------------------------- main

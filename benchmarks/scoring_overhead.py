@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakRSS  # noqa: E402  (also sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
+import _common  # noqa: E402, F401  (sets HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM)
+from compressor.export.peak_rss import PeakRSS  # noqa: E402
 
 MODEL = "builtin:smollm2-135m"
 BASELINES = ("forward", "body")

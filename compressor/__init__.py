@@ -17,7 +17,7 @@ _PUBLIC = {
     "calibration_spec": "compressor.profiles",
     "score_layers": "compressor.score.api",
     "score_checkpoint": "compressor.score.api",
-    "select_layers": "compressor.prune.select",
+    "select_layers": "compressor.score.select",
     "prune_model": "compressor.prune.surgery",
     "prune_checkpoint": "compressor.prune.api",
     "cut_provenance": "compressor.prune.provenance",

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)-[0-9a-f]
 
 
 def _tmp_name(name: str) -> str:
-    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    return f".{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def pid_alive(pid: int) -> bool:

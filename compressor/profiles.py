@@ -3,7 +3,7 @@
 One schema, validated strictly (unknown keys refused) so a typo never silently disables a check.
 ``calibration`` feeds ``score`` / ``prune``; ``tasks``, ``gate`` and ``eval`` drive ``verify``. A task's
 entry is its kind's schema (``TaskKind.Entry``), picked by ``kind`` from the registry in
-``compressor.verify.tasks``: adding a kind never touches this file.
+``compressor.verify.kinds``: adding a kind never touches this file.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Profile(_Strict):
         validated: a kind registered at any time is one profiles can name, and importing this module leaves
         the ``compressor.verify`` package unimported (once imported, ``compressor.verify`` names it, not the
         lazily exported function)."""
-        from compressor.verify.tasks import all_kinds
+        from compressor.verify.kinds.base import all_kinds
 
         return _entries(tuple(k.Entry for k in all_kinds())).validate_python(value)
 
@@ -74,7 +74,7 @@ class Profile(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"task names must be unique (repeated: {', '.join(dup)})")
-        from compressor.verify.tasks import kind
+        from compressor.verify.kinds.base import kind
 
         for t in self.tasks:
             why = kind(t.kind).misfit(t.name, self.model_kind)
@@ -93,7 +93,7 @@ def _entries(entries: tuple[type, ...]) -> TypeAdapter[Any]:
 def load_profile(path: str | Path) -> Profile:
     import yaml
 
-    from compressor.verify.tasks import all_kinds
+    from compressor.verify.kinds.base import all_kinds
 
     path = Path(path)
     if not path.exists():

@@ -2,8 +2,8 @@
 
 Why a separate process: RSS and session-creation time only describe the model in a process that has
 not loaded torch, transformers or another model. This module therefore imports only onnxruntime,
-numpy, psutil, the standard library and ``compressor.export.runtime`` (stdlib-only at import time); a test checks
-the list it reports in ``modules``.
+numpy, psutil, the standard library, ``compressor.export.runtime`` and ``compressor.export.peak_rss`` (both
+stdlib-only at import time); a test checks the list it reports in ``modules``.
 
 JOB keys: parent (the pid this worker dies with), model, provider, threads, batch_size, prompt_len, new_tokens, warmup, runs, io_binding
 (null: on for CUDA only; true on CPU exercises the CUDA code path), seed, genai_folder (a GenAI folder: timed
@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import resource
 import sys
 import threading
 import time
@@ -26,8 +25,8 @@ import numpy as np
 import psutil
 
 from compressor.export import runtime
+from compressor.export.peak_rss import MB, PeakRSS, lifetime_peak_mb
 
-MB = float(2**20)
 PAST = "past_key_values"
 PRESENT = "present"
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "token_type_ids"}
@@ -83,39 +82,6 @@ def nvml_used_mb() -> float | None:
     """Device memory used now (MB), or None when NVML is absent (a CPU-only machine)."""
     nvml = Nvml.open()
     return None if nvml is None else nvml.used_mb()
-
-
-class PeakSampler:
-    """Samples RSS (and device memory) every ``interval`` s in a thread; used only in the memory pass,
-    because ORT's spinning intra-op threads and this thread would otherwise distort the timings."""
-
-    def __init__(self, proc: psutil.Process, nvml: Nvml | None, interval: float = 0.001):
-        self.proc, self.nvml, self.interval = proc, nvml, interval
-        self.rss_peak = 0
-        self.device_peak: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _sample(self) -> None:
-        self.rss_peak = max(self.rss_peak, self.proc.memory_info().rss)
-        if self.nvml is not None:
-            used = self.nvml.used_mb()
-            self.device_peak = used if self.device_peak is None else max(self.device_peak, used)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakSampler":
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 Runner = Callable[[dict[str, Any]], dict[str, Any]]
@@ -295,12 +261,13 @@ def timed(job: dict[str, Any], generate: Callable[[], tuple[float, list[float]]]
         p, steps = generate()
         prompt_ms.append(p)
         step_ms.extend(steps)
-    with PeakSampler(loaded.proc, loaded.nvml) as sampler:
+    # every 1 ms, in this pass only: next to ORT's spinning intra-op threads, the sampler would distort timings
+    with PeakRSS(0.001, loaded.nvml.used_mb if loaded.nvml else None) as sampler:
         generate()
     return {
         "threads": job["threads"], "session_create_s": loaded.create_s,
         "rss_before_session_mb": loaded.rss_before / MB, "rss_after_session_mb": loaded.rss_after / MB,
-        "rss_peak_mb": max(sampler.rss_peak, loaded.rss_after) / MB, "ru_maxrss_mb": _maxrss_mb(),
+        "rss_peak_mb": max(sampler.peak, loaded.rss_after) / MB, "ru_maxrss_mb": lifetime_peak_mb(),
         "device_mem_before_mb": loaded.dev_before, "device_mem_after_mb": loaded.dev_after,
         "device_mem_peak_mb": None if sampler.device_peak is None else max(sampler.device_peak, loaded.dev_after or 0.0),
         "prompt_ms": prompt_ms, "step_ms": step_ms, "modules": sorted({m.split(".")[0] for m in sys.modules}),
@@ -327,11 +294,6 @@ def measure_genai(job: dict[str, Any]) -> dict[str, Any]:
         "versions": {"onnxruntime_genai": version, "numpy": np.__version__, "psutil": psutil.__version__},
         **timed(job, work.generate, loaded.done()),
     }
-
-
-def _maxrss_mb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:

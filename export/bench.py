@@ -12,6 +12,9 @@ Method (why each step):
 
 The first model is the reference; the others get ratios against it and against the ideal
 (kept layers / total layers, kept parameters / total parameters).
+
+This module runs the measurement; the models' resolution and restaging are ``bench_targets``, the report's
+types and ratios ``bench_report``, and writing it ``bench_output``.
 """
 from __future__ import annotations
 
@@ -22,16 +25,18 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from compressor.defaults import BENCH, PROVIDER
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export import layout, runtime
-from compressor.files import atomic_write_figure, atomic_write_text, check_output_file, clean_temp, make_temp_dir
 
-SCHEMA_VERSION = 1
+from compressor.export.bench_report import BenchReport, ModelBench, Percentiles, ratios
+from compressor.export.bench_targets import Target, resolve, restage
+from compressor.files import clean_temp, make_temp_dir
+
 TEMP_PREFIX = "avss-bench"
 WORKER_FILE = str(Path(__file__).resolve().with_name("_bench_worker.py"))
 
@@ -67,117 +72,6 @@ class BenchOptions:
         return self.threads or psutil.cpu_count(logical=False) or 1
 
 
-@dataclass
-class Percentiles:
-    p50: float
-    p90: float
-    p99: float
-
-    @classmethod
-    def of(cls, samples: list[float]) -> "Percentiles | None":
-        if not samples:
-            return None
-        import numpy as np
-
-        p50, p90, p99 = (float(v) for v in np.percentile(np.asarray(samples, dtype=np.float64), [50, 90, 99]))
-        return cls(p50, p90, p99)
-
-
-@dataclass
-class ModelBench:
-    """One model: metadata, pooled latency percentiles (ms) and memory (MB) over all rounds."""
-
-    path: str
-    kind: str  # decoder | encoder
-    layers: int | None
-    params: int
-    file_mb: float
-    restaged: bool  # weights were inside model.onnx and were moved to external data for the measurement
-    removed_layers: list[int] | None  # from compression.json, when the folder has one
-    kept_layers: list[int] | None
-    provider: str
-    io_binding: bool
-    session_create_s: float  # median over rounds (a GenAI folder: onnxruntime-genai's Model)
-    prefill_ms: Percentiles | None  # decoders: the prompt pass
-    decode_ms_per_token: Percentiles | None  # decoders: every decode step of every run
-    tokens_per_s: float | None  # batch / median decode step
-    batch_ms: Percentiles | None  # encoders: one forward pass over batch x prompt_len
-    sequences_per_s: float | None
-    rss_before_session_mb: float  # memory fields: the maximum over rounds
-    rss_after_session_mb: float
-    model_rss_mb: float  # after - before session creation: the model's own memory
-    rss_peak_mb: float  # during a warm generation, sampled every 1 ms
-    ru_maxrss_mb: float  # worker lifetime peak, imports included
-    device_mem_before_mb: float | None  # CUDA only (NVML, whole device)
-    device_mem_after_mb: float | None
-    device_mem_peak_mb: float | None
-    notes: list[str] = field(default_factory=list)  # e.g. which provider ``auto`` got
-    samples: dict[str, list[float]] = field(default_factory=dict)  # pooled raw timings (ms)
-    # what timed it: a raw ONNX Runtime session, or for a GenAI folder onnxruntime-genai's Generator (what serves it)
-    runtime: str = "onnxruntime"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["samples"] = {k: [round(v, 4) for v in vs] for k, vs in self.samples.items()}
-        return d
-
-
-@dataclass
-class Ratio:
-    """One model against the reference (the first). ``*_ratio`` is model / reference (lower is better),
-    the ideal is ``layer_ratio`` (or ``param_ratio``), and ``*_vs_ideal`` = ratio / layer_ratio
-    (1.0: latency shrank exactly with the layers; above 1: less gain than the cut promises)."""
-
-    model: str
-    reference: str
-    layer_ratio: float | None
-    param_ratio: float | None
-    file_ratio: float | None
-    decode_speedup: float | None
-    decode_ratio: float | None
-    decode_vs_ideal: float | None
-    prefill_ratio: float | None
-    prefill_vs_ideal: float | None
-    batch_ratio: float | None
-    batch_vs_ideal: float | None
-    rss_peak_ratio: float | None
-    model_rss_ratio: float | None
-    device_mem_ratio: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class BenchReport:
-    provider: str
-    settings: dict[str, Any]
-    models: list[ModelBench]
-    ratios: list[Ratio]
-
-    @property
-    def notes(self) -> list[str]:
-        return list(dict.fromkeys(n for m in self.models for n in m.notes))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "provider": self.provider,
-            "settings": self.settings,
-            "models": [m.to_dict() for m in self.models],
-            "ratios": [r.to_dict() for r in self.ratios],
-        }
-
-
-@dataclass
-class _Target:
-    path: str  # as the user gave it
-    model_file: Path  # the original .onnx
-    folder: Path  # holds config.json / compression.json
-    measured: Path  # what the worker loads (the original or the restaged copy)
-    restaged: bool = False
-
-
 def check_positions(prompt_len: int, new_tokens: int, config: Any, decoder: bool, flag: str = "--prompt-len") -> None:
     """Refuse a benchmark longer than the model's positions before anything is allocated.
 
@@ -193,35 +87,6 @@ def check_positions(prompt_len: int, new_tokens: int, config: Any, decoder: bool
         what = f"{prompt_len} prompt + {new_tokens} new tokens" if decoder else f"{prompt_len} tokens"
         raise BadInput(f"the benchmark needs {what} = {need} positions, but the model has {limit}",
                        f"lower {flag} (and the new tokens) to fit {limit} positions")
-
-
-def _resolve(path: str) -> _Target:
-    p = Path(path)
-    if not p.exists():
-        raise BadInput(f"{path} does not exist", "give an export folder (from `avss export`) or a .onnx file")
-    model_file = layout.onnx_path(p)
-    if p.is_dir() and not model_file.is_file():
-        raise BadInput(f"{path} has no {layout.ONNX_FILE}", "give a folder written by `avss export`, or the .onnx file")
-    if p.is_file() and p.suffix != ".onnx":
-        raise BadInput(f"{path} is not a .onnx file", "give an export folder or a .onnx file")
-    layout.check_onnx_files(model_file)
-    return _Target(path, model_file, p if p.is_dir() else p.parent, model_file)
-
-
-def _uses_external_data(t: _Target) -> bool:
-    try:
-        return layout.uses_external_data(t.model_file)
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
-        raise BadInput(f"{t.model_file} cannot be read as an ONNX model ({type(exc).__name__}: {exc})",
-                       "re-export it with `avss export`") from exc
-
-
-def _restage(t: _Target, folder: Path) -> Path:
-    try:
-        return layout.store_external_data(t.model_file, folder)
-    except OSError as exc:
-        raise RuntimeFailure(f"re-saving {t.model_file} with external data in {folder.parent} failed: {exc}",
-                             "free disk space there, or point TMPDIR at a larger disk") from exc
 
 
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +130,7 @@ def _max(rounds: list[dict[str, Any]], key: str) -> float | None:
     return max(vals) if vals else None
 
 
-def _summarise(t: _Target, rounds: list[dict[str, Any]], batch: int) -> ModelBench:
+def _summarise(t: Target, rounds: list[dict[str, Any]], batch: int) -> ModelBench:
     import numpy as np
 
     first = rounds[0]
@@ -306,51 +171,12 @@ def _summarise(t: _Target, rounds: list[dict[str, Any]], batch: int) -> ModelBen
     )
 
 
-def _div(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b <= 0 else a / b
-
-
-def _p50(p: Percentiles | None) -> float | None:
-    return None if p is None else p.p50
-
-
-def _own_device_mb(b: ModelBench) -> float | None:
-    """Device memory the model added (peak - before); NVML reads the whole device."""
-    if b.device_mem_peak_mb is None or b.device_mem_before_mb is None:
-        return None
-    return b.device_mem_peak_mb - b.device_mem_before_mb
-
-
-def _ratio(m: ModelBench, ref: ModelBench) -> Ratio:
-    layer_ratio = _div(m.layers, ref.layers)
-    decode = _div(_p50(m.decode_ms_per_token), _p50(ref.decode_ms_per_token))
-    prefill = _div(_p50(m.prefill_ms), _p50(ref.prefill_ms))
-    batch = _div(_p50(m.batch_ms), _p50(ref.batch_ms))
-    return Ratio(
-        model=m.path,
-        reference=ref.path,
-        layer_ratio=layer_ratio,
-        param_ratio=_div(m.params, ref.params),
-        file_ratio=_div(m.file_mb, ref.file_mb),
-        decode_speedup=_div(_p50(ref.decode_ms_per_token), _p50(m.decode_ms_per_token)),
-        decode_ratio=decode,
-        decode_vs_ideal=_div(decode, layer_ratio),
-        prefill_ratio=prefill,
-        prefill_vs_ideal=_div(prefill, layer_ratio),
-        batch_ratio=batch,
-        batch_vs_ideal=_div(batch, layer_ratio),
-        rss_peak_ratio=_div(m.rss_peak_mb, ref.rss_peak_mb),
-        model_rss_ratio=_div(m.model_rss_mb, ref.model_rss_mb),
-        device_mem_ratio=_div(_own_device_mb(m), _own_device_mb(ref)),
-    )
-
-
 def bench_models(paths: list[str], options: BenchOptions,
                  progress: Callable[[str], None] | None = None) -> BenchReport:
     """Measure every model (the first is the reference) and compare the others against it.
 
     Raises BadInput (missing model, unusable provider, models on different providers or of different
-    kinds) or RuntimeFailure (a session or run failed). Nothing is written; see ``write_json``/``save_plot``.
+    kinds) or RuntimeFailure (a session or run failed). Nothing is written; see ``bench_output``.
     """
     if not paths:
         raise BadInput("no model given", "avss bench FULL_DIR [SLIM_DIR ...]")
@@ -361,7 +187,7 @@ def bench_models(paths: list[str], options: BenchOptions,
     from compressor.export.layout import genai_kv_shape
 
     say = progress or (lambda msg: None)
-    targets = [_resolve(p) for p in paths]
+    targets = [resolve(p) for p in paths]
     for t in targets:
         cfg = layout.read_config(t.folder)
         check_positions(options.prompt_len, options.new_tokens, cfg, layout.has_kv_cache(t.model_file))
@@ -373,10 +199,7 @@ def bench_models(paths: list[str], options: BenchOptions,
     clean_temp(TEMP_PREFIX)  # what a killed benchmark left in the temp dir
     staging = make_temp_dir(TEMP_PREFIX)
     try:
-        for i, t in enumerate(targets):
-            if not _uses_external_data(t):
-                say(f"{t.path}: weights are inside {t.model_file.name}; re-saving with external data for a fair comparison")
-                t.measured, t.restaged = _restage(t, staging / str(i)), True
+        restage(targets, staging, say)
         for r in range(options.rounds):
             for i, t in enumerate(targets):
                 say(f"measuring {t.path} (round {r + 1}/{options.rounds}) ...")
@@ -407,7 +230,7 @@ def bench_models(paths: list[str], options: BenchOptions,
         "machine": {"cpu_count": os.cpu_count(), "cpu_count_physical": _physical_cores(),
                     "platform": platform.platform(), "processor": platform.machine()},
     }
-    return BenchReport(first["provider"], settings, models, [_ratio(m, models[0]) for m in models[1:]])
+    return BenchReport(first["provider"], settings, models, ratios(models))
 
 
 def _physical_cores() -> int | None:
@@ -416,7 +239,7 @@ def _physical_cores() -> int | None:
     return psutil.cpu_count(logical=False)
 
 
-def _check_same(targets: list[_Target], results: list[list[dict[str, Any]]], i: int) -> None:
+def _check_same(targets: list[Target], results: list[list[dict[str, Any]]], i: int) -> None:
     """Comparisons across providers or model kinds are meaningless: stop as soon as one differs."""
     ref, new = results[0][0], results[i][-1]
     if new["provider"] != ref["provider"]:
@@ -425,55 +248,3 @@ def _check_same(targets: list[_Target], results: list[list[dict[str, Any]]], i: 
     if new["kind"] != ref["kind"]:
         raise BadInput(f"cannot compare {targets[0].path} ({ref['kind']}) with {targets[i].path} ({new['kind']})",
                        "bench models of the same kind together")
-
-
-def output_paths(json_path: str | None, plot_path: str | None, force: bool) -> tuple[Path | None, Path | None]:
-    """Resolve the outputs before measuring (the plot defaults to the --json path with .png) and refuse
-    to overwrite existing files without ``force``."""
-    j = Path(json_path) if json_path else None
-    p = Path(plot_path) if plot_path else (j.with_suffix(".png") if j else None)
-    if j is not None and p is not None and j.resolve() == p.resolve():
-        raise BadInput(f"--json and --plot are both {j}", "give the plot a .png name")
-    for f, flag in ((j, "--json"), (p, "--plot")):
-        if f is not None:
-            check_output_file(f, flag, force)
-    return j, p
-
-
-def write_json(report: BenchReport, path: str | Path) -> Path:
-    """bench.json, written atomically (temporary file + rename)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def _label(path: str) -> str:
-    """A short axis label: the folder name for ``.../model.onnx``, else the last path component."""
-    p = Path(path)
-    return (p.parent.name if p.name == layout.ONNX_FILE else p.name) or path
-
-
-def save_plot(report: BenchReport, path: str | Path) -> Path:
-    """Box plots of the pooled latency samples per model (prefill and per-token decode, or per batch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    names = [_label(m.path) for m in report.models]
-    keys = [("prefill_ms", "prefill (ms)"), ("decode_ms", "decode (ms / token)")]
-    if report.models[0].kind == "encoder":
-        keys = [("batch_ms", "forward pass (ms / batch)")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(max(5.0, 1.6 * len(names) + 2) * len(keys), 3.8), dpi=110,
-                             squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys):
-        ax.boxplot([m.samples[key] for m in report.models], showfliers=True)
-        ax.set_xticks(range(1, len(names) + 1), names, fontsize=7, rotation=15)
-        ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-    s = report.settings
-    fig.suptitle(f"{report.provider}, batch {s['batch_size']}, prompt {s['prompt_len']}, "
-                 f"{s['threads']} threads, {s['runs']} runs x {s['rounds']} rounds", fontsize=9)
-    fig.tight_layout()
-    return atomic_write_figure(fig, path)

@@ -1,6 +1,6 @@
 """An ONNX export as a model ``verify`` can evaluate: what ships is what is gated.
 
-The task evaluators (``compressor.verify.tasks``) call a small part of a transformers model:
+The task evaluators (``compressor.verify.kinds``) call a small part of a transformers model:
 ``model(input_ids=…, attention_mask=…, past_key_values=…, use_cache=…).logits``, a KV cache with
 ``batch_repeat_interleave`` / ``get_seq_length`` (shared few-shot and context prefixes), greedy
 ``generate`` and ``get_input_embeddings().weight.device``. ``OrtModelForCausalLM`` and

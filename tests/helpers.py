@@ -81,8 +81,8 @@ def grouped(*, cut: bool = False, **flags):
     """Flat flag values, as a user types them, grouped into the settings the library's one-call commands take
     (as the CLI shell groups them): ``scorer``, ``calibration``, ``repair``, ``load`` and, with ``cut``, ``cut``.
     Flags that belong to no group (``scores``, ``out``, ``protect`` on score, ...) pass through."""
-    from compressor.prune.select import CutSettings
-    from compressor.repair.api import repair_settings
+    from compressor.repair.methods import repair_settings
+    from compressor.score.select import CutSettings
     from compressor.score.settings import ScorerSettings
     from compressor.sources.memory import parse_size
     from compressor.sources.settings import CalibrationSettings, LoadSettings

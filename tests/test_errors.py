@@ -20,13 +20,13 @@ def test_known_failures_get_their_own_advice(exc, code, words):
 
 
 def test_any_other_runtime_error_is_not_answered_with_batch_size_advice(tiny, tmp_path, capsys, monkeypatch):
-    from compressor.verify import tasks
+    from compressor.verify.kinds.perplexity import Perplexity
 
     def broken(self, *a, **k):
         raise RuntimeError("index 7 is out of bounds for dimension 0 with size 3")
 
     monkeypatch.setenv("AVSS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(tasks.Perplexity, "evaluate", broken)
+    monkeypatch.setattr(Perplexity, "evaluate", broken)
     model = str(tiny("llama"))
     code, _, err = run(["verify", model, model, "--profile", str(write_ppl_profile(tmp_path, 0.5)),
                         "--report-dir", str(tmp_path / "r")], capsys)

@@ -41,7 +41,7 @@ def test_the_public_api_resolves_lazily():
 def test_the_library_has_no_import_cycles():
     """Every import in compressor/ and export/ (module level and inside functions) points one way: a
     module never imports, directly or through others, a module that imports it. (Plugins that carry an
-    optional dependency are loaded by name: verify.tasks.PLUGIN_KINDS, the built-in classifier.)"""
+    optional dependency are loaded by name: verify.kinds.base.PLUGIN_KINDS, the built-in classifier.)"""
     import ast
 
     mods = {}
@@ -77,6 +77,63 @@ def test_the_library_has_no_import_cycles():
             visit(m)
 
 
+# the library's floors, lowest first (docs/architecture.md): a module imports only from its own floor or below,
+# so a reader can learn the pipeline bottom-up and a change to a floor cannot reach down
+FLOORS = [
+    ("base", ["compressor.errors", "compressor.defaults", "compressor.registry", "compressor.diagnostics",
+              "compressor.files", "compressor.fingerprint"]),
+    ("architectures", ["compressor.architectures"]),
+    ("sources", ["compressor.sources"]),
+    ("score", ["compressor.score"]),
+    ("cut", ["compressor.prune"]),  # less prune.api, the command
+    ("repair", ["compressor.repair"]),
+    ("commands", ["compressor.prune.api", "compressor.repair.api"]),
+    ("verify", ["compressor.profiles", "compressor.verify"]),
+    ("export", ["compressor.export"]),
+    ("run", ["compressor.run"]),
+    ("cli", ["compressor.cli", "compressor.__main__"]),
+]
+
+
+def _floor(module: str) -> int | None:
+    found = [(len(p), i) for i, (_, prefixes) in enumerate(FLOORS) for p in prefixes
+             if module == p or module.startswith(p + ".")]
+    return max(found)[1] if found else None
+
+
+def test_imports_run_down_the_floors():
+    """Every import in compressor/ and export/, at module level or inside a function, reaches the importer's
+    floor or one below it; every module has a floor (a new package is placed on purpose)."""
+    import ast
+
+    up, homeless = [], []
+    for base, pkg in ((ROOT / "compressor", "compressor"), (ROOT / "export", "compressor.export")):
+        for f in sorted(base.rglob("*.py")):
+            parts = [p for p in f.relative_to(base).with_suffix("").parts if p != "__init__"]
+            me = ".".join([pkg, *parts])
+            if me == "compressor":
+                continue  # the root only maps public names to their modules, lazily
+            mine = _floor(me)
+            if mine is None:
+                homeless.append(me)
+                continue
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else
+                         [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                for n in names:
+                    theirs = _floor(n) if n.startswith("compressor.") else None
+                    if theirs is not None and theirs > mine:
+                        up.append(f"{me} ({FLOORS[mine][0]}) imports {n} ({FLOORS[theirs][0]})")
+    assert not homeless, f"modules on no floor (add them to FLOORS and docs/architecture.md): {homeless}"
+    assert not up, up
+
+
+def test_a_floor_violation_is_seen():
+    assert _floor("compressor.score.patch") == 3 and _floor("compressor.prune.api") == 6
+    assert _floor("compressor.prune.surgery") == 4 < _floor("compressor.repair.linear") == 5
+    assert _floor("compressor.export.bench") == 8 and _floor("compressor.verify.kinds.base") == 7
+
+
 def test_no_code_outside_a_registry_compares_a_scorer_repair_or_exporter_name():
     """Callers ask the registries (scorers, repairs, exporters; task kinds have their own check in
     tests/verify/test_kinds.py): a comparison with a registered name outside its registry is dispatch
@@ -84,7 +141,7 @@ def test_no_code_outside_a_registry_compares_a_scorer_repair_or_exporter_name():
     import ast
 
     from compressor.export.exporters import EXPORTERS
-    from compressor.repair.api import REPAIRS
+    from compressor.repair.methods import REPAIRS
     from compressor.score.methods import SCORERS
 
     registries = {

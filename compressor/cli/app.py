@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help and usage errors, as optimum-cli's argparse: rich's help renderer imports markdown and
+    # traceback machinery (~80 ms), which every `--help` and mistyped flag would pay
+    rich_markup_mode=None,
 )
 
 _state = {"debug": False}

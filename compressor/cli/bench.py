@@ -11,7 +11,7 @@ from compressor.cli import options as o
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from compressor.export.bench import BenchReport, Percentiles
+    from compressor.export.bench_report import BenchReport, Percentiles
 
 
 def bench(
@@ -31,7 +31,8 @@ def bench(
     import time
 
     from compressor.cli.output import note, out
-    from compressor.export.bench import BenchOptions, bench_models, output_paths, save_plot, write_json
+    from compressor.export.bench import BenchOptions, bench_models
+    from compressor.export.bench_output import output_paths, save_plot, write_json
 
     options = BenchOptions(provider=provider, batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens,
                            warmup=warmup, runs=runs, rounds=rounds, threads=threads)

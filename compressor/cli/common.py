@@ -78,7 +78,7 @@ def print_repair(record: dict[str, Any]) -> None:
     from rich.table import Table
 
     from compressor.cli.output import note, out
-    from compressor.repair.api import evidence
+    from compressor.repair.methods import evidence
 
     for ev in evidence(record):
         if ev.columns:

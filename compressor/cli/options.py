@@ -9,7 +9,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar, get_args, get_or
 import typer
 from typer.models import ParameterInfo
 
-from compressor.repair.api import choices as repair_choices
+from compressor.repair.methods import choices as repair_choices
 from compressor.score.methods import SCORERS, last_state_scorers, names_text, option_scorers
 
 
@@ -166,7 +166,7 @@ def _scorer(method: Optional[str], seed: int, avss_mode: AvssMode = None, object
 def _repair(repair: Optional[str], seed: int, ridge: Ridge = None, heal_steps: HealSteps = None,
             heal_tokens: HealTokens = None, heal_lr: HealLr = None, heal_loss: HealLoss = None,
             heal_minutes: HealMinutes = None) -> Any:
-    from compressor.repair.api import repair_settings
+    from compressor.repair.methods import repair_settings
 
     return repair_settings(repair, ridge=ridge, heal_steps=heal_steps, heal_tokens=heal_tokens, heal_lr=heal_lr,
                            seed=seed, heal_loss=heal_loss, heal_minutes=heal_minutes)
@@ -175,4 +175,4 @@ def _repair(repair: Optional[str], seed: int, ridge: Ridge = None, heal_steps: H
 LOAD = Group(_load)  # -> compressor.sources.settings.LoadSettings
 CALIBRATION = Group(_calibration)  # -> CalibrationSettings, the profile loaded
 SCORER = Group(_scorer)  # -> compressor.score.settings.ScorerSettings
-REPAIR = Group(_repair)  # -> compressor.repair.api.RepairSettings, validated
+REPAIR = Group(_repair)  # -> compressor.repair.settings.RepairSettings, validated

@@ -4,26 +4,49 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
 
-# tables are data: when piped, do not squeeze them into 80 columns
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+    out: Console
+    err: Console
+
+
+def __getattr__(name: str) -> Any:
+    """``out`` and ``err``, made on first use: rich's console costs ~30 ms to import, which ``avss --help``
+    and every argument error would pay for nothing."""
+    if name not in ("out", "err"):
+        raise AttributeError(name)
+    from rich.console import Console
+
+    # tables are data: when piped, do not squeeze them into 80 columns
+    made = (Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160) if name == "out"
+            else Console(stderr=True, soft_wrap=True))
+    globals()[name] = made
+    return made
+
+
+def _err() -> Any:
+    return __getattr__("err") if "err" not in globals() else globals()["err"]
 
 
 def note(msg: str) -> None:
-    err.print(escape(msg), highlight=False)
+    from rich.markup import escape
+
+    _err().print(escape(msg), highlight=False)
 
 
 def warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
+    from rich.markup import escape
+
+    _err().print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
 
 
 def error(msg: str) -> None:
-    err.print(f"[red]error:[/red] {escape(msg)}", highlight=False)
+    from rich.markup import escape
+
+    _err().print(f"[red]error:[/red] {escape(msg)}", highlight=False)
 
 
 class SinkHandler(logging.Handler):
@@ -48,7 +71,7 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as prog:
+                  console=_err(), transient=False) as prog:
         task = prog.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:

@@ -8,7 +8,7 @@ import typer
 from compressor.cli import options as o
 
 if TYPE_CHECKING:  # pragma: no cover
-    from compressor.repair.api import RepairSettings
+    from compressor.repair.settings import RepairSettings
     from compressor.score.settings import ScorerSettings
     from compressor.sources.settings import CalibrationSettings, LoadSettings
 
@@ -38,7 +38,7 @@ def prune(
     from compressor.cli.output import note, progress_bar
     from compressor.cli.output import out as stdout
     from compressor.prune.api import prune_checkpoint
-    from compressor.prune.select import CutSettings
+    from compressor.score.select import CutSettings
 
     cut = CutSettings(ratio, num_layers, mass, mass_order, protect)
     done = prune_checkpoint(model, out, scores=scores, scorer=scorer, cut=cut, calibration=calibration,

@@ -8,9 +8,9 @@ import typer
 from compressor.cli import options as o
 
 if TYPE_CHECKING:  # pragma: no cover
-    from compressor.repair.api import RepairSettings
+    from compressor.repair.settings import RepairSettings
     from compressor.sources.settings import CalibrationSettings, LoadSettings
-from compressor.repair.api import choices as repair_choices
+from compressor.repair.methods import choices as repair_choices
 
 
 @o.grouped(settings=o.REPAIR, calibration=o.CALIBRATION, load=o.LOAD.without("device_map", "offload_folder"))

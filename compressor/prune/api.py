@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from compressor import diagnostics
 from compressor.defaults import RATIO
 from compressor.errors import BadInput
-from compressor.prune.select import CutSettings
-from compressor.repair.api import RepairSettings
+from compressor.repair.settings import RepairSettings
+from compressor.score.select import CutSettings
 from compressor.score.settings import ScorerSettings
 from compressor.sources.settings import CalibrationSettings, LoadSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from compressor.repair.api import RepairBars
+    from compressor.repair.settings import RepairBars
     from compressor.score.api import ProgressBar
 
 
@@ -101,7 +101,8 @@ def prune_checkpoint(
     ``repair_bars()``: optional progress displays."""
     from compressor.files import check_free_space, check_output_dir
     from compressor.prune.provenance import cut_provenance
-    from compressor.repair.api import check_repair, protect_for, prune_and_repair
+    from compressor.repair.api import prune_and_repair
+    from compressor.repair.methods import check_repair, protect_for
     from compressor.score.report import ScoreReport
     from compressor.sources.data import calibration_for
 
@@ -163,7 +164,7 @@ def prune_checkpoint(
 def _stream_choice(stream: bool | None, method: str | None, repair: str) -> bool | None:
     """The loader's ``stream`` for this prune: a scorer or repair that needs the whole model rules
     streaming out (``--stream`` with one is refused now, before the model loads)."""
-    from compressor.repair.api import stream_choice as repair_choice
+    from compressor.repair.methods import stream_choice as repair_choice
     from compressor.score.api import stream_choice as scorer_choice
 
     return repair_choice(repair, scorer_choice(method, stream) if method is not None else stream)

@@ -117,22 +117,22 @@ def prune_model(
     *,
     force: bool = False,
     provenance: dict[str, Any] | None = None,
-    cut: Callable[[Any, list[int]], tuple[Any, dict[str, Any], list[str]]] | None = None,
+    repaired: tuple[Any, dict[str, Any], list[str]] | None = None,
 ) -> PruneResult:
     """Remove ``removed`` (0-based, original numbering) from ``loaded`` (a LoadedModel) and save to ``out``.
 
-    Without ``cut`` the in-memory model is modified: callers that still need the full model must
-    reload it. ``cut(loaded, removed)`` makes the slim model itself and returns (slim LoadedModel,
-    repair record, warnings): ``compressor.repair.api.prune_and_repair`` passes a repair that way, and
-    ``loaded`` then stays the full model. (Prune knows nothing of repairs: repair builds on prune.)
+    Without ``repaired`` the in-memory model is modified: callers that still need the full model must
+    reload it. ``repaired``: the slim model already cut and repaired from ``loaded`` (slim LoadedModel,
+    repair record, warnings), which is saved instead; ``loaded`` then stays the full model and gives the
+    "before" counts. (Prune knows nothing of repairs: the repair floor builds on this one.)
     """
     out = check_output_dir(out, force)
     model = loaded.model
     n_before = int(model.config.num_hidden_layers)
     p_before = int(sum(p.numel() for p in model.parameters()))
     repair_record: dict[str, Any]
-    if cut is not None:
-        slim, repair_record, warnings = cut(loaded, removed)
+    if repaired is not None:
+        slim, repair_record, warnings = repaired
         model, tokenizer = slim.model, slim.tokenizer
     else:
         warnings = remove_layers(model, removed, loaded.adapter)

@@ -27,11 +27,9 @@ from typing import Any, Callable
 
 from compressor.architectures import body_of, get_layers
 from compressor.errors import BadInput
-from compressor.repair.linear import spans_of
+from compressor.repair.settings import DEFAULT_LR, DEFAULT_STEPS, LOSSES
+from compressor.score.patch import spans_of
 
-DEFAULT_STEPS = 30  # measured on SmolLM2-135M, 2 cores: ~5 s per 2,048-token step, ~2.5 min in all
-DEFAULT_LR = 3e-4
-LOSSES = ("hidden", "kl")
 TOP_K = 64
 LORA_RANK = 8
 

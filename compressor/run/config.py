@@ -60,7 +60,7 @@ class RunConfig(BaseModel):
     max_remove: Optional[int] = Field(None, ge=1)
     protect: str = "none"
     min_retention: Optional[float] = Field(None, gt=0, le=2)
-    # the repair and its knobs: None is the repair's own default; validated by compressor.repair.api.repair_settings,
+    # the repair and its knobs: None is the repair's own default; validated by compressor.repair.methods.repair_settings,
     # the one place that knows them (a new knob is a field here and a keyword there)
     repair: str = "none"
     ridge: Optional[float] = None
@@ -116,7 +116,7 @@ class RunConfig(BaseModel):
         if not self.search and not given:
             self.ratio = RATIO
         from compressor.errors import BadInput
-        from compressor.repair.api import patches_spans
+        from compressor.repair.methods import patches_spans
 
         try:
             self.repair_settings()  # the repair's own validation: an unknown chain or knob, with the fix
@@ -161,7 +161,7 @@ class RunConfig(BaseModel):
     def cut_size(self, layers: int) -> int:
         """How many layers a fixed cut removes from a model of ``layers`` (``--num-layers``, or the ratio
         rounded half up); the one place the run computes it."""
-        from compressor.prune.select import count_for_ratio
+        from compressor.score.select import count_for_ratio
 
         assert not self.search  # a search finds the size itself
         return self.num_layers if self.num_layers is not None else count_for_ratio(self.ratio or RATIO, layers)
@@ -172,8 +172,8 @@ class RunConfig(BaseModel):
         return list(self.methods or [])
 
     def repair_settings(self) -> Any:
-        """The repair's validated settings (``compressor.repair.api.RepairSettings``), defaults filled in."""
-        from compressor.repair.api import repair_settings
+        """The repair's validated settings (``compressor.repair.settings.RepairSettings``), defaults filled in."""
+        from compressor.repair.methods import repair_settings
 
         return repair_settings(self.repair, ridge=self.ridge, heal_steps=self.heal_steps, heal_tokens=self.heal_tokens,
                                heal_lr=self.heal_lr, seed=self.seed, heal_loss=self.heal_loss,

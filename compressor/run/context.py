@@ -21,7 +21,7 @@ from compressor.run.stages import Data, Digest, Input, Setting, Stage, StageStor
 
 if TYPE_CHECKING:
     from compressor.profiles import Profile
-    from compressor.repair.api import RepairSettings
+    from compressor.repair.settings import RepairSettings
     from compressor.sources.data import CalibrationData
     from compressor.sources.models import LoadedModel
     from compressor.verify.api import Identity

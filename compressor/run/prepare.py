@@ -69,9 +69,9 @@ def check_cut(ctx: RunContext) -> None:
     count from its config (read and checked, with the weights' headers, by ``load_config``): a cut the
     model cannot take is refused before the base loads, not after the score stage wrote its files."""
     from compressor.architectures import num_layers
-    from compressor.prune.select import check_cut_rule
-    from compressor.repair.api import protect_for
+    from compressor.repair.methods import protect_for
     from compressor.run.search import search_limits
+    from compressor.score.select import check_cut_rule
     from compressor.score.settings import scorer_options
     from compressor.sources.models import load_config, resolve_model_path
 
@@ -97,7 +97,7 @@ def load_base(ctx: RunContext) -> None:
     ctx.ev.note(f"loaded {base.config.model_type} with {base.num_layers} layers on {base.device} ({base.dtype}"
                 f"{', streamed: one block at a time' if base.streamed else ''})")
     if ctx.repair.enabled:
-        from compressor.repair.api import check_repair, protect_for
+        from compressor.repair.methods import check_repair, protect_for
 
         check_repair(ctx.repair, base.adapter)  # refused before any stage runs
         ctx.protect = protect_for(ctx.repair, c.protect)
@@ -109,8 +109,8 @@ def load_base(ctx: RunContext) -> None:
 def check_model_settings(ctx: RunContext) -> None:
     """What needs the model's config but no compute."""
     from compressor.files import check_free_space
-    from compressor.prune.select import parse_protect
     from compressor.run.search import search_limits
+    from compressor.score.select import parse_protect
 
     c, base = ctx.cfg, ctx.base
     parse_protect(ctx.protect, base.num_layers)  # also a --protect from --config
@@ -133,7 +133,7 @@ def check_model_settings(ctx: RunContext) -> None:
 def stream_choice(ctx: RunContext) -> bool | None:
     """The run streams only if every step can: its scorers, its repair and its profile's tasks (a
     ``--stream`` with one that needs the whole model is refused here, before the base loads)."""
-    from compressor.repair.api import stream_choice as repair_choice
+    from compressor.repair.methods import stream_choice as repair_choice
     from compressor.score.api import stream_choice as scorer_choice
     from compressor.verify.api import stream_choice as profile_choice
 

@@ -73,7 +73,7 @@ class SearchResult:
 def search_limits(num_layers: int, protect: str, max_remove: int | None) -> int:
     """The largest cut ``--search`` may try, checked against --protect before anything runs."""
     from compressor.errors import BadInput
-    from compressor.prune.select import parse_protect
+    from compressor.score.select import parse_protect
 
     L = num_layers
     removable = L - len(parse_protect(protect, L))

@@ -73,7 +73,7 @@ def score_layers(
     )
     if last_state is not None:
         report.extra["last_state"] = last_state
-    from compressor.prune.select import select_layers
+    from compressor.score.select import select_layers
 
     sel = select_layers(report, ratio=DEFAULT_RATIO)
     report.default_selection = sel.to_dict()

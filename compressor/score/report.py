@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import BadInput
-from compressor.files import atomic_write_figure, atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -74,6 +73,8 @@ class ScoreReport:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        from compressor.files import atomic_write_text
+
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
 
@@ -176,6 +177,8 @@ def save_plot(report: ScoreReport, removed: set[int], path: str | Path) -> Path:
     ax.set_xticks(xs)
     ax.tick_params(axis="x", labelsize=6)
     fig.tight_layout()
+    from compressor.files import atomic_write_figure
+
     return atomic_write_figure(fig, path)
 
 

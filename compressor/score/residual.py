@@ -67,7 +67,7 @@ def span_residuals(loaded: Any, data: Any, *, ridge: float | None = None, max_sp
     [s][e+1] (None where no span: s = 0 has no block before it to fold into), and ``tokens``."""
     import torch
 
-    from compressor.repair.linear import DEFAULT_RIDGE, check_foldable, solve
+    from compressor.score.patch import DEFAULT_RIDGE, check_foldable, solve
 
     adapter = adapter_for_config(loaded.model.config)
     check_foldable(adapter, [])
@@ -118,7 +118,7 @@ def span_residuals(loaded: Any, data: Any, *, ridge: float | None = None, max_sp
 
 def span_cost(cost: list[list[float | None]], removed: list[int]) -> float | None:
     """The cost of a cut: the sum of its spans' costs (None if a span cannot be patched or is too long)."""
-    from compressor.repair.linear import spans_of
+    from compressor.score.patch import spans_of
 
     total = 0.0
     for span in spans_of(removed):

@@ -45,8 +45,8 @@ def scorer_options(method: str, num_layers: int, *, objective: str | None = None
     """``score_layers``' options for ``method`` from user-level values: ``protect`` parsed (first,last |
     indices) for the scorer whose order depends on it; ``rounds`` (the cut's size) as the default
     ``max_remove`` of a scorer that computes removals round by round, so it computes no more than needed."""
-    from compressor.prune.select import parse_protect
     from compressor.score import methods
+    from compressor.score.select import parse_protect
 
     scorer = methods.get_scorer(method)
     opts: dict[str, Any] = {"objective": objective, "max_remove": max_remove, "last_state": last_state}

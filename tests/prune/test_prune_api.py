@@ -9,8 +9,8 @@ import pytest
 from compressor.errors import BadInput
 from compressor.prune.api import PruneOutcome, prune_checkpoint
 from compressor.prune.provenance import COMPRESSION_SCHEMA, PROVENANCE_KEYS, current, cut_provenance
-from compressor.prune.select import select_layers
 from compressor.score.api import score_layers
+from compressor.score.select import select_layers
 from compressor.sources.models import load_model
 from helpers import grouped, library_log
 
@@ -100,7 +100,7 @@ def test_prune_checkpoint_refuses_bad_flags_before_loading(kwargs, needle, tiny,
 
 
 def test_prune_checkpoint_with_a_repair_keeps_layer_0_and_drives_the_displays(tiny, tmp_path, text_file):
-    from compressor.repair.api import evidence
+    from compressor.repair.methods import evidence
 
     loaded = load_model(str(tiny("llama")))
     seen: list[str] = []

@@ -6,7 +6,8 @@ import torch
 from repair.test_linear import batches
 
 from compressor.errors import BadInput
-from compressor.repair.api import RepairSettings, repair_cut, repair_settings
+from compressor.repair.methods import repair_cut, repair_settings
+from compressor.repair.settings import RepairSettings
 from helpers import run
 
 

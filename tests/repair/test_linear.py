@@ -6,7 +6,8 @@ import torch
 
 from compressor.architectures import adapter_for_config, get_layers, mlp_out_module
 from compressor.errors import BadInput
-from compressor.repair.linear import fit_span, fold, linear_repair, spans_of
+from compressor.repair.linear import fit_span, fold, linear_repair
+from compressor.score.patch import spans_of
 from compressor.sources.models import load_model
 
 FOLDABLE = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox"]

@@ -6,7 +6,8 @@ import torch
 from repair.test_linear import batches
 
 from compressor.errors import BadInput
-from compressor.repair.api import RepairSettings, protect_for, repair_cut
+from compressor.repair.methods import protect_for, repair_cut
+from compressor.repair.settings import RepairSettings
 from compressor.sources.models import load_model
 from helpers import run
 
@@ -129,7 +130,7 @@ def test_linear_protects_layer_zero():
 
 
 def test_repair_choices_order_and_summaries_come_from_the_registry(tmp_path, capsys):
-    from compressor.repair.api import choices, describe, parse_method
+    from compressor.repair.methods import choices, describe, parse_method
 
     # linear cuts, so it comes first; one healing step per chain
     assert choices() == ("none", "linear", "distill", "lora", "linear+distill", "linear+lora")

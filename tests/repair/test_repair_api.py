@@ -7,8 +7,10 @@ import pytest
 from compressor.errors import BadInput
 from compressor.prune.provenance import PROVENANCE_KEYS
 from compressor.prune.surgery import prune_model
-from compressor.repair import api as repairs
-from compressor.repair.api import RepairEvidence, RepairSettings, evidence, repair_pruned, repair_settings
+from compressor.repair import methods as repairs
+from compressor.repair.api import repair_pruned
+from compressor.repair.methods import RepairEvidence, evidence, repair_settings
+from compressor.repair.settings import RepairSettings
 from compressor.sources.models import load_model
 from helpers import grouped, library_log
 

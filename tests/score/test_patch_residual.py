@@ -7,10 +7,10 @@ import torch
 
 from compressor.architectures import body_of, get_layers
 from compressor.errors import BadInput
-from compressor.prune.select import select_layers
 from compressor.repair.linear import fit_span, linear_repair
 from compressor.score.api import score_layers
 from compressor.score.residual import greedy_order, span_cost, span_residuals
+from compressor.score.select import select_layers
 from compressor.score.stats import _block_io
 from compressor.sources.data import CalibrationSpec, load_calibration
 from compressor.sources.models import load_model

@@ -9,9 +9,9 @@ from torch import nn
 
 from compressor.architectures import get_layers, set_layers
 from compressor.errors import BadInput
-from compressor.prune.select import select_layers
 from compressor.score.api import score_layers
 from compressor.score.passes import model_loss
+from compressor.score.select import select_layers
 from compressor.sources.data import CalibrationSpec, load_calibration
 from compressor.sources.models import load_model
 

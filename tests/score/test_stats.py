@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from compressor.prune.select import select_layers
 from compressor.score.api import score_layers
+from compressor.score.select import select_layers
 from compressor.sources.data import CalibrationSpec, load_calibration
 from compressor.sources.models import load_model
 from tiny_models import ARCHS

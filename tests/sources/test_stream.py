@@ -124,7 +124,7 @@ def test_streamed_linear_patch_equals_in_memory(tiny, arch, removed):
 def test_streamed_perplexity_equals_in_memory(tiny, arch, tmp_path):
     from types import SimpleNamespace
 
-    from compressor.verify.tasks import kind
+    from compressor.verify.kinds.base import kind
 
     folder = tiny(arch)
     full = load_model(str(folder))
@@ -143,7 +143,7 @@ def test_streamed_perplexity_equals_in_memory(tiny, arch, tmp_path):
 def test_whole_model_task_kinds_refuse_to_stream():
     from types import SimpleNamespace
 
-    from compressor.verify.tasks import kind
+    from compressor.verify.kinds.base import kind
 
     kind("perplexity").check_streams(SimpleNamespace(name="p"))
     with pytest.raises(BadInput, match="task mc .* needs the whole model"):

@@ -175,7 +175,8 @@ def slim(llama, tmp_path):
 def test_corrupt_compression_json_is_bad_input_everywhere(text, problem, llama, slim, task_files, tmp_path):
     from compressor.export.bench import _compression
     from compressor.prune.surgery import read_compression
-    from compressor.repair.api import RepairSettings, repair_checkpoint
+    from compressor.repair.api import repair_checkpoint
+    from compressor.repair.settings import RepairSettings
 
     f = slim / "compression.json"
     assert read_compression(slim)["removed_layers"] == [1] and _compression(slim) == read_compression(slim)

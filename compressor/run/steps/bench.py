@@ -14,8 +14,9 @@ def bench(ctx: RunContext, given: Results) -> Results:
     folders = [given[r] for r in ("onnx-base", "onnx", "quantized", "base-ship") if given.get(r) is not None]
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
-        from compressor.export.bench import bench_models, write_json
-        from compressor.export.bench import save_plot as bench_plot
+        from compressor.export.bench import bench_models
+        from compressor.export.bench_output import save_plot as bench_plot
+        from compressor.export.bench_output import write_json
 
         rep = bench_models([str(f) for f in folders], c.bench.options(c.provider), progress=ctx.ev.note)
         write_json(rep, ctx.out / "bench.json")

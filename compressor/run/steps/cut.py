@@ -42,7 +42,7 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
         res = prune_and_repair(base, removed, folder, ctx.repair, ctx.calibration_batches(), force=True,
                                provenance=provenance, progress=progress)
     elif base.streamed:  # the plain cut, shard by shard from the checkpoint (nothing in memory to copy)
-        from compressor.repair.api import RepairSettings
+        from compressor.repair.settings import RepairSettings
 
         res = prune_and_repair(base, removed, folder, RepairSettings(), None, force=True, provenance=provenance)
     else:
@@ -110,7 +110,7 @@ def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, remo
     prov = cut_provenance(report, None, run=run_settings(ctx))
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
-        from compressor.repair.api import describe
+        from compressor.repair.methods import describe
 
         reused = _searched(ctx, removed) if repaired else None
         if reused is not None:  # the search already cut and repaired exactly this, in this run: move it

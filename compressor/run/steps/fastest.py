@@ -78,8 +78,8 @@ def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any], exp
                precisions: dict[str, list[Optional[str]]]) -> FastestSearch:
     """The space: k = 0 and each scorer's passing ladder (k = 1..best; a cut two scorers propose is one
     candidate), times the exporters and their precisions."""
-    from compressor.prune.select import select_layers
     from compressor.score import methods
+    from compressor.score.select import select_layers
 
     L = ctx.base.num_layers
     block, head = shape(ctx)

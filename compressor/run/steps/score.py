@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 def scorer_options(ctx: RunContext, method: str) -> dict[str, Any]:
     """A scorer's own settings (part of its stage key): SLEB's loss, protection and rounds (as many as
     this run's cut, or its search, needs); the last-state convention of the stream scorers."""
-    from compressor.prune.select import parse_protect
     from compressor.score import methods
+    from compressor.score.select import parse_protect
 
     c, L = ctx.cfg, ctx.base.num_layers
     scorer = methods.get_scorer(method)
@@ -76,7 +76,7 @@ def score_with(ctx: RunContext, method: str, scores_path: Path, name: str) -> An
 
 
 def score(ctx: RunContext, given: Results) -> Results:
-    from compressor.prune.select import select_layers
+    from compressor.score.select import select_layers
 
     c = ctx.cfg
     report = score_with(ctx, c.method, ctx.out / "scores.json", "score")
@@ -86,9 +86,9 @@ def score(ctx: RunContext, given: Results) -> Results:
 
 def search(ctx: RunContext, given: Results) -> Results:
     """Every scorer's largest passing cut; the best one is the run's cut (the least bad if none passes)."""
-    from compressor.prune.select import parse_protect, select_layers
     from compressor.run.steps.cut import CHOSEN, candidate_folder, candidate_stage
     from compressor.score import methods
+    from compressor.score.select import parse_protect, select_layers
 
     c, L = ctx.cfg, ctx.base.num_layers
     max_remove = search_limits(L, ctx.protect, c.max_remove)

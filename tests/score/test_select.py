@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from compressor.errors import BadInput
-from compressor.prune.select import count_for_ratio, parse_protect, select_layers
 from compressor.score.report import LayerScore
+from compressor.score.select import count_for_ratio, parse_protect, select_layers
 
 
 def rep(scores, method="avss", extra=None):
