@@ -29,12 +29,12 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 # the everyday suite; `make test-slow` runs the tests marked slow (the real 135 M model, a real classifier
-# fine-tune, lm-evaluation-harness itself), which CI runs too
+# fine-tune, lm-evaluation-harness itself, whole `avss run` scenarios), which CI runs too
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m slow
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

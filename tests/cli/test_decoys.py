@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 DECOY = "raise SystemExit('DECOY {name} WAS IMPORTED')\n"
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_every_command_ignores_decoy_modules_in_the_working_directory(tiny, tmp_path):
     import pydoc_data.topics as t
 

@@ -272,6 +272,7 @@ def test_the_genai_bench_worker_imports_the_serving_runtime_and_nothing_heavy(ge
     assert not set(res["modules"]) & {"torch", "transformers", "optimum", "matplotlib", "typer", "rich", "pydantic"}
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_run_builds_gates_and_records_the_genai_artifact(tiny, tmp_path, capsys):
 
     out = tmp_path / "art"

@@ -119,6 +119,7 @@ def test_the_estimate_orders_precisions_and_cuts():
 
 
 # --- the whole run on tiny models ------------------------------------------------------------------
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_fastest_ships_what_it_chose_and_it_passes_verify_on_its_own(tiny, tmp_path, ppl_profile, capsys):
     model, profile, out = tiny("llama-gqa16"), ppl_profile(0.5), tmp_path / "art"
     argv = ["run", str(model), "--profile", str(profile), "--out", str(out), "--search", "fastest",
@@ -154,6 +155,7 @@ def test_fastest_ships_what_it_chose_and_it_passes_verify_on_its_own(tiny, tmp_p
     assert json.loads((out / "search.json").read_text())["chosen"]["id"] == chosen["id"]
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_fastest_ships_the_uncut_model_when_no_cut_passes(tiny, tmp_path, ppl_profile, capsys):
     # a gate no cut can meet: the uncut GenAI int8-weights graph of this tied-embedding model (its head is
     # stored apart for the builder) still keeps retention at 0.999 (parity in tasks), and ships

@@ -46,6 +46,7 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
     assert {p.name for p in out.iterdir()} <= {*RUN_ENTRIES, RECORDS}
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypatch):
     import compressor.export.convert as convert
 
@@ -133,6 +134,7 @@ def identity_model(tmp_path_factory, decoder_tokenizer):
     return folder
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_search_finds_the_known_answer(identity_model, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, stdout, err = run(["run", str(identity_model), "--profile", str(ppl_profile(0.99)), "--out", str(out),
@@ -231,6 +233,7 @@ def test_bad_run_input(argv, needle, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_bf16_run_exports_fp32_reference(tiny, tmp_path, ppl_profile, capsys):
     """Score/verify in bf16 (the CUDA default); the full model is re-loaded in fp32 for its export."""
     out = tmp_path / "art"
@@ -282,6 +285,7 @@ def test_search_scans_non_nested_angular_cuts_upwards(identity_model, tmp_path, 
     assert "linear scan" in s["strategy"]
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_quantized_run_gates_and_benches_three_artifacts(tiny, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, stdout, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.5)), "--out", str(out),

@@ -130,6 +130,7 @@ def test_sleb_finds_the_best_cut_where_block_influence_does_not(tmp_path, decode
         assert _loss_without(loaded, data, set(bi_cut)) > best + 1e-3, (k, bi_cut)
 
 
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
 def test_cli_score_prune_and_run_with_sleb(tiny, text_file, tmp_path, capsys):
     import json
 
