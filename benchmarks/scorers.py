@@ -318,11 +318,11 @@ def bench_cuts(plan: ModelPlan, base: Any, cuts: dict[int, dict[str, Any]], work
 
 def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work: Path) -> dict[str, Any]:
     from compressor.profiles import load_profile
-    from compressor.score.select import select_layers
     from compressor.run.search import Candidate, search_method
     from compressor.score.api import score_layers
     from compressor.score.methods import get_scorer
     from compressor.score.report import ScoreReport
+    from compressor.score.select import select_layers
     from compressor.sources.builtins import resolve_builtin_model
     from compressor.sources.models import load_model
 

@@ -38,8 +38,8 @@ def main() -> int:
     from scorers import save_cut
 
     from compressor.profiles import load_profile
-    from compressor.score.select import select_layers
     from compressor.score.api import score_layers
+    from compressor.score.select import select_layers
     from compressor.sources.data import CalibrationSpec, load_calibration
     from compressor.sources.models import load_model
     from compressor.verify.api import verify

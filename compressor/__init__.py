@@ -7,6 +7,8 @@ Public surface (kept small on purpose; each name imports its module, and torch, 
 """
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 # name -> the module that defines it ("module:attr" when the name differs): what `from compressor import X` offers
@@ -56,7 +58,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def __getattr__(name: str):  # lazy: `import compressor` must not import torch
+def __getattr__(name: str) -> Any:  # lazy: `import compressor` must not import torch
     if name not in _PUBLIC:
         raise AttributeError(f"module 'compressor' has no attribute {name!r}")
     import importlib

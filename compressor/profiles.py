@@ -69,7 +69,7 @@ class Profile(_Strict):
         return _entries(tuple(k.Entry for k in all_kinds())).validate_python(value)
 
     @model_validator(mode="after")
-    def _kinds_fit_the_model(self):
+    def _kinds_fit_the_model(self) -> Profile:
         names = [t.name for t in self.tasks]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

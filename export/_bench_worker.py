@@ -33,7 +33,8 @@ _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "token_type_ids"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class WorkerError(runtime.RuntimeSetupError):
+# mypy cannot follow the compressor.export -> export/ package-dir mapping, so `runtime` is Any to it
+class WorkerError(runtime.RuntimeSetupError):  # type: ignore[misc]
     """A problem with the model or the job (not the install); reported, not raised, to the parent."""
 
 
@@ -75,7 +76,7 @@ class Nvml:
     def used_mb(self) -> float:
         info = _MemoryInfo()
         self._check(self._lib.nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(info)), "nvmlDeviceGetMemoryInfo")
-        return info.used / MB
+        return float(info.used / MB)
 
 
 def nvml_used_mb() -> float | None:

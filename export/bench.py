@@ -27,12 +27,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from compressor.defaults import BENCH, PROVIDER
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export import layout, runtime
-
 from compressor.export.bench_report import BenchReport, ModelBench, Percentiles, ratios
 from compressor.export.bench_targets import Target, resolve, restage
 from compressor.files import clean_temp, make_temp_dir
@@ -78,7 +77,7 @@ def check_positions(prompt_len: int, new_tokens: int, config: Any, decoder: bool
     ``config``: a transformers config or a config.json dict. Without this, a huge --prompt-len was
     found only when ONNX Runtime tried to allocate the attention for it (160 GB for one typo).
     """
-    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    get: Callable[[str], Any] = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
     limit = next((get(k) for k in ("max_position_embeddings", "n_positions") if isinstance(get(k), int)), None)
     if limit is None:
         return
@@ -107,7 +106,7 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeFailure(f"the benchmark worker for {job['model']} exited with code {proc.returncode}: {tail}",
                                  "check free memory (a killed worker exits with -9) and re-run")
-        result = json.loads(result_file.read_text(encoding="utf-8"))
+        result: dict[str, Any] = json.loads(result_file.read_text(encoding="utf-8"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if "error" in result:
@@ -122,7 +121,7 @@ def _compression(folder: Path) -> dict[str, Any]:
 
 
 def _file_mb(model_file: Path) -> float:
-    return layout.model_bytes(model_file) / 2**20
+    return float(layout.model_bytes(model_file) / 2**20)
 
 
 def _max(rounds: list[dict[str, Any]], key: str) -> float | None:
@@ -236,7 +235,7 @@ def bench_models(paths: list[str], options: BenchOptions,
 def _physical_cores() -> int | None:
     import psutil
 
-    return psutil.cpu_count(logical=False)
+    return cast("int | None", psutil.cpu_count(logical=False))
 
 
 def _check_same(targets: list[Target], results: list[list[dict[str, Any]]], i: int) -> None:

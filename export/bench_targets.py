@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export import layout
@@ -43,7 +43,7 @@ def restage(targets: list[Target], staging: Path, say: Callable[[str], None]) ->
 
 def _uses_external_data(t: Target) -> bool:
     try:
-        return layout.uses_external_data(t.model_file)
+        return cast(bool, layout.uses_external_data(t.model_file))
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
         raise BadInput(f"{t.model_file} cannot be read as an ONNX model ({type(exc).__name__}: {exc})",
                        "re-export it with `avss export`") from exc
@@ -51,7 +51,7 @@ def _uses_external_data(t: Target) -> bool:
 
 def _store_external(t: Target, folder: Path) -> Path:
     try:
-        return layout.store_external_data(t.model_file, folder)
+        return cast(Path, layout.store_external_data(t.model_file, folder))
     except OSError as exc:
         raise RuntimeFailure(f"re-saving {t.model_file} with external data in {folder.parent} failed: {exc}",
                              "free disk space there, or point TMPDIR at a larger disk") from exc

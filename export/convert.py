@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from compressor import __version__, library_versions
 from compressor.errors import BadInput, RuntimeFailure
@@ -93,7 +93,7 @@ def check_dtype_device(dtype: str, device: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def _quiet_exporter() -> Iterator[None]:
     """The TorchScript exporter's TracerWarnings and Optimum's chatter are not for our users; stdout
     stays reserved for data (Optimum prints some messages)."""
     loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "torch.onnx")]

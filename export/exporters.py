@@ -53,6 +53,10 @@ class Exporter:
     # what its quantized artifact starts from: "graph" (the fp32 export) or "checkpoint" (the slim folder)
     quantize_source: ClassVar[str] = "graph"
 
+    def missing(self) -> Optional[str]:
+        """Why this exporter cannot run in this environment (None: it can): asked before any work."""
+        return None
+
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
         """Refuse, before any work, a combination of settings this exporter cannot build."""
 
@@ -84,6 +88,11 @@ class OptimumExporter(Exporter):
     # on one scale, and the precision rule needs one order
     search_precisions = (None, "int8-weights", "int4")
     traces_on_device = True
+
+    def missing(self) -> Optional[str]:
+        from compressor.compat import optimum_missing
+
+        return optimum_missing()
 
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
         from compressor.export.convert import check_dtype_device
@@ -168,16 +177,35 @@ class GenAIExporter(Exporter):
 EXPORTERS: Registry[Exporter] = Registry("--exporter")
 EXPORTERS.register(OptimumExporter)
 EXPORTERS.register(GenAIExporter)
-DEFAULT = "optimum"
 
 
 def names() -> list[str]:
     return list(EXPORTERS)
 
 
+def available() -> list[str]:
+    """The exporters that can run here, in registry order (the card's lane: both; the current lane: genai)."""
+    return [n for n, e in EXPORTERS.items() if e.missing() is None]
+
+
+def default_name() -> str:
+    """The first exporter that runs here: Optimum in the card's lane (the user asked for export through it),
+    the builder in the current lane, where Optimum cannot be installed."""
+    found = available()
+    return found[0] if found else next(iter(EXPORTERS))
+
+
 def get_exporter(name: Optional[str]) -> Exporter:
-    """The exporter called ``name`` (None: the default); an unknown name is refused with the choices."""
-    return EXPORTERS.find(name or DEFAULT)
+    """The exporter called ``name`` (None: the default here); an unknown name is refused with the choices, one
+    that cannot run here with why and what to use instead (exit 2, before any work)."""
+    chosen = EXPORTERS.find(name or default_name())
+    why = chosen.missing()
+    if why is not None:
+        others = [n for n in available() if n != chosen.name]
+        fix = (f"use --exporter {' or '.join(others)}" if others else "install an exporter") + (
+            ", or the card's lane (make install) for Optimum" if chosen.name == "optimum" else "")
+        raise BadInput(f"--exporter {chosen.name} cannot run here: {why}", fix)
+    return chosen
 
 
 def help_text() -> str:

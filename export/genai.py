@@ -22,10 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from compressor.compat import genai_requirement, optimum_missing  # noqa: E402
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export.layout import GENAI_CONFIG, genai_kv_shape, is_genai_folder  # noqa: F401 (re-exported)
 
-REQUIREMENT = "onnxruntime-genai==0.15.2"  # the newest whose builder imports with transformers 4.57
+REQUIREMENT = genai_requirement()  # this lane's builder: 0.15.2 with transformers 4.57, 0.18.0 with 5
+# what a refusal offers instead: Optimum where it runs (the card's lane), else that lane
+INSTEAD = ("use --exporter optimum" if optimum_missing() is None
+           else "use the card's lane (make install), where --exporter optimum runs")
 # the pinned builder's model classes among the architectures we prune (builder.py dispatches on these)
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
 # what the builder builds but computes wrongly: refused up front with the reason (it used to build for minutes,
@@ -57,7 +61,8 @@ def builder_version() -> str:
         except PackageNotFoundError:
             continue
     raise BadInput("--exporter genai needs ONNX Runtime GenAI, which is not installed",
-                   f"pip install '{REQUIREMENT}' (or the [cpu] extra), or use --exporter optimum")
+                   f"pip install '{REQUIREMENT}' (the lane's extra: make install)"
+                   + ("" if optimum_missing() else ", or use --exporter optimum"))
 
 
 ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -92,16 +97,16 @@ def check_supported(config: Any, family: str, quantize: Optional[str], device: s
     arch = (getattr(config, "architectures", None) or ["?"])[0]
     if arch in WRONG:
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) builds {arch} models, but {WRONG[arch]}",
-                       "use --exporter optimum")
+                       INSTEAD)
     if family != "decoder" or arch not in SUPPORTED:
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) does not build {arch} models",
-                       f"use --exporter optimum (the builder builds {', '.join(SUPPORTED)})")
+                       f"{INSTEAD} (the builder builds {', '.join(SUPPORTED)})")
     check_precision(quantize)
     heads = int(getattr(config, "num_attention_heads", 1))
     head = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     if head % CPU_HEAD_MULTIPLE:  # also for CUDA: without a CUDA provider its parity runs on CPU
         raise BadInput(f"the model's attention head size is {head}; ONNX Runtime's GroupQueryAttention on CPU "
-                       f"needs a multiple of {CPU_HEAD_MULTIPLE}", "use --exporter optimum for this model")
+                       f"needs a multiple of {CPU_HEAD_MULTIPLE}", f"{INSTEAD} for this model")
     missing = [k for k in ("eos_token_id", "bos_token_id") if getattr(config, k, None) is None]
     if missing:
         raise BadInput(f"config.json has no {' or '.join(missing)}, which the builder's genai_config.json needs "
@@ -150,7 +155,7 @@ def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], d
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the builder raises anything; its log is the detail
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise RuntimeFailure(f"ONNX Runtime GenAI's builder failed on {src}: {first}",
-                             "re-run with --debug; or use --exporter optimum") from exc
+                             f"re-run with --debug; or {INSTEAD}") from exc
     return cmd
 
 
@@ -397,12 +402,12 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
             if not report.passed:
                 raise RuntimeFailure(f"parity check failed: {report.summary()}",
                                      "the builder's graph does not compute what the PyTorch model computes for this "
-                                     "architecture; nothing was written (use --exporter optimum)")
+                                     f"architecture; nothing was written ({INSTEAD})")
         warnings += [c["warning"] for c in checks if c.get("warning")]
         bad = [c for c in checks if not c["passed"]]
         if bad:
             raise RuntimeFailure(f"the builder's folder fails a check: {bad[0]['name']} ({bad[0]['detail']})",
-                                 bad[0].get("fix", "use --exporter optimum"))
+                                 bad[0].get("fix", INSTEAD))
         files = {f.name: f.stat().st_size for f in sorted(final.iterdir()) if f.is_file()}
         record = {"schema_version": 1, "tool": "avss-compressor", "tool_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

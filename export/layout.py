@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 ONNX_FILE = "model.onnx"
 DATA_FILE = "model.onnx_data"
@@ -65,7 +66,7 @@ def model_bytes(model_file: str | Path) -> int:
     import onnx
 
     model_file = Path(model_file)
-    names = {e.value for t in onnx.load(str(model_file), load_external_data=False).graph.initializer
+    names: set[str] = {e.value for t in onnx.load(str(model_file), load_external_data=False).graph.initializer
              if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location"}
     return model_file.stat().st_size + sum((model_file.parent / n).stat().st_size for n in names
                                            if (model_file.parent / n).is_file())
@@ -100,7 +101,7 @@ def store_external_data(src: str | Path, dst_dir: str | Path) -> Path:
     return save_with_external_data(onnx.load(str(src), load_external_data=True), dst_dir)
 
 
-def save_with_external_data(model, dst_dir: str | Path) -> Path:
+def save_with_external_data(model: Any, dst_dir: str | Path) -> Path:
     """Save a loaded ``ModelProto`` as ``dst_dir/model.onnx`` + ``model.onnx_data`` (our one layout)."""
     import onnx
 
@@ -138,7 +139,7 @@ def count_parameters(model_file: str | Path) -> int:
     return total
 
 
-def _read_object(f: Path) -> dict:
+def _read_object(f: Path) -> dict[str, Any]:
     """A JSON object file of an export folder ({} when absent); a damaged one is exit 2 naming it."""
     from compressor.errors import BadInput
 
@@ -153,12 +154,12 @@ def _read_object(f: Path) -> dict:
     return data
 
 
-def read_config(folder: str | Path) -> dict:
+def read_config(folder: str | Path) -> dict[str, Any]:
     """The folder's config.json as a dict ({} when absent)."""
     return _read_object(Path(folder) / "config.json")
 
 
-def read_record(folder: str | Path) -> dict:
+def read_record(folder: str | Path) -> dict[str, Any]:
     """The folder's export.json (what was exported, parity, quantization) as a dict ({} when absent)."""
     return _read_object(Path(folder) / EXPORT_RECORD)
 

@@ -57,7 +57,7 @@ class OrtCache:
 
         self.arrays = {k: np.repeat(v, n, axis=0) for k, v in self.arrays.items()}
 
-    def __deepcopy__(self, memo: dict) -> "OrtCache":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "OrtCache":
         return OrtCache({k: v.copy() for k, v in self.arrays.items()})
 
 

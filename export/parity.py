@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
 
 BATCH_LENGTHS = (11, 7, 4)  # batch 3, never the exporter's (2, 16)
 GENERATE_TOKENS = 8
@@ -80,7 +84,8 @@ def _compare(name: str, ort_vals: Any, ref: Any, dtype: str) -> ParityCheck:
     return ParityCheck(name, ok, diff, tol, f"max abs diff {diff:.2e} {'<=' if ok else '>'} tolerance {tol:.2e}")
 
 
-def _random_batch(vocab: int, lengths: tuple[int, ...], left: bool, pad_id: int):
+def _random_batch(vocab: int, lengths: tuple[int, ...], left: bool,
+                  pad_id: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     import numpy as np
 
     rng = np.random.default_rng(SEED)
@@ -97,7 +102,7 @@ def _random_batch(vocab: int, lengths: tuple[int, ...], left: bool, pad_id: int)
     return ids, mask
 
 
-def _positions(mask):
+def _positions(mask: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     import numpy as np
 
     pos = np.cumsum(mask, axis=-1) - 1
@@ -148,8 +153,9 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
     pos = _positions(mask)
     fdt = np.float16 if dtype == "float16" else np.float32
 
-    def feed(ids_, mask_, pos_, past):
-        f = {"input_ids": ids_, "attention_mask": mask_}
+    def feed(ids_: npt.NDArray[np.int64], mask_: npt.NDArray[np.int64], pos_: npt.NDArray[np.int64],
+             past: dict[str, Any] | None) -> dict[str, Any]:
+        f: dict[str, Any] = {"input_ids": ids_, "attention_mask": mask_}
         if "position_ids" in inputs:
             f["position_ids"] = pos_
         for name, inp in inputs.items():
@@ -160,7 +166,7 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
                     f[name] = past[name.replace("past_key_values", "present")]
         return f
 
-    def run(f):
+    def run(f: dict[str, Any]) -> dict[str, Any]:
         vals = sess.run(None, f)
         return dict(zip(outputs, vals))
 
@@ -292,14 +298,15 @@ def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, 
     past_dt = np.float16 if any("float16" in i.type for i in sess.get_inputs() if i.name in past_names) else np.float32
     report.checks.append(ParityCheck("kv-cache outputs", len(past_names) == 2 * num_layers, None, None,
                                      f"{len(past_names)} past_key_values.* inputs for {num_layers} layers"))
-    def feed(ids_, mask_, pos_, past):  # the builder's graph takes no position_ids
-        f = {"input_ids": ids_, "attention_mask": mask_}
+    def feed(ids_: npt.NDArray[np.int64], mask_: npt.NDArray[np.int64], pos_: npt.NDArray[np.int64] | None,
+             past: dict[str, Any] | None) -> dict[str, Any]:  # the builder's graph takes no position_ids
+        f: dict[str, Any] = {"input_ids": ids_, "attention_mask": mask_}
         for name in past_names:
             f[name] = (np.zeros(empty_past_shape([], ids_.shape[0], kv), past_dt) if past is None
                        else past[name.replace("past_key_values", "present")])
         return f
 
-    def run(f):
+    def run(f: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.astype(np.float32) if k == "logits" else v) for k, v in zip(outputs, sess.run(None, f))}
 
     vocab = int(model.config.vocab_size)

@@ -114,7 +114,7 @@ def _nbytes(tensor: Any) -> int:
 
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    return math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
 
 
 def _weight_bytes(graph: Any) -> int:
@@ -228,7 +228,7 @@ def quantize_folder(src: Path, dst: Path, method: str, provider: str = "cpu",
         bad = "; ".join(f"{c['name']}: {c['detail']}" for c in checks if not c["passed"])
         raise RuntimeFailure(f"the {method} graph does not run like the fp32 one ({bad})",
                              "nothing was written; try the other --quantize method")
-    rec = layout.read_record(src)
+    rec: dict[str, Any] = layout.read_record(src)
     rec["parity_fp32"] = rec.pop("parity", None)  # the parity of the graph this one was quantized from
     rec.update(quantization={**settings(method), **head, "seconds": seconds}, structural_checks=checks,
                dtype=f"{method} (weights), fp32 (the rest)",

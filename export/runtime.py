@@ -36,7 +36,7 @@ class RuntimeSetupError(Exception):
         return (BadInput if self.kind == "bad_input" else RuntimeFailure)(self.problem, self.fix)
 
 
-def empty_past_shape(dims: list, batch: int, kv_shape: tuple[int, int] | None = None) -> list[int] | None:
+def empty_past_shape(dims: list[int | str | None], batch: int, kv_shape: tuple[int, int] | None = None) -> list[int] | None:
     """Shape of an empty ``past_key_values.*`` input, (batch, kv_heads, 0, head_dim), from the graph's
     declared dims (named or unknown dims after the first are the sequence axis); None if ambiguous.
     ``kv_shape``: (kv_heads, head_dim) where the graph leaves them symbolic (a GenAI build, whose

@@ -6,6 +6,7 @@ import re
 import signal
 import sys
 import threading
+from types import FrameType
 
 import typer
 
@@ -28,8 +29,19 @@ _state = {"debug": False}
 
 
 def _version(value: bool) -> None:
+    """The version, the lane, the versions that decide results and which exporters run here (no heavy import)."""
     if value:
+        from compressor import compat
+        from compressor.export.exporters import EXPORTERS, default_name
+
         typer.echo(f"avss-compressor {__version__}")
+        typer.echo(f"lane: {compat.lane()} (" + ("transformers 4.x, Optimum" if compat.lane() == "card" else
+                                                "transformers 5.x, no Optimum") + ")")
+        typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in compat.versions().items()))
+        for name, exp in EXPORTERS.items():
+            why = exp.missing()
+            mark = " (default)" if name == default_name() and why is None else ""
+            typer.echo(f"exporter {name}: " + ("available" + mark if why is None else f"unavailable: {why}"))
         raise typer.Exit()
 
 
@@ -85,7 +97,7 @@ def _command(argv: list[str] | None) -> str | None:
     return next((a for a in args if not a.startswith("-")), None)
 
 
-def _on_sigterm(signum, frame) -> None:
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
     raise Terminated()
 

@@ -1,7 +1,13 @@
 """Glue shared by CLI shells: flags -> library calls. No torch at import time."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+
+    from compressor.repair.settings import Progress as RepairProgress
 
 
 def check_eval_spec(model: str) -> None:
@@ -49,7 +55,7 @@ def print_scores(report: Any) -> None:
     out.print(table)
 
 
-def repair_progress():
+def repair_progress() -> AbstractContextManager[RepairProgress]:
     """A progress display for a repair on stderr: one bar per step (linear patch, distill), the loss shown."""
     import contextlib
 
@@ -58,7 +64,7 @@ def repair_progress():
     from compressor.cli.output import err
 
     @contextlib.contextmanager
-    def bars():
+    def bars() -> Iterator[RepairProgress]:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=False) as prog:
             tasks: dict[str, Any] = {}

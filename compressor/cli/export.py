@@ -19,7 +19,7 @@ def export(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the model is traced (cuda never falls back to cpu).")] = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or fp16 (with --device cuda only; with --exporter genai: the builder's graph for the CUDA provider).")] = "fp32",
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8 (dynamic: weights per channel, activations at run time), int8-weights or int4 (block-wise weight-only MatMulNBits): quantize the parity-checked fp32 graph. With --exporter genai: int4, int8-weights or int4-mixed (the builder's; int4-mixed: k-quant int4 with the LM head and the most sensitive layers in int8).")] = None,
-    exporter: Annotated[str, typer.Option("--exporter", help=EXPORTER_HELP)] = "optimum",
+    exporter: Annotated[Optional[str], typer.Option("--exporter", help=EXPORTER_HELP + " Default: optimum in the card's lane, genai in the current lane (`avss --version` says which).")] = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="RAM the export may use, e.g. 24GB or 24GiB (default: what is free now): an export whose estimated peak (about 2.4x the fp32 weights) cannot fit is refused before it starts.")] = None,

@@ -1,7 +1,7 @@
 """The whole job: score -> select -> prune -> verify -> export -> bench into one folder; resumable; exit 0 pass, 1 gate failed."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -32,7 +32,7 @@ def run(
     protect: Annotated[Optional[str], typer.Option("--protect", help="Never remove these: first,last | none | 0-based indices.")] = None,
     min_retention: o.MinRetention = None,
     repair: o.Repair = None,
-    repair_knobs: dict = None,  # type: ignore[assignment]
+    repair_knobs: dict[str, Any] = None,  # type: ignore[assignment]
     provider: Annotated[Optional[str], typer.Option("--provider", help="ONNX Runtime provider for the ONNX gate and the bench: auto, cpu or cuda (cuda never falls back).")] = None,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8, int8-weights or int4 (with --exporter genai also int4-mixed): also write onnx-<q>/ (ONNX Runtime quantization), gate it and bench it.")] = None,
     exporter: Annotated[Optional[str], typer.Option("--exporter", help="optimum (default) or genai: ONNX Runtime GenAI's Model Builder writes onnx/ (and onnx-int4/ with --quantize int4); the bench adds the full model through the same exporter. With --search fastest: search this exporter only (default: every one that builds the model).")] = None,

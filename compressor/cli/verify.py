@@ -9,6 +9,8 @@ from compressor import defaults
 from compressor.cli import options as o
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from compressor.sources.settings import LoadSettings
 
 
@@ -52,7 +54,7 @@ def verify(
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as prog:
-        def stage(name: str):
+        def stage(name: str) -> Callable[[int, int], None]:
             tid = prog.add_task(f"evaluating {name}", total=None)
             return lambda done, total: prog.update(tid, completed=done, total=total)
 

@@ -264,7 +264,9 @@ def _generation_config(folder: Path, config: Any, cls: Any) -> Any:
         gen = GenerationConfig.from_pretrained(str(folder))
     except OSError:
         gen = GenerationConfig.from_model_config(config)
-    misplaced = config._get_non_default_generation_parameters()
+    from compressor.compat import generation_settings_in_config
+
+    misplaced = generation_settings_in_config(config)
     for name, value in misplaced.items():
         setattr(gen, name, value)
         setattr(config, name, None)

@@ -77,10 +77,10 @@ def cut_points(kept: list[int], removed: list[int]) -> list[tuple[int, int]]:
 
 
 def _capture(layers: Any, idx: list[int], store: dict[int, Any]) -> list[Any]:
-    from compressor.score.stats import _block_io
+    from compressor.score.stats import ForwardHook, _block_io
 
-    def make(i: int):
-        def hook(module, args, kwargs, output):
+    def make(i: int) -> ForwardHook:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             store[i] = _block_io(args, kwargs, output)[1]
         return hook
 

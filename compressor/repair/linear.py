@@ -53,13 +53,13 @@ def fit_span(model: Any, adapter: Any, fold_at: int, end_at: int, batches: list[
     got: dict[str, Any] = {}
     acc: dict[str, Any] = {}
 
-    def on_mlp(module, args, output):
+    def on_mlp(module: Any, args: tuple[Any, ...], output: Any) -> None:
         got["M"] = output
 
-    def on_fold(module, args, kwargs, output):
+    def on_fold(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         got["L_prev"] = _block_io(args, kwargs, output)[1]
 
-    def on_end(module, args, kwargs, output):
+    def on_end(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         got["L_end"] = _block_io(args, kwargs, output)[1]
         raise _Stop
 
@@ -122,7 +122,7 @@ def linear_repair(model: Any, removed: list[int], batches: list[dict[str, Any]],
         i, j = span[0], span[-1]
         fold_at, end_at = i - 1 - offset, j - offset
 
-        def step(done: int, _n: int, si=si) -> None:
+        def step(done: int, _n: int, si: int = si) -> None:
             if progress:
                 progress(si * len(batches) + done, total)
 

@@ -119,7 +119,8 @@ def model_loss(loaded: LoadedModel, data: CalibrationData, reference: list[Any] 
     return total / max(count, 1.0), kind, keep
 
 
-def leave_one_out_losses(loaded: LoadedModel, data: CalibrationData, progress: Progress | None = None):
+def leave_one_out_losses(loaded: LoadedModel, data: CalibrationData,
+                         progress: Progress | None = None) -> tuple[float, list[float], str]:
     """Skip each block in turn (removed from the ModuleList, restored afterwards)."""
     from torch import nn
 

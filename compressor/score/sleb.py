@@ -12,9 +12,12 @@ hands the kept state to the rest), so it costs the blocks after it plus the head
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.score.report import ScoreOutcome
 
 OBJECTIVES = ("nll", "kl")
 Progress = Callable[[int, int], None]
@@ -129,11 +132,11 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
                     states: dict[int, Any] = {}
                     handles = []
                     for b in kept:
-                        def pre(module, args, kwargs, b=b):
+                        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], b: int = b) -> None:
                             h = args[0] if args else kwargs.get("hidden_states")
                             states[b] = h
 
-                        def post(module, args, kwargs, out, b=b):
+                        def post(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, b: int = b) -> None:
                             tuple_out[b] = isinstance(out, (tuple, list))
 
                         handles.append(layers[b].register_forward_pre_hook(pre, with_kwargs=True))
@@ -178,7 +181,7 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
             "plain_pass_seconds": first_pass, "cost_vs_forward": seconds / first_pass if first_pass else None}
 
 
-def sleb_outcome(result: dict[str, Any], num_layers: int) -> Any:
+def sleb_outcome(result: dict[str, Any], num_layers: int) -> ScoreOutcome:
     """Scores whose ascending order is the removal order: removed blocks score their round (1, 2, ...),
     the rest follow by their loss in the last round (cheapest first), protected blocks last."""
     from compressor.score.report import LayerScore, ScoreOutcome

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 OFFICIAL_EPS = 1e-5  # the official code's absolute sparsity threshold
 ROBUST_TAU = 0.05  # robust sparsity: |delta_d| < tau on the unit-RMS stream
@@ -31,7 +31,11 @@ class StatConfig:
     last_transform: Callable[[Any], Any] | None = None
 
 
-def _block_io(args: tuple, kwargs: dict, output: Any):
+# a torch forward hook registered ``with_kwargs=True``: (module, args, kwargs, output)
+ForwardHook = Callable[[Any, tuple[Any, ...], dict[str, Any], Any], None]
+
+
+def _block_io(args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> tuple[Any, Any]:
     """(h_in, h_out) for any supported block signature.
 
     Guards the official code's fragile ``output[0]``: some blocks return a tensor, others a tuple.
@@ -68,9 +72,9 @@ class _LayerAcc:
 @dataclass
 class BatchContext:
     mask: Any = None  # (B, T) long, CPU
-    _per_device: dict = field(default_factory=dict)
+    _per_device: dict[tuple[str, str], Any] = field(default_factory=dict)
 
-    def mask_on(self, device: Any, dtype: Any):
+    def mask_on(self, device: Any, dtype: Any) -> Any:
         key = (str(device), str(dtype))
         if key not in self._per_device:
             self._per_device[key] = self.mask.to(device=device, dtype=dtype)
@@ -80,7 +84,7 @@ class BatchContext:
 class StatsCollector:
     """Attach hooks to every block, feed batches, read per-layer statistics."""
 
-    def __init__(self, layers: Iterable[Any], cfg: StatConfig):
+    def __init__(self, layers: Iterable[Any], cfg: StatConfig) -> None:
         self.layers = list(layers)
         self.cfg = cfg
         self.acc = [_LayerAcc() for _ in self.layers]
@@ -134,11 +138,11 @@ class StatsCollector:
             self.pair_cos = ang if self.pair_cos is None else self.pair_cos + ang
             self.samples += int(stack.shape[1])
 
-    def _hook(self, index: int) -> Callable:
+    def _hook(self, index: int) -> ForwardHook:
         groups = self.cfg.groups
         tau = self.cfg.tau
 
-        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             import torch
 
             h_in, h_out = _block_io(args, kwargs, output)
@@ -211,4 +215,4 @@ class StatsCollector:
         state entering block l (h_L leaves the last block)."""
         if self.pair_cos is None:
             return []
-        return (self.pair_cos / max(self.samples, 1)).cpu().tolist()
+        return cast("list[list[float]]", (self.pair_cos / max(self.samples, 1)).cpu().tolist())

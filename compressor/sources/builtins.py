@@ -8,9 +8,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from compressor.compat import lane_folder
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources.cache import cache_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
 
 PREFIX = "builtin:"
 
@@ -62,10 +67,10 @@ def resolve_builtin_model(spec: str) -> Path:
     if name in _CLASSIFIERS:  # built by the sentiment module, which itself reads built-ins: loaded by name
         import importlib
 
-        build = importlib.import_module(_CLASSIFIER_BUILDER).build_sentiment_classifier
-        return build(cache_dir() / "models" / name, train_size=_CLASSIFIERS[name])
+        build: Callable[..., Path] = importlib.import_module(_CLASSIFIER_BUILDER).build_sentiment_classifier
+        return build(cache_dir() / "models" / lane_folder(name), train_size=_CLASSIFIERS[name])
     if name == "smollm2-135m":
-        return _convert_smollm2(cache_dir() / "models" / "smollm2-135m")
+        return _convert_smollm2(cache_dir() / "models" / lane_folder("smollm2-135m"))
     raise BadInput(
         f"unknown built-in model {spec!r}",
         f"use one of: {', '.join(PREFIX + k for k in BUILTIN_MODELS)}",
@@ -136,7 +141,9 @@ def _convert_smollm2(target: Path) -> Path:
 
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=_GGUF)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32)
+            from compressor.compat import plain_copy
+
+            model = plain_copy(AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32))
             model.save_pretrained(str(tmp), safe_serialization=True)
             tok.save_pretrained(str(tmp))
             _fix_decoder(tmp)

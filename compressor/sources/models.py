@@ -163,7 +163,7 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
     return config
 
 
-def model_class_for(config: Any, family: str):
+def model_class_for(config: Any, family: str) -> Any:
     """Keep the checkpoint's own head (``architectures[0]``) so the pruned model is the same kind.
 
     A class this transformers does not have is refused: loading it as a bare ``AutoModel`` would

@@ -14,9 +14,9 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from compressor import diagnostics
 from compressor.errors import BadInput, RuntimeFailure
@@ -71,9 +71,10 @@ def rt_sentiment(split: Literal["train", "test", "all"] = "test") -> list[tuple[
     raise BadInput(f"unknown sentiment split {split!r}", "use one of: train, test, all")
 
 
-def _batch(tok: Any, texts: list[str], max_length: int) -> dict[str, Any]:
+def _batch(tok: Any, texts: list[str], max_length: int) -> Mapping[str, Any]:
     # dynamic padding: each batch is only as wide as its longest snippet (mean is ~25 tokens)
-    return tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return cast("Mapping[str, Any]", tok(texts, padding=True, truncation=True, max_length=max_length,
+                                         return_tensors="pt"))  # a BatchEncoding
 
 
 def evaluate_accuracy(model: Any, tok: Any, pairs: list[tuple[str, int]], *, max_length: int = 64,

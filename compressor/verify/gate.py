@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 from compressor.verify.kinds.base import kind as task_kind
 
@@ -40,7 +40,7 @@ def task_verdict(t: Any, floor: float, aggregate: str) -> bool | None:
     value = t.verdict_value
     t.passed = (False if t.failure else None if value is None
                 else task_passes(value, t.threshold if t.own_threshold else None, floor, aggregate))
-    return t.passed
+    return cast("bool | None", t.passed)
 
 
 def judge(tasks: list[Any], floor: float, aggregate: str) -> tuple[bool, float]:

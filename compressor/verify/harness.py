@@ -13,7 +13,7 @@ import copy
 import inspect
 import math
 import os
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, cast
 
 from pydantic import Field
 
@@ -147,11 +147,11 @@ def build_task(task: Any) -> Any:
     return obj
 
 
-class HarnessDocs(list):
+class HarnessDocs(list[Any]):
     """The documents the harness evaluates (so the data digest covers their content), holding the
     task object they came from: base and candidate are evaluated on exactly these."""
 
-    def __init__(self, docs: list[Any], task_obj: Any):
+    def __init__(self, docs: list[Any], task_obj: Any) -> None:
         super().__init__(docs)
         self.task_obj = task_obj
 
@@ -287,4 +287,4 @@ class LmEval(TaskKind):
             return None  # loglikelihood_rolling: a score per document, no answer to agree on
         key = MC_PREDICTION.get(metric, "pred")
         key = key if key in base[0] else "pred"
-        return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)
+        return cast("float", sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1))

@@ -22,8 +22,9 @@ def _argv(command, flag, path, tiny, tiny_onnx, tmp_path):
     return ["verify", model, model, "--profile", str(write_ppl_profile(tmp_path, 0.5)), "--report-dir", path]
 
 
-CASES = [("score", "--out"), ("score", "--plot"), ("export", "--out"), ("bench", "--json"), ("bench", "--plot"),
-         ("verify", "--report-dir")]
+CASES = [("score", "--out"), ("score", "--plot"), ("export", "--out"),
+         pytest.param("bench", "--json", marks=pytest.mark.optimum),  # its ONNX fixture is an Optimum export
+         pytest.param("bench", "--plot", marks=pytest.mark.optimum), ("verify", "--report-dir")]
 
 
 @pytest.mark.parametrize("command,flag", CASES)

@@ -27,6 +27,7 @@ def assert_percentiles(p):
     assert p["p50"] <= p["p90"] <= p["p99"], p
 
 
+@pytest.mark.optimum
 def test_decoder_bench_has_every_schema_field(tiny_onnx):
     report = bench_models([str(tiny_onnx("llama"))], BenchOptions(**TINY))
     d = json.loads(json.dumps(report.to_dict(), allow_nan=False))
@@ -51,6 +52,7 @@ def test_decoder_bench_has_every_schema_field(tiny_onnx):
     assert len(m["samples"]["prefill_ms"]) == 2 and len(m["samples"]["decode_ms"]) == 2 * 4
 
 
+@pytest.mark.optimum
 def test_encoder_bench(tiny_onnx):
     (m,) = bench_models([str(tiny_onnx("bert"))], BenchOptions(**TINY)).to_dict()["models"]
     assert m["kind"] == "encoder"
@@ -59,6 +61,7 @@ def test_encoder_bench(tiny_onnx):
     assert m["prefill_ms"] is None and m["decode_ms_per_token"] is None and m["tokens_per_s"] is None
 
 
+@pytest.mark.optimum
 def test_two_models_ratios_against_the_layer_ideal(tiny_onnx):
     full, slim = str(tiny_onnx("llama")), str(tiny_onnx("llama", pruned=True))
     report = bench_models([full, slim], BenchOptions(**{**TINY, "rounds": 2}))
@@ -79,6 +82,7 @@ def test_two_models_ratios_against_the_layer_ideal(tiny_onnx):
         bench_models([full, str(tiny_onnx("bert"))], BenchOptions(**TINY))
 
 
+@pytest.mark.optimum
 def test_single_file_model_is_restaged_and_staging_is_removed(tiny_onnx, tmp_path, monkeypatch):
     import onnx
 
@@ -98,6 +102,7 @@ def test_single_file_model_is_restaged_and_staging_is_removed(tiny_onnx, tmp_pat
     assert list(scratch.iterdir()) == []  # the restaged copy and the job files are gone
 
 
+@pytest.mark.optimum
 def test_store_external_data_works_from_inside_an_export_folder(tiny_onnx, tmp_path, monkeypatch):
     """onnx's own external-data save refuses to run where a model.onnx_data already exists."""
     monkeypatch.chdir(tmp_path)
@@ -106,6 +111,7 @@ def test_store_external_data_works_from_inside_an_export_folder(tiny_onnx, tmp_p
     assert layout.uses_external_data(tmp_path / "ext" / "model.onnx")
 
 
+@pytest.mark.optimum
 def test_provider_cuda_without_cuda_build_exits_2(tiny_onnx, capsys, monkeypatch):
     from compressor.export import runtime
 
@@ -117,6 +123,7 @@ def test_provider_cuda_without_cuda_build_exits_2(tiny_onnx, capsys, monkeypatch
     assert "Traceback" not in err and out == ""
 
 
+@pytest.mark.optimum
 def test_worker_imports_only_onnxruntime_numpy_psutil(tiny_onnx):
     job = {"model": str(tiny_onnx("bert") / "model.onnx"), "provider": "cpu", "threads": 1, "batch_size": 1,
            "prompt_len": 4, "new_tokens": 1, "warmup": 0, "runs": 1, "io_binding": None, "seed": 0}
@@ -126,6 +133,7 @@ def test_worker_imports_only_onnxruntime_numpy_psutil(tiny_onnx):
     assert third_party <= {"compressor", "numpy", "onnxruntime", "psutil", "cython_runtime"}, third_party
 
 
+@pytest.mark.optimum
 def test_json_and_plot_written_atomically_and_force_respected(tiny_onnx, tmp_path, capsys):
     model = str(tiny_onnx("llama"))
     out_json = tmp_path / "res" / "bench.json"
@@ -170,6 +178,7 @@ def test_nvml_is_none_without_the_nvidia_driver():
         assert nvml_used_mb() >= 0
 
 
+@pytest.mark.optimum
 def test_io_binding_path_on_cpu(tiny_onnx):
     import numpy as np
 

@@ -23,6 +23,7 @@ def _source(tiny, arch, pruned, tmp_path):
     return slim
 
 
+@pytest.mark.optimum
 @pytest.mark.parametrize("pruned", [False, True], ids=["full", "pruned"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_export_and_parity(arch, pruned, tiny, tmp_path):
@@ -78,6 +79,7 @@ def _broken(tiny, arch):
     return lm
 
 
+@pytest.mark.optimum
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_broken_surgery_is_caught(arch, tiny, tmp_path):
     out = tmp_path / "onnx"
@@ -86,6 +88,7 @@ def test_broken_surgery_is_caught(arch, tiny, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.optimum
 def test_in_memory_pruned_model_exports(tiny, tmp_path):
     """The correct surgery, exported straight from memory (the path `avss run` takes)."""
     from compressor.prune.surgery import remove_layers
@@ -96,6 +99,7 @@ def test_in_memory_pruned_model_exports(tiny, tmp_path):
     assert res.parity.passed and res.num_layers == 3
 
 
+@pytest.mark.optimum
 def test_optimum_loads_the_export_and_generates_like_pytorch(tiny, tmp_path):
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -125,6 +129,7 @@ def test_bad_export_options(kwargs, needle, tiny, tmp_path):
     assert not (tmp_path / "onnx").exists()
 
 
+@pytest.mark.optimum
 def test_cli_export_contract(tiny, tmp_path, capsys):
     from compressor.cli.app import main
 

@@ -7,6 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import error_lines, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +27,7 @@ def _wait_for(check, timeout=180, proc=None):
     raise AssertionError("timed out")
 
 
+@pytest.mark.optimum
 def test_export_killed_with_9_leaves_staging_that_the_next_export_removes(tiny, tmp_path, capsys):
     out = tmp_path / "onnx"
     p = subprocess.Popen([sys.executable, "-m", "compressor", "export", str(tiny("llama")), "--out", str(out)],
@@ -39,6 +42,7 @@ def test_export_killed_with_9_leaves_staging_that_the_next_export_removes(tiny, 
     assert not list(tmp_path.glob(".onnx.tmp-*")) and (out / "model.onnx").is_file()
 
 
+@pytest.mark.optimum
 def test_bench_worker_dies_with_its_parent_and_its_temp_folder_is_cleaned(tiny_onnx, capsys, tmp_path, monkeypatch):
     import psutil
 
@@ -71,6 +75,7 @@ def test_bench_worker_dies_with_its_parent_and_its_temp_folder_is_cleaned(tiny_o
     assert not any(d.exists() for d in left)  # ... and the next benchmark removes them
 
 
+@pytest.mark.optimum
 def test_a_full_disk_during_export_is_named_not_blamed_on_the_pins(tiny, tmp_path, capsys, monkeypatch):
     import optimum.exporters.onnx as ox
 
@@ -88,6 +93,7 @@ def test_a_full_disk_during_export_is_named_not_blamed_on_the_pins(tiny, tmp_pat
     assert not list(tmp_path.glob(".onnx.tmp-*")) and not (tmp_path / "onnx").exists()
 
 
+@pytest.mark.optimum
 def test_a_model_that_is_nan_in_pytorch_is_blamed_on_its_weights_not_the_export(tiny, tmp_path, capsys):
     import torch
 

@@ -5,16 +5,31 @@ from pathlib import Path
 import pytest
 
 from compressor.errors import BadInput
-from compressor.export.exporters import EXPORTERS, get_exporter, help_text, names
+from compressor.export.exporters import EXPORTERS, available, get_exporter, help_text, names
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_exporter_is_found_by_its_name_and_the_default_is_optimum():
-    assert names() == ["optimum", "genai"]
-    assert get_exporter(None) is EXPORTERS["optimum"]
-    for name in names():
+def test_every_exporter_is_found_by_its_name_and_the_default_is_the_first_that_runs_here():
+    from compressor.compat import lane
+
+    assert names() == ["optimum", "genai"] and EXPORTERS.find("genai").name == "genai"
+    assert get_exporter(None) is EXPORTERS["optimum" if lane() == "card" else "genai"]
+    for name in available():
         assert get_exporter(name).name == name and name in help_text()
+
+
+def test_an_exporter_that_cannot_run_in_this_lane_is_refused_with_why_and_what_instead(monkeypatch):
+    """The current lane's refusal of Optimum, shown in either lane (the lane is what compat says)."""
+    from compressor import compat
+
+    monkeypatch.setattr(compat, "lane", lambda: "current")
+    assert available() == ["genai"] and get_exporter(None).name == "genai"
+    with pytest.raises(BadInput) as exc:
+        get_exporter("optimum")
+    assert exc.value.problem.startswith("--exporter optimum cannot run here: optimum-onnx 0.1.0 (its only release) "
+                                        "caps transformers below 4.58")
+    assert exc.value.fix == "use --exporter genai, or the card's lane (make install) for Optimum"
 
 
 def test_an_unknown_exporter_is_refused_with_the_choices():
@@ -23,8 +38,9 @@ def test_an_unknown_exporter_is_refused_with_the_choices():
     assert "unknown --exporter 'tensorrt'" in exc.value.problem and "optimum, genai" in exc.value.fix
 
 
-@pytest.mark.parametrize("name,quantize,ok", [("optimum", "int8", True), ("genai", "int8", False),
-                                              ("genai", "int4", True), ("optimum", "int3", False)])
+@pytest.mark.parametrize("name,quantize,ok", [pytest.param("optimum", "int8", True, marks=pytest.mark.optimum),
+                                              ("genai", "int8", False), ("genai", "int4", True),
+                                              pytest.param("optimum", "int3", False, marks=pytest.mark.optimum)])
 def test_what_an_exporter_builds_is_what_it_accepts(name, quantize, ok):
     e = get_exporter(name)
     assert (quantize in e.precisions) is ok

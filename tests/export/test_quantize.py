@@ -28,6 +28,7 @@ def _ppl_profile(text_file):
         "gate": {"min_retention": 0.5}, "eval": {"batch_size": 2, "max_length": 64}})
 
 
+@pytest.mark.optimum
 @pytest.mark.parametrize("method", ["int8", "int8-weights", "int4"])
 def test_a_quantized_decoder_runs_is_gated_and_benched(method, tiny, tiny_onnx, tmp_path, text_file):
     out = tmp_path / method
@@ -48,6 +49,7 @@ def test_a_quantized_decoder_runs_is_gated_and_benched(method, tiny, tiny_onnx, 
     assert [m.layers for m in bench.models] == [4, 4] and bench.models[1].file_mb < bench.models[0].file_mb
 
 
+@pytest.mark.optimum
 def test_a_tied_lm_head_is_quantized_not_transposed_at_every_step(tiny_onnx, tmp_path):
     """Optimum writes a tied head as MatMul(x, Transpose(embedding)); the weight-only quantizer only
     takes a constant weight, so the transpose is folded first and the head becomes MatMulNBits."""
@@ -81,6 +83,7 @@ def graph_vocab_hidden(graph) -> int:
     return emb.dims[0] * emb.dims[1]
 
 
+@pytest.mark.optimum
 def test_a_quantized_encoder_classifier_runs_is_gated_and_benched(tiny, tiny_onnx, tmp_path, task_files_for_export):
     out = tmp_path / "int8"
     export_model(str(tiny("bert")), out, quantize="int8")
@@ -99,6 +102,7 @@ def test_a_quantized_encoder_classifier_runs_is_gated_and_benched(tiny, tiny_onn
     assert [m.kind for m in bench.models] == ["encoder", "encoder"] and bench.ratios[0].batch_ratio is not None
 
 
+@pytest.mark.optimum
 def test_unknown_quantize_method_is_bad_input_before_any_work(tiny, tmp_path, capsys):
     code, _, err = run(["export", str(tiny("llama")), "--out", str(tmp_path / "q"), "--quantize", "int3"], capsys)
     assert code == 2

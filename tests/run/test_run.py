@@ -12,6 +12,7 @@ LAYOUT = ["scores.json", "scores.png", "model/config.json", "model/compression.j
           "onnx-base/model.onnx", "bench.json", "bench.png", "run.json"]
 
 
+@pytest.mark.optimum
 def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, stdout, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.5)), "--out", str(out),
@@ -159,6 +160,7 @@ def test_search_finds_the_known_answer(identity_model, tmp_path, ppl_profile, ca
     assert r["passed"] and r["tasks"][0]["retention"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.optimum
 def test_search_with_no_passing_cut_exits_1(identity_model, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, _, err = run(["run", str(identity_model), "--profile", str(ppl_profile(0.99)), "--out", str(out),
@@ -172,6 +174,7 @@ def test_search_with_no_passing_cut_exits_1(identity_model, tmp_path, ppl_profil
     assert (out / "report.md").exists() and (out / "junit.xml").exists()
 
 
+@pytest.mark.optimum
 def test_failing_gate_still_writes_everything(tiny, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, stdout, err = run(["run", str(tiny("gpt2")), "--profile", str(ppl_profile(2.0)), "--out", str(out),
@@ -271,6 +274,7 @@ def test_search_on_a_one_layer_model_is_bad_input(tmp_path, ppl_profile, decoder
     assert not out.exists()
 
 
+@pytest.mark.optimum
 def test_search_scans_non_nested_angular_cuts_upwards(identity_model, tmp_path, ppl_profile, capsys):
     """angular cuts are contiguous blocks (k=3 need not contain k=2): scan 1, 2, 3, ... to the first
     failure instead of galloping and bisecting, which assumes nested cuts."""

@@ -81,6 +81,7 @@ def finished_run(tiny, tmp_path_factory):
     return argv, out
 
 
+@pytest.mark.optimum
 def test_a_second_run_on_the_same_folder_stops_at_once(finished_run, capsys):
     argv, out = finished_run
     argv = argv + ["--skip-bench"]
@@ -120,6 +121,7 @@ def _children(pid: int) -> list:
         return []
 
 
+@pytest.mark.optimum
 def test_sigterm_stops_the_run_cleanly_and_the_bench_worker_with_it(finished_run):
     """A real `avss run` in a subprocess, terminated (as by `timeout`, `docker stop`, CI) while benchmarking."""
     import psutil
@@ -158,7 +160,8 @@ def _config(tmp_path, **fields) -> str:
     return str(f)
 
 
-@pytest.mark.parametrize("case", ["opset", "protect-from-config", "prompt-len", "calibration-file", "full-disk",
+@pytest.mark.parametrize("case", ["opset", "protect-from-config", pytest.param("prompt-len", marks=pytest.mark.optimum),
+                                  "calibration-file", pytest.param("full-disk", marks=pytest.mark.optimum),
                                   "read-only", "dangling-link", "every-layer", "ratio-of-nothing", "search-too-deep",
                                   "no-tasks", "nan-from-config", "inf-from-config", "non-utf8-out"])
 def test_bad_input_is_found_before_any_work(case, tiny, tmp_path, ppl_profile, capsys, monkeypatch):

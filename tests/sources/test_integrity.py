@@ -86,6 +86,7 @@ def test_an_intact_file_has_no_problem(tiny):
     assert safetensors_problem(tiny("llama") / "model.safetensors") is None
 
 
+@pytest.mark.optimum
 @pytest.mark.parametrize("damage", ["data truncated", "data missing", "graph overwritten"])
 def test_a_damaged_onnx_export_is_bad_input_naming_the_file(damage, tiny_onnx, tiny, tmp_path, capsys):
     folder = tmp_path / "onnx"

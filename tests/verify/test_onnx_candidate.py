@@ -22,6 +22,7 @@ def _close(a: float, b: float, metric: str) -> bool:
     return abs(a - b) < 1e-9  # accuracies and generation scores: the same answers
 
 
+@pytest.mark.optimum
 def test_onnx_equals_its_pytorch_source_on_every_decoder_task_kind(tiny, tiny_onnx, task_files):
     prof = Profile.model_validate(causal_profile(task_files))
     torch_model = load_model(str(tiny("llama")))
@@ -35,6 +36,7 @@ def test_onnx_equals_its_pytorch_source_on_every_decoder_task_kind(tiny, tiny_on
     assert rep.candidate["fingerprint"] != rep.base["fingerprint"]
 
 
+@pytest.mark.optimum
 def test_onnx_classifier_equals_its_pytorch_source(tiny, tiny_onnx, task_files):
     prof = Profile.model_validate({
         "name": "tiny-cls", "model_kind": "sequence-classification",
@@ -66,6 +68,7 @@ def _break_graph(src, dst):
             shutil.copy2(f, dst / f.name)
 
 
+@pytest.mark.optimum
 def test_a_broken_onnx_graph_fails_the_gate_with_exit_1(tiny, tiny_onnx, task_files, tmp_path, capsys):
     data = causal_profile(task_files)
     data["tasks"] = [t for t in data["tasks"] if t["name"] == "ppl"]
@@ -82,6 +85,7 @@ def test_a_broken_onnx_graph_fails_the_gate_with_exit_1(tiny, tiny_onnx, task_fi
     assert "retention gate failed" in line and "ONNX Runtime" in err
 
 
+@pytest.mark.optimum
 def test_provider_cuda_without_a_cuda_runtime_is_refused(tiny_onnx, tiny, task_files, tmp_path, capsys):
     prof = write_profile(tmp_path / "p.yaml", causal_profile(task_files))
     code, _, err = run(["verify", str(tiny("llama")), str(tiny_onnx("llama")), "--profile", str(prof),

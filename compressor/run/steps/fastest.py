@@ -29,7 +29,18 @@ if TYPE_CHECKING:
     from compressor.run.search import SearchResult
 
 SCRATCH = ".search"
-REFERENCE = ("optimum", None)  # the objective's denominator: the full model through Optimum, fp32
+
+
+def reference() -> tuple[str, None]:
+    """The objective's denominator: the full model through the default exporter here, fp32 (Optimum in the
+    card's lane, the builder in the current lane)."""
+    from compressor.export.exporters import default_name
+
+    return default_name(), None
+
+
+def reference_id() -> str:
+    return f"uncut-{reference()[0]}-fp32"
 
 
 def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]], list[str]]:
@@ -37,13 +48,19 @@ def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]], l
     precisions (``--precisions`` narrows them), most precise first, and why the others are left out. Called
     before any work too (``prepare``): an empty space is bad input."""
     from compressor.errors import AvssError, BadInput
-    from compressor.export.exporters import EXPORTERS
+    from compressor.export.exporters import EXPORTERS, get_exporter
 
     c, base = ctx.cfg, ctx.base
     names = [c.exporter] if c.exporter else list(EXPORTERS)
     exporters, precisions, refused = [], {}, []
     for name in names:
         exp = EXPORTERS.find(name)
+        missing = exp.missing()
+        if missing is not None:  # not installable in this lane (named by --exporter: refused with the fix)
+            if c.exporter:
+                get_exporter(name)
+            refused.append(f"{name}: {missing}")
+            continue
         wanted = [p for p in exp.search_precisions if c.precisions is None or precision_name(p) in c.precisions]
         if ctx.profile.gate.target == "quantized":  # the profile gates a quantized artifact: fp32 cannot ship
             wanted = [p for p in wanted if p is not None]
@@ -190,16 +207,16 @@ def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, Any]
 
 
 def reference_folder(ctx: RunContext, walk: FastestSearch) -> Path:
-    """The full model through Optimum fp32: the passing uncut candidate's folder when there is one."""
+    """The full model through the reference exporter, fp32: the passing uncut candidate's folder when there is one."""
     uncut = Cut("uncut", 0, ())
-    cand = walk.find(uncut, *REFERENCE)
+    cand = walk.find(uncut, *reference())
     if cand is not None and cand.status == "pass" and (artifact_folder(ctx, cand.id) / "model.onnx").is_file():
         return artifact_folder(ctx, cand.id)
-    folder = artifact_folder(ctx, "reference-uncut-optimum-fp32")
+    folder = artifact_folder(ctx, f"reference-{reference_id()}")
     if not (folder / "model.onnx").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        build(ctx, uncut, *REFERENCE, folder, {})
+        build(ctx, uncut, *reference(), folder, {})
     return folder
 
 
@@ -224,7 +241,7 @@ def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str], repo
             rows.append({"decode_ms": m.decode_ms_per_token.p50 if m.decode_ms_per_token else None,
                          "prefill_ms": m.prefill_ms.p50 if m.prefill_ms else None, "peak_rss_mb": m.rss_peak_mb,
                          "file_mb": m.file_mb, "runtime": m.runtime})
-        out = {"reference": {"id": "uncut-optimum-fp32", **rows[0]},
+        out = {"reference": {"id": reference_id(), **rows[0]},
                "frontier": {cand.id: row for cand, row in zip(front, rows[1:])},
                "settings": rep.to_dict()["settings"], "provider": rep.provider}
         best = min(out["frontier"].items(), key=lambda kv: kv[1]["decode_ms"] or float("inf"))

@@ -6,7 +6,7 @@ a class in its own module (and a line in ``kinds/__init__.py``, which fixes the 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Union, get_args
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Union, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,7 +136,7 @@ class TaskKind:
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         """Share of examples where both models give the same answer (None: the kind has no answer)."""
         pairs = [(rb["pred"], rc["pred"]) for rb, rc in zip(base, cand)]
-        return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+        return cast("float", sum(a == b for a, b in pairs) / max(len(pairs), 1))
 
     def count(self, records: list[dict[str, Any]]) -> int:
         """What ``n`` means in a report: examples (perplexity: scored tokens)."""

@@ -110,7 +110,7 @@ class ZeroShotClassification(TaskKind):
         few_shot: int = Field(0, ge=0, le=32)
 
         @model_validator(mode="after")
-        def _template_has_text(self):
+        def _template_has_text(self) -> ZeroShotClassification.Entry:
             if "{text}" not in self.template:
                 raise ValueError("template must contain {text}")
             if len(self.labels) < 2:
@@ -131,6 +131,7 @@ class ZeroShotClassification(TaskKind):
             shots = pick_shots(pool, task.few_shot, profile.eval.seed)
         return (items[: task.limit] if task.limit else items), shots
 
-    def evaluate(self, loaded, task, items, shots, profile, progress):
+    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
+                 progress: Progress | None) -> TaskOutput:
         return eval_zero_shot(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
                               profile.eval.max_length, shots, progress)

@@ -90,7 +90,7 @@ class Generation(TaskKind):
         max_new_tokens: int = Field(16, ge=1, le=512)
         stop: list[str] = ["\n"]
 
-    def from_builtin(self, shape, rows):
+    def from_builtin(self, shape: str, rows: list[Any]) -> list[Any]:
         """A question's correct choice is its one gold answer."""
         return [{"context": r["context"], "question": r["question"], "answers": [r["choices"][r["answer"]]]}
                 for r in rows]
@@ -98,5 +98,5 @@ class Generation(TaskKind):
     evaluator = staticmethod(eval_generation)
     metrics_of = staticmethod(gen_metrics)
 
-    def agreement(self, metric, base, cand):
+    def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         return sum(normalize(rb["pred"]) == normalize(rc["pred"]) for rb, rc in zip(base, cand)) / max(len(base), 1)

@@ -2,7 +2,7 @@
 log-likelihood after the prompt (encoded as the harness encodes it, so the numbers match)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from compressor.errors import BadInput
 from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
@@ -49,13 +49,13 @@ class MultipleChoice(TaskKind):
         metric: Literal["acc", "acc_norm", "acc_bytes"] = "acc_norm"
         template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
 
-    def check(self, example, where):
+    def check(self, example: dict[str, Any], where: str) -> None:
         if not 0 <= example["answer"] < len(example["choices"]):
             raise BadInput(f"{where}: answer {example['answer']} is not an index into its choices", "use a 0-based index")
 
     evaluator = staticmethod(eval_multiple_choice)
     metrics_of = staticmethod(mc_metrics)
 
-    def agreement(self, metric, base, cand):
+    def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         key = MC_PREDICTION.get(metric, "pred")
-        return sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1)
+        return cast("float", sum(rb[key] == rc[key] for rb, rc in zip(base, cand)) / max(len(base), 1))

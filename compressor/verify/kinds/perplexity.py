@@ -2,7 +2,7 @@
 streamed model (every window goes through a block before the next block is read)."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, cast
 
 from pydantic import Field, model_validator
 
@@ -96,7 +96,7 @@ class Perplexity(TaskKind):
         stride: int = Field(256, ge=1)
 
         @model_validator(mode="after")
-        def _stride_fits(self):
+        def _stride_fits(self) -> Perplexity.Entry:
             if self.stride > self.window:
                 raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
             return self
@@ -109,14 +109,15 @@ class Perplexity(TaskKind):
     metrics_of = staticmethod(ppl_metrics)
     streams = True
 
-    def evaluate(self, loaded, task, items, shots, profile, progress):
+    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
+                 progress: Progress | None) -> TaskOutput:
         return eval_perplexity(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
                                profile.eval.max_length, progress, stream=getattr(loaded, "stream", None))
 
-    def agreement(self, metric, base, cand):
+    def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         """Scored tokens where both models predict the same next token."""
         pairs = [(a, b) for rb, rc in zip(base, cand) for a, b in zip(rb["top1"], rc["top1"])]
-        return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+        return cast("float", sum(a == b for a, b in pairs) / max(len(pairs), 1))
 
-    def count(self, records):
-        return sum(r["n"] for r in records)
+    def count(self, records: list[dict[str, Any]]) -> int:
+        return cast("int", sum(r["n"] for r in records))
