@@ -24,6 +24,12 @@ _PUBLIC = {
     "prune_checkpoint": "compressor.prune.api",
     "cut_provenance": "compressor.prune.provenance",
     "repair_pruned": "compressor.repair.api",
+    # the settings the commands take, one object per concern (what each CLI shell builds from its flags)
+    "LoadSettings": "compressor.sources.settings",
+    "CalibrationSettings": "compressor.sources.settings",
+    "ScorerSettings": "compressor.score.settings",
+    "CutSettings": "compressor.score.select",
+    "repair_settings": "compressor.repair.methods",
     "load_profile": "compressor.profiles",
     # not "verify": that is the subpackage's name, which the import system binds over a lazy attribute
     "verify_models": "compressor.verify.api:verify",

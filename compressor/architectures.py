@@ -5,8 +5,9 @@ One registry, so that scoring and surgery agree on what a "layer" is. Paths are 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from compressor.errors import BadInput
 
@@ -154,6 +155,29 @@ def set_layers(model: "nn.Module", layers: "nn.ModuleList", adapter: ArchAdapter
     for part in parents:
         obj = getattr(obj, part)
     setattr(obj, last, layers)
+
+
+@contextlib.contextmanager
+def running_blocks(model: "nn.Module", adapter: ArchAdapter, modules: list[Any], blocks: list[int]) -> Iterator[None]:
+    """Run ``modules`` (standing for the model's blocks ``blocks``, numbered as in the uncut model) in place of
+    its blocks, with the per-layer config lists (``layer_types``) narrowed to the same blocks; restored after.
+    Why: transformers 5 picks a block's attention mask (sliding or full) by its position in
+    ``config.layer_types``, 4.57 by the block's own attribute; narrowing serves both."""
+    from torch import nn
+
+    cfg = model.config
+    old = get_layers(model, adapter)
+    saved = {name: getattr(cfg, name) for name in adapter.per_layer_lists
+             if isinstance(getattr(cfg, name, None), (list, tuple)) and len(getattr(cfg, name)) == len(old)}
+    set_layers(model, nn.ModuleList(modules), adapter)
+    for name, full in saved.items():
+        setattr(cfg, name, [full[b] for b in blocks])
+    try:
+        yield
+    finally:
+        set_layers(model, old, adapter)
+        for name, full in saved.items():
+            setattr(cfg, name, full)
 
 
 # task heads as saved at the top level of a checkpoint (``lm_head.weight``, ``classifier.bias``): what a

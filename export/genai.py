@@ -39,11 +39,27 @@ WRONG = {"Gemma3ForCausalLM": "its Gemma 3 graph (sliding and full attention lay
 # --quantize -> builder precision and its options: weight-only MatMulNBits, block 32, accuracy level 4
 # (int8 compute, as our own weight-only methods use; ONNX Runtime's fast CPU path). int8-weights is the
 # builder's 8-bit precision (its int4_* options apply to both bit widths).
-_MATMULNBITS = ["int4_block_size=32", "int4_accuracy_level=4"]
+def _option_prefix() -> str:
+    """The builder's option names: 0.15.2 reads ``int4_block_size``, ``int4_accuracy_level``, ``int4_algo_config``;
+    0.17+ renamed them (``block_size``, ...) and ignores ``int4_algo_config=k_quant_mixed`` (measured with 0.18.0:
+    a plain int4 graph, LM head included), so each lane passes its builder's names."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("onnxruntime-genai", "onnxruntime-genai-cuda"):
+        try:
+            major, minor = (int(x) for x in version(name).split(".")[:2])
+        except (PackageNotFoundError, ValueError):
+            continue
+        return "" if (major, minor) >= (0, 17) else "int4_"
+    return "int4_"
+
+
+_OPT = _option_prefix()
+_MATMULNBITS = [f"{_OPT}block_size=32", f"{_OPT}accuracy_level=4"]
 # int4-mixed: the builder's k_quant_mixed (0.15.2): k-quant int4 body, the LM head and the most quantization-sensitive
 # MatMuls (llama.cpp's mixed strategy: first and last eighth of the layers, every third layer's qkv/v/down) in int8
 PRECISION = {None: ("fp32", []), "int4": ("int4", _MATMULNBITS), "int8-weights": ("int8", _MATMULNBITS),
-             "int4-mixed": ("int4", [*_MATMULNBITS, "int4_algo_config=k_quant_mixed"])}
+             "int4-mixed": ("int4", [*_MATMULNBITS, f"{_OPT}algo_config=k_quant_mixed"])}
 CPU_HEAD_MULTIPLE = 16  # ONNX Runtime's CPU GroupQueryAttention: "head_size shall be a multiple of 16"
 # --dtype -> builder precision for an unquantized graph. fp16 targets the CUDA provider (``-e cuda``); its
 # graph also runs on ONNX Runtime's CPU provider, so its parity is checked there when no CUDA provider

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from compressor.architectures import body_of, final_norm_of, get_layers, model_kind, set_layers
+from compressor.architectures import body_of, final_norm_of, get_layers, model_kind, running_blocks
 from compressor.score.stats import ROBUST_TAU, StatConfig, StatsCollector
 from compressor.sources.data import CalibrationData
 from compressor.sources.models import LoadedModel
@@ -122,21 +122,17 @@ def model_loss(loaded: LoadedModel, data: CalibrationData, reference: list[Any] 
 def leave_one_out_losses(loaded: LoadedModel, data: CalibrationData,
                          progress: Progress | None = None) -> tuple[float, list[float], str]:
     """Skip each block in turn (removed from the ModuleList, restored afterwards)."""
-    from torch import nn
-
     layers = get_layers(loaded.model, loaded.adapter)
     n = len(layers)
     base, kind, ref = model_loss(loaded, data)
     if ref:  # encoders: the loss is a distance to the full model's outputs, 0 for the full model
         base = 0.0
     skipped = []
-    try:
-        for i in range(n):
-            set_layers(loaded.model, nn.ModuleList([l for j, l in enumerate(layers) if j != i]), loaded.adapter)
+    for i in range(n):
+        rest = [j for j in range(n) if j != i]
+        with running_blocks(loaded.model, loaded.adapter, [layers[j] for j in rest], rest):
             loss, _, _ = model_loss(loaded, data, ref or None)
-            skipped.append(loss)
-            if progress:
-                progress(i + 1, n)
-    finally:
-        set_layers(loaded.model, layers, loaded.adapter)
+        skipped.append(loss)
+        if progress:
+            progress(i + 1, n)
     return base, skipped, kind

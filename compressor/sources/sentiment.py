@@ -186,7 +186,7 @@ def _train(base: Path, out: Path, train: list[tuple[str, int]], evalset: list[tu
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    model.to("cpu").train()
+    model.train()  # from_pretrained loads on the CPU
     steps_per_epoch = (len(train) + batch_size - 1) // batch_size
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -64,24 +64,29 @@ def test_a_builder_graph_that_differs_from_pytorch_is_not_kept(tiny, tmp_path, c
     code, _, err = run(["export", str(tiny("gemma3-gqa16")), "--exporter", "genai", "--out", str(out)], capsys)
     assert code == 2, err
     (line,) = error_lines(err)
-    assert "builds Gemma3ForCausalLM models, but its Gemma 3 graph" in line and "use --exporter optimum" in line
+    assert "builds Gemma3ForCausalLM models, but its Gemma 3 graph" in line and genai.INSTEAD in line
     assert "loading" not in err and not out.exists()
     monkeypatch.setattr(genai, "WRONG", {})
     monkeypatch.setattr(genai, "SUPPORTED", (*genai.SUPPORTED, "Gemma3ForCausalLM"))
     code, _, err = run(["export", str(tiny("gemma3-gqa16")), "--exporter", "genai", "--out", str(out)], capsys)
     assert code == 3, err
     (line,) = error_lines(err)
-    assert "parity check failed: prompt logits" in line and "use --exporter optimum" in line, line
+    if genai.REQUIREMENT.endswith("==0.15.2"):
+        assert "parity check failed: prompt logits" in line and genai.INSTEAD in line, line
+    else:  # 0.18's builder does not get as far: it fails on transformers 5's Gemma 3 config (exit 3 all the same)
+        assert "ONNX Runtime GenAI's builder failed on" in line and "'rope_type'" in line, line
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".g.")]
 
 
 def test_int4_is_built_and_checked_structurally(genai):
+    from compressor.export.genai import PRECISION
+
     folder = genai("llama-gqa16", "int4")
     rec = json.loads((folder / "export.json").read_text())
     assert rec["quantization"]["method"] == "int4" and rec["parity"] is None
     assert rec["exporter"]["command"] == ["python", "-m", "onnxruntime_genai.models.builder", "-i", "SRC", "-o", "OUT",
                                           "-p", "int4", "-e", "cpu", "-c", "CACHE", "--extra_options",
-                                          "int4_block_size=32", "int4_accuracy_level=4"]
+                                          *PRECISION["int4"][1]]  # the lane's builder's option names
     assert [c["name"] for c in rec["structural_checks"]] == ["GroupQueryAttention per layer", "int4 weights",
                                                              "runs in ONNX Runtime",
                                                              "served tokenizer (onnxruntime-genai) reads text as the "
@@ -119,7 +124,10 @@ def test_int4_mixed_keeps_the_lm_head_and_the_sensitive_layers_in_int8(genai, ti
     folder = genai("llama-gqa16", "int4-mixed")
     rec = json.loads((folder / "export.json").read_text())
     assert rec["quantization"]["method"] == "int4-mixed" and rec["quantization"]["untied_head"] is False
-    assert "int4_algo_config=k_quant_mixed" in rec["exporter"]["command"]
+    from compressor.export.genai import PRECISION
+
+    assert PRECISION["int4-mixed"][1][-1].endswith("algo_config=k_quant_mixed")  # the lane's builder's option name
+    assert PRECISION["int4-mixed"][1][-1] in rec["exporter"]["command"]
     assert all(c["passed"] for c in rec["structural_checks"]), rec["structural_checks"]
     import onnx
 
@@ -327,8 +335,11 @@ def test_the_served_tokenizer_of_every_genai_export_reads_text_as_the_source_doe
     (check,) = [c for c in rec["structural_checks"] if c["name"].startswith("served tokenizer")]
     assert check["passed"] and "all decode alike" in check["detail"], check
     assert "transformers adds <|im_start|> at the start, onnxruntime-genai's encode does not" in check["detail"]
-    # onnxruntime-genai 0.15.2 splits a newline and the indent after it apart: said, never hidden
-    assert "1 of 4 probe texts into other tokens" in check["warning"] and check["warning"] in rec["warnings"]
+    if genai_requirement().endswith("==0.15.2"):  # the card's lane's builder
+        # onnxruntime-genai 0.15.2 splits a newline and the indent after it apart: said, never hidden
+        assert "1 of 4 probe texts into other tokens" in check["warning"] and check["warning"] in rec["warnings"]
+    else:  # 0.18 reads every probe as transformers does
+        assert "warning" not in check and "4 of 4 texts give the same ids" in check["detail"]
 
 
 def test_a_folder_that_would_serve_garbage_is_never_exported_or_gated(genai, tiny, tmp_path, capsys):
@@ -362,7 +373,7 @@ def test_the_builtin_tokenizer_decodes_byte_level_and_an_old_conversion_is_fixed
     from compressor.export.genai import TOKENIZER_PROBES
     from compressor.sources import builtins
 
-    assert builtins._byte_level_decoder(smollm2_dir)
+    assert builtins._tokenizer_fixed(smollm2_dir)
     old = tmp_path / "smollm2-135m"
     old.mkdir()
     for f in smollm2_dir.iterdir():  # the weights by link: nothing here reads them
@@ -370,7 +381,7 @@ def test_the_builtin_tokenizer_decodes_byte_level_and_an_old_conversion_is_fixed
     _with_decoder(old, SENTENCEPIECE_STYLE)
     before = AutoTokenizer.from_pretrained(str(old))
     assert not builtins._smollm2_complete(old)
-    assert builtins._convert_smollm2(old) == old and builtins._byte_level_decoder(old)
+    assert builtins._convert_smollm2(old) == old and builtins._tokenizer_fixed(old)
     after = AutoTokenizer.from_pretrained(str(old))
     for text in TOKENIZER_PROBES:
         ids = before(text)["input_ids"]

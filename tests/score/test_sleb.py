@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.architectures import get_layers, set_layers
+from compressor.architectures import get_layers, running_blocks, set_layers
 from compressor.errors import BadInput
 from compressor.score.api import score_layers
 from compressor.score.passes import model_loss
@@ -24,11 +24,9 @@ def _calib(loaded, text_file, samples=4, seq_len=32):
 def _loss_without(loaded, data, removed, ref=None):
     """The calibration loss of the model with ``removed`` blocks taken out (a plain full forward)."""
     layers = get_layers(loaded.model, loaded.adapter)
-    set_layers(loaded.model, nn.ModuleList([l for j, l in enumerate(layers) if j not in removed]), loaded.adapter)
-    try:
+    rest = [j for j in range(len(layers)) if j not in removed]
+    with running_blocks(loaded.model, loaded.adapter, [layers[j] for j in rest], rest):
         return model_loss(loaded, data, ref)[0]
-    finally:
-        set_layers(loaded.model, layers, loaded.adapter)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma3_text", "gpt_neox"])

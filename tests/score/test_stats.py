@@ -102,7 +102,11 @@ def test_device_map_auto_scores_like_a_plain_load(tiny, text_file):
     """accelerate's device map (here: all on CPU) keeps hooks and streaming statistics working."""
     plain = load_model(str(tiny("llama")))
     mapped = load_model(str(tiny("llama")), device_map="auto")
-    assert mapped.device == "auto-map" and hasattr(mapped.model, "hf_device_map")
+    from compressor.compat import lane
+
+    assert mapped.device == "auto-map"
+    if lane() == "card":  # transformers 5 places an all-CPU map without accelerate's hooks (nothing to record)
+        assert hasattr(mapped.model, "hf_device_map")
     data = _data(plain, text_file, batch_size=3)
     a = score_layers(plain, "avss", data=data)
     b = score_layers(mapped, "avss", data=data)
