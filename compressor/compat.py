@@ -46,6 +46,19 @@ def optimum_missing() -> str | None:
     return None
 
 
+def unknown_model_type_fix() -> str:
+    """What to do about a model type this transformers does not know: in the card's lane, families added in
+    transformers 5 (Gemma 4, Qwen 3.5, ...) need the current lane."""
+    if lane() == "card":
+        return ("if it is a family transformers 5 added, use the current lane (make install LANE=current); if it "
+                "ships its own code, pass --trust-remote-code")
+    return "if it ships its own code, pass --trust-remote-code; else it needs a newer transformers than this lane's"
+
+
+def transformers_version() -> str:
+    return _version("transformers") or "?"
+
+
 def genai_requirement() -> str:
     """The builder this lane pins, as pip names it (what messages tell a user to install)."""
     return f"onnxruntime-genai=={GENAI[lane()]}"

@@ -13,6 +13,7 @@ from typing import Any
 
 from compressor import diagnostics
 from compressor.architectures import ArchAdapter, adapter_for_config, supported_model_types
+from compressor.compat import transformers_version
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources import builtins
 from compressor.sources.memory import check_load_fits, check_stream_fits, stream_reason
@@ -146,6 +147,12 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
         msg = str(exc)
         if "trust_remote_code" in msg:
             raise BadInput(f"{path} needs custom code to load", "pass --trust-remote-code if you trust it") from exc
+        if "does not recognize this architecture" in msg:  # a model type this transformers does not have
+            from compressor.compat import unknown_model_type_fix
+
+            kind = getattr(exc, "args", [""])[0].split("model type `")[-1].split("`")[0]
+            raise BadInput(f"{path} is a {kind} model, which transformers {transformers_version()} does not know",
+                           unknown_model_type_fix()) from exc
         raise BadInput(f"cannot read the config of {path}: {msg.splitlines()[0]}", "check the model folder or Hub id") from exc
     except TypeError as exc:  # a field of a type the config class cannot take
         raise BadInput(f"cannot read the config of {path}: {str(exc).splitlines()[0]}",

@@ -99,3 +99,21 @@ def test_hub_models_are_fingerprinted_by_snapshot_content_and_dtype(tiny, tmp_pa
     publish("b" * 40, 0.5)  # a new revision behind the same id
     again = load_model("acme/tiny-llama", dtype="float32")
     assert model_fingerprint(again) != first
+
+
+def test_a_model_type_this_transformers_lacks_is_refused_naming_the_lane_that_has_it(tmp_path, monkeypatch):
+    """In the card's lane a family transformers 5 added (Gemma 4, Qwen 3.5, ...) points at the current lane;
+    in the current lane the same refusal says a newer transformers is needed. One line, before any load."""
+    from compressor import compat
+    from compressor.sources.models import load_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "avss_future_family",
+                                                      "architectures": ["AvssFutureForCausalLM"]}))
+    for lane, words in (("card", "use the current lane (make install LANE=current)"),
+                        ("current", "needs a newer transformers than this lane's")):
+        monkeypatch.setattr(compat, "lane", lambda lane=lane: lane)
+        with pytest.raises(BadInput) as exc:
+            load_config(str(tmp_path))
+        assert exc.value.problem == (f"{tmp_path} is a avss_future_family model, which transformers "
+                                     f"{compat.transformers_version()} does not know")
+        assert words in exc.value.fix
