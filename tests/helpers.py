@@ -79,36 +79,25 @@ def library_log():
 
 def grouped(*, cut: bool = False, **flags):
     """Flat flag values, as a user types them, grouped into the settings the library's one-call commands take
-    (as the CLI shell groups them): ``scorer``, ``calibration``, ``repair``, ``load`` and, with ``cut``, ``cut``.
-    Flags that belong to no group (``scores``, ``out``, ``protect`` on score, ...) pass through."""
-    from compressor.repair.methods import repair_settings
+    by the CLI's own option groups (``compressor.cli.options``): ``scorer``, ``calibration``, ``repair``, ``load``
+    and, with ``cut``, ``cut``. Flags that belong to no group (``scores``, ``out``, ``protect`` on score, ...)
+    pass through."""
+    from compressor.cli import options as o
     from compressor.score.select import CutSettings
-    from compressor.score.settings import ScorerSettings
-    from compressor.sources.memory import parse_size
-    from compressor.sources.settings import CalibrationSettings, LoadSettings
 
-    def take(*names):
-        return {n: flags.pop(n) for n in names if n in flags}
+    def take(group):
+        return {p.name: flags.pop(p.name) for p in group.params()[0] if p.name in flags}
 
+    if "mode" in flags:  # score_checkpoint's name for --avss-mode
+        flags["avss_mode"] = flags.pop("mode")
     seed = flags.pop("seed", 0)
-    out = {}
-    scorer = take("method", "mode", "avss_mode", "objective", "max_remove", "last_state")
-    scorer["mode"] = scorer.pop("avss_mode", scorer.get("mode"))
-    out["scorer"] = ScorerSettings(**{"method": None if cut else "avss", **scorer, "seed": seed})
+    out = {"scorer": o.SCORER.build(flags.pop("method", None if cut else "avss"), seed, **take(o.SCORER))}
     if cut:
-        out["cut"] = CutSettings(**take("ratio", "num_layers", "mass", "mass_order", "protect"))
-    calibration = take("data", "profile", "samples", "seq_len", "batch_size", "text_field", "pack")
-    if isinstance(calibration.get("profile"), (str, Path)) and not calibration.get("data"):
-        from compressor.profiles import load_profile
-
-        calibration["profile"] = load_profile(calibration["profile"])
-    out["calibration"] = CalibrationSettings(**calibration)
-    repair = take("repair", "ridge", "heal_steps", "heal_tokens", "heal_lr", "heal_loss", "heal_minutes")
-    if repair:
-        out["repair"] = repair_settings(repair.pop("repair", None), seed=seed, **repair)
-    load = take("device", "dtype", "device_map", "offload_folder", "stream", "allow_pickle", "trust_remote_code",
-                "max_memory")
-    if isinstance(load.get("max_memory"), str):
-        load["max_memory"] = parse_size(load["max_memory"])
-    out["load"] = LoadSettings(**load)
+        out["cut"] = CutSettings(**{n: flags.pop(n) for n in ("ratio", "num_layers", "mass", "mass_order", "protect")
+                                    if n in flags})
+    out["calibration"] = o.CALIBRATION.build(**take(o.CALIBRATION))
+    knobs = take(o.REPAIR)
+    if knobs or "repair" in flags:
+        out["repair"] = o.REPAIR.build(flags.pop("repair", None), seed, **knobs)
+    out["load"] = o.LOAD.build(**take(o.LOAD))
     return {**out, **flags}

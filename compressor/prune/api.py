@@ -117,7 +117,7 @@ def prune_checkpoint(
     load = load.streaming(_stream_choice(load.stream, method, repair.method))
     check_output_dir(out, force, note=diagnostics.note)
     report = ScoreReport.load(scores) if scores else None
-    protect = protect_for(repair, cut.protect) if repair.enabled else cut.protect
+    protect = protect_for(repair, cut.protect)  # widened only by a repair that folds into the block before a span
     if isinstance(model, (str, Path)):  # the cut against the model's config, before it loads
         total = load.num_layers(str(model))
         cut.check(total, protect)

@@ -124,7 +124,8 @@ def repair_pruned(base: Any, slim: str, out: str, *, repair: RepairSettings = Re
     if not repair.enabled:
         raise BadInput("--method none repairs nothing", f"use one of: {', '.join(choices()[1:])}")
     calibration = calibration or CalibrationSettings()
-    load = (load or LoadSettings()).streaming(stream_choice(repair.method, (load or LoadSettings()).stream))
+    load = load or LoadSettings()
+    load = load.streaming(stream_choice(repair.method, load.stream))
     check_output_dir(out, force, note=diagnostics.note)
     calib = calibration.spec()
     loaded = base if not isinstance(base, (str, Path)) else load.load(str(base), copies=repair.copies)

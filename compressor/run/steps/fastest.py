@@ -48,7 +48,7 @@ def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]], l
     precisions (``--precisions`` narrows them), most precise first, and why the others are left out. Called
     before any work too (``prepare``): an empty space is bad input."""
     from compressor.errors import AvssError, BadInput
-    from compressor.export.exporters import EXPORTERS, get_exporter
+    from compressor.export.exporters import EXPORTERS
 
     c, base = ctx.cfg, ctx.base
     names = [c.exporter] if c.exporter else list(EXPORTERS)
@@ -56,9 +56,7 @@ def space(ctx: RunContext) -> tuple[list[str], dict[str, list[Optional[str]]], l
     for name in names:
         exp = EXPORTERS.find(name)
         missing = exp.missing()
-        if missing is not None:  # not installable in this lane (named by --exporter: refused with the fix)
-            if c.exporter:
-                get_exporter(name)
+        if missing is not None:  # not installable in this lane (named by --exporter, the run config refused it)
             refused.append(f"{name}: {missing}")
             continue
         wanted = [p for p in exp.search_precisions if c.precisions is None or precision_name(p) in c.precisions]
