@@ -85,6 +85,16 @@ def lane_folder(name: str) -> str:
     return name if lane() == "card" else f"{name}-transformers5"
 
 
+def builder_load_dtype(config: Any) -> str:
+    """The dtype ONNX Runtime GenAI's builder gets its weights in (its ``from_pretrained`` passes none): fp32 with
+    transformers 4.57, the checkpoint's own dtype with transformers 5 (whose default is "auto"). The streamed
+    writer reads each block in it, so it hands the builder's graph code the same tensors."""
+    if lane() == "card":
+        return "float32"
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return str(stored).replace("torch.", "")
+
+
 def plain_copy(model: Any) -> Any:
     """A model loaded from GGUF, as a plain (unquantized) model that ``save_pretrained`` writes: transformers 5
     keeps the GGUF loader's quantization record on the model and then refuses to serialize it."""

@@ -112,14 +112,17 @@ def _quiet_exporter() -> Iterator[None]:
 MIN_OPSET, MAX_OPSET = 14, 23  # Optimum's decoder configs need 14; torch 2.13's exporter stops at 23
 
 
-def check_export_spec(spec: str, max_memory: int | None = None, trust_remote_code: bool = False) -> None:
-    """``avss export``'s memory check, from the spec the user typed (its config and headers only)."""
+def check_export_spec(spec: str, max_memory: int | None = None, trust_remote_code: bool = False,
+                      stream: bool | None = False, can_stream: bool = False) -> bool:
+    """``avss export``'s memory check, from the spec the user typed (its config and headers only); returns
+    whether the export streams (``stream`` None: when only a streamed one fits and the exporter has one)."""
     from compressor.architectures import adapter_for_config
     from compressor.sources.memory import check_export_fits
     from compressor.sources.models import load_config, resolve_model_path
 
     path, _ = resolve_model_path(spec)
-    check_export_fits(path, adapter_for_config(load_config(path, trust_remote_code)), max_memory)
+    return check_export_fits(path, adapter_for_config(load_config(path, trust_remote_code)), max_memory,
+                             stream=stream, can_stream=can_stream)
 
 
 def export_bytes(num_parameters: int) -> int:

@@ -52,6 +52,8 @@ class Exporter:
     traces_on_device: ClassVar[bool] = False
     # what its quantized artifact starts from: "graph" (the fp32 export) or "checkpoint" (the slim folder)
     quantize_source: ClassVar[str] = "graph"
+    # whether it can write its graph one block at a time from the shards (``--stream``)
+    streams: ClassVar[bool] = False
 
     def missing(self) -> Optional[str]:
         """Why this exporter cannot run in this environment (None: it can): asked before any work."""
@@ -60,17 +62,25 @@ class Exporter:
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
         """Refuse, before any work, a combination of settings this exporter cannot build."""
 
+    def check_stream(self, stream: Optional[bool]) -> None:
+        """Refuse ``--stream`` where this exporter needs the whole model."""
+        if stream and not self.streams:
+            streaming = [n for n, e in EXPORTERS.items() if e.streams]
+            raise BadInput(f"--exporter {self.name} needs the whole model in memory and cannot --stream",
+                           f"use --exporter {' or '.join(streaming)} with --stream, or drop --stream")
+
     def check_model(self, config: Any, family: str, quantize: Optional[str]) -> None:
         """Refuse, from the config alone, a model this exporter cannot build."""
 
     def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
                device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
-               on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+               stream: bool = False, on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
         raise NotImplementedError
 
     def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
-                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False,
+                 stream: bool = False) -> dict[str, Any]:
         """The shipped quantized artifact, from the slim ``checkpoint`` or its fp32 ``graph`` (whichever this
         exporter starts from); returns its record's ``quantization`` and checks."""
         raise NotImplementedError
@@ -106,9 +116,10 @@ class OptimumExporter(Exporter):
     def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
                device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
-               on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+               stream: bool = False, on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
         from compressor.export.convert import export_model
 
+        self.check_stream(stream)
         res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=on_start,
                            on_stage=on_stage, quantize=quantize)
@@ -117,9 +128,11 @@ class OptimumExporter(Exporter):
                              res.parity.to_dict(), q.get("structural_checks", []), res.warnings, res.task)
 
     def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
-                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False,
+                 stream: bool = False) -> dict[str, Any]:
         from compressor.export.quantize import quantize_export
 
+        self.check_stream(stream)
         rec: dict[str, Any] = quantize_export(graph, out, precision, force=True, provider=provider)
         return rec
 
@@ -137,6 +150,7 @@ class GenAIExporter(Exporter):
     search_precisions = (None, "int8-weights", "int4-mixed", "int4")
     bench_reference = "onnx-base-genai"
     quantize_source = "checkpoint"
+    streams = True
 
     def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
         from compressor.export.genai import check_precision, check_target
@@ -153,19 +167,20 @@ class GenAIExporter(Exporter):
     def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
                device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
-               on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+               stream: bool = False, on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
         from compressor.export.genai import export_genai
 
         rec = export_genai(str(model), out, quantize=quantize, dtype=dtype, device=device, force=force,
-                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=on_start,
-                           on_stage=on_stage)
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stream=stream,
+                           on_start=on_start, on_stage=on_stage)
         return ExportOutcome(str(out), self.name, rec, rec["num_layers"], rec["files"], rec["timings"], rec["parity"],
                              rec["structural_checks"], rec["warnings"], f"GenAI ({rec['exporter']['package']})")
 
     def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
-                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+                 provider: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False,
+                 stream: bool = False) -> dict[str, Any]:
         rec = self.export(checkpoint, out, quantize=precision, force=True, allow_pickle=allow_pickle,
-                          trust_remote_code=trust_remote_code).record
+                          trust_remote_code=trust_remote_code, stream=stream).record
         return {"quantization": rec["quantization"], "structural_checks": rec["structural_checks"], "files": rec["files"]}
 
     def quantize_inputs(self, precision: str) -> dict[str, Any]:

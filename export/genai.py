@@ -168,11 +168,30 @@ def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], d
             options = builder.parse_extra_options(None, str(src), str(dst), precision, device, str(scratch / "cache"),
                                                   extra)
             builder.create_model(None, str(src), str(dst), precision, device, str(scratch / "cache"), **options)
+    except BadInput:
+        raise  # the streamed reader's damaged or missing shard: the user's input, said as such
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the builder raises anything; its log is the detail
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise RuntimeFailure(f"ONNX Runtime GenAI's builder failed on {src}: {first}",
                              f"re-run with --debug; or {INSTEAD}") from exc
     return cmd
+
+
+def check_streamable(config: Any, quantize: Optional[str]) -> None:
+    """Refused before any weight is read: what the per-weight pass cannot write like the builder."""
+    if quantize is not None and any("algo_config" in o for o in PRECISION[quantize][1]):
+        raise BadInput(f"--quantize {quantize} runs the builder's k-quant pass over the whole graph, which the streamed "
+                       "export does not reproduce", "use --quantize int4 or int8-weights with --stream, or drop --stream")
+    if unties(config, quantize):
+        raise BadInput(f"--quantize {quantize} of a model with tied embeddings is built from an untied copy of the "
+                       "checkpoint, which the streamed export does not write", "drop --stream (or use --quantize int4)")
+
+
+def _streamed_disk(loaded: Any, quantize: Optional[str]) -> int:
+    """Disk the streamed export needs: the spool and the final data file, each the output's size (fp32: 4 bytes
+    a weight; quantized: at most 1 byte and its scales)."""
+    per = 4 if quantize is None else 1.25
+    return int(2 * per * loaded.num_parameters)
 
 
 def unties(config: Any, quantize: Optional[str]) -> bool:
@@ -340,9 +359,12 @@ def _runs(folder: Path, provider: str = "cpu") -> dict[str, Any]:
 
 def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "float32",
                  device: str = "cpu", force: bool = False, allow_pickle: bool = False, trust_remote_code: bool = False,
-                 on_start: Optional[Callable[[str], None]] = None,
+                 stream: bool = False, on_start: Optional[Callable[[str], None]] = None,
                  on_stage: Optional[Callable[[str, float], None]] = None) -> dict[str, Any]:
     """Build ``model`` (a folder or ``builtin:``) with the Model Builder into ``out``; returns ``export.json``.
+
+    ``stream``: the same graph, written one block at a time from the safetensors shards
+    (``compressor.export.genai_stream``); its fp32/fp16 parity runs the reference one block at a time too.
 
     fp32 and fp16 (``device="cuda"``: the CUDA provider's graph) are parity-checked against the fp32
     PyTorch model (``RuntimeFailure`` and nothing written if it does not hold); int4 is checked
@@ -369,13 +391,18 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                 ["the installed onnxruntime has no CUDA provider, so the fp16 graph built for CUDA was parity-checked "
                  "on ONNX Runtime's CPU provider (install onnxruntime-gpu to check it on CUDA)"])
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}  # GB: what each stage holds (the streamed writer's point is the build's)
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
+        from compressor.export.peak_rss import PeakRSS
+
         if on_start:
             on_start(name)
         t0 = time.perf_counter()
-        res = fn()
+        with PeakRSS(interval=0.05) as peak:
+            res = fn()
         timings[name] = round(time.perf_counter() - t0, 3)
+        peaks[name] = round(peak.peak / 1e9, 3)
         if on_stage:
             on_stage(name, timings[name])
         return res
@@ -388,10 +415,13 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
         raise BadInput(f"{model} is not a local folder; the builder reads a checkpoint folder",
                        "download it first (huggingface-cli download) and pass the folder")
     src = Path(path)
+    if stream:
+        check_streamable(config, quantize)
     loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
-                                              trust_remote_code=trust_remote_code))
+                                              trust_remote_code=trust_remote_code, stream=stream))
     untie = unties(config, quantize)
-    check_free_space(out, (2 + untie) * loaded.weight_bytes, f"the GenAI export {out}")
+    check_free_space(out, (2 + untie) * loaded.weight_bytes if not stream else _streamed_disk(loaded, quantize),
+                     f"the GenAI export {out}")
     num_layers = int(loaded.config.num_hidden_layers)
     tmp = staging_dir(out)
     final, scratch = tmp / "final", tmp / "scratch"
@@ -401,17 +431,28 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                         "pinned builder's int8 precision cannot write a tied one; the folder holds both matrices")
     try:
         build_src = _untied_copy(loaded.model, src, scratch / "untied") if untie else src
-        cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
+        if stream:
+            from compressor.compat import builder_load_dtype
+            from compressor.export.genai_stream import streaming_builder
+
+            with streaming_builder(src, scratch, builder_load_dtype(config)):
+                cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
+        else:
+            cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
         for name in ("config.json", "generation_config.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, final / name)
         check_onnx_files(final / "model.onnx")
-        checks = structural_checks(final, num_layers, quantize) + [_runs(final, provider),
-                                                                   served_tokenizer(final, loaded.tokenizer)]
+        checks = timed("checks", lambda: structural_checks(final, num_layers, quantize) + [
+            _runs(final, provider), served_tokenizer(final, loaded.tokenizer)])
         report = None
         if quantize is None:
-            report = timed("parity", lambda: parity.check_genai_parity(loaded.model, final, num_layers=num_layers,
-                                                                       dtype=dtype, provider=provider))
+            if stream:
+                report = timed("parity", lambda: parity.check_genai_parity_streamed(
+                    src, final, num_layers=num_layers, dtype=dtype, provider=provider))
+            else:
+                report = timed("parity", lambda: parity.check_genai_parity(loaded.model, final, num_layers=num_layers,
+                                                                           dtype=dtype, provider=provider))
             if report.reference_nonfinite:
                 raise BadInput(f"{model} gives NaN/inf logits in PyTorch itself, so no export can match it",
                                "its weights are broken: check them; nothing was written")
@@ -428,13 +469,15 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
         record = {"schema_version": 1, "tool": "avss-compressor", "tool_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "exporter": {"name": "genai", "label": "onnx-genai", "package": f"onnxruntime-genai=={version}",
-                               "command": _recorded(cmd)},
+                               "command": _recorded(cmd),
+                               "writer": ("streamed: the builder's graph code, weights read, quantized and written "
+                                          "one block at a time by avss" if stream else "the builder")},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
                   "task": "text-generation-with-past", "num_layers": num_layers, "target": target,
                   "dtype": dtype, "warnings": warnings, "quantization": ({"method": quantize, "settings": PRECISION[quantize][1], "untied_head": untie}
                                                        if quantize else None),
                   "parity": report.to_dict() if report is not None else None, "structural_checks": checks,
-                  "files": files, "timings": timings}
+                  "files": files, "timings": timings, "peak_rss_gb": peaks}
         (final / EXPORT_RECORD).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         replace_dir(final, out)
     finally:

@@ -138,6 +138,12 @@ class OrtModelForCausalLM(_OrtBase):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         mask = (np.ones((b, past_len + n), np.int64) if attention_mask is None
                 else attention_mask.cpu().numpy().astype(np.int64))
+        limit = getattr(self.config, "max_position_embeddings", None)
+        if self._kv_shape is not None and isinstance(limit, int) and past_len + n > limit:
+            # the builder's graph holds rotary tables for max_position_embeddings positions only: ONNX Runtime's
+            # GroupQueryAttention fails past them ("cos_cache dimension 0 shall not be less than ...")
+            raise BadInput(f"this GenAI graph holds {limit} positions (its rotary tables) and was given "
+                           f"{past_len + n}", f"lower the profile's window / eval.max_length to at most {limit}")
         if self._right_padding_only and past_key_values is not None and past_len and n > 1 and (b > 1 or not mask.all()):
             return self._rows_on_past(ids, mask, past_key_values)
         feed: dict[str, Any] = {"input_ids": ids}

@@ -54,13 +54,19 @@ def tiny_config(arch: str):
         if arch == "gemma3-gqa16":
             return tf.Gemma3TextConfig(head_dim=16, sliding_window=16, layer_types=[
                 "sliding_attention", "full_attention", "full_attention"], **wide), "Gemma3ForCausalLM"
+        if arch == "mistral-gqa16":  # untied: the builder's int4 quantizes the embedding table on its own
+            return tf.MistralConfig(**{**wide, "tie_word_embeddings": False}, sliding_window=None), "MistralForCausalLM"
+        if arch == "qwen3-gqa16":
+            return tf.Qwen3Config(head_dim=16, **wide), "Qwen3ForCausalLM"
+        if arch == "phi3-gqa16":  # original = max positions: the builder's plain rotary (not LongRoPE) graph
+            return tf.Phi3Config(original_max_position_embeddings=256, pad_token_id=0, **wide), "Phi3ForCausalLM"
         return tf.Qwen2Config(**wide), "Qwen2ForCausalLM"
     raise KeyError(arch)
 
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "bert", "roberta", "distilbert"]
 DECODERS = ARCHS[:8]
-GQA16 = ["llama-gqa16", "qwen2-gqa16", "gemma3-gqa16"]  # not in ARCHS: only the GenAI exporter's tests use them
+GQA16 = ["llama-gqa16", "qwen2-gqa16", "gemma3-gqa16", "mistral-gqa16", "qwen3-gqa16", "phi3-gqa16"]  # not in ARCHS: only the GenAI exporter's tests use them
 ENCODERS = ARCHS[8:]
 
 

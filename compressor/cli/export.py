@@ -22,7 +22,8 @@ def export(
     exporter: Annotated[Optional[str], typer.Option("--exporter", help=EXPORTER_HELP + " Default: optimum in the card's lane, genai in the current lane (`avss --version` says which).")] = None,
     allow_pickle: o.AllowPickle = False,
     trust_remote_code: o.TrustRemoteCode = False,
-    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="RAM the export may use, e.g. 24GB or 24GiB (default: what is free now): an export whose estimated peak (about 2.4x the fp32 weights) cannot fit is refused before it starts.")] = None,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="RAM the export may use, e.g. 24GB or 24GiB (default: what is free now): an export whose estimated peak (about 2.4x the fp32 weights; streamed: about 3x its largest block or embedding in fp32) cannot fit is refused before it starts.")] = None,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="With --exporter genai: write the builder's graph one block at a time from the safetensors shards (the same files; memory: one block or embedding at a time). Default: only when the whole-model export would not fit.")] = None,
     force: o.Force = False,
 ) -> None:
     from rich.table import Table
@@ -37,7 +38,8 @@ def export(
     limit = parse_size(max_memory) if max_memory is not None else None
     chosen = get_exporter(exporter)
     chosen.check_flags(dtype=dtype, device=device, quantize=quantize)
-    check_export_spec(model, limit, trust_remote_code)  # before the output folder is touched
+    chosen.check_stream(stream)
+    streamed = check_export_spec(model, limit, trust_remote_code, stream, chosen.streams)  # before the folder is touched
     check_output_dir(out, force, note=note)  # also cleans what a killed export left beside it
 
     def started(stage: str) -> None:
@@ -46,9 +48,10 @@ def export(
     def ended(stage: str, seconds: float) -> None:
         note(f"{stage}: {seconds:.1f} s")
 
-    note(f"exporting {model} to {out} with {chosen.name} (opset {opset}, {quantize or dtype}, {device})")
+    note(f"exporting {model} to {out} with {chosen.name} (opset {opset}, {quantize or dtype}, {device}"
+         f"{', streamed: one block at a time' if streamed else ''})")
     res = chosen.export(model, out, task=task, opset=opset, device=device, dtype=dtype, quantize=quantize, force=force,
-                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=started,
+                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stream=streamed, on_start=started,
                         on_stage=ended)
     for w in res.warnings:
         warn(w)

@@ -60,6 +60,7 @@ class StageInfo:
     status: str  # ran | resumed | skipped
     seconds: float
     detail: str = ""
+    peak_rss_gb: float | None = None  # this process's peak while the stage ran (what to size a machine by)
 
 
 @dataclass
@@ -179,12 +180,15 @@ class RunContext:
         why = why or self.store.why_rerun(stage.name, key, digests)
         if why:
             self.ev.note(f"{stage.name}: running again ({why})")
+        from compressor.export.peak_rss import PeakRSS
+
         t0 = time.perf_counter()
-        res, detail = stage.work(self.ev.start(stage.name, stage.label))
+        with PeakRSS(interval=0.05) as peak:  # 20 samples a second: nothing next to a stage's work
+            res, detail = stage.work(self.ev.start(stage.name, stage.label))
         res = {**res, "detail": detail}
         saved = self.store.save(stage, key, digests, t0, res)
         self.ev.end(stage.name, "ran", saved.seconds, detail)
-        self.result.stages.append(StageInfo(stage.name, "ran", saved.seconds, detail))
+        self.result.stages.append(StageInfo(stage.name, "ran", saved.seconds, detail, round(peak.peak / 1e9, 3)))
         return res
 
     def skip(self, name: str, why: str) -> None:

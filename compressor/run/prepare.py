@@ -177,7 +177,10 @@ def check_memory(ctx: RunContext) -> None:
     # the smallest cut this run can make bounds the slim model (a search's first candidate removes 1)
     removed = 1 if c.search else c.cut_size(size.blocks)
     slim = m.need_export(size.slim(max(size.blocks - removed, 0)))
-    if not c.skip_export and c.skip_bench:
+    if not c.skip_export and ctx.stream and ctx.exporter.streams:  # every export of the run streams
+        steps.append(("export", f"exporting {path} to ONNX one block at a time ({ctx.exporter.name})",
+                      m.need_export_streamed(size), "cpu"))
+    elif not c.skip_export and c.skip_bench:
         steps.append(("export", f"exporting the slim model of {path} to ONNX (fp32)", slim, "cpu"))
     elif not c.skip_export:
         steps.append(("export", f"exporting {path} to ONNX (fp32, the bench's full-model reference)",
@@ -195,17 +198,36 @@ def check_memory(ctx: RunContext) -> None:
                      capped=limit is not None)
 
 
+# a streamed GenAI artifact's bytes per weight: int4 measured at 0.91 on the 8 B shape (its fp32 input
+# embedding included; docs/results/genai-stream.md); int8-weights bounded by 1 byte + scales + that embedding
+STREAMED_BYTES_PER_WEIGHT = {"int4": 1.0, "int8-weights": 1.5}
+
+
 def disk_need(ctx: RunContext) -> int:
-    """About how many bytes the run writes (full-size bounds): a checkpoint per model/, cut/ and search
-    candidate, an export per ONNX folder, and a quantized copy (under half the fp32 graph)."""
+    """About how many bytes the run writes: a checkpoint per model/, cut/ and search candidate (the slim size
+    for a fixed cut, else full), an export per ONNX folder, and a quantized copy (under half the fp32 graph);
+    a streamed, quantized run writes only quantized graphs, each once to a spool and once into place."""
     from compressor.export.convert import export_bytes
 
     c, b = ctx.cfg, ctx.base
     fastest = c.search == "fastest"  # its passing cuts and the frontier's artifacts are kept until it chooses
-    need: int = b.weight_bytes * (1 + ctx.repair.enabled + bool(c.search) + 2 * fastest)
-    if not c.skip_export:
-        need += (export_bytes(b.num_parameters) * (1 + (not c.skip_bench) + 2 * fastest)
-                 + 2 * b.num_parameters * bool(c.quantize or fastest))
+    full, params = b.weight_bytes, b.num_parameters
+    slim_share = 1.0
+    if not c.search and b.num_layers:  # the cut's size is known: the slim copies are that much smaller
+        from compressor.architectures import adapter_for_config
+        from compressor.sources.memory import checkpoint_size
+
+        size = checkpoint_size(b.path, adapter_for_config(b.config))
+        if size is not None and size.total:
+            slim_share = size.slim(max(size.blocks - c.cut_size(size.blocks), 0)).total / size.total
+    slim, slim_params = int(full * slim_share), int(params * slim_share)
+    need: int = slim * (1 + ctx.repair.enabled) + full * (bool(c.search) + 2 * fastest)
+    if not c.skip_export and ctx.stream and ctx.exporter.streams and c.quantize:
+        per = STREAMED_BYTES_PER_WEIGHT.get(c.quantize, 1.5)
+        need += int(2 * per * (slim_params + params * (not c.skip_bench)))
+    elif not c.skip_export:
+        need += (export_bytes(params) * (1 + (not c.skip_bench) + 2 * fastest)
+                 + 2 * params * bool(c.quantize or fastest))
     return need
 
 

@@ -131,6 +131,17 @@ def need_export(size: CheckpointSize) -> int:
     return int(size.bytes("float32") * EXPORT_FACTOR)
 
 
+STREAM_EXPORT_FACTOR = 3.0  # peak of a streamed GenAI export / its largest unit in fp32 (+ the baseline below)
+STREAM_EXPORT_BASE = 10**9  # torch, transformers, ONNX Runtime and the builder imported
+
+
+def need_export_streamed(size: CheckpointSize) -> int:
+    """The streamed GenAI export: one unit (a block, the embeddings or the LM head) in fp32 at a time, its
+    quantized copy and chunk buffers, plus the imports (``benchmarks/genai_stream.py`` measures it)."""
+    unit = max(size.block, size.body, size.head)
+    return int(unit * 4 * STREAM_EXPORT_FACTOR) + STREAM_EXPORT_BASE
+
+
 def need_verify(size: CheckpointSize, dtype: str) -> int:
     """verify holds one model at a time (the base is freed before the candidate loads)."""
     return need_in_memory(size, dtype)
@@ -200,10 +211,24 @@ def check_stream_fits(path: str, adapter: ArchAdapter, dtype: str, device: str, 
                f"streaming {path} in {dtype} (one block at a time)", fix, capped=max_memory is not None)
 
 
-def check_export_fits(path: str, adapter: ArchAdapter, max_memory: int | None = None, what: str = "") -> None:
-    """Before an export: its fp32 trace, graph and parity pass must fit in RAM."""
+def check_export_fits(path: str, adapter: ArchAdapter, max_memory: int | None = None, what: str = "",
+                      stream: bool | None = False, can_stream: bool = False) -> bool:
+    """Before an export: its fp32 trace, graph and parity pass must fit in RAM; streamed (``stream``; None:
+    when the whole export would not fit and the exporter ``can_stream``), one unit at a time must. Returns
+    whether the export streams."""
     size = checkpoint_size(path, adapter)
     if size is None:
-        return
-    check_fits(need_export(size), available_bytes("cpu", max_memory), what or f"exporting {path} to ONNX (fp32)",
-               f"export on a machine with more memory (or {_MORE})", capped=max_memory is not None)
+        return bool(stream)
+    free, capped = available_bytes("cpu", max_memory), max_memory is not None
+    streamed = need_export_streamed(size)
+    if stream is None:
+        stream = can_stream and need_export(size) > free and streamed <= free
+    if stream:
+        check_fits(streamed, free, what or f"exporting {path} to ONNX one block at a time",
+                   f"export on a machine with more memory (or {_MORE})", capped=capped)
+        return True
+    fix = (f"add --stream (one block at a time: about {gb(streamed)})" if can_stream and streamed <= free
+           else "export on a machine with more memory")
+    check_fits(need_export(size), free, what or f"exporting {path} to ONNX (fp32)", f"{fix} (or {_MORE})",
+               capped=capped)
+    return False

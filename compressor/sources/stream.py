@@ -47,7 +47,12 @@ class ShardReader:
         for k in keys:
             by_file.setdefault(self.checkpoint.tensors[k].file, []).append(k)
         for path, ks in by_file.items():
-            with path.open("rb", buffering=0) as fh:
+            try:
+                fh = path.open("rb", buffering=0)
+            except OSError as exc:  # gone or unreadable since its header was checked
+                raise BadInput(f"{path} cannot be read ({exc.strerror or exc}); it held {ks[0]}",
+                               "restore the checkpoint's files (re-download or re-save the model) and run again") from exc
+            with fh:
                 for k in ks:
                     t = self.checkpoint.tensors[k]
                     dtype = t.dtype.torch()

@@ -49,7 +49,8 @@ def test_the_builder_export_passes_parity(arch, genai):
     assert {c["name"] for c in rec["parity"]["checks"]} == {
         "kv-cache outputs", "prompt logits (batch 3, right-padded, lengths 11/7/4)",
         "decode step with past vs no-cache forward (each sequence)", "greedy generation (8 tokens)"}
-    assert all(c["passed"] for c in rec["structural_checks"]) and set(rec["timings"]) == {"load", "build", "parity"}
+    assert all(c["passed"] for c in rec["structural_checks"]) and set(rec["timings"]) == {"load", "build", "checks", "parity"}
+    assert set(rec["peak_rss_gb"]) == set(rec["timings"]) and all(v > 0 for v in rec["peak_rss_gb"].values())
     assert is_genai_folder(folder) and (folder / "config.json").is_file() and (folder / "model.onnx").is_file()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
 

@@ -10,8 +10,11 @@ from compressor.run.stages import Files, Input, Setting, Stage
 
 def bench(ctx: RunContext, given: Results) -> Results:
     c = ctx.cfg
-    # full first, then slim, then what else ships: the bench's ratios are against the first
-    folders = [given[r] for r in ("onnx-base", "onnx", "quantized", "base-ship") if given.get(r) is not None]
+    # full first, then slim, then what else ships: the bench's ratios are against the first (a streamed run has
+    # no Optimum fp32 reference: the full model through the shipping exporter is the first)
+    order = ("onnx-base", "onnx", "quantized", "base-ship") if given.get("onnx-base") is not None else (
+        "base-ship", "onnx", "quantized")
+    folders = [given[r] for r in order if given.get(r) is not None]
 
     def work(cb: Any) -> tuple[dict[str, Any], str]:
         from compressor.export.bench import bench_models
@@ -35,7 +38,18 @@ def bench(ctx: RunContext, given: Results) -> Results:
                                          ("bench.json", "bench.png"), work)).get("bench")}
 
 
+def _skip(ctx: RunContext, given: Results) -> str | None:
+    if ctx.cfg.skip_bench:
+        return "--skip-bench"
+    if ctx.cfg.skip_export:
+        return "--skip-export"
+    full = given.get("onnx-base") if given.get("onnx-base") is not None else given.get("base-ship")
+    if full is None or given.get("onnx") is None and given.get("quantized") is None:
+        return "no full and slim artifact to compare (their exports were skipped)"
+    return None
+
+
 STEPS = (
     Step("bench", ("onnx-base", "onnx", "quantized", "base-ship"), ("bench",), ("bench.json", "bench.png"), bench,
-         optional=("quantized", "base-ship"), skip=lambda ctx, given: "--skip-bench" if ctx.cfg.skip_bench else None),
+         optional=("onnx-base", "onnx", "quantized", "base-ship"), skip=_skip),
 )
