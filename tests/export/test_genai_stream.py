@@ -156,3 +156,29 @@ def test_an_export_that_fits_only_streamed_streams_and_says_so(tiny, tmp_path, c
     code, _, err = run([*base, "--out", str(tmp_path / "g2")], capsys)
     assert code == 0 and "streamed: one block at a time" in err, err
     assert json.loads((tmp_path / "g2" / "export.json").read_text())["exporter"]["writer"].startswith("streamed")
+
+
+@pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
+def test_a_streamed_run_ships_the_streamed_quantized_artifact_and_benches_it_against_the_full_one(tiny, tmp_path,
+                                                                                                  capsys):
+    """A streamed run with --exporter genai --quantize int4: no fp32 slim graph, the int4 artifact written one
+    block at a time and gated on tasks, the bench's reference the full model through the same exporter; every
+    stage that ran records its peak RSS."""
+    from helpers import write_ppl_profile
+
+    out = tmp_path / "art"
+    code, _, err = run(["run", str(tiny("mistral-gqa16")), "--profile", str(write_ppl_profile(tmp_path, 0.1)),
+                        "--out", str(out), "--num-layers", "1", "--exporter", "genai", "--quantize", "int4",
+                        "--stream", "--repair", "linear", "--bench-runs", "1", "--bench-warmup", "0",
+                        "--bench-rounds", "1", "--bench-new-tokens", "4", "--bench-prompt-len", "8"], capsys)
+    assert code == 0, err
+    stages = {s["name"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert stages["export"]["status"] == "skipped" and "fp32 slim graph" in stages["export"]["detail"]
+    assert "(streamed)" in stages["quantize"]["detail"] and "(streamed)" in stages["export-base-genai"]["detail"]
+    assert stages["verify-onnx-int4"]["status"] == "ran" and stages["bench"]["status"] == "ran"
+    assert all(s["peak_rss_gb"] > 0 for s in stages.values() if s["status"] == "ran")
+    for folder in ("onnx-int4", "onnx-base-genai"):
+        assert json.loads((out / folder / "export.json").read_text())["exporter"]["writer"].startswith("streamed")
+    bench = json.loads((out / "bench.json").read_text())
+    assert Path(bench["models"][0]["path"]).name in ("onnx-base", "onnx-base-genai")  # the full model first
+    assert not (out / "onnx").exists()
