@@ -46,6 +46,17 @@ class _Spool:
         self.offset += len(data)
         return start, len(data)
 
+    def put_tensor(self, t: Any) -> tuple[int, int]:
+        """``t``'s bytes, written from its own buffer where it has one (``tobytes`` would copy an 8 B model's
+        2.1 GB fp32 embedding once more)."""
+        import numpy as np
+        import onnx_ir as ir
+
+        if t.dtype in (ir.DataType.INT4, ir.DataType.UINT4):  # two values a byte: only tobytes packs them
+            return self.put(t.tobytes())
+        arr = np.ascontiguousarray(t.numpy())
+        return self.put(arr.reshape(-1).view(np.uint8).data)
+
     def lazy(self, name: str, dtype: Any, shape: Any, span: tuple[int, int]) -> Any:
         """A tensor read back from the spool when the final save asks for it, and dropped after."""
         import numpy as np
@@ -142,8 +153,7 @@ class _Writer:
         if head_unit and f"{prefix}weight" not in stream.names:  # tied: the head is the input embedding
             embed = stream.model.get_input_embeddings()
             key = next(stream.key(f"{n}.weight") for n, m in stream.model.named_modules() if m is embed)
-            t = stream.reader.get_many([key])[key]
-            stream._set(module, "weight", t.to(dtype=stream.dtype))
+            stream._set(module, "weight", stream.reader.get_many([key], dtype=stream.dtype)[key])
             return
         stream.load_params(prefix, module)
 
@@ -164,7 +174,7 @@ class _Writer:
             if name in self._written:
                 continue
             t = value.const_value
-            span = self._spool.put(t.tobytes())
+            span = self._spool.put_tensor(t)
             value.const_value = self._spool.lazy(name, t.dtype, t.shape, span)
             self._written.add(name)
         from compressor.sources.stream import _trim
