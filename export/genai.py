@@ -187,11 +187,14 @@ def check_streamable(config: Any, quantize: Optional[str]) -> None:
                        "checkpoint, which the streamed export does not write", "drop --stream (or use --quantize int4)")
 
 
-def _streamed_disk(loaded: Any, quantize: Optional[str]) -> int:
-    """Disk the streamed export needs: the spool and the final data file, each the output's size (fp32: 4 bytes
-    a weight; quantized: at most 1 byte and its scales)."""
-    per = 4 if quantize is None else 1.25
-    return int(2 * per * loaded.num_parameters)
+# a streamed artifact's bytes per weight: int4 measured at 0.91 on the 8 B shape (its fp32 input embedding
+# included: docs/results/genai-stream.md); int8-weights bounded by 1 byte + scales + that embedding
+STREAMED_BYTES_PER_WEIGHT = {None: 4.0, "int4": 1.0, "int8-weights": 1.5}
+
+
+def streamed_disk(num_parameters: int, quantize: Optional[str]) -> int:
+    """Disk a streamed export needs: the spool and the final data file, each about the artifact's size."""
+    return int(2 * STREAMED_BYTES_PER_WEIGHT.get(quantize, 4.0) * num_parameters)
 
 
 def unties(config: Any, quantize: Optional[str]) -> bool:
@@ -420,7 +423,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
                                               trust_remote_code=trust_remote_code, stream=stream))
     untie = unties(config, quantize)
-    check_free_space(out, (2 + untie) * loaded.weight_bytes if not stream else _streamed_disk(loaded, quantize),
+    check_free_space(out, (2 + untie) * loaded.weight_bytes if not stream else streamed_disk(loaded.num_parameters, quantize),
                      f"the GenAI export {out}")
     num_layers = int(loaded.config.num_hidden_layers)
     tmp = staging_dir(out)
@@ -431,13 +434,10 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                         "pinned builder's int8 precision cannot write a tied one; the folder holds both matrices")
     try:
         build_src = _untied_copy(loaded.model, src, scratch / "untied") if untie else src
-        if stream:
-            from compressor.compat import builder_load_dtype
-            from compressor.export.genai_stream import streaming_builder
+        from compressor.compat import builder_load_dtype
+        from compressor.export.genai_stream import streaming_builder
 
-            with streaming_builder(src, scratch, builder_load_dtype(config)):
-                cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
-        else:
+        with streaming_builder(src, scratch, builder_load_dtype(config)) if stream else contextlib.nullcontext():
             cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
         for name in ("config.json", "generation_config.json"):
             if (src / name).is_file():

@@ -115,6 +115,7 @@ class _Writer:
         self._stream = stream
         self._spool = spool
         self._quant = _quant_settings(onnx_model)
+        self._ort: Any = None  # ONNX Runtime's quantizer (``_quantizer``)
         self._seen_nodes: set[int] = set()
         self._written: set[str] = set()
         self.quantized: list[str] = []  # the quantized initializers, in the whole-graph pass's order
@@ -182,6 +183,7 @@ class _Writer:
         _trim()
 
     def _quantizer(self) -> Any:
+        """ONNX Runtime's own quantizer at the builder's settings (made once, on the first quantized weight)."""
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
             DefaultWeightOnlyQuantizer,
@@ -189,9 +191,10 @@ class _Writer:
 
         q = self._quant
         assert q is not None
-        return DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
-            block_size=q["block_size"], is_symmetric=True, accuracy_level=q["accuracy_level"],
-            bits=q["bits"]))
+        if self._ort is None:
+            self._ort = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
+                block_size=q["block_size"], is_symmetric=True, accuracy_level=q["accuracy_level"], bits=q["bits"]))
+        return self._ort
 
     @staticmethod
     def _float_weight(value: Any) -> Any:
@@ -215,7 +218,8 @@ class _Writer:
         attributes sorted as ``onnx.helper.make_node`` writes them, the weight dropped."""
         import onnx_ir as ir
 
-        bits = self._quant["bits"] if self._quant else 4
+        assert self._quant is not None
+        bits = self._quant["bits"]
         values = []
         for t in tensors:
             value = ir.Value(name=t.name, type=ir.TensorType(t.dtype), shape=ir.Shape(t.shape), const_value=t)

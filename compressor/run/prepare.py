@@ -198,11 +198,6 @@ def check_memory(ctx: RunContext) -> None:
                      capped=limit is not None)
 
 
-# a streamed GenAI artifact's bytes per weight: int4 measured at 0.91 on the 8 B shape (its fp32 input
-# embedding included; docs/results/genai-stream.md); int8-weights bounded by 1 byte + scales + that embedding
-STREAMED_BYTES_PER_WEIGHT = {"int4": 1.0, "int8-weights": 1.5}
-
-
 def disk_need(ctx: RunContext) -> int:
     """About how many bytes the run writes: a checkpoint per model/, cut/ and search candidate (the slim size
     for a fixed cut, else full), an export per ONNX folder, and a quantized copy (under half the fp32 graph);
@@ -223,8 +218,9 @@ def disk_need(ctx: RunContext) -> int:
     slim, slim_params = int(full * slim_share), int(params * slim_share)
     need: int = slim * (1 + ctx.repair.enabled) + full * (bool(c.search) + 2 * fastest)
     if not c.skip_export and ctx.stream and ctx.exporter.streams and c.quantize:
-        per = STREAMED_BYTES_PER_WEIGHT.get(c.quantize, 1.5)
-        need += int(2 * per * (slim_params + params * (not c.skip_bench)))
+        from compressor.export.genai import streamed_disk
+
+        need += streamed_disk(slim_params + params * (not c.skip_bench), c.quantize)
     elif not c.skip_export:
         need += (export_bytes(params) * (1 + (not c.skip_bench) + 2 * fastest)
                  + 2 * params * bool(c.quantize or fastest))
