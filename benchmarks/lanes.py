@@ -3,7 +3,8 @@
 
 Each lane runs, in its own venv: `avss score` (block influence and robust AVSS: rankings), `avss prune
 --method block-influence --num-layers 1 --repair linear` and `avss verify` of that cut against the full model
-on profiles/default.yaml (retention per task, the verdict). The page puts the two side by side: rankings
+on profiles/default.yaml (retention per task, the verdict), then `avss export --exporter genai` of that cut (each
+lane's builder) and `avss verify` of the GenAI artifact. The page puts the two side by side: rankings
 identical or not, each score's largest difference, each retention's difference (the goal: within 1e-4).
 Both lanes' venvs must exist (`make install` and `make install LANE=current`).
 """
@@ -49,6 +50,15 @@ def lane(name: str, venv: Path, work: Path) -> dict:
     out["passed"] = rep["passed"]
     out["tasks"] = {t["name"]: {"base": t["base"], "candidate": t["candidate"], "retention": t["retention"]}
                     for t in rep["tasks"]}
+    # the artifact the demo ships with --exporter genai: each lane's own builder (0.15.2 / 0.18.0), gated the same way
+    art = work / f"{name}-genai"
+    avss(venv, "export", str(slim), "--exporter", "genai", "--out", str(art), "--force")
+    gdir = work / f"{name}-genai-report"
+    avss(venv, "verify", MODEL, str(art), "--profile", PROFILE, "--report-dir", str(gdir), "--no-cache")
+    rep = json.loads((gdir / "report.json").read_text())
+    out["genai_passed"] = rep["passed"]
+    out["genai_parity"] = json.loads((art / "export.json").read_text())["parity"]["max_abs_diff"]
+    out["genai_tasks"] = {t["name"]: t["retention"] for t in rep["tasks"]}
     return out
 
 
@@ -80,7 +90,17 @@ def main() -> int:
         d = abs((ra["retention"] or 0) - (rb["retention"] or 0))
         worst = max(worst, d)
         print(f"| {t} | {ra['retention']:.6f} | {rb['retention']:.6f} | {d:.2e} |")
-    same = a["passed"] == b["passed"] and all(a[m]["ranking"] == b[m]["ranking"] for m in ("block-influence", "avss"))
+    print("\n## The same cut through --exporter genai (each lane's builder), gated as the artifact\n")
+    print(f"verdict: card {'PASS' if a['genai_passed'] else 'FAIL'}, current {'PASS' if b['genai_passed'] else 'FAIL'}; "
+          f"parity (max abs diff vs PyTorch): card {a['genai_parity']:.2e}, current {b['genai_parity']:.2e}\n")
+    print("| task | retention, card | retention, current | difference |")
+    print("|---|---|---|---|")
+    for t, ra in a["genai_tasks"].items():
+        d = abs((ra or 0) - (b["genai_tasks"][t] or 0))
+        worst = max(worst, d)
+        print(f"| {t} | {ra:.6f} | {b['genai_tasks'][t]:.6f} | {d:.2e} |")
+    same = (a["passed"] == b["passed"] and a["genai_passed"] == b["genai_passed"]
+            and all(a[m]["ranking"] == b[m]["ranking"] for m in ("block-influence", "avss")))
     print(f"\nsame verdict and rankings: {'yes' if same else 'NO'}; largest retention difference {worst:.2e} "
           f"(goal: within 1e-4: {'met' if worst <= 1e-4 else 'NOT met'})")
     return 0 if same and worst <= 1e-4 else 1

@@ -39,6 +39,12 @@ class ArchAdapter:
     final_norm: str | None = None
     # the input embeddings (relative to the body), whose [vocab, hidden] shape config.json must match
     embeddings: str | None = "embed_tokens"
+    # hybrid models: the layer_types whose blocks keep a fixed-size state (a convolution's or a linear
+    # attention's) instead of a KV cache; an exported graph has one past.N.* state input per such block
+    state_types: tuple[str, ...] = ()
+    # the first transformers major that has the family: 5 means the card's lane (4.57) cannot load it, so
+    # nothing that needs Optimum can be offered for it
+    since_transformers: int = 4
 
 
 _ADAPTERS: dict[str, ArchAdapter] = {}
@@ -61,6 +67,17 @@ _register(ArchAdapter("gemma3_text", "decoder", "layers", ("layer_types",),
                       no_fold="Gemma 3 normalises the MLP output (post_feedforward_layernorm) before adding it to "
                               "the residual stream, so a matrix folded into down_proj is followed by a nonlinear norm"))
 _register(ArchAdapter("phi3", "decoder", "layers", mlp_out="mlp.down_proj", final_norm="norm"))
+# families transformers 5 added (the card's lane refuses them as unknown model types, naming the current lane).
+# LFM2-MoE: short-convolution and attention blocks (layer_types), the first num_dense_layers with a dense MLP and
+# the rest a routed mixture of experts; each block's conv state and KV cache follow it by layer_idx
+_register(ArchAdapter("lfm2_moe", "decoder", "layers", ("layer_types",), ("num_dense_layers",),
+                      final_norm="embedding_norm", state_types=("conv",), since_transformers=5,
+                      no_fold="LFM2-MoE's feed-forward is a routed mixture of experts (one 3-D expert tensor) in all "
+                              "but its first num_dense_layers blocks; a fold into every expert is not built"))
+# Qwen3.5 (text): Gated DeltaNet linear-attention blocks and full-attention blocks (layer_types); the MLP output
+# is added to the residual stream unnormalised, so the linear patch folds exactly
+_register(ArchAdapter("qwen3_5_text", "decoder", "layers", ("layer_types",), mlp_out="mlp.down_proj",
+                      final_norm="norm", state_types=("linear_attention",), since_transformers=5))
 # GPT-2's Conv1D stores its weight transposed ([d_in, d_out]) and has a bias; dropout is off in eval
 _register(ArchAdapter("gpt2", "decoder", "h", index_dependent_flags=("scale_attn_by_inverse_layer_idx",),
                       mlp_out="mlp.c_proj", mlp_out_kind="conv1d", final_norm="ln_f",
@@ -201,6 +218,16 @@ def key_part(key: str, adapter: ArchAdapter) -> tuple[str, int | None]:
 
 def num_layers(config: Any) -> int:
     return int(config.num_hidden_layers)
+
+
+def kv_layers(config: Any, adapter: ArchAdapter | None = None) -> int:
+    """How many blocks keep a KV cache: all of them, except a hybrid's state blocks (``state_types``). What an
+    exported graph's ``past_key_values.*`` inputs and fused attention nodes are counted against."""
+    adapter = adapter or adapter_for_config(config)
+    types = getattr(config, "layer_types", None)
+    if not adapter.state_types or not isinstance(types, (list, tuple)):
+        return num_layers(config)
+    return sum(1 for t in types if t not in adapter.state_types)
 
 
 def mlp_out_module(block: "nn.Module", adapter: ArchAdapter) -> "nn.Module":

@@ -48,7 +48,7 @@ def optimum_missing() -> str | None:
 
 def unknown_model_type_fix() -> str:
     """What to do about a model type this transformers does not know: in the card's lane, families added in
-    transformers 5 (Gemma 4, Qwen 3.5, ...) need the current lane."""
+    transformers 5 (Gemma 4, Qwen3.5, ...) need the current lane."""
     if lane() == "card":
         return ("if it is a family transformers 5 added, use the current lane (make install LANE=current); if it "
                 "ships its own code, pass --trust-remote-code")
@@ -113,3 +113,15 @@ def plain_copy(model: Any) -> Any:
     if getattr(config, "tie_word_embeddings", False):
         plain.tie_weights()
     return plain
+
+
+def stored_layout_converters(model_type: str) -> list[Any]:
+    """transformers 5's conversions from how a family's checkpoint stores a tensor to how its model holds it
+    (LFM2-MoE: one ``w1``/``w2``/``w3`` per expert on disk, one 3-D tensor per block in memory), which its
+    ``from_pretrained`` applies. The streamed reader applies the same ones; transformers 4.57 has none."""
+    if lane() == "card":
+        return []
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightConverter
+
+    return [c for c in get_checkpoint_conversion_mapping(model_type) or [] if isinstance(c, WeightConverter)]

@@ -27,8 +27,6 @@ import psutil
 from compressor.export import runtime
 from compressor.export.peak_rss import MB, PeakRSS, lifetime_peak_mb
 
-PAST = "past_key_values"
-PRESENT = "present"
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "token_type_ids"}
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -126,7 +124,7 @@ class Workload:
                  kv_shape: Any = None):
         self.kv_shape = kv_shape  # (kv heads, head size) of a GenAI graph, whose past dims are all symbolic
         self.inputs = {i.name: i for i in sess.get_inputs()}
-        self.past = [i for i in sess.get_inputs() if i.name.startswith(PAST)]
+        self.past = [i for i in sess.get_inputs() if runtime.is_cache_input(i.name)]
         unknown = sorted(set(self.inputs) - _KNOWN_INPUTS - {i.name for i in self.past})
         if "input_ids" not in self.inputs or unknown:
             raise WorkerError(f"unsupported graph inputs {unknown or sorted(self.inputs)} (need input_ids, "
@@ -144,7 +142,7 @@ class Workload:
         dtype = _DTYPES.get(inp.type)
         if dtype is None:
             raise WorkerError(f"{inp.name} has type {inp.type}", "export in float32 or float16")
-        shape = runtime.empty_past_shape(inp.shape, self.batch, self.kv_shape)
+        shape = runtime.empty_cache_shape(inp.name, inp.shape, self.batch, self.kv_shape)
         if shape is None:
             raise WorkerError(f"cannot build an empty past for {inp.name} with shape {inp.shape}",
                               "export with dynamic batch and sequence axes only")
@@ -171,9 +169,8 @@ class Workload:
             feed["attention_mask"] = np.ones((b, cached + 1), np.int64)
         if "position_ids" in self.inputs:
             feed["position_ids"] = np.full((b, 1), cached, np.int64)
-        for name, value in outputs.items():
-            if name.startswith(PRESENT):
-                feed[PAST + name[len(PRESENT):]] = value
+        for inp in self.past:
+            feed[inp.name] = outputs[runtime.present_of(inp.name)]
         return feed
 
     def generate(self, run: Runner) -> tuple[float, list[float]]:

@@ -30,8 +30,11 @@ REQUIREMENT = genai_requirement()  # this lane's builder: 0.15.2 with transforme
 # what a refusal offers instead: Optimum where it runs (the card's lane), else that lane
 INSTEAD = ("use --exporter optimum" if optimum_missing() is None
            else "use the card's lane (make install), where --exporter optimum runs")
-# the pinned builder's model classes among the architectures we prune (builder.py dispatches on these)
-SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
+# the builder's model classes among the architectures we prune (builder.py dispatches on these), each with the
+# first builder we build it with: LFM2-MoE with 0.18.0, the current lane's (it needs transformers 5 anyway).
+# Qwen3.5 is not here: the builder builds it only from the multimodal Qwen3_5ForConditionalGeneration checkpoint
+BUILDS = {"LlamaForCausalLM": (0, 15), "MistralForCausalLM": (0, 15), "Qwen2ForCausalLM": (0, 15),
+          "Qwen3ForCausalLM": (0, 15), "Phi3ForCausalLM": (0, 15), "Lfm2MoeForCausalLM": (0, 18)}
 # what the builder builds but computes wrongly: refused up front with the reason (it used to build for minutes,
 # then fail the parity check)
 WRONG = {"Gemma3ForCausalLM": "its Gemma 3 graph (sliding and full attention layers) does not compute what "
@@ -39,10 +42,8 @@ WRONG = {"Gemma3ForCausalLM": "its Gemma 3 graph (sliding and full attention lay
 # --quantize -> builder precision and its options: weight-only MatMulNBits, block 32, accuracy level 4
 # (int8 compute, as our own weight-only methods use; ONNX Runtime's fast CPU path). int8-weights is the
 # builder's 8-bit precision (its int4_* options apply to both bit widths).
-def _option_prefix() -> str:
-    """The builder's option names: 0.15.2 reads ``int4_block_size``, ``int4_accuracy_level``, ``int4_algo_config``;
-    0.17+ renamed them (``block_size``, ...) and ignores ``int4_algo_config=k_quant_mixed`` (measured with 0.18.0:
-    a plain int4 graph, LM head included), so each lane passes its builder's names."""
+def _installed_builder() -> tuple[int, int]:
+    """(major, minor) of the installed builder; (0, 0) when none is (``builder_version`` says so, with the fix)."""
     from importlib.metadata import PackageNotFoundError, version
 
     for name in ("onnxruntime-genai", "onnxruntime-genai-cuda"):
@@ -50,11 +51,16 @@ def _option_prefix() -> str:
             major, minor = (int(x) for x in version(name).split(".")[:2])
         except (PackageNotFoundError, ValueError):
             continue
-        return "" if (major, minor) >= (0, 17) else "int4_"
-    return "int4_"
+        return major, minor
+    return 0, 0
 
 
-_OPT = _option_prefix()
+BUILDER = _installed_builder()
+SUPPORTED = tuple(arch for arch, first in BUILDS.items() if BUILDER >= first)
+# The builder's option names: 0.15.2 reads ``int4_block_size``, ``int4_accuracy_level``, ``int4_algo_config``;
+# 0.17+ renamed them (``block_size``, ...) and ignores ``int4_algo_config=k_quant_mixed`` (measured with 0.18.0:
+# a plain int4 graph, LM head included), so each lane passes its builder's names.
+_OPT = "" if BUILDER >= (0, 17) else "int4_"
 _MATMULNBITS = [f"{_OPT}block_size=32", f"{_OPT}accuracy_level=4"]
 # int4-mixed: the builder's k_quant_mixed (0.15.2): k-quant int4 body, the LM head and the most quantization-sensitive
 # MatMuls (llama.cpp's mixed strategy: first and last eighth of the layers, every third layer's qkv/v/down) in int8
@@ -110,13 +116,21 @@ def check_precision(quantize: Optional[str]) -> None:
 
 def check_supported(config: Any, family: str, quantize: Optional[str], device: str = "cpu") -> None:
     """Refused up front, before any work: an architecture, a head size or a setting the builder cannot do."""
+    from compressor.architectures import adapter_for_config
+
     arch = (getattr(config, "architectures", None) or ["?"])[0]
+    # a family transformers 5 added cannot go to the card's lane for Optimum: say that no exporter here writes it
+    instead = (INSTEAD if adapter_for_config(config).since_transformers < 5 else
+               f"no exporter here writes it (Optimum's needs transformers below 4.58, which has no "
+               f"{config.model_type}); score, prune and verify work in PyTorch")
     if arch in WRONG:
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) builds {arch} models, but {WRONG[arch]}",
-                       INSTEAD)
+                       instead)
     if family != "decoder" or arch not in SUPPORTED:
-        raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) does not build {arch} models",
-                       f"{INSTEAD} (the builder builds {', '.join(SUPPORTED)})")
+        later = [f"{a} from onnxruntime-genai {'.'.join(map(str, v))}" for a, v in BUILDS.items() if a == arch and v > BUILDER]
+        raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) does not build {arch} models"
+                       + (f" (it builds {later[0]}, the current lane's)" if later else ""),
+                       f"{instead} (the builder builds {', '.join(SUPPORTED)})")
     check_precision(quantize)
     heads = int(getattr(config, "num_attention_heads", 1))
     head = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
@@ -310,8 +324,10 @@ def check_served_tokenizer(folder: Path, tokenizer: Any) -> None:
                              "save the tokenizer the model was trained with next to it and export again")
 
 
-def structural_checks(folder: Path, num_layers: int, quantize: Optional[str]) -> list[dict[str, Any]]:
-    """What a quantized graph must show without running: the fused attention per layer, 4-bit weights."""
+def structural_checks(folder: Path, num_layers: int, quantize: Optional[str],
+                      kv_layers: Optional[int] = None) -> list[dict[str, Any]]:
+    """What a quantized graph must show without running: the fused attention per KV-cache layer (``kv_layers``:
+    a hybrid's convolution or linear-attention blocks have none), 4-bit weights."""
     import onnx
 
     from compressor.export.layout import ONNX_FILE
@@ -319,8 +335,10 @@ def structural_checks(folder: Path, num_layers: int, quantize: Optional[str]) ->
     ops: dict[str, int] = {}
     for node in onnx.load(str(folder / ONNX_FILE), load_external_data=False).graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    checks = [{"name": "GroupQueryAttention per layer", "passed": ops.get("GroupQueryAttention", 0) == num_layers,
-               "detail": f"{ops.get('GroupQueryAttention', 0)} for {num_layers} layers"}]
+    attn = num_layers if kv_layers is None else kv_layers
+    checks = [{"name": "GroupQueryAttention per layer", "passed": ops.get("GroupQueryAttention", 0) == attn,
+               "detail": f"{ops.get('GroupQueryAttention', 0)} for {attn} attention layers"
+                         + (f" (of {num_layers})" if attn != num_layers else "")}]
     if quantize:
         checks.append({"name": f"{PRECISION[quantize][0]} weights", "passed": ops.get("MatMulNBits", 0) >= num_layers,
                        "detail": f"{ops.get('MatMulNBits', 0)} MatMulNBits nodes"})
@@ -341,16 +359,13 @@ def _runs(folder: Path, provider: str = "cpu") -> dict[str, Any]:
     write a graph that references a missing initializer: 0.15.2's int8 with tied embeddings does)."""
     import numpy as np
 
-    from compressor.export.runtime import RuntimeSetupError, empty_past_shape, make_session
+    from compressor.export.parity import cache_feed
+    from compressor.export.runtime import RuntimeSetupError, make_session
 
     try:
         sess = make_session(str(folder / "model.onnx"), provider).session
-        feed: dict[str, Any] = {"input_ids": np.array([[1, 2, 3, 4]], np.int64),
-                                "attention_mask": np.ones((1, 4), np.int64)}
-        for i in sess.get_inputs():
-            if i.name.startswith("past_key_values"):
-                feed[i.name] = np.zeros(empty_past_shape(i.shape, 1, genai_kv_shape(folder)),
-                                        np.float16 if "float16" in i.type else np.float32)
+        feed = cache_feed(sess, genai_kv_shape(folder))(np.array([[1, 2, 3, 4]], np.int64), np.ones((1, 4), np.int64),
+                                                         None, None)
         logits = sess.run(["logits"], feed)[0]
         ok = bool(np.isfinite(logits).all())
         return {"name": "runs in ONNX Runtime", "passed": ok, "detail": "finite logits for a 4-token prompt" if ok
@@ -374,7 +389,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     structurally. The folder also gets ``config.json``, so ``avss verify`` and ``avss bench`` take it
     like an Optimum export."""
     from compressor import __version__, library_versions
-    from compressor.architectures import adapter_for_config
+    from compressor.architectures import adapter_for_config, kv_layers
     from compressor.export import parity
     from compressor.export.layout import EXPORT_RECORD, check_onnx_files
     from compressor.export.runtime import RuntimeSetupError, check_runtime_install, cuda_in_build
@@ -426,6 +441,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     check_free_space(out, (2 + untie) * loaded.weight_bytes if not stream else streamed_disk(loaded.num_parameters, quantize),
                      f"the GenAI export {out}")
     num_layers = int(loaded.config.num_hidden_layers)
+    kv = kv_layers(loaded.config)
     tmp = staging_dir(out)
     final, scratch = tmp / "final", tmp / "scratch"
     scratch.mkdir()
@@ -443,16 +459,16 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
             if (src / name).is_file():
                 shutil.copy2(src / name, final / name)
         check_onnx_files(final / "model.onnx")
-        checks = timed("checks", lambda: structural_checks(final, num_layers, quantize) + [
+        checks = timed("checks", lambda: structural_checks(final, num_layers, quantize, kv) + [
             _runs(final, provider), served_tokenizer(final, loaded.tokenizer)])
         report = None
         if quantize is None:
             if stream:
                 report = timed("parity", lambda: parity.check_genai_parity_streamed(
-                    src, final, num_layers=num_layers, dtype=dtype, provider=provider))
+                    src, final, num_layers=num_layers, kv_layers=kv, dtype=dtype, provider=provider))
             else:
                 report = timed("parity", lambda: parity.check_genai_parity(loaded.model, final, num_layers=num_layers,
-                                                                           dtype=dtype, provider=provider))
+                                                                           kv_layers=kv, dtype=dtype, provider=provider))
             if report.reference_nonfinite:
                 raise BadInput(f"{model} gives NaN/inf logits in PyTorch itself, so no export can match it",
                                "its weights are broken: check them; nothing was written")

@@ -102,7 +102,8 @@ def _quant_settings(onnx_model: Any) -> Optional[dict[str, Any]]:
                        f"symmetric method only (this build asks for {method}, asymmetric, mixed bit widths or QDQ)",
                        "use --quantize int4 or int8-weights with streaming, or export without --stream")
     return {"bits": int(q["bits"]), "block_size": int(q.get("matmul_block_size") or q["qdq_block_size"]),
-            "accuracy_level": q.get("accuracy_level"), "exclude": set(q.get("nodes_to_exclude") or ()),
+            # the builder's live list: it excludes nodes while it builds them (0.18: each MoE router's MatMul)
+            "accuracy_level": q.get("accuracy_level"), "attrs": q,
             "ops": set(q["op_types_to_quantize"])}
 
 
@@ -161,11 +162,12 @@ class _Writer:
     def _flush(self) -> None:
         graph = self._onnx.model.graph
         if self._quant is not None:
+            exclude = set(self._quant["attrs"].get("nodes_to_exclude") or ())
             for node in list(graph):
                 if id(node) in self._seen_nodes:
                     continue
                 self._seen_nodes.add(id(node))
-                if node.domain or node.op_type not in self._quant["ops"] or node.name in self._quant["exclude"]:
+                if node.domain or node.op_type not in self._quant["ops"] or node.name in exclude:
                     continue
                 if node.op_type == "MatMul":
                     self._quantize_matmul(graph, node)

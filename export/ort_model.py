@@ -17,8 +17,8 @@ from typing import Any
 
 from compressor.errors import BadInput
 from compressor.export import layout
-
-PAST, PRESENT = "past_key_values", "present"
+from compressor.export.runtime import KV as PAST
+from compressor.export.runtime import PRESENT
 
 
 def is_onnx_export(path: str | Path) -> bool:
@@ -49,7 +49,8 @@ class OrtCache:
         self.arrays = arrays
 
     def get_seq_length(self) -> int:
-        first = next(iter(self.arrays.values()))
+        """From a KV array (batch, heads, sequence, head size); a hybrid's state arrays have no sequence axis."""
+        first = next(v for k, v in self.arrays.items() if k.endswith((".key", ".value")))
         return int(first.shape[2])
 
     def batch_repeat_interleave(self, n: int) -> None:
@@ -114,8 +115,10 @@ class OrtModelForCausalLM(_OrtBase):
         # a GenAI (Model Builder) graph: its empty past's (kv heads, head size) from genai_config.json, and
         # GroupQueryAttention reads positions from the mask's sum, so left-padded rows must decode alone
         self._kv_shape, self._right_padding_only = kv_shape, right_padding_only
-        self._past_names = [n for n in self._inputs if n.startswith(PAST)]
-        if "logits" not in self._outputs or not self._past_names:
+        from compressor.export.runtime import is_cache_input
+
+        self._past_names = [n for n in self._inputs if is_cache_input(n)]
+        if "logits" not in self._outputs or not any(n.startswith(PAST) for n in self._past_names):
             raise BadInput("the ONNX model has no logits output or no KV-cache inputs (past_key_values.*)",
                            "export it with `avss export` (task text-generation-with-past)")
         t = self._inputs[self._past_names[0]].type
@@ -131,7 +134,7 @@ class OrtModelForCausalLM(_OrtBase):
         import numpy as np
         import torch
 
-        from compressor.export.runtime import empty_past_shape
+        from compressor.export.runtime import empty_cache_shape, present_of
 
         ids = input_ids.cpu().numpy().astype(np.int64)
         b, n = ids.shape
@@ -155,9 +158,9 @@ class OrtModelForCausalLM(_OrtBase):
             feed["position_ids"] = pos
         for name in self._past_names:
             if past_key_values is None:
-                feed[name] = np.zeros(empty_past_shape(self._inputs[name].shape, b, self._kv_shape), self._fdt)
+                feed[name] = np.zeros(empty_cache_shape(name, self._inputs[name].shape, b, self._kv_shape), self._fdt)
             else:
-                feed[name] = past_key_values.arrays[name.replace(PAST, PRESENT)]
+                feed[name] = past_key_values.arrays[present_of(name)]
         res = self._run(feed)
         logits = torch.from_numpy(np.asarray(res["logits"], dtype=np.float32))
         cache = OrtCache({k: v for k, v in res.items() if k.startswith(PRESENT)}) if use_cache else None

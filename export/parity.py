@@ -268,43 +268,67 @@ def _encoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, tas
                                       out.last_hidden_state.float().cpu().numpy()[real], dtype))
 
 
-def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, dtype: str = "float32",
-                       provider: str = "cpu") -> ParityReport:
+def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, kv_layers: int | None = None,
+                       dtype: str = "float32", provider: str = "cpu") -> ParityReport:
     """The Model Builder's fp32 (or fp16) graph against the fp32 PyTorch model, at ``dtype``'s tolerance (``compressor.export.genai``): a right-padded batch
     (GroupQueryAttention reads positions from the mask's sum: exact with right padding, wrong with left),
     then for each sequence alone a decode step on the KV cache and greedy tokens. Never raises for a
-    mismatch."""
+    mismatch. ``kv_layers``: the blocks with a KV cache (a hybrid's others carry a fixed-size state instead)."""
     from compressor.export.layout import genai_kv_shape
     from compressor.export.runtime import make_session
 
     sess = make_session(str(Path(folder) / "model.onnx"), provider)
     report = ParityReport(sess.provider, dtype)
     try:
-        _genai_checks(model, sess.session, report, num_layers, genai_kv_shape(folder), dtype)
+        report.checks.append(cache_inputs_check(sess.session, num_layers, kv_layers))
+        _genai_checks(model, sess.session, report, genai_kv_shape(folder), dtype)
     except Exception as exc:  # noqa: BLE001 - an ORT failure on new shapes IS a parity failure
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         report.checks.append(ParityCheck("run", False, None, None, f"ONNX Runtime failed on a new shape: {first[:300]}"))
     return report
 
 
-def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, kv: Any, dtype: str) -> None:
+def cache_inputs_check(sess: Any, num_layers: int, kv_layers: int | None = None) -> ParityCheck:
+    """Two ``past_key_values.*`` inputs per KV-cache block, and one ``past.N.*`` state per other block of a hybrid."""
+    from compressor.export.runtime import KV, STATE
+
+    kv_layers = num_layers if kv_layers is None else kv_layers
+    names = [i.name for i in sess.get_inputs()]
+    kv, states = sum(n.startswith(KV) for n in names), sum(n.startswith(STATE) for n in names)
+    ok = kv == 2 * kv_layers and states == num_layers - kv_layers
+    detail = f"{kv} past_key_values.* inputs for {kv_layers} KV-cache layers"
+    if states or kv_layers != num_layers:
+        detail += f", {states} past.*.state inputs for {num_layers - kv_layers} state layers"
+    return ParityCheck("kv-cache outputs", ok, None, None, detail)
+
+
+def cache_feed(sess: Any, kv: Any) -> Any:
+    """``feed(ids, mask, pos, past)`` for a GenAI graph: empty caches and zero states first, then each
+    input from the previous step's outputs (the builder's graph takes no position_ids)."""
+    import numpy as np
+
+    from compressor.export.runtime import empty_cache_shape, is_cache_input, present_of
+
+    cache = [i for i in sess.get_inputs() if is_cache_input(i.name)]
+
+    def feed(ids_: npt.NDArray[np.int64], mask_: npt.NDArray[np.int64], pos_: npt.NDArray[np.int64] | None,
+             past: dict[str, Any] | None) -> dict[str, Any]:
+        f: dict[str, Any] = {"input_ids": ids_, "attention_mask": mask_}
+        for i in cache:
+            f[i.name] = (np.zeros(empty_cache_shape(i.name, i.shape, ids_.shape[0], kv),
+                                  np.float16 if "float16" in i.type else np.float32)
+                         if past is None else past[present_of(i.name)])
+        return f
+
+    return feed
+
+
+def _genai_checks(model: Any, sess: Any, report: ParityReport, kv: Any, dtype: str) -> None:
     import numpy as np
     import torch
 
-    from compressor.export.runtime import empty_past_shape
-
     outputs = [o.name for o in sess.get_outputs()]
-    past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values")]
-    past_dt = np.float16 if any("float16" in i.type for i in sess.get_inputs() if i.name in past_names) else np.float32
-    report.checks.append(ParityCheck("kv-cache outputs", len(past_names) == 2 * num_layers, None, None,
-                                     f"{len(past_names)} past_key_values.* inputs for {num_layers} layers"))
-    def feed(ids_: npt.NDArray[np.int64], mask_: npt.NDArray[np.int64], pos_: npt.NDArray[np.int64] | None,
-             past: dict[str, Any] | None) -> dict[str, Any]:  # the builder's graph takes no position_ids
-        f: dict[str, Any] = {"input_ids": ids_, "attention_mask": mask_}
-        for name in past_names:
-            f[name] = (np.zeros(empty_past_shape([], ids_.shape[0], kv), past_dt) if past is None
-                       else past[name.replace("past_key_values", "present")])
-        return f
+    feed = cache_feed(sess, kv)
 
     def run(f: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.astype(np.float32) if k == "logits" else v) for k, v in zip(outputs, sess.run(None, f))}
@@ -337,8 +361,8 @@ def _genai_checks(model: Any, sess: Any, report: ParityReport, num_layers: int, 
                                            np.ones((1, BATCH_LENGTHS[longest]), np.int64), dtype))
 
 
-def check_genai_parity_streamed(source: str | Path, folder: str | Path, *, num_layers: int, dtype: str = "float32",
-                                provider: str = "cpu") -> ParityReport:
+def check_genai_parity_streamed(source: str | Path, folder: str | Path, *, num_layers: int, kv_layers: int | None = None,
+                                dtype: str = "float32", provider: str = "cpu") -> ParityReport:
     """The streamed export's check: the graph's prompt logits on the right-padded batch against the fp32 model
     run one block at a time from ``source`` (the reference never holds the whole model). The decode-step and
     greedy checks of the in-memory path are left out: each is another pass over every block."""
@@ -348,23 +372,17 @@ def check_genai_parity_streamed(source: str | Path, folder: str | Path, *, num_l
 
     from compressor.architectures import adapter_for_config
     from compressor.export.layout import genai_kv_shape
-    from compressor.export.runtime import empty_past_shape, make_session
+    from compressor.export.runtime import make_session
     from compressor.sources.models import load_config
     from compressor.sources.stream import build_stream
 
     config = load_config(str(source), False)
     sess = make_session(str(Path(folder) / "model.onnx"), provider)
     report = ParityReport(sess.provider, dtype)
-    past = [i for i in sess.session.get_inputs() if i.name.startswith("past_key_values")]
-    report.checks.append(ParityCheck("kv-cache outputs", len(past) == 2 * num_layers, None, None,
-                                     f"{len(past)} past_key_values.* inputs for {num_layers} layers"))
+    report.checks.append(cache_inputs_check(sess.session, num_layers, kv_layers))
     pad = getattr(config, "pad_token_id", None)
     ids, mask = _random_batch(int(config.vocab_size), BATCH_LENGTHS, left=False, pad_id=pad if isinstance(pad, int) else 0)
-    feed: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-    kv = genai_kv_shape(folder)
-    for i in past:
-        feed[i.name] = np.zeros(empty_past_shape([], len(BATCH_LENGTHS), kv),
-                                np.float16 if "float16" in i.type else np.float32)
+    feed = cache_feed(sess.session, genai_kv_shape(folder))(ids, mask, None, None)
     try:
         got = sess.session.run(["logits"], feed)[0].astype(np.float32)
     except Exception as exc:  # noqa: BLE001 - an ORT failure on new shapes IS a parity failure

@@ -36,6 +36,31 @@ class RuntimeSetupError(Exception):
         return (BadInput if self.kind == "bad_input" else RuntimeFailure)(self.problem, self.fix)
 
 
+# a decoder graph's cache inputs, each fed back from the output of the same name after the prefix: the KV cache
+# (``past_key_values.N.key`` <- ``present.N.key``) and a hybrid block's fixed-size state (LFM2's convolution:
+# ``past.N.conv`` <- ``present.N.conv``, as ONNX Runtime GenAI's builder names them)
+KV, STATE, PRESENT = "past_key_values", "past.", "present"
+
+
+def is_cache_input(name: str) -> bool:
+    return name.startswith(KV) or name.startswith(STATE)
+
+
+def present_of(name: str) -> str:
+    """The output that becomes cache input ``name`` on the next step."""
+    return PRESENT + name[len(KV):] if name.startswith(KV) else PRESENT + "." + name[len(STATE):]
+
+
+def empty_cache_shape(name: str, dims: list[int | str | None], batch: int,
+                      kv_shape: tuple[int, int] | None = None) -> list[int] | None:
+    """The first step's value of a cache input: an empty KV cache (``empty_past_shape``), or a state of zeros
+    (every dim but the batch is fixed in the graph); None if the graph leaves it ambiguous."""
+    if name.startswith(KV):
+        return empty_past_shape(dims, batch, kv_shape)
+    fixed = [d for d in dims[1:] if isinstance(d, int)]
+    return [batch, *fixed] if len(fixed) == len(dims) - 1 else None
+
+
 def empty_past_shape(dims: list[int | str | None], batch: int, kv_shape: tuple[int, int] | None = None) -> list[int] | None:
     """Shape of an empty ``past_key_values.*`` input, (batch, kv_heads, 0, head_dim), from the graph's
     declared dims (named or unknown dims after the first are the sequence axis); None if ambiguous.

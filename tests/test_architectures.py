@@ -5,7 +5,8 @@ from compressor.architectures import adapter_for_config, get_layers, supported_m
 from compressor.errors import BadInput
 from tiny_models import ARCHS, L
 
-REQUIRED = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "bert", "roberta", "distilbert"}
+REQUIRED = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "gpt_neox", "lfm2_moe", "qwen3_5_text", "bert",
+            "roberta", "distilbert"}
 
 
 def test_registry_covers_required_architectures():

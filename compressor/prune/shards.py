@@ -57,7 +57,7 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
     base model (default: ``src``).
     """
     out = check_output_dir(out, force)
-    folder, config, adapter, cls, checkpoint = _source(src)
+    folder, config, adapter, cls, checkpoint, params = _source(src)
     tensors = list(checkpoint.tensors.values())
     n_old = num_layers(config)
     keep = kept_layers(removed, n_old)
@@ -80,8 +80,8 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
     shards = _shards(plan, max(f.stat().st_size for f in checkpoint.files))
     names = [SINGLE] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                                                for i in range(1, len(shards) + 1)]
-    p_before = sum(t.numel for t in tensors if t.key not in tied)
-    p_after = sum(t.numel for t, _ in plan)
+    p_before = sum(t.numel for t in tensors if t.key not in tied and t.key in params)
+    p_after = sum(t.numel for t, _ in plan if t.key in params)
     generation = _generation_config(folder, config, cls)
     config.dtype = _main_dtype(plan)  # as save_pretrained records the dtype it saved
     config.architectures = [cls.__name__]
@@ -154,9 +154,10 @@ def _tensor_bytes(value: Any, dtype: Dtype) -> bytes:
     return bytes(t.view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
 
-def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any, Checkpoint]:
+def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any, Checkpoint, set[str]]:
     """The local folder, its config, adapter, model class (the class names the head's tied keys) and
-    checked weights; the config is checked against the weights' shapes as the streamed load checks it."""
+    checked weights, and the stored keys of its parameters; the config is checked against the weights' shapes as
+    the streamed load checks it."""
     from compressor.sources.models import check_weights_safety, load_config, model_class_for, resolve_model_path
 
     path, is_local = resolve_model_path(str(src))
@@ -173,8 +174,11 @@ def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any, Checkpoint]:
     from compressor.sources.stream import build_stream
 
     # the headers checked (Checkpoint.open), and every name and shape against config.json; no weight is read
-    checkpoint = build_stream(path, config, cls, adapter, "cpu", None).reader.checkpoint
-    return Path(path), config, adapter, cls, checkpoint
+    stream = build_stream(path, config, cls, adapter, "cpu", None)
+    # what counts as a parameter: the stored keys the model's parameters come from (a stored buffer such as
+    # LFM2-MoE's expert_bias is not one, as the in-memory cut counts ``model.parameters()``)
+    params = set(stream.names.values()) | {k for _, src in stream.converted.values() for ks in src.values() for k in ks}
+    return Path(path), config, adapter, cls, stream.reader.checkpoint, params
 
 
 def _layer_key(tensors: list[StoredTensor], adapter: ArchAdapter, n_layers: int,

@@ -104,22 +104,42 @@ def _bos_id(tok: dict[str, Any]) -> int:
     return int(next(t["id"] for t in tok.get("added_tokens", []) if t.get("content") == _BOS))
 
 
+# the GGUF's end-of-text and padding token (its eos and padding ids, 2; config.json has them): transformers 5's
+# conversion names it, 4.57's named <|im_start|> (id 1) as the tokenizer's EOS, so the two lanes separated
+# perplexity documents with different tokens (the lanes' 5e-4 retention difference) and stopped generation apart
+_SPECIALS = ("eos_token", "pad_token")
+
+
+def _special_tokens(folder: Path, tok: dict[str, Any]) -> dict[str, str]:
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    names = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
+    return {"eos_token": names[int(cfg["eos_token_id"])], "pad_token": names[int(cfg["pad_token_id"])]}
+
+
 def _tokenizer_fixed(folder: Path) -> bool:
-    """Whether the folder's tokenizer.json decodes as plain byte-level BPE and adds SmolLM2's BOS (False:
-    converted by an older avss, or by transformers 5)."""
+    """Whether the folder's tokenizer.json decodes as plain byte-level BPE and adds SmolLM2's BOS, and its
+    tokenizer config names the GGUF's EOS and padding token (False: converted by an older avss, or by
+    transformers 5)."""
     import json
 
     try:
         tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-        return bool(tok.get("decoder") == _BYTE_LEVEL and tok.get("post_processor") == _bos_processor(_bos_id(tok)))
-    except (OSError, ValueError, StopIteration):
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        want = _special_tokens(folder, tok)
+        return bool(tok.get("decoder") == _BYTE_LEVEL and tok.get("post_processor") == _bos_processor(_bos_id(tok))
+                    and all(cfg.get(k) == v for k, v in want.items())
+                    and not any(f"{k}_id" in cfg for k in _SPECIALS))
+    except (OSError, ValueError, KeyError, StopIteration):
         return False
 
 
 def _fix_tokenizer(folder: Path) -> None:
     """Give a byte-level BPE tokenizer.json the plain byte-level decoder (ids and decoded text in transformers
     are unchanged; ONNX Runtime GenAI then encodes as transformers does) and the GGUF's BOS, written as
-    transformers 4.57 writes it (5 leaves it out), so both lanes read the same ids."""
+    transformers 4.57 writes it (5 leaves it out), and the tokenizer config the GGUF's EOS and padding token,
+    so both lanes read the same ids."""
     import json
 
     from compressor.files import atomic_write_text
@@ -132,6 +152,15 @@ def _fix_tokenizer(folder: Path) -> None:
     tok["decoder"] = _BYTE_LEVEL
     tok["post_processor"] = _bos_processor(_bos_id(tok))
     atomic_write_text(f, json.dumps(tok, ensure_ascii=False))
+    want = _special_tokens(folder, tok)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the second: what 4.57 also writes
+        g = folder / name
+        if g.is_file():
+            cfg = json.loads(g.read_text(encoding="utf-8"))
+            cfg.update(want)
+            for k in _SPECIALS:
+                cfg.pop(f"{k}_id", None)  # 4.57 records the ids too: a stale one would win over the name
+            atomic_write_text(g, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 def _convert_smollm2(target: Path) -> Path:

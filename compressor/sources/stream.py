@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, cast
 
 from compressor.architectures import ArchAdapter, body_of, get_layers
+from compressor.compat import stored_layout_converters
 from compressor.errors import BadInput
 from compressor.sources.integrity import INDEX
 
@@ -108,6 +109,9 @@ class LayerStream:
     device: str
     dtype: Any  # torch dtype
     names: dict[str, str] = field(default_factory=dict)  # parameter name -> checkpoint key
+    # parameter name -> (transformers' converter, its stored keys per source pattern): a tensor the checkpoint
+    # stores in pieces (``compat.stored_layout_converters``), put together as ``from_pretrained`` does
+    converted: dict[str, tuple[Any, dict[str, list[str]]]] = field(default_factory=dict)
     layers_prefix: str = ""
     with_head: bool = False
     body_loaded: bool = False
@@ -153,10 +157,19 @@ class LayerStream:
 
     def load_params(self, prefix: str, module: Any, recurse: bool = True) -> None:
         todo = [name for name, p in module.named_parameters(recurse=recurse) if p.device.type == "meta"]
-        got = self.reader.get_many([self.key(prefix + name) for name in todo], dtype=self.dtype)
-        for name in todo:
+        plain = [name for name in todo if prefix + name not in self.converted]
+        got = self.reader.get_many([self.key(prefix + name) for name in plain], dtype=self.dtype)
+        for name in plain:
             t = got.pop(self.key(prefix + name))
             self._set(module, name, t.to(device=self.device))
+        for name in todo:
+            if prefix + name in self.converted:
+                converter, sources = self.converted[prefix + name]
+                pieces = self.reader.get_many([k for keys in sources.values() for k in keys], dtype=self.dtype)
+                parts: dict[str, Any] = {pat: [pieces.pop(k) for k in keys] for pat, keys in sources.items()}
+                for op in converter.operations:
+                    parts = op.convert(parts, converter.source_patterns, converter.target_patterns)
+                self._set(module, name, next(iter(parts.values())).to(device=self.device))
 
     def release(self, module: Any) -> None:
         import torch
@@ -290,6 +303,8 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
     body_prefix = f"{body_name}." if body_name else ""
     keys = reader.keys()
     names: dict[str, str] = {}
+    converted: dict[str, tuple[Any, dict[str, list[str]]]] = {}
+    converters = stored_layout_converters(str(getattr(config, "model_type", "")))
     missing, misshapen = [], []
     head = model.get_output_embeddings()
     head_params = {id(p) for p in head.parameters()} if head is not None else set()
@@ -301,6 +316,12 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
             stored = reader.checkpoint.tensors[found].shape
             if stored != tuple(p.shape):  # the in-memory load refuses this too (check_loading_info)
                 misshapen.append(f"{found} {list(stored)} in the weights vs {list(p.shape)} from config.json")
+        elif (pieces := _stored_pieces(name, bare, keys, converters)) is not None:
+            converted[name] = pieces
+            stored_numel = sum(reader.checkpoint.tensors[k].numel for ks in pieces[1].values() for k in ks)
+            if stored_numel != p.numel():
+                misshapen.append(f"{name} stored in {sum(map(len, pieces[1].values()))} pieces of {stored_numel} "
+                                 f"values vs {list(p.shape)} from config.json")
         elif not name.startswith(body_prefix) or id(p) in head_params:
             continue  # the head: read only by ``with_head`` (tied to the embeddings when it has no key)
         else:
@@ -315,4 +336,28 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
                        "(streaming reads each block's weights by name)",
                        "re-save the model with save_pretrained, or pass --no-stream")
     layers_name = next(name for name, m in model.named_modules() if m is layers)
-    return LayerStream(reader, model, adapter, device, dtype, names, f"{layers_name}.", with_head=with_head)
+    return LayerStream(reader, model, adapter, device, dtype, names, converted, f"{layers_name}.", with_head=with_head)
+
+
+def _stored_pieces(name: str, bare: str | None, keys: set[str],
+                   converters: list[Any]) -> tuple[Any, dict[str, list[str]]] | None:
+    """(converter, stored keys per source pattern in expert order) when parameter ``name`` is one that the
+    checkpoint stores in pieces; None when no converter makes it or a piece is missing."""
+    import re
+
+    for c in converters:
+        target = c.target_patterns[0] if len(c.target_patterns) == 1 else None
+        for full in (name, bare):
+            if target is None or full is None or not full.endswith(target):
+                continue
+            prefix = full[: -len(target)]
+            sources: dict[str, list[str]] = {}
+            for pat in c.source_patterns:
+                rx = re.compile(re.escape(prefix) + re.escape(pat).replace(r"\*", r"(\d+)") + "$")
+                found = sorted(((int(m[1]), k) for k in keys if (m := rx.match(k))), key=lambda t: t[0])
+                if not found or [i for i, _ in found] != list(range(len(found))):
+                    break
+                sources[pat] = [k for _, k in found]
+            else:
+                return c, sources
+    return None

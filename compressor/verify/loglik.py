@@ -83,6 +83,27 @@ def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_s
     return out
 
 
+def _repeat_rows(past: Any, n: int) -> None:
+    """Each row of a cache ``n`` times in place. A hybrid's cache (transformers 5's convolution and linear-attention
+    layers: LFM2-MoE, Qwen3.5) has no ``batch_repeat_interleave``, but every layer has ``reorder_cache``, which
+    selects batch rows: selecting each row ``n`` times is the same repeat."""
+    import torch
+
+    layers = getattr(past, "layers", None)
+    if layers is not None and not all(hasattr(layer, "batch_repeat_interleave") for layer in layers):
+        past.reorder_cache(torch.arange(_batch_rows(past)).repeat_interleave(n))
+    else:
+        past.batch_repeat_interleave(n)
+
+
+def _batch_rows(past: Any) -> int:
+    for layer in past.layers:
+        for t in (getattr(layer, "keys", None), *getattr(layer, "conv_states", {}).values()):
+            if t is not None and hasattr(t, "shape") and t.dim() > 0:
+                return int(t.shape[0])
+    raise ValueError("an empty cache has no rows to repeat")
+
+
 def _last_only(model: Any) -> dict[str, Any]:
     """Ask for the last position's logits only, where the model supports it (saves the vocab matmul)."""
     import inspect
@@ -111,7 +132,7 @@ def _last_logprobs(model: Any, contexts: list[list[int]], prefix_past: Any = Non
     with torch.inference_mode():
         if prefix_past is not None:
             past = copy.deepcopy(prefix_past)
-            past.batch_repeat_interleave(len(contexts))
+            _repeat_rows(past, len(contexts))
             full = torch.cat([torch.ones((len(contexts), past.get_seq_length()), dtype=torch.long), m], dim=1)
             logits = model(input_ids=x.to(dev), attention_mask=full.to(dev), past_key_values=past, use_cache=True).logits
         else:
@@ -132,7 +153,7 @@ def _continuations(model: Any, ctx: list[int], conts: list[list[int]]) -> list[f
         pre = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, **_last_only(model))
         first = F.log_softmax(pre.logits[0, -1].float(), dim=-1)
         past = pre.past_key_values
-        past.batch_repeat_interleave(n)
+        _repeat_rows(past, n)
         x, cm = pad_right(conts)
         m = torch.cat([torch.ones((n, len(ctx)), dtype=torch.long), cm], dim=1)
         logits = model(input_ids=x.to(dev), attention_mask=m.to(dev), past_key_values=past, use_cache=True).logits

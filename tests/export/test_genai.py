@@ -38,7 +38,7 @@ def genai(tiny, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("arch", ["llama-gqa16", "qwen2-gqa16"])
+@pytest.mark.parametrize("arch", ["llama-gqa16", "qwen2-gqa16", "lfm2_moe-gqa16"])  # lfm2_moe: convolution states
 def test_the_builder_export_passes_parity(arch, genai):
     from compressor.export.genai import is_genai_folder
 
@@ -53,6 +53,20 @@ def test_the_builder_export_passes_parity(arch, genai):
     assert set(rec["peak_rss_gb"]) == set(rec["timings"]) and all(v > 0 for v in rec["peak_rss_gb"].values())
     assert is_genai_folder(folder) and (folder / "config.json").is_file() and (folder / "model.onnx").is_file()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    if arch == "lfm2_moe-gqa16":  # a hybrid: one convolution state for block 0, a KV cache for blocks 1 and 2
+        cache = next(c for c in rec["parity"]["checks"] if c["name"] == "kv-cache outputs")["detail"]
+        assert cache == "4 past_key_values.* inputs for 2 KV-cache layers, 1 past.*.state inputs for 1 state layers"
+        assert rec["structural_checks"][0]["detail"] == "2 for 2 attention layers (of 3)"
+
+
+@pytest.mark.parametrize("arch", ["qwen3_5_text"])
+def test_a_transformers5_family_the_builder_does_not_build_says_no_exporter_here_writes_it(arch, tiny, tmp_path, capsys):
+    """Qwen3.5: the builder builds it only from the multimodal checkpoint, and Optimum's lane cannot load it."""
+    code, _, err = run(["export", str(tiny(arch)), "--exporter", "genai", "--out", str(tmp_path / "g")], capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert "does not build Qwen3_5ForCausalLM models" in line and "no exporter here writes it" in line
+    assert "--exporter optimum" not in line and not (tmp_path / "g").exists()
 
 
 def test_a_builder_graph_that_differs_from_pytorch_is_not_kept(tiny, tmp_path, capsys, monkeypatch):
@@ -202,7 +216,8 @@ def test_a_precision_or_target_the_builder_cannot_check_is_refused_up_front(extr
     assert not (tmp_path / "g").exists()
 
 
-def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(genai, tiny, task_files, monkeypatch):
+@pytest.mark.parametrize("arch", ["llama-gqa16", "lfm2_moe-gqa16"])  # lfm2_moe: its convolution states carried too
+def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(arch, genai, tiny, task_files, monkeypatch):
     """Our four kinds and an lm-evaluation-harness task (the harness's HFLM driving the GenAI graph)."""
     from compressor.export.ort_model import load_onnx_model
     from compressor.profiles import Profile
@@ -210,8 +225,8 @@ def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(genai, 
     from compressor.verify.api import verify
 
     monkeypatch.chdir(ROOT)  # lm-eval reads a task's data_files relative to the working directory
-    src = load_model(str(tiny("llama-gqa16")))
-    art = load_onnx_model(str(genai("llama-gqa16")))
+    src = load_model(str(tiny(arch)))
+    art = load_onnx_model(str(genai(arch)))
     assert art.dtype == "onnx-genai-float32"
     data = causal_profile(task_files)
     data["tasks"][3]["max_new_tokens"] = 6  # generation: per-row decoding on the GenAI graph

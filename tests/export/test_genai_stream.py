@@ -52,6 +52,14 @@ def test_the_streamed_folder_is_the_builders_byte_for_byte(quantize, tiny, tmp_p
         assert all(c["passed"] for c in rec["structural_checks"]) and rec["quantization"]["method"] == "int4"
 
 
+@pytest.mark.parametrize("arch,quantize", [("lfm2_moe-gqa16", None), ("lfm2_moe-gqa16", "int4")])
+def test_a_hybrid_moe_family_streams_byte_for_byte(arch, quantize, tiny, tmp_path, capsys):
+    """LFM2-MoE (transformers 5, the current lane): per-expert tensors on disk put together as transformers does,
+    convolution blocks, the builder's QMoE experts and its float routers (it excludes them while it builds)."""
+    rec = _equal_to_the_builder(tiny, arch, quantize, tmp_path, capsys)
+    assert rec["parity"]["passed"] if quantize is None else all(c["passed"] for c in rec["structural_checks"])
+
+
 @pytest.mark.slow  # every family and precision the builder builds for us (see pyproject.toml: the slow tier)
 @pytest.mark.parametrize("arch", ["llama-gqa16", "mistral-gqa16", "qwen2-gqa16", "qwen3-gqa16", "phi3-gqa16"])
 @pytest.mark.parametrize("quantize", [None, "int4", "int8-weights"])

@@ -26,7 +26,9 @@ def test_sampler_sees_what_the_block_allocated_and_the_device_probe():
 
     with PeakRSS(0.001, device_mb=device_mb) as rss:
         block = _touch(64)
-        time.sleep(0.01)
+        deadline = time.monotonic() + 30  # the sampler thread, not this one, must see the block (a loaded machine
+        while rss.peak < rss.baseline + 60 * 2**20 and time.monotonic() < deadline:  # may delay it: wait for it)
+            time.sleep(0.001)
         del block
     assert rss.increment_mb >= 60 and rss.peak_mb >= rss.baseline_mb + 60
     assert len(readings) >= 2 and rss.device_peak == readings[-1]  # read on entry and on exit at least

@@ -65,7 +65,7 @@ def _ids(tokenizer):
 
 
 # every architecture in bf16 (what large checkpoints ship in), fp32 on two layouts (body prefix model. / transformer.)
-@pytest.mark.parametrize("arch,dtype", [(a, "bfloat16") if a in ("llama", "gpt2", "qwen2") else
+@pytest.mark.parametrize("arch,dtype", [(a, "bfloat16") if a in ("llama", "gpt2", "qwen2", "lfm2_moe", "qwen3_5_text") else
                                         pytest.param(a, "bfloat16", marks=pytest.mark.slow) for a in DECODERS]
                          + [("llama", "float32"), ("gpt2", "float32")])  # the other architectures: `-m slow`
 def test_shard_cut_equals_the_in_memory_cut(arch, dtype, source, tmp_path):

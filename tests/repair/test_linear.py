@@ -10,8 +10,8 @@ from compressor.repair.linear import fit_span, fold, linear_repair
 from compressor.score.patch import spans_of
 from compressor.sources.models import load_model
 
-FOLDABLE = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox"]
-ATTN_OUT = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense"}
+FOLDABLE = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "qwen3_5_text"]
+ATTN_OUT = {"gpt2": "attn.c_proj", "gpt_neox": "attention.dense", "qwen3_5_text": "linear_attn.out_proj"}  # block 2's mixer
 
 
 def batches(tok, n=3, seq=48, seed=0):
@@ -104,7 +104,8 @@ def test_spans_are_estimated_on_the_model_already_patched(tiny):
     assert a.config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("arch,needle", [("gemma3_text", "post_feedforward_layernorm"), ("bert", "post-LN")])
+@pytest.mark.parametrize("arch,needle", [("gemma3_text", "post_feedforward_layernorm"), ("bert", "post-LN"),
+                                         ("lfm2_moe", "mixture of experts")])
 def test_refused_where_the_fold_is_not_exact(arch, needle, tiny):
     loaded = load_model(str(tiny(arch)))
     with pytest.raises(BadInput, match=needle) as e:

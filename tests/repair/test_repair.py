@@ -15,7 +15,7 @@ EXPORTED = {"llama", "gpt2", "gpt_neox"}  # one of each fold kind: plain Linear,
 
 
 @pytest.mark.optimum
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "qwen3_5_text"])
 def test_repaired_checkpoint_reloads_generates_exports_with_parity(arch, tiny, tmp_path, text_file, capsys):
     from transformers import AutoModelForCausalLM
 

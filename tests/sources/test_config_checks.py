@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from helpers import error_lines, run, write_ppl_profile
+from tiny_models import ARCHS
 
 
 @pytest.fixture(autouse=True)
@@ -76,9 +77,8 @@ def test_embeddings_of_another_size_than_config_json_gives_are_refused(tiny, tmp
     assert not (tmp_path / "slim").exists()
 
 
-def test_an_intact_config_of_every_architecture_passes(tiny):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_intact_config_of_every_architecture_passes(arch, tiny):
     from compressor.sources.models import load_config
-    from tiny_models import ARCHS
 
-    for arch in ARCHS:
-        assert load_config(str(tiny(arch))).model_type == arch
+    assert load_config(str(tiny(arch))).model_type == arch

@@ -117,3 +117,30 @@ def test_a_model_type_this_transformers_lacks_is_refused_naming_the_lane_that_ha
         assert exc.value.problem == (f"{tmp_path} is a avss_future_family model, which transformers "
                                      f"{compat.transformers_version()} does not know")
         assert words in exc.value.fix
+
+
+def test_the_builtin_tokenizer_ends_text_with_the_ggufs_eos_in_both_lanes(smollm2_dir, tmp_path):
+    """transformers 4.57's GGUF conversion named <|im_start|> (id 1) the EOS, against the GGUF's (and config.json's)
+    <|im_end|> (id 2), which transformers 5 names: perplexity documents were separated by different tokens in the
+    two lanes. A folder converted so is fixed in place; every lane then reads the GGUF's EOS and padding token."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from compressor.sources import builtins
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    cfg = json.loads((smollm2_dir / "config.json").read_text())
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id) == ("<|im_end|>", 2, 2) == (
+        "<|im_end|>", cfg["eos_token_id"], cfg["pad_token_id"])
+    old = tmp_path / "smollm2-135m"
+    old.mkdir()
+    for f in smollm2_dir.iterdir():  # the weights by link: nothing here reads them
+        (old / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy2(f, old / f.name)
+    tc = json.loads((old / "tokenizer_config.json").read_text())
+    tc.update(eos_token="<|im_start|>", eos_token_id=1)  # what 4.57's conversion wrote
+    (old / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert AutoTokenizer.from_pretrained(str(old)).eos_token_id == 1 and not builtins._tokenizer_fixed(old)
+    assert builtins._convert_smollm2(old) == old and builtins._tokenizer_fixed(old)
+    assert AutoTokenizer.from_pretrained(str(old)).eos_token_id == 2

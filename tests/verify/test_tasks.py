@@ -120,7 +120,8 @@ def test_metric_helpers():
     assert kind("lm-eval") is KINDS["lm-eval"] and set(KINDS) == kinds  # one class per kind, found by name
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox", "phi3", "gemma3_text"])
+# lfm2_moe and qwen3_5_text: hybrid caches (convolution / linear-attention states), repeated by row selection
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox", "phi3", "gemma3_text", "lfm2_moe", "qwen3_5_text"])
 def test_shared_context_loglikelihoods_equal_full_sequences(arch, tiny):
     """The KV-cache shortcut (context once, choices on a copied cache) changes no number."""
     m = load_model(str(tiny(arch)))
@@ -135,6 +136,15 @@ def test_shared_context_loglikelihoods_equal_full_sequences(arch, tiny):
         with torch.no_grad():
             lp = F.log_softmax(m.model(x).logits[0].float(), -1)
         direct = float(lp[len(c) - 1:-1].gather(-1, x[0, len(c):, None]).sum())
+        assert value == pytest.approx(direct, abs=1e-3, rel=1e-4)
+    # a few-shot prefix run once, its cache repeated for every batch
+    prefix = tok("Example: a calm sea.\n", add_special_tokens=False)["input_ids"]
+    got = loglikelihoods(m.model, pairs, batch_size=4, max_length=256, prefix=prefix)
+    for (c, cont), value in zip(pairs, got):
+        x = torch.tensor([prefix + c + cont])
+        with torch.no_grad():
+            lp = F.log_softmax(m.model(x).logits[0].float(), -1)
+        direct = float(lp[len(prefix) + len(c) - 1:-1].gather(-1, x[0, len(prefix) + len(c):, None]).sum())
         assert value == pytest.approx(direct, abs=1e-3, rel=1e-4)
 
 
