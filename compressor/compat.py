@@ -115,13 +115,28 @@ def plain_copy(model: Any) -> Any:
     return plain
 
 
-def stored_layout_converters(model_type: str) -> list[Any]:
-    """transformers 5's conversions from how a family's checkpoint stores a tensor to how its model holds it
-    (LFM2-MoE: one ``w1``/``w2``/``w3`` per expert on disk, one 3-D tensor per block in memory), which its
-    ``from_pretrained`` applies. The streamed reader applies the same ones; transformers 4.57 has none."""
-    if lane() == "card":
-        return []
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-    from transformers.core_model_loading import WeightConverter
 
-    return [c for c in get_checkpoint_conversion_mapping(model_type) or [] if isinstance(c, WeightConverter)]
+def stored_layout(model: Any, keys: set[str]) -> tuple[dict[str, str], dict[str, tuple[Any, dict[str, list[str]]]]]:
+    """How the checkpoint's keys become ``model``'s parameter names, as its ``from_pretrained`` does it:
+    ({name: stored key}, {name: (converter, {source pattern: stored keys in order})}). transformers 5 renames
+    (GPT-NeoX's ``embed_out`` is its ``lm_head``) and converts (LFM2-MoE stores one w1/w2/w3 per expert, its
+    model one 3-D tensor per block) with its own transforms, used here; 4.57 loads every key by its name."""
+    if lane() == "card":
+        return {k: k for k in keys}, {}
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    plain: dict[str, str] = {}
+    grouped: dict[str, tuple[Any, dict[str, list[str]]]] = {}
+    for key in sorted(keys, key=dot_natural_key):  # expert 2 before expert 10
+        name, pattern = rename_source_key(key, renamings, converters)
+        if pattern is None:
+            plain[name] = key
+            continue
+        converter = next(c for c in converters if pattern in c.source_patterns)
+        entry = grouped.setdefault(name, (converter, {p: [] for p in converter.source_patterns}))
+        entry[1][pattern].append(key)
+    return plain, grouped

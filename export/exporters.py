@@ -59,8 +59,11 @@ class Exporter:
         """Why this exporter cannot run in this environment (None: it can): asked before any work."""
         return None
 
-    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
+    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str], fuse_gate_up: bool = False) -> None:
         """Refuse, before any work, a combination of settings this exporter cannot build."""
+        if fuse_gate_up:
+            raise BadInput(f"--fuse-gate-up is an option of ONNX Runtime GenAI's builder, not of --exporter {self.name}",
+                           "use --exporter genai, or drop --fuse-gate-up")
 
     def check_stream(self, stream: Optional[bool]) -> None:
         """Refuse ``--stream`` where this exporter needs the whole model."""
@@ -75,7 +78,8 @@ class Exporter:
     def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
                device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
-               stream: bool = False, on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+               stream: bool = False, fuse_gate_up: bool = False, on_start: OnStart = None,
+               on_stage: OnStage = None) -> ExportOutcome:
         raise NotImplementedError
 
     def quantize(self, checkpoint: str | Path, graph: str | Path, out: str | Path, precision: str, *,
@@ -104,10 +108,11 @@ class OptimumExporter(Exporter):
 
         return optimum_missing()
 
-    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
+    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str], fuse_gate_up: bool = False) -> None:
         from compressor.export.convert import check_dtype_device
         from compressor.export.quantize import check_method
 
+        super().check_flags(dtype=dtype, device=device, quantize=quantize, fuse_gate_up=fuse_gate_up)
         check_method(quantize)
         dt = check_dtype_device(dtype, device)
         if quantize and dt != "float32":
@@ -116,10 +121,12 @@ class OptimumExporter(Exporter):
     def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
                device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
-               stream: bool = False, on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+               stream: bool = False, fuse_gate_up: bool = False, on_start: OnStart = None,
+               on_stage: OnStage = None) -> ExportOutcome:
         from compressor.export.convert import export_model
 
         self.check_stream(stream)
+        Exporter.check_flags(self, dtype=dtype, device=device, quantize=quantize, fuse_gate_up=fuse_gate_up)  # the builder's
         res = export_model(model, out, task=task, opset=opset, device=device, dtype=dtype, force=force,
                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, on_start=on_start,
                            on_stage=on_stage, quantize=quantize)
@@ -145,18 +152,19 @@ class OptimumExporter(Exporter):
 class GenAIExporter(Exporter):
     name = "genai"
     help = ("genai (ONNX Runtime GenAI's Model Builder: fused decoder graph for edge serving; "
-            "Llama, Mistral, Qwen2/3, Phi-3)")
+            "Llama, Mistral, Qwen2/3, Phi-3; LFM2-MoE in the current lane)")
     precisions = (None, "int4", "int8-weights", "int4-mixed")
     search_precisions = (None, "int8-weights", "int4-mixed", "int4")
     bench_reference = "onnx-base-genai"
     quantize_source = "checkpoint"
     streams = True
 
-    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str]) -> None:
-        from compressor.export.genai import check_precision, check_target
+    def check_flags(self, *, dtype: str, device: str, quantize: Optional[str], fuse_gate_up: bool = False) -> None:
+        from compressor.export.genai import check_options, check_precision, check_target
 
         check_precision(quantize)
         check_target(dtype, device, quantize)
+        check_options(quantize, fuse_gate_up)
 
     def check_model(self, config: Any, family: str, quantize: Optional[str]) -> None:
         from compressor.export.genai import builder_version, check_supported
@@ -167,12 +175,13 @@ class GenAIExporter(Exporter):
     def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
                device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
-               stream: bool = False, on_start: OnStart = None, on_stage: OnStage = None) -> ExportOutcome:
+               stream: bool = False, fuse_gate_up: bool = False, on_start: OnStart = None,
+               on_stage: OnStage = None) -> ExportOutcome:
         from compressor.export.genai import export_genai
 
         rec = export_genai(str(model), out, quantize=quantize, dtype=dtype, device=device, force=force,
                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stream=stream,
-                           on_start=on_start, on_stage=on_stage)
+                           fuse_gate_up=fuse_gate_up, on_start=on_start, on_stage=on_stage)
         return ExportOutcome(str(out), self.name, rec, rec["num_layers"], rec["files"], rec["timings"], rec["parity"],
                              rec["structural_checks"], rec["warnings"], f"GenAI ({rec['exporter']['package']})")
 

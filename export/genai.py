@@ -114,6 +114,25 @@ def check_precision(quantize: Optional[str]) -> None:
                        "dynamic int8")
 
 
+# builder options that only a newer builder has: flag -> (first builder we build it with, its --extra_options entry)
+NEWER_OPTIONS = {"--fuse-gate-up": ((0, 18), "fuse_mlp_gate_up=true")}
+
+
+def check_options(quantize: Optional[str], fuse_gate_up: bool = False) -> list[str]:
+    """The builder options a flag asks for (``--fuse-gate-up``: each MLP's gate and up projections as one quantized
+    MatMul and a Split); refused up front where this lane's builder lacks them, or where they change nothing."""
+    chosen = [flag for flag, on in (("--fuse-gate-up", fuse_gate_up),) if on]
+    for flag in chosen:
+        first = NEWER_OPTIONS[flag][0]
+        if BUILDER < first:
+            raise BadInput(f"{flag} needs ONNX Runtime GenAI's builder {'.'.join(map(str, first))}.0 or later; this lane "
+                           f"pins {REQUIREMENT}", f"use the current lane (make install LANE=current), or drop {flag}")
+    if fuse_gate_up and not quantize:
+        raise BadInput("--fuse-gate-up fuses the projections the builder quantizes; an unquantized graph is not changed "
+                       "by it", "add --quantize int4 or int8-weights, or drop --fuse-gate-up")
+    return [NEWER_OPTIONS[flag][1] for flag in chosen]
+
+
 def check_supported(config: Any, family: str, quantize: Optional[str], device: str = "cpu") -> None:
     """Refused up front, before any work: an architecture, a head size or a setting the builder cannot do."""
     from compressor.architectures import adapter_for_config
@@ -166,10 +185,11 @@ def _output_to(log: Path) -> Iterator[None]:
 
 
 def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], dtype: str = "float32",
-                 device: str = "cpu") -> list[str]:
+                 device: str = "cpu", options: tuple[str, ...] = ()) -> list[str]:
     """The builder as a library (``create_model``), in this process: torch and transformers are already
     imported, which saves a new interpreter's start. Returns the equivalent command line (recorded)."""
     precision, extra = PRECISION[quantize] if quantize else (DTYPES[dtype], [])
+    extra = [*extra, *options]
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(dst), "-p", precision,
            "-e", device, "-c", str(scratch / "cache")]
     if extra:
@@ -179,9 +199,9 @@ def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], d
         with _output_to(log):
             from onnxruntime_genai.models import builder
 
-            options = builder.parse_extra_options(None, str(src), str(dst), precision, device, str(scratch / "cache"),
-                                                  extra)
-            builder.create_model(None, str(src), str(dst), precision, device, str(scratch / "cache"), **options)
+            parsed = builder.parse_extra_options(None, str(src), str(dst), precision, device, str(scratch / "cache"),
+                                                 extra)
+            builder.create_model(None, str(src), str(dst), precision, device, str(scratch / "cache"), **parsed)
     except BadInput:
         raise  # the streamed reader's damaged or missing shard: the user's input, said as such
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the builder raises anything; its log is the detail
@@ -377,7 +397,7 @@ def _runs(folder: Path, provider: str = "cpu") -> dict[str, Any]:
 
 def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "float32",
                  device: str = "cpu", force: bool = False, allow_pickle: bool = False, trust_remote_code: bool = False,
-                 stream: bool = False, on_start: Optional[Callable[[str], None]] = None,
+                 stream: bool = False, fuse_gate_up: bool = False, on_start: Optional[Callable[[str], None]] = None,
                  on_stage: Optional[Callable[[str, float], None]] = None) -> dict[str, Any]:
     """Build ``model`` (a folder or ``builtin:``) with the Model Builder into ``out``; returns ``export.json``.
 
@@ -429,6 +449,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     path, is_local = resolve_model_path(model)
     config = load_config(path, trust_remote_code)
     check_supported(config, adapter_for_config(config).family, quantize, target)
+    options = tuple(check_options(quantize, fuse_gate_up))
     if not is_local:
         raise BadInput(f"{model} is not a local folder; the builder reads a checkpoint folder",
                        "download it first (huggingface-cli download) and pass the folder")
@@ -454,7 +475,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
         from compressor.export.genai_stream import streaming_builder
 
         with streaming_builder(src, scratch, builder_load_dtype(config)) if stream else contextlib.nullcontext():
-            cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target))
+            cmd = timed("build", lambda: _run_builder(build_src, final, scratch, quantize, dtype, target, options))
         for name in ("config.json", "generation_config.json"):
             if (src / name).is_file():
                 shutil.copy2(src / name, final / name)
@@ -490,7 +511,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                                           "one block at a time by avss" if stream else "the builder")},
                   "source": {"spec": loaded.spec, "path": loaded.path}, "versions": library_versions(),
                   "task": "text-generation-with-past", "num_layers": num_layers, "target": target,
-                  "dtype": dtype, "warnings": warnings, "quantization": ({"method": quantize, "settings": PRECISION[quantize][1], "untied_head": untie}
+                  "dtype": dtype, "warnings": warnings, "quantization": ({"method": quantize, "settings": [*PRECISION[quantize][1], *options], "untied_head": untie}
                                                        if quantize else None),
                   "parity": report.to_dict() if report is not None else None, "structural_checks": checks,
                   "files": files, "timings": timings, "peak_rss_gb": peaks}

@@ -24,6 +24,7 @@ def export(
     trust_remote_code: o.TrustRemoteCode = False,
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="RAM the export may use, e.g. 24GB or 24GiB (default: what is free now): an export whose estimated peak (about 2.4x the fp32 weights; streamed: about 3x its largest block or embedding in fp32) cannot fit is refused before it starts.")] = None,
     stream: Annotated[Optional[bool], typer.Option("--stream/--no-stream", help="With --exporter genai: write the builder's graph one block at a time from the safetensors shards (the same files; memory: one block or embedding at a time). Default: only when the whole-model export would not fit.")] = None,
+    fuse_gate_up: Annotated[bool, typer.Option("--fuse-gate-up", help="With --exporter genai and --quantize: each MLP's gate and up projections as one quantized MatMul and a Split (the builder's fuse_mlp_gate_up; builder 0.18.0, the current lane's: refused in the card's lane).")] = False,
     force: o.Force = False,
 ) -> None:
     from rich.table import Table
@@ -37,7 +38,7 @@ def export(
 
     limit = parse_size(max_memory) if max_memory is not None else None
     chosen = get_exporter(exporter)
-    chosen.check_flags(dtype=dtype, device=device, quantize=quantize)
+    chosen.check_flags(dtype=dtype, device=device, quantize=quantize, fuse_gate_up=fuse_gate_up)
     chosen.check_stream(stream)
     streamed = check_export_spec(model, limit, trust_remote_code, stream, chosen.streams)  # before the folder is touched
     check_output_dir(out, force, note=note)  # also cleans what a killed export left beside it
@@ -51,7 +52,8 @@ def export(
     note(f"exporting {model} to {out} with {chosen.name} (opset {opset}, {quantize or dtype}, {device}"
          f"{', streamed: one block at a time' if streamed else ''})")
     res = chosen.export(model, out, task=task, opset=opset, device=device, dtype=dtype, quantize=quantize, force=force,
-                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stream=streamed, on_start=started,
+                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, stream=streamed,
+                        fuse_gate_up=fuse_gate_up, on_start=started,
                         on_stage=ended)
     for w in res.warnings:
         warn(w)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, cast
 
 from compressor.architectures import ArchAdapter, body_of, get_layers
-from compressor.compat import stored_layout_converters
+from compressor.compat import stored_layout
 from compressor.errors import BadInput
 from compressor.sources.integrity import INDEX
 
@@ -133,6 +133,7 @@ class LayerStream:
             self.load_params(f"{mod_name}.", module, recurse=False)
         if self.with_head and head is not None:
             head_name = next(name for name, m in model.named_modules() if m is head)
+            # tied as from_pretrained ties it (build_stream refused an untied head without weights)
             if getattr(model.config, "tie_word_embeddings", False) or f"{head_name}.weight" not in self.names:
                 head.weight = model.get_input_embeddings().weight  # tied: the head is the input embedding
             else:
@@ -301,27 +302,29 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
     layers = get_layers(model, adapter)
     body_name = next(name for name, m in model.named_modules() if m is body)
     body_prefix = f"{body_name}." if body_name else ""
-    keys = reader.keys()
+    stored, pieced = stored_layout(model, reader.keys())
     names: dict[str, str] = {}
     converted: dict[str, tuple[Any, dict[str, list[str]]]] = {}
-    converters = stored_layout_converters(str(getattr(config, "model_type", "")))
     missing, misshapen = [], []
     head = model.get_output_embeddings()
     head_params = {id(p) for p in head.parameters()} if head is not None else set()
     for name, p in model.named_parameters(remove_duplicate=False):
         bare = name[len(body_prefix):] if body_prefix and name.startswith(body_prefix) else None
-        found = next((c for c in (name, bare) if c is not None and c in keys), None)
+        found = next((stored[c] for c in (name, bare) if c is not None and c in stored), None)
+        pieces = next((pieced[c] for c in (name, bare) if c is not None and c in pieced), None)
         if found is not None:
             names[name] = found
-            stored = reader.checkpoint.tensors[found].shape
-            if stored != tuple(p.shape):  # the in-memory load refuses this too (check_loading_info)
-                misshapen.append(f"{found} {list(stored)} in the weights vs {list(p.shape)} from config.json")
-        elif (pieces := _stored_pieces(name, bare, keys, converters)) is not None:
+            shape = reader.checkpoint.tensors[found].shape
+            if shape != tuple(p.shape):  # the in-memory load refuses this too (check_loading_info)
+                misshapen.append(f"{found} {list(shape)} in the weights vs {list(p.shape)} from config.json")
+        elif pieces is not None and all(pieces[1].values()):
             converted[name] = pieces
             stored_numel = sum(reader.checkpoint.tensors[k].numel for ks in pieces[1].values() for k in ks)
             if stored_numel != p.numel():
                 misshapen.append(f"{name} stored in {sum(map(len, pieces[1].values()))} pieces of {stored_numel} "
                                  f"values vs {list(p.shape)} from config.json")
+        elif id(p) in head_params and not getattr(config, "tie_word_embeddings", False):
+            missing.append(name)  # an untied head with no weights: never the input embedding in its place
         elif not name.startswith(body_prefix) or id(p) in head_params:
             continue  # the head: read only by ``with_head`` (tied to the embeddings when it has no key)
         else:
@@ -338,26 +341,3 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
     layers_name = next(name for name, m in model.named_modules() if m is layers)
     return LayerStream(reader, model, adapter, device, dtype, names, converted, f"{layers_name}.", with_head=with_head)
 
-
-def _stored_pieces(name: str, bare: str | None, keys: set[str],
-                   converters: list[Any]) -> tuple[Any, dict[str, list[str]]] | None:
-    """(converter, stored keys per source pattern in expert order) when parameter ``name`` is one that the
-    checkpoint stores in pieces; None when no converter makes it or a piece is missing."""
-    import re
-
-    for c in converters:
-        target = c.target_patterns[0] if len(c.target_patterns) == 1 else None
-        for full in (name, bare):
-            if target is None or full is None or not full.endswith(target):
-                continue
-            prefix = full[: -len(target)]
-            sources: dict[str, list[str]] = {}
-            for pat in c.source_patterns:
-                rx = re.compile(re.escape(prefix) + re.escape(pat).replace(r"\*", r"(\d+)") + "$")
-                found = sorted(((int(m[1]), k) for k in keys if (m := rx.match(k))), key=lambda t: t[0])
-                if not found or [i for i, _ in found] != list(range(len(found))):
-                    break
-                sources[pat] = [k for _, k in found]
-            else:
-                return c, sources
-    return None

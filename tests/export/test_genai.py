@@ -216,6 +216,48 @@ def test_a_precision_or_target_the_builder_cannot_check_is_refused_up_front(extr
     assert not (tmp_path / "g").exists()
 
 
+def test_fuse_gate_up_is_the_current_lanes_builder_option_and_refused_where_the_builder_lacks_it(tiny, tmp_path, capsys):
+    """A builder option only 0.18.0 has: one line naming the lane in the card's lane; in the current lane each MLP's
+    gate and up projections become one MatMulNBits (3 fewer for 3 blocks), recorded in export.json."""
+    from compressor.compat import lane
+
+    argv = ["export", str(tiny("llama-gqa16")), "--exporter", "genai", "--quantize", "int4", "--fuse-gate-up",
+            "--out", str(tmp_path / "g")]
+    code, _, err = run(argv, capsys)
+    if lane() == "card":
+        assert code == 2, err
+        (line,) = error_lines(err)
+        assert "--fuse-gate-up needs ONNX Runtime GenAI's builder 0.18.0 or later" in line and "LANE=current" in line
+        assert not (tmp_path / "g").exists()
+        return
+    assert code == 0, err
+    rec = json.loads((tmp_path / "g" / "export.json").read_text())
+    assert "fuse_mlp_gate_up=true" in rec["quantization"]["settings"]
+    assert rec["structural_checks"][1]["detail"] == "13 MatMulNBits nodes"  # 16 unfused: q, k, v, o, gate, up, down + head
+    code, _, err = run([*argv[:-1], str(tmp_path / "streamed"), "--stream"], capsys)  # the streamed writer: the same bytes
+    assert code == 0, err
+    for name in ("model.onnx", "model.onnx.data", "genai_config.json"):
+        assert (tmp_path / "g" / name).read_bytes() == (tmp_path / "streamed" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--exporter", "genai"], "fuses the projections the builder quantizes"),  # fp32: it would change nothing
+    (["--exporter", "optimum", "--quantize", "int4"], "is an option of ONNX Runtime GenAI's builder")])
+def test_fuse_gate_up_where_it_does_nothing_is_refused(extra, words, tiny, tmp_path, capsys):
+    from compressor.compat import lane, optimum_missing
+
+    if lane() == "card" and "genai" in extra:
+        words = "needs ONNX Runtime GenAI's builder 0.18.0"  # the lane's refusal comes first
+    if "optimum" in extra and optimum_missing():
+        words = "--exporter optimum cannot run here"
+    code, _, err = run(["export", str(tiny("llama-gqa16")), "--fuse-gate-up", "--out", str(tmp_path / "g"), *extra],
+                       capsys)
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert words in line, line
+    assert not (tmp_path / "g").exists()
+
+
 @pytest.mark.parametrize("arch", ["llama-gqa16", "lfm2_moe-gqa16"])  # lfm2_moe: its convolution states carried too
 def test_a_genai_candidate_gives_the_pytorch_metrics_for_every_task_kind(arch, genai, tiny, task_files, monkeypatch):
     """Our four kinds and an lm-evaluation-harness task (the harness's HFLM driving the GenAI graph)."""

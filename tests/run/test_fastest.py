@@ -120,6 +120,7 @@ def test_the_estimate_orders_precisions_and_cuts():
 
 # --- the whole run on tiny models ------------------------------------------------------------------
 @pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
+@pytest.mark.optimum  # the run's exports (or this candidate) go through Optimum
 def test_fastest_ships_what_it_chose_and_it_passes_verify_on_its_own(tiny, tmp_path, ppl_profile, capsys):
     model, profile, out = tiny("llama-gqa16"), ppl_profile(0.5), tmp_path / "art"
     argv = ["run", str(model), "--profile", str(profile), "--out", str(out), "--search", "fastest",

@@ -48,6 +48,7 @@ def test_run_end_to_end(tiny, tmp_path, ppl_profile, capsys):
 
 
 @pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
+@pytest.mark.optimum  # the run's exports (or this candidate) go through Optimum
 def test_resume_after_interruption(tiny, tmp_path, ppl_profile, capsys, monkeypatch):
     import compressor.export.convert as convert
 
@@ -136,6 +137,7 @@ def identity_model(tmp_path_factory, decoder_tokenizer):
 
 
 @pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
+@pytest.mark.optimum  # the run's exports (or this candidate) go through Optimum
 def test_search_finds_the_known_answer(identity_model, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, stdout, err = run(["run", str(identity_model), "--profile", str(ppl_profile(0.99)), "--out", str(out),
@@ -237,6 +239,7 @@ def test_bad_run_input(argv, needle, capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
+@pytest.mark.optimum  # the run's exports (or this candidate) go through Optimum
 def test_bf16_run_exports_fp32_reference(tiny, tmp_path, ppl_profile, capsys):
     """Score/verify in bf16 (the CUDA default); the full model is re-loaded in fp32 for its export."""
     out = tmp_path / "art"
@@ -290,6 +293,7 @@ def test_search_scans_non_nested_angular_cuts_upwards(identity_model, tmp_path, 
 
 
 @pytest.mark.slow  # a whole `avss run` scenario (see pyproject.toml: the slow tier)
+@pytest.mark.optimum  # the run's exports (or this candidate) go through Optimum
 def test_quantized_run_gates_and_benches_three_artifacts(tiny, tmp_path, ppl_profile, capsys):
     out = tmp_path / "art"
     code, stdout, err = run(["run", str(tiny("llama")), "--profile", str(ppl_profile(0.5)), "--out", str(out),

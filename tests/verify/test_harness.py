@@ -170,6 +170,7 @@ def test_the_example_profile_validates_and_its_task_loads():
 
 
 @pytest.mark.slow  # lm-evaluation-harness itself: its task index and real harness runs
+@pytest.mark.optimum  # the run's exports (or this candidate) go through Optimum
 def test_the_harness_evaluates_an_onnx_candidate_like_its_pytorch_source(llama, tiny_onnx):
     """The artifact that ships, through the harness: HFLM drives our ONNX Runtime model (positional
     input_ids, .device, tie_weights), and every answer equals the PyTorch model's."""
