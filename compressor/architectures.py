@@ -98,6 +98,12 @@ def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
 
 
+def since_transformers(model_type: str) -> int:
+    """The first transformers major with a family we cut (0 for a type not in the registry)."""
+    adapter = _ADAPTERS.get(model_type)
+    return adapter.since_transformers if adapter is not None else 0
+
+
 def adapter_for_config(config: Any) -> ArchAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in _ADAPTERS:

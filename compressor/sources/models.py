@@ -148,9 +148,14 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
         if "trust_remote_code" in msg:
             raise BadInput(f"{path} needs custom code to load", "pass --trust-remote-code if you trust it") from exc
         if "does not recognize this architecture" in msg:  # a model type this transformers does not have
+            from compressor.architectures import since_transformers
             from compressor.compat import unknown_model_type_fix
 
             kind = getattr(exc, "args", [""])[0].split("model type `")[-1].split("`")[0]
+            if since_transformers(kind) > int(transformers_version().split(".")[0]):  # a family we cut, in the next lane
+                raise BadInput(f"{path} is a {kind} model, which needs transformers >= {since_transformers(kind)} "
+                               f"(this lane has {transformers_version()})",
+                               "use the current lane (make install LANE=current)") from exc
             raise BadInput(f"{path} is a {kind} model, which transformers {transformers_version()} does not know",
                            unknown_model_type_fix()) from exc
         raise BadInput(f"cannot read the config of {path}: {msg.splitlines()[0]}", "check the model folder or Hub id") from exc

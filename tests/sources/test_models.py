@@ -7,6 +7,7 @@ import torch
 
 from compressor.errors import BadInput
 from compressor.sources.models import load_model, resolve_device
+from helpers import error_lines, run
 
 
 def test_pickle_weights_refused_unless_allowed(tiny, tmp_path):
@@ -117,6 +118,22 @@ def test_a_model_type_this_transformers_lacks_is_refused_naming_the_lane_that_ha
         assert exc.value.problem == (f"{tmp_path} is a avss_future_family model, which transformers "
                                      f"{compat.transformers_version()} does not know")
         assert words in exc.value.fix
+
+
+@pytest.mark.parametrize("model_type,arch", [("lfm2_moe", "Lfm2MoeForCausalLM"), ("qwen3_5_text", "Qwen3_5ForCausalLM")])
+def test_a_family_we_cut_in_the_current_lane_says_it_needs_transformers_5_in_the_cards(model_type, arch, tmp_path,
+                                                                                         capsys):
+    from compressor.compat import lane, transformers_version
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [arch]}))
+    code, _, err = run(["score", str(tmp_path), "--out", str(tmp_path / "s.json")], capsys)
+    assert code == 2 and not (tmp_path / "s.json").exists(), err
+    (line,) = error_lines(err)
+    if lane() == "card":
+        assert line == (f"error: {tmp_path} is a {model_type} model, which needs transformers >= 5 (this lane has "
+                        f"{transformers_version()}); use the current lane (make install LANE=current)")
+    else:  # the family is known here: this config only lacks its weights
+        assert "needs transformers" not in line and "has no weight files" in line, line
 
 
 def test_the_builtin_tokenizer_ends_text_with_the_ggufs_eos_in_both_lanes(smollm2_dir, tmp_path):
