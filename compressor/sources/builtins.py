@@ -86,9 +86,9 @@ def _smollm2_complete(target: Path) -> bool:
 # either way (the vocabulary holds no "▁" and no byte tokens), but ONNX Runtime GenAI's tokenizer reads it as
 # SentencePiece and encoded every space as three -1 ids: a GenAI folder served garbage though its gate passed
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-# the BOS SmolLM2's GGUF asks for (add_bos_token), as transformers 4.57's conversion writes it into tokenizer.json;
-# transformers 5's conversion leaves it out and its tokenizer reads only tokenizer.json, so without this the two
-# lanes would evaluate the same model on different ids
+# the BOS transformers 4.57's conversion writes into tokenizer.json (the GGUF itself says add_bos_token=false; every
+# measured page has it, so it stays until they are regenerated); transformers 5's conversion leaves it out and its
+# tokenizer reads only tokenizer.json, so without this the two lanes would evaluate the same model on different ids
 _BOS = "<|im_start|>"
 
 
