@@ -115,7 +115,6 @@ def plain_copy(model: Any) -> Any:
     return plain
 
 
-
 def stored_layout(model: Any, keys: set[str]) -> tuple[dict[str, str], dict[str, tuple[Any, dict[str, list[str]]]]]:
     """How the checkpoint's keys become ``model``'s parameter names, as its ``from_pretrained`` does it:
     ({name: stored key}, {name: (converter, {source pattern: stored keys in order})}). transformers 5 renames

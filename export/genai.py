@@ -114,23 +114,23 @@ def check_precision(quantize: Optional[str]) -> None:
                        "dynamic int8")
 
 
-# builder options that only a newer builder has: flag -> (first builder we build it with, its --extra_options entry)
-NEWER_OPTIONS = {"--fuse-gate-up": ((0, 18), "fuse_mlp_gate_up=true")}
+# --fuse-gate-up: an option only a newer builder has (the first we build it with) and its --extra_options entry
+FUSE_GATE_UP = ((0, 18), "fuse_mlp_gate_up=true")
 
 
 def check_options(quantize: Optional[str], fuse_gate_up: bool = False) -> list[str]:
-    """The builder options a flag asks for (``--fuse-gate-up``: each MLP's gate and up projections as one quantized
+    """The builder options the flags ask for (``--fuse-gate-up``: each MLP's gate and up projections as one quantized
     MatMul and a Split); refused up front where this lane's builder lacks them, or where they change nothing."""
-    chosen = [flag for flag, on in (("--fuse-gate-up", fuse_gate_up),) if on]
-    for flag in chosen:
-        first = NEWER_OPTIONS[flag][0]
-        if BUILDER < first:
-            raise BadInput(f"{flag} needs ONNX Runtime GenAI's builder {'.'.join(map(str, first))}.0 or later; this lane "
-                           f"pins {REQUIREMENT}", f"use the current lane (make install LANE=current), or drop {flag}")
-    if fuse_gate_up and not quantize:
+    if not fuse_gate_up:
+        return []
+    first, entry = FUSE_GATE_UP
+    if BUILDER < first:
+        raise BadInput(f"--fuse-gate-up needs ONNX Runtime GenAI's builder {'.'.join(map(str, first))}.0 or later; this "
+                       f"lane pins {REQUIREMENT}", "use the current lane (make install LANE=current), or drop --fuse-gate-up")
+    if not quantize:
         raise BadInput("--fuse-gate-up fuses the projections the builder quantizes; an unquantized graph is not changed "
                        "by it", "add --quantize int4 or int8-weights, or drop --fuse-gate-up")
-    return [NEWER_OPTIONS[flag][1] for flag in chosen]
+    return [entry]
 
 
 def check_supported(config: Any, family: str, quantize: Optional[str], device: str = "cpu") -> None:
@@ -146,9 +146,9 @@ def check_supported(config: Any, family: str, quantize: Optional[str], device: s
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) builds {arch} models, but {WRONG[arch]}",
                        instead)
     if family != "decoder" or arch not in SUPPORTED:
-        later = [f"{a} from onnxruntime-genai {'.'.join(map(str, v))}" for a, v in BUILDS.items() if a == arch and v > BUILDER]
+        later = BUILDS.get(arch) if arch not in SUPPORTED else None  # built by a newer builder than this lane's
         raise BadInput(f"ONNX Runtime GenAI's builder ({REQUIREMENT}) does not build {arch} models"
-                       + (f" (it builds {later[0]}, the current lane's)" if later else ""),
+                       + (f" (onnxruntime-genai {'.'.join(map(str, later))}, the current lane's, does)" if later else ""),
                        f"{instead} (the builder builds {', '.join(SUPPORTED)})")
     check_precision(quantize)
     heads = int(getattr(config, "num_attention_heads", 1))

@@ -110,7 +110,7 @@ class LayerStream:
     dtype: Any  # torch dtype
     names: dict[str, str] = field(default_factory=dict)  # parameter name -> checkpoint key
     # parameter name -> (transformers' converter, its stored keys per source pattern): a tensor the checkpoint
-    # stores in pieces (``compat.stored_layout_converters``), put together as ``from_pretrained`` does
+    # stores in pieces (``compat.stored_layout``), put together as ``from_pretrained`` does
     converted: dict[str, tuple[Any, dict[str, list[str]]]] = field(default_factory=dict)
     layers_prefix: str = ""
     with_head: bool = False
@@ -340,4 +340,3 @@ def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device:
                        "re-save the model with save_pretrained, or pass --no-stream")
     layers_name = next(name for name, m in model.named_modules() if m is layers)
     return LayerStream(reader, model, adapter, device, dtype, names, converted, f"{layers_name}.", with_head=with_head)
-
