@@ -63,7 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sleb.py
 	$(BIN)/python benchmarks/scale.py
 
-# docs/RESULTS.md (every scorer at 1/2/4/7/8 layers) and docs/REPAIR.md (every repair at the same cuts)
+# docs/RESULTS.md (every scorer at 1/2/4/7 layers) and docs/REPAIR.md (every repair at the same cuts)
 results: $(STAMP)
 	$(BIN)/python benchmarks/scorers.py
 	$(BIN)/python benchmarks/repair.py
