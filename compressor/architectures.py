@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from compressor.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
+    from torch import Tensor, nn
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def since_transformers(model_type: str) -> int:
     return adapter.since_transformers if adapter is not None else 0
 
 
-def adapter_for_config(config: Any) -> ArchAdapter:
+def adapter_for_config(config: PretrainedConfig) -> ArchAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in _ADAPTERS:
         raise BadInput(
@@ -114,10 +115,15 @@ def adapter_for_config(config: Any) -> ArchAdapter:
     return _ADAPTERS[model_type]
 
 
+def _config(model: nn.Module) -> PretrainedConfig:
+    """A transformers model's config (``nn.Module`` types any attribute as a tensor or a module)."""
+    return cast("PretrainedConfig", model.config)
+
+
 MODEL_KINDS = ("causal-lm", "sequence-classification", "bare")  # a profile's model_kind is one of the first two
 
 
-def model_kind(model: Any, adapter: ArchAdapter | None = None) -> str:
+def model_kind(model: PreTrainedModel, adapter: ArchAdapter | None = None) -> str:
     """What a loaded model computes, from its head: ``causal-lm`` (a decoder with an LM head),
     ``sequence-classification``, or ``bare`` (no head). The one answer for every caller that picks a
     loss, a task kind or a check by it (the family alone says decoder, not whether there is a head)."""
@@ -129,7 +135,7 @@ def model_kind(model: Any, adapter: ArchAdapter | None = None) -> str:
     return "bare"
 
 
-def body_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any:
+def body_of(model: nn.Module, adapter: ArchAdapter | None = None) -> nn.Module:
     """The module that owns the block list (the bare transformer without a task head).
 
     ``base_model`` is not enough: e.g. Gemma3ForCausalLM declares prefix ``language_model`` but
@@ -137,27 +143,27 @@ def body_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any:
     """
     from torch import nn
 
-    adapter = adapter or adapter_for_config(model.config)
+    adapter = adapter or adapter_for_config(_config(model))
     for root in (getattr(model, "base_model", None), getattr(model, "model", None), model):
-        obj: Any = root
+        obj: nn.Module | None = root
         for part in adapter.layers_path.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
                 break
         if isinstance(obj, nn.ModuleList):
-            return root
+            return cast("nn.Module", root)
     raise BadInput(
         f"could not find the block list {adapter.layers_path!r} in this {adapter.model_type} model",
         "the checkpoint layout is not the standard transformers one; file an issue with its config.json",
     )
 
 
-def final_norm_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any:
+def final_norm_of(model: nn.Module, adapter: ArchAdapter | None = None) -> Callable[[Tensor], Tensor]:
     """The module applied to the last block's output (identity for encoders, whose last block is final)."""
-    adapter = adapter or adapter_for_config(model.config)
+    adapter = adapter or adapter_for_config(_config(model))
     if adapter.final_norm is None:
         return lambda h: h
-    obj: Any = body_of(model, adapter)
+    obj: nn.Module = body_of(model, adapter)
     for part in adapter.final_norm.split("."):
         obj = getattr(obj, part)
     return obj
@@ -166,13 +172,13 @@ def final_norm_of(model: "nn.Module", adapter: ArchAdapter | None = None) -> Any
 def get_layers(model: "nn.Module", adapter: ArchAdapter | None = None) -> "nn.ModuleList":
     """The ModuleList of transformer blocks."""
     obj = body_of(model, adapter)
-    for part in (adapter or adapter_for_config(model.config)).layers_path.split("."):
+    for part in (adapter or adapter_for_config(_config(model))).layers_path.split("."):
         obj = getattr(obj, part)
     return cast("nn.ModuleList", obj)
 
 
 def set_layers(model: "nn.Module", layers: "nn.ModuleList", adapter: ArchAdapter | None = None) -> None:
-    adapter = adapter or adapter_for_config(model.config)
+    adapter = adapter or adapter_for_config(_config(model))
     obj = body_of(model, adapter)
     *parents, last = adapter.layers_path.split(".")
     for part in parents:
@@ -181,7 +187,8 @@ def set_layers(model: "nn.Module", layers: "nn.ModuleList", adapter: ArchAdapter
 
 
 @contextlib.contextmanager
-def running_blocks(model: "nn.Module", adapter: ArchAdapter, modules: list[Any], blocks: list[int]) -> Iterator[None]:
+def running_blocks(model: "nn.Module", adapter: ArchAdapter, modules: list[nn.Module],
+                   blocks: list[int]) -> Iterator[None]:
     """Run ``modules`` (standing for the model's blocks ``blocks``, numbered as in the uncut model) in place of
     its blocks, with the per-layer config lists (``layer_types``) narrowed to the same blocks; restored after.
     Why: transformers 5 picks a block's attention mask (sliding or full) by its position in
@@ -222,11 +229,11 @@ def key_part(key: str, adapter: ArchAdapter) -> tuple[str, int | None]:
     return "body", None
 
 
-def num_layers(config: Any) -> int:
+def num_layers(config: PretrainedConfig) -> int:
     return int(config.num_hidden_layers)
 
 
-def kv_layers(config: Any, adapter: ArchAdapter | None = None) -> int:
+def kv_layers(config: PretrainedConfig, adapter: ArchAdapter | None = None) -> int:
     """How many blocks keep a KV cache: all of them, except a hybrid's state blocks (``state_types``). What an
     exported graph's ``past_key_values.*`` inputs and fused attention nodes are counted against."""
     adapter = adapter or adapter_for_config(config)
@@ -238,7 +245,7 @@ def kv_layers(config: Any, adapter: ArchAdapter | None = None) -> int:
 
 def mlp_out_module(block: "nn.Module", adapter: ArchAdapter) -> "nn.Module":
     """The MLP output projection of one block (for the linear repair's fold)."""
-    obj: Any = block
+    obj: nn.Module | None = block
     for part in (adapter.mlp_out or "").split("."):
         obj = getattr(obj, part, None)
         if obj is None:

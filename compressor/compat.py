@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers.core_model_loading import WeightConverter
 
 # why Optimum is not in the current lane (said once, by every refusal)
 OPTIMUM_CAP = "optimum-onnx 0.1.0 (its only release) caps transformers below 4.58"
@@ -71,7 +75,7 @@ def versions() -> dict[str, str | None]:
     return {n: v for n in names if (v := _version(n)) is not None}
 
 
-def generation_settings_in_config(config: Any) -> dict[str, Any]:
+def generation_settings_in_config(config: PretrainedConfig) -> dict[str, Any]:
     """Generation settings left in a model config, which ``save_pretrained`` moves to generation_config.json:
     transformers 4.57 asks the config for them; 5 keeps none there (and has no such method)."""
     ask = getattr(type(config), "_get_non_default_generation_parameters", None)
@@ -85,7 +89,7 @@ def lane_folder(name: str) -> str:
     return name if lane() == "card" else f"{name}-transformers5"
 
 
-def builder_load_dtype(config: Any) -> str:
+def builder_load_dtype(config: PretrainedConfig) -> str:
     """The dtype ONNX Runtime GenAI's builder gets its weights in (its ``from_pretrained`` passes none): fp32 with
     transformers 4.57, the checkpoint's own dtype with transformers 5 (whose default is "auto"). The streamed
     writer reads each block in it, so it hands the builder's graph code the same tensors."""
@@ -95,7 +99,7 @@ def builder_load_dtype(config: Any) -> str:
     return str(stored).replace("torch.", "")
 
 
-def plain_copy(model: Any) -> Any:
+def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
     """A model loaded from GGUF, as a plain (unquantized) model that ``save_pretrained`` writes: transformers 5
     keeps the GGUF loader's quantization record on the model and then refuses to serialize it."""
     if getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None:
@@ -105,7 +109,7 @@ def plain_copy(model: Any) -> Any:
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain: PreTrainedModel = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     tied = set(getattr(plain, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied:
@@ -115,7 +119,8 @@ def plain_copy(model: Any) -> Any:
     return plain
 
 
-def stored_layout(model: Any, keys: set[str]) -> tuple[dict[str, str], dict[str, tuple[Any, dict[str, list[str]]]]]:
+def stored_layout(model: PreTrainedModel, keys: set[str]
+                  ) -> tuple[dict[str, str], dict[str, tuple[WeightConverter, dict[str, list[str]]]]]:
     """How the checkpoint's keys become ``model``'s parameter names, as its ``from_pretrained`` does it:
     ({name: stored key}, {name: (converter, {source pattern: stored keys in order})}). transformers 5 renames
     (GPT-NeoX's ``embed_out`` is its ``lm_head``) and converts (LFM2-MoE stores one w1/w2/w3 per expert, its
@@ -129,7 +134,7 @@ def stored_layout(model: Any, keys: set[str]) -> tuple[dict[str, str], dict[str,
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     plain: dict[str, str] = {}
-    grouped: dict[str, tuple[Any, dict[str, list[str]]]] = {}
+    grouped: dict[str, tuple[WeightConverter, dict[str, list[str]]]] = {}
     for key in sorted(keys, key=dot_natural_key):  # expert 2 before expert 10
         name, pattern = rename_source_key(key, renamings, converters)
         if pattern is None:

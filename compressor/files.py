@@ -13,11 +13,14 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.errors import describe_os_error as describe_os_error  # re-exported
 from compressor.errors import os_error_in as os_error_in  # re-exported
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 # ``.NAME.tmp-PID-XXXXXXXX`` (staging) and ``.NAME.old-PID`` (an old copy being replaced): the pid says
 # whether the process that made it is still alive, so a leftover is removed only when its owner is gone
@@ -110,7 +113,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_figure(fig: Any, path: Path) -> Path:
+def atomic_write_figure(fig: Figure, path: Path) -> Path:
     """Render a matplotlib figure to PNG in memory, close it, then write it atomically."""
     import io
 

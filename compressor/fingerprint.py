@@ -12,7 +12,25 @@ import hashlib
 import json
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    class Fingerprinted(Protocol):
+        """What a fingerprint reads of a loaded model (``compressor.sources.models.LoadedModel``, a floor above
+        this one)."""
+
+        @property
+        def path(self) -> str: ...
+        @property
+        def dtype(self) -> str: ...
+        @property
+        def model(self) -> PreTrainedModel: ...
+        @property
+        def tokenizer(self) -> PreTrainedTokenizerBase | None: ...
 
 # Files of a model folder that decide what the model computes: config, weights, tokenizer, generation
 # defaults. Anything else (README, compression.json provenance, images) does not change an output.
@@ -22,7 +40,7 @@ _MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "toke
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".onnx", ".onnx_data")
 _MODEL_ENDINGS = (".onnx.data",)  # the GenAI builder's external data file (its suffix alone is ".data")
 
-_FILE_MEMO: dict[tuple[Any, ...], str] = {}
+_FILE_MEMO: dict[tuple[str, int, int, int], str] = {}
 _CODE: dict[str, str] = {}
 
 
@@ -98,7 +116,7 @@ def model_files(folder: Path) -> list[Path]:
                                 or f.name.endswith(_MODEL_ENDINGS))]
 
 
-def model_fingerprint(loaded: Any) -> str:
+def model_fingerprint(loaded: Fingerprinted) -> str:
     """What a model computes: config, weights, tokenizer and generation files, *and* the dtype it was
     loaded in (fp32 and bf16 of one folder are different models). A Hub model is fingerprinted from
     its local snapshot (the folder's name is the revision), never from its id."""
@@ -116,7 +134,7 @@ def model_fingerprint(loaded: Any) -> str:
     return h.hexdigest()
 
 
-def _in_memory_fingerprint(loaded: Any) -> str:
+def _in_memory_fingerprint(loaded: Fingerprinted) -> str:
     """Fallback for a model with no folder on disk: hash its weights and vocabulary as loaded."""
     h = hashlib.sha256(b"memory-v1")
     h.update(json.dumps(loaded.model.config.to_dict(), sort_keys=True, default=str).encode())
@@ -134,10 +152,10 @@ _PROBE = ("Hello world! The QUICK brown fox's 3.14 jumps, café naïve 東京 x=
 _SPECIALS = ("bos", "eos", "unk", "sep", "cls", "pad", "mask")
 
 
-_VOCAB_MEMO: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
+_VOCAB_MEMO: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[int, str]]" = weakref.WeakKeyDictionary()
 
 
-def _vocab_digest(tok: Any) -> str:
+def _vocab_digest(tok: PreTrainedTokenizerBase) -> str:
     """Digest of the sorted vocabulary (~0.15 s for 49k tokens), memoised per tokenizer object and size:
     a search verifies the same base model many times."""
     n = len(tok)
@@ -155,7 +173,7 @@ def _vocab_digest(tok: Any) -> str:
     return d
 
 
-def tokenizer_identity(tok: Any) -> dict[str, Any]:
+def tokenizer_identity(tok: PreTrainedTokenizerBase) -> dict[str, Any]:
     """What a tokenizer does, not which files hold it: its vocabulary (with added tokens), how it
     encodes a fixed probe text (normalisation, pre-tokenisation, special tokens it adds) and its
     special token ids. Two tokenizers with equal identities give every task the same token ids."""

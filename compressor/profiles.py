@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.sources.data import CalibrationSpec
+    from compressor.verify.kinds.base import TaskEntry
 
 
 class _Strict(BaseModel):
@@ -84,7 +88,7 @@ class Profile(_Strict):
 
 
 @functools.lru_cache
-def _entries(entries: tuple[type, ...]) -> TypeAdapter[Any]:
+def _entries(entries: tuple[type[TaskEntry], ...]) -> TypeAdapter[list[TaskEntry]]:
     """The registered kinds' entries as one union, told apart by ``kind`` (its error names every kind)."""
     union = Union[entries]  # type: ignore[valid-type]  # built at run time from the registry
     return TypeAdapter(list[Annotated[union, Field(discriminator="kind")]])
@@ -116,13 +120,14 @@ def load_profile(path: str | Path) -> Profile:
         raise BadInput(f"profile {path}: field {where}: {msg}", "see profiles/default.yaml and the README's profile format") from exc
 
 
-def calibration_spec(data: str | None = None, profile: Any = None, *, samples: int | None = None,
+def calibration_spec(data: str | None = None, profile: str | Profile | None = None, *, samples: int | None = None,
                      seq_len: int | None = None, batch_size: int | None = None, text_field: str | None = None,
-                     pack: bool | None = None) -> Any:
+                     pack: bool | None = None) -> CalibrationSpec:
     """A validated calibration spec from a ``data`` source or a ``profile`` (a YAML path or a loaded
     ``Profile``) and the settings given over it: ``CalibrationSettings`` with the profile loaded here."""
     from compressor.sources.settings import CalibrationSettings
 
     if isinstance(profile, str):
         profile = load_profile(profile) if profile else None
-    return CalibrationSettings(data, profile, samples, seq_len, batch_size, text_field, pack).spec()
+    spec: CalibrationSpec = CalibrationSettings(data, profile, samples, seq_len, batch_size, text_field, pack).spec()
+    return spec

@@ -19,13 +19,16 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import psutil
 
 from compressor.export import runtime
 from compressor.export.peak_rss import MB, PeakRSS, lifetime_peak_mb
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxruntime import InferenceSession, NodeArg, OrtValue
 
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "position_ids", "token_type_ids"}
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -47,7 +50,7 @@ class Nvml:
     ``CUDA_VISIBLE_DEVICES`` when it is a number, else index 0.
     """
 
-    def __init__(self, lib: Any, handle: ctypes.c_void_p):
+    def __init__(self, lib: ctypes.CDLL, handle: ctypes.c_void_p):
         self._lib, self._handle = lib, handle
 
     @classmethod
@@ -83,27 +86,29 @@ def nvml_used_mb() -> float | None:
     return None if nvml is None else nvml.used_mb()
 
 
-Runner = Callable[[dict[str, Any]], dict[str, Any]]
+# a graph's inputs or outputs by name: numpy arrays, or OrtValues left on the device by IO binding
+Feed = dict[str, "np.ndarray | OrtValue"]
+Runner = Callable[[Feed], Feed]
 
 
-def plain_runner(sess: Any) -> Runner:
+def plain_runner(sess: InferenceSession) -> Runner:
     """``session.run`` with numpy feeds; outputs come back as numpy arrays."""
     names = [o.name for o in sess.get_outputs()]
 
-    def run(feed: dict[str, Any]) -> dict[str, Any]:
+    def run(feed: Feed) -> Feed:
         return dict(zip(names, sess.run(names, feed)))
 
     return run
 
 
-def bound_runner(sess: Any, device: str, device_id: int = 0) -> Runner:
+def bound_runner(sess: InferenceSession, device: str, device_id: int = 0) -> Runner:
     """IO binding: inputs copied once to ``device``, outputs left there, so present.* OrtValues are fed
     back as past_key_values.* without a host round trip (what matters on CUDA; ``cpu`` tests the path)."""
     import onnxruntime as ort
 
     names = [o.name for o in sess.get_outputs()]
 
-    def run(feed: dict[str, Any]) -> dict[str, Any]:
+    def run(feed: Feed) -> Feed:
         binding = sess.io_binding()
         for name, value in feed.items():
             if isinstance(value, np.ndarray):
@@ -120,8 +125,8 @@ def bound_runner(sess: Any, device: str, device_id: int = 0) -> Runner:
 class Workload:
     """Random-token feeds for one graph: a decoder (past_key_values.* inputs) or an encoder."""
 
-    def __init__(self, sess: Any, batch: int, prompt_len: int, new_tokens: int, seed: int,
-                 kv_shape: Any = None):
+    def __init__(self, sess: InferenceSession, batch: int, prompt_len: int, new_tokens: int, seed: int,
+                 kv_shape: Sequence[int] | None = None):
         self.kv_shape = kv_shape  # (kv heads, head size) of a GenAI graph, whose past dims are all symbolic
         self.inputs = {i.name: i for i in sess.get_inputs()}
         self.past = [i for i in sess.get_inputs() if runtime.is_cache_input(i.name)]
@@ -137,7 +142,7 @@ class Workload:
     def _ids(self, length: int) -> np.ndarray:
         return self.rng.integers(3, 200, (self.batch, length), dtype=np.int64)
 
-    def _empty_past(self, inp: Any) -> np.ndarray:
+    def _empty_past(self, inp: NodeArg) -> np.ndarray:
         """Shape (batch, kv_heads, 0, head_dim): named dims other than the first are the sequence axis."""
         dtype = _DTYPES.get(inp.type)
         if dtype is None:
@@ -148,9 +153,9 @@ class Workload:
                               "export with dynamic batch and sequence axes only")
         return np.zeros(shape, dtype)
 
-    def prompt_feed(self) -> dict[str, Any]:
+    def prompt_feed(self) -> Feed:
         b, p = self.batch, self.prompt_len
-        feed: dict[str, Any] = {"input_ids": self._ids(p)}
+        feed: Feed = {"input_ids": self._ids(p)}
         if "attention_mask" in self.inputs:
             feed["attention_mask"] = np.ones((b, p), np.int64)
         if "position_ids" in self.inputs:
@@ -161,10 +166,10 @@ class Workload:
             feed[inp.name] = self._empty_past(inp)
         return feed
 
-    def step_feed(self, outputs: dict[str, Any], cached: int) -> dict[str, Any]:
+    def step_feed(self, outputs: Feed, cached: int) -> Feed:
         """One new token per sequence after ``cached`` tokens; the previous present.* become the past."""
         b = self.batch
-        feed: dict[str, Any] = {"input_ids": self._ids(1)}
+        feed: Feed = {"input_ids": self._ids(1)}
         if "attention_mask" in self.inputs:
             feed["attention_mask"] = np.ones((b, cached + 1), np.int64)
         if "position_ids" in self.inputs:
@@ -211,7 +216,7 @@ class GenAIWorkload:
         self.batch, self.prompt_len, self.new_tokens = batch, prompt_len, new_tokens
         self.rng = np.random.default_rng(seed)
 
-    def generate(self, run: Any = None) -> tuple[float, list[float]]:
+    def generate(self, run: Runner | None = None) -> tuple[float, list[float]]:
         """(prompt ms, [ms per decode step]): greedy, never stopped early (min length = max length).
         ``append_tokens`` runs the prompt; each ``generate_next_token`` picks a token from the logits it has and
         runs the model on the token picked before, so the first call only picks (0.1 ms, measured): it is

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from compressor.defaults import BENCH, PROVIDER
 from compressor.errors import BadInput, RuntimeFailure
@@ -35,6 +35,9 @@ from compressor.export import layout, runtime
 from compressor.export.bench_report import BenchReport, ModelBench, Percentiles, ratios
 from compressor.export.bench_targets import Target, resolve, restage
 from compressor.files import clean_temp, make_temp_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig
 
 TEMP_PREFIX = "avss-bench"
 WORKER_FILE = str(Path(__file__).resolve().with_name("_bench_worker.py"))
@@ -71,7 +74,8 @@ class BenchOptions:
         return self.threads or psutil.cpu_count(logical=False) or 1
 
 
-def check_positions(prompt_len: int, new_tokens: int, config: Any, decoder: bool, flag: str = "--prompt-len") -> None:
+def check_positions(prompt_len: int, new_tokens: int, config: PretrainedConfig | dict[str, Any], decoder: bool,
+                    flag: str = "--prompt-len") -> None:
     """Refuse a benchmark longer than the model's positions before anything is allocated.
 
     ``config``: a transformers config or a config.json dict. Without this, a huge --prompt-len was

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from compressor import __version__, library_versions
 from compressor.errors import BadInput, RuntimeFailure
@@ -31,6 +31,11 @@ from compressor.files import (
     staging_dir,
 )
 from compressor.prune.surgery import COMPRESSION_FILE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.sources.models import LoadedModel
+
+    from .parity import ParityReport  # relative: mypy reads export/ as the package ``export``
 
 TASKS = ("auto", "text-generation-with-past", "text-classification", "feature-extraction")
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
@@ -48,7 +53,7 @@ class ExportResult:
     dtype: str
     num_layers: int
     files: dict[str, int]  # name -> bytes
-    parity: Any  # compressor.export.parity.ParityReport
+    parity: ParityReport
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     quantization: dict[str, Any] | None = None  # with --quantize: the settings and the structural checks
@@ -139,7 +144,7 @@ def check_opset(opset: int) -> None:
 
 
 def export_model(
-    model: Any,
+    model: str | Path | LoadedModel,
     out: str | Path,
     *,
     task: str = "auto",

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 from compressor.errors import BadInput
 from compressor.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig
+
+    from compressor.sources.models import LoadedModel
 
 OnStart = Optional[Callable[[str], None]]
 OnStage = Optional[Callable[[str, float], None]]
@@ -72,11 +77,11 @@ class Exporter:
             raise BadInput(f"--exporter {self.name} needs the whole model in memory and cannot --stream",
                            f"use --exporter {' or '.join(streaming)} with --stream, or drop --stream")
 
-    def check_model(self, config: Any, family: str, quantize: Optional[str]) -> None:
+    def check_model(self, config: PretrainedConfig, family: str, quantize: Optional[str]) -> None:
         """Refuse, from the config alone, a model this exporter cannot build."""
 
-    def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
-               device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
+    def export(self, model: str | Path | LoadedModel, out: str | Path, *, quantize: Optional[str] = None,
+               dtype: str = "fp32", device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
                stream: bool = False, fuse_gate_up: bool = False, on_start: OnStart = None,
                on_stage: OnStage = None) -> ExportOutcome:
@@ -118,8 +123,8 @@ class OptimumExporter(Exporter):
         if quantize and dt != "float32":
             raise BadInput(f"--quantize {quantize} starts from the fp32 graph, not {dtype}", "drop --dtype or --quantize")
 
-    def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
-               device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
+    def export(self, model: str | Path | LoadedModel, out: str | Path, *, quantize: Optional[str] = None,
+               dtype: str = "fp32", device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
                stream: bool = False, fuse_gate_up: bool = False, on_start: OnStart = None,
                on_stage: OnStage = None) -> ExportOutcome:
@@ -166,14 +171,14 @@ class GenAIExporter(Exporter):
         check_target(dtype, device, quantize)
         check_options(quantize, fuse_gate_up)
 
-    def check_model(self, config: Any, family: str, quantize: Optional[str]) -> None:
+    def check_model(self, config: PretrainedConfig, family: str, quantize: Optional[str]) -> None:
         from compressor.export.genai import builder_version, check_supported
 
         builder_version()
         check_supported(config, family, quantize)
 
-    def export(self, model: Any, out: str | Path, *, quantize: Optional[str] = None, dtype: str = "fp32",
-               device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
+    def export(self, model: str | Path | LoadedModel, out: str | Path, *, quantize: Optional[str] = None,
+               dtype: str = "fp32", device: str = "cpu", task: str = "auto", opset: int = 18, force: bool = False,
                allow_pickle: bool = False, trust_remote_code: bool = False, provider: str = "cpu",
                stream: bool = False, fuse_gate_up: bool = False, on_start: OnStart = None,
                on_stage: OnStage = None) -> ExportOutcome:

@@ -20,11 +20,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 from compressor.compat import genai_requirement, optimum_missing  # noqa: E402
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export.layout import GENAI_CONFIG, genai_kv_shape, is_genai_folder  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+_T = TypeVar("_T")
 
 REQUIREMENT = genai_requirement()  # this lane's builder: 0.15.2 with transformers 4.57, 0.18.0 with 5
 # what a refusal offers instead: Optimum where it runs (the card's lane), else that lane
@@ -133,7 +138,7 @@ def check_options(quantize: Optional[str], fuse_gate_up: bool = False) -> list[s
     return [entry]
 
 
-def check_supported(config: Any, family: str, quantize: Optional[str], device: str = "cpu") -> None:
+def check_supported(config: PretrainedConfig, family: str, quantize: Optional[str], device: str = "cpu") -> None:
     """Refused up front, before any work: an architecture, a head size or a setting the builder cannot do."""
     from compressor.architectures import adapter_for_config
 
@@ -211,7 +216,7 @@ def _run_builder(src: Path, dst: Path, scratch: Path, quantize: Optional[str], d
     return cmd
 
 
-def check_streamable(config: Any, quantize: Optional[str]) -> None:
+def check_streamable(config: PretrainedConfig, quantize: Optional[str]) -> None:
     """Refused before any weight is read: what the per-weight pass cannot write like the builder."""
     if quantize is not None and any("algo_config" in o for o in PRECISION[quantize][1]):
         raise BadInput(f"--quantize {quantize} runs the builder's k-quant pass over the whole graph, which the streamed "
@@ -231,14 +236,14 @@ def streamed_disk(num_parameters: int, quantize: Optional[str]) -> int:
     return int(2 * STREAMED_BYTES_PER_WEIGHT.get(quantize, 4.0) * num_parameters)
 
 
-def unties(config: Any, quantize: Optional[str]) -> bool:
+def unties(config: PretrainedConfig, quantize: Optional[str]) -> bool:
     """Whether the build reads an untied copy of the source: the pinned builder's int8 precision writes a tied
     LM head that references a 4-bit initializer it never writes (the graph does not load), so the head is
     stored apart from the input embeddings, with the same values, before the build."""
     return quantize == "int8-weights" and bool(getattr(config, "tie_word_embeddings", False))
 
 
-def _untied_copy(model: Any, src: Path, dst: Path) -> Path:
+def _untied_copy(model: PreTrainedModel, src: Path, dst: Path) -> Path:
     """``src`` with its LM head stored as its own tensor (equal to the input embeddings) and
     ``tie_word_embeddings: false``; the tokenizer and generation files are copied as they are."""
     from safetensors.torch import save_file
@@ -281,7 +286,7 @@ def tokenizer_files_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
+def served_tokenizer(folder: Path, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """Whether ONNX Runtime GenAI's own tokenizer, as it reads ``folder`` (what an edge team serves with),
     reads text as ``tokenizer`` (transformers', which the gate feeds) does. A check record, as
     ``structural_checks`` gives them: failed when it reads garbage (an id that is no token, or a decoded text
@@ -326,7 +331,7 @@ def served_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
     return record
 
 
-def check_served_tokenizer(folder: Path, tokenizer: Any) -> None:
+def check_served_tokenizer(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse (exit 3) a GenAI folder whose served tokenizer reads text differently from the source's: its
     gate (which feeds transformers' ids) would pass an artifact that serves garbage. The export's passed check
     is reused when the tokenizer files are the ones it checked (the runtime's tokenizer needs the whole model
@@ -431,7 +436,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}  # GB: what each stage holds (the streamed writer's point is the build's)
 
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
+    def timed(name: str, fn: Callable[[], _T]) -> _T:
         from compressor.export.peak_rss import PeakRSS
 
         if on_start:
@@ -458,6 +463,8 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
         check_streamable(config, quantize)
     loaded = timed("load", lambda: load_model(model, dtype="float32", allow_pickle=allow_pickle,
                                               trust_remote_code=trust_remote_code, stream=stream))
+    tokenizer = loaded.tokenizer
+    assert tokenizer is not None  # load_model reads it (with_tokenizer is its default)
     untie = unties(config, quantize)
     check_free_space(out, (2 + untie) * loaded.weight_bytes if not stream else streamed_disk(loaded.num_parameters, quantize),
                      f"the GenAI export {out}")
@@ -481,7 +488,7 @@ def export_genai(model: str, out: str | Path, *, quantize: Optional[str] = None,
                 shutil.copy2(src / name, final / name)
         check_onnx_files(final / "model.onnx")
         checks = timed("checks", lambda: structural_checks(final, num_layers, quantize, kv) + [
-            _runs(final, provider), served_tokenizer(final, loaded.tokenizer)])
+            _runs(final, provider), served_tokenizer(final, tokenizer)])
         report = None
         if quantize is None:
             if stream:

@@ -23,9 +23,19 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+    import onnx_ir as ir
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
+    from onnxruntime_genai.models.builders.base import Model as BuilderModel  # (it imports it as builders.base)
+    from torch import nn
+
+    from compressor.sources.stream import LayerStream
 
 # a quantized column (or row) chunk: bounds the fp32 copy of one weight (an 8 B model's LM head is 2.1 GB in fp32)
 CHUNK_BYTES = 256 << 20
@@ -46,7 +56,7 @@ class _Spool:
         self.offset += len(data)
         return start, len(data)
 
-    def put_tensor(self, t: Any) -> tuple[int, int]:
+    def put_tensor(self, t: ir.TensorProtocol) -> tuple[int, int]:
         """``t``'s bytes, written from its own buffer where it has one (``tobytes`` would copy an 8 B model's
         2.1 GB fp32 embedding once more)."""
         import numpy as np
@@ -57,14 +67,15 @@ class _Spool:
         arr = np.ascontiguousarray(t.numpy())
         return self.put(arr.reshape(-1).view(np.uint8).data)
 
-    def lazy(self, name: str, dtype: Any, shape: Any, span: tuple[int, int]) -> Any:
-        """A tensor read back from the spool when the final save asks for it, and dropped after."""
+    def lazy(self, name: str, dtype: ir.DataType, shape: Sequence[int], span: tuple[int, int]) -> ir.LazyTensor:
+        """A tensor read back from the spool when the final save asks for it, and dropped after (``shape``: a
+        constant's, every dim a number)."""
         import numpy as np
         import onnx_ir as ir
 
         path, (offset, length) = self.path, span
 
-        def read() -> Any:
+        def read() -> ir.TensorProtocol:
             with path.open("rb", buffering=0) as fh:
                 fh.seek(offset)
                 buf = bytearray(length)
@@ -85,7 +96,7 @@ class _Spool:
         self.fh.close()
 
 
-def _quant_settings(onnx_model: Any) -> Optional[dict[str, Any]]:
+def _quant_settings(onnx_model: BuilderModel) -> Optional[dict[str, Any]]:
     """The builder's weight quantization, if the per-weight pass reproduces it (None: a float graph)."""
     import onnx_ir as ir
 
@@ -111,12 +122,12 @@ class _Writer:
     """Stands in for the Hugging Face model the builder walks (``self.weights``): the ``--stream`` skeleton,
     whose units are read just before the builder maps them and written out and released after."""
 
-    def __init__(self, onnx_model: Any, stream: Any, spool: _Spool):
+    def __init__(self, onnx_model: BuilderModel, stream: LayerStream, spool: _Spool):
         self._onnx = onnx_model
         self._stream = stream
         self._spool = spool
         self._quant = _quant_settings(onnx_model)
-        self._ort: Any = None  # ONNX Runtime's quantizer (``_quantizer``)
+        self._ort: DefaultWeightOnlyQuantizer | None = None  # ONNX Runtime's quantizer (``_quantizer``)
         self._seen_nodes: set[int] = set()
         self._written: set[str] = set()
         self.quantized: list[str] = []  # the quantized initializers, in the whole-graph pass's order
@@ -126,7 +137,7 @@ class _Writer:
         return getattr(self._stream.model, name)
 
     # -- what the builder iterates ------------------------------------------------------------------
-    def modules(self) -> Iterator[Any]:
+    def modules(self) -> Iterator[nn.Module]:
         from compressor.architectures import body_of, get_layers
 
         model, adapter = self._stream.model, self._stream.adapter
@@ -150,7 +161,7 @@ class _Writer:
                 self.units += 1
 
     # -- one unit -----------------------------------------------------------------------------------
-    def _load(self, prefix: str, module: Any, head_unit: bool) -> None:
+    def _load(self, prefix: str, module: nn.Module, head_unit: bool) -> None:
         stream = self._stream
         if head_unit and f"{prefix}weight" not in stream.names:  # tied: the head is the input embedding
             embed = stream.model.get_input_embeddings()
@@ -184,7 +195,7 @@ class _Writer:
 
         _trim()
 
-    def _quantizer(self) -> Any:
+    def _quantizer(self) -> DefaultWeightOnlyQuantizer:
         """ONNX Runtime's own quantizer at the builder's settings (made once, on the first quantized weight)."""
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
@@ -199,7 +210,7 @@ class _Writer:
         return self._ort
 
     @staticmethod
-    def _float_weight(value: Any) -> Any:
+    def _float_weight(value: ir.Value | None) -> npt.NDArray[np.float32] | None:
         """The float array the whole-graph pass would read back from the initializer (the builder's lazy cast
         and transpose evaluated), or None where it would skip the node."""
         import numpy as np
@@ -214,8 +225,9 @@ class _Writer:
                            "export without --stream")
         return full
 
-    def _replace(self, graph: Any, node: Any, op: str, inputs: list[Any], tensors: list[Any], attrs: dict[str, Any],
-                 weight: Any) -> None:
+    def _replace(self, graph: ir.Graph, node: ir.Node, op: str, inputs: list[ir.Value | None],
+                 tensors: Sequence[ir.Tensor[np.ndarray] | ir.PackedTensor[np.ndarray]], attrs: dict[str, int],
+                 weight: ir.Value) -> None:
         """``node`` replaced by ``op`` as the pass does: its new initializers appended (in the pass's order),
         attributes sorted as ``onnx.helper.make_node`` writes them, the weight dropped."""
         import onnx_ir as ir
@@ -232,11 +244,12 @@ class _Writer:
                       attributes=dict(sorted(attrs.items())), domain="com.microsoft", name=f"{node.name}_Q{bits}",
                       num_outputs=1)
         ir.convenience.replace_nodes_and_values(graph, node, [node], [new], [node.outputs[0]], [new.outputs[0]])
+        assert weight.name is not None  # an initializer is named
         graph.initializers.pop(weight.name)
         weight.const_value = None  # the builder keeps its values by name: drop the float weight it holds
         self._seen_nodes.add(id(new))
 
-    def _quantize_matmul(self, graph: Any, node: Any) -> None:
+    def _quantize_matmul(self, graph: ir.Graph, node: ir.Node) -> None:
         """A MatMul's constant weight as ONNX Runtime's pass quantizes it (MatMulNBits: the same kernel, names,
         attributes), computed on column chunks: each column's blocks are independent."""
         import numpy as np
@@ -244,7 +257,7 @@ class _Writer:
 
         b = node.inputs[1]
         full = self._float_weight(b)
-        if full is None:
+        if full is None or b is None:  # (no input: no weight either)
             return
         q, quantizer = self._quant, self._quantizer()
         assert q is not None
@@ -260,7 +273,7 @@ class _Writer:
             attrs["accuracy_level"] = q["accuracy_level"]
         self._replace(graph, node, "MatMulNBits", [node.inputs[0], None], tensors, attrs, b)
 
-    def _quantize_gather(self, graph: Any, node: Any) -> None:
+    def _quantize_gather(self, graph: ir.Graph, node: ir.Node) -> None:
         """An embedding table as the pass quantizes a Gather's (GatherBlockQuantized, 4 bits along axis 1),
         computed on row chunks: each row's blocks are independent."""
         import numpy as np
@@ -268,7 +281,7 @@ class _Writer:
 
         data = node.inputs[0]
         full = self._float_weight(data)
-        if full is None:
+        if full is None or data is None:  # (no input: no weight either)
             return
         q, quantizer = self._quant, self._quantizer()
         assert q is not None
@@ -277,24 +290,26 @@ class _Writer:
         parts = [quantizer.quantize_ndarray(full[r0:r0 + step], 1, q["block_size"], True)
                  for r0 in range(0, rows, step)]
         del full
-        tensors = [ir.PackedTensor(np.concatenate([p[0] for p in parts]), ir.DataType.INT4, shape=[rows, cols],
-                                   name=f"{data.name}_Q4"),
-                   ir.Tensor(np.concatenate([p[1] for p in parts]), name=f"{data.name}_scales")]
+        tensors: list[ir.Tensor[np.ndarray] | ir.PackedTensor[np.ndarray]] = [
+            ir.PackedTensor(np.concatenate([p[0] for p in parts]), ir.DataType.INT4, shape=[rows, cols],
+                            name=f"{data.name}_Q4"),
+            ir.Tensor(np.concatenate([p[1] for p in parts]), name=f"{data.name}_scales")]
         axis = node.attributes.get("axis")
         attrs = {"gather_axis": axis.value if axis is not None else 0, "quantize_axis": 1,
                  "block_size": q["block_size"]}
         self._replace(graph, node, "GatherBlockQuantized", [None, node.inputs[1]], tensors, attrs, data)
 
-    def finish(self) -> Any:
+    def finish(self) -> ir.Model:
         """The graph as the whole-graph pass leaves it: the kept initializers in their order, then the quantized
         ones in node order."""
-        graph = self._onnx.model.graph
+        model: ir.Model = self._onnx.model
+        graph = model.graph
         moved = [graph.initializers.pop(n) for n in self.quantized]
         for value in moved:
             graph.register_initializer(value)
         if self._quant is not None:
-            self._onnx.model.opset_imports.setdefault("com.microsoft", 1)
-        return self._onnx.model
+            model.opset_imports.setdefault("com.microsoft", 1)
+        return model
 
 
 @contextlib.contextmanager
@@ -315,7 +330,7 @@ def streaming_builder(src: Path, scratch: Path, load_dtype: str) -> Iterator[lis
     base = next(c for c in builder.LlamaModel.__mro__ if c.__name__ == "Model")
     saved = base.load_weights, base.to_nbits
 
-    def load_weights(self: Any, input_path: str) -> Any:
+    def load_weights(self: BuilderModel, input_path: str) -> _Writer:
         config = load_config(str(src), False)
         stream = build_stream(str(src), config, AutoModelForCausalLM, adapter_for_config(config), "cpu",
                               getattr(torch, load_dtype))
@@ -323,7 +338,7 @@ def streaming_builder(src: Path, scratch: Path, load_dtype: str) -> Iterator[lis
         writers.append(writer)
         return writer
 
-    def to_nbits(self: Any) -> Any:
+    def to_nbits(self: BuilderModel) -> ir.Model:
         return writers[-1].finish()
 
     base.load_weights, base.to_nbits = load_weights, to_nbits

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 ONNX_FILE = "model.onnx"
 DATA_FILE = "model.onnx_data"
@@ -101,7 +104,7 @@ def store_external_data(src: str | Path, dst_dir: str | Path) -> Path:
     return save_with_external_data(onnx.load(str(src), load_external_data=True), dst_dir)
 
 
-def save_with_external_data(model: Any, dst_dir: str | Path) -> Path:
+def save_with_external_data(model: onnx.ModelProto, dst_dir: str | Path) -> Path:
     """Save a loaded ``ModelProto`` as ``dst_dir/model.onnx`` + ``model.onnx_data`` (our one layout)."""
     import onnx
 

@@ -13,12 +13,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from compressor.errors import BadInput
 from compressor.export import layout
 from compressor.export.runtime import KV as PAST
 from compressor.export.runtime import PRESENT
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from compressor.sources.models import LoadedModel
+
+    from .runtime import Session  # relative: mypy reads export/ as the package ``export``
+
+    # what ``generate`` calls each step: a logits processor (tokens so far, scores) -> scores, and a
+    # stopping criterion (tokens so far, no scores) -> which rows are done
+    LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    StopFn = Callable[[torch.Tensor, None], torch.Tensor | bool]
 
 
 def is_onnx_export(path: str | Path) -> bool:
@@ -29,7 +44,7 @@ def is_onnx_export(path: str | Path) -> bool:
 
 @dataclass
 class _Device:
-    device: Any
+    device: torch.device
 
 
 class _Embeddings:
@@ -45,7 +60,7 @@ class OrtCache:
     """The KV cache as ONNX Runtime returns it (``present.*`` arrays), with the two cache methods the
     evaluators use. Deep-copying copies the arrays."""
 
-    def __init__(self, arrays: dict[str, Any]):
+    def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays
 
     def get_seq_length(self) -> int:
@@ -64,13 +79,13 @@ class OrtCache:
 
 @dataclass
 class _Output:
-    logits: Any
-    past_key_values: Any = None
+    logits: torch.Tensor
+    past_key_values: OrtCache | None = None
 
 
 class _OrtBase:
-    def __init__(self, session: Any, config: Any):
-        self.sess = session  # runtime.Session
+    def __init__(self, session: Session, config: PretrainedConfig):
+        self.sess = session
         self.config = config
         self._inputs = {i.name: i for i in session.session.get_inputs()}
         self._outputs = [o.name for o in session.session.get_outputs()]
@@ -87,7 +102,7 @@ class _OrtBase:
         return self
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         """Where inputs go and outputs come back (ONNX Runtime copies to and from its provider)."""
         import torch
 
@@ -96,7 +111,7 @@ class _OrtBase:
     def tie_weights(self) -> None:  # lm-evaluation-harness calls it on any model it wraps
         return None
 
-    def _run(self, feed: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self.sess.session.run(None, feed)))
 
     def forward(self, *args: Any, **kwargs: Any) -> _Output:
@@ -109,7 +124,7 @@ class _OrtBase:
 class OrtModelForCausalLM(_OrtBase):
     """A decoder export with KV cache (``text-generation-with-past``)."""
 
-    def __init__(self, session: Any, config: Any, kv_shape: tuple[int, int] | None = None,
+    def __init__(self, session: Session, config: PretrainedConfig, kv_shape: tuple[int, int] | None = None,
                  right_padding_only: bool = False):
         super().__init__(session, config)
         # a GenAI (Model Builder) graph: its empty past's (kv heads, head size) from genai_config.json, and
@@ -129,13 +144,15 @@ class OrtModelForCausalLM(_OrtBase):
     def get_output_embeddings(self) -> bool:  # verify's kind check: a decoder with an LM head
         return True
 
-    def forward(self, input_ids: Any = None, attention_mask: Any = None, past_key_values: OrtCache | None = None,
-                use_cache: bool = False, position_ids: Any = None, **_: Any) -> _Output:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                past_key_values: OrtCache | None = None, use_cache: bool = False,
+                position_ids: torch.Tensor | None = None, **_: Any) -> _Output:
         import numpy as np
         import torch
 
         from compressor.export.runtime import empty_cache_shape, present_of
 
+        assert input_ids is not None  # every caller passes the tokens (None is transformers' signature only)
         ids = input_ids.cpu().numpy().astype(np.int64)
         b, n = ids.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -149,7 +166,7 @@ class OrtModelForCausalLM(_OrtBase):
                            f"{past_len + n}", f"lower the profile's window / eval.max_length to at most {limit}")
         if self._right_padding_only and past_key_values is not None and past_len and n > 1 and (b > 1 or not mask.all()):
             return self._rows_on_past(ids, mask, past_key_values)
-        feed: dict[str, Any] = {"input_ids": ids}
+        feed: dict[str, np.ndarray] = {"input_ids": ids}
         if "attention_mask" in self._inputs:
             feed["attention_mask"] = mask
         if "position_ids" in self._inputs:
@@ -166,10 +183,11 @@ class OrtModelForCausalLM(_OrtBase):
         cache = OrtCache({k: v for k, v in res.items() if k.startswith(PRESENT)}) if use_cache else None
         return _Output(logits, cache)
 
-    def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int | None = None,
-                 pad_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
-                 num_beams: int = 1, max_length: int | None = None, stopping_criteria: Any = None,
-                 logits_processor: Any = None, **_: Any) -> Any:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int | None = None, pad_token_id: int | None = None, eos_token_id: int | None = None,
+                 do_sample: bool = False, num_beams: int = 1, max_length: int | None = None,
+                 stopping_criteria: StopFn | None = None, logits_processor: Iterable[LogitsFn] | None = None,
+                 **_: Any) -> torch.Tensor:
         """Greedy decoding as transformers' ``generate`` does it (finished rows continue with the pad id);
         ``max_length`` and ``stopping_criteria`` as lm-evaluation-harness passes them, ``logits_processor``
         as ``verify`` passes its NaN watch."""
@@ -213,7 +231,7 @@ class OrtModelForCausalLM(_OrtBase):
         return out
 
 
-    def _rows_on_past(self, ids: Any, mask: Any, past: OrtCache) -> _Output:
+    def _rows_on_past(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], past: OrtCache) -> _Output:
         """Several new tokens on a past, GenAI graph: GroupQueryAttention takes them one sequence at a time
         and counts positions from the mask's sum, so each row runs alone on its real tokens. Logits of
         padded slots are 0 (never read); no cache comes back (the callers do not reuse it)."""
@@ -231,10 +249,11 @@ class OrtModelForCausalLM(_OrtBase):
             if logits is None:
                 logits = torch.zeros((b, n, out.logits.shape[-1]), dtype=out.logits.dtype)
             logits[j, :real] = out.logits[0]
+        assert logits is not None  # b >= 1: a call with several new tokens on a past
         return _Output(logits, None)
 
-    def _generate_rows(self, ids: Any, mask: Any, max_new_tokens: int | None, pad_token_id: int | None,
-                       eos_token_id: int | None, **kw: Any) -> Any:
+    def _generate_rows(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int | None,
+                       pad_token_id: int | None, eos_token_id: int | None, **kw: Any) -> torch.Tensor:
         """Each (left-padded) row decoded alone without its padding, laid out as ``generate`` returns a
         batch: the padded prompts, then the new tokens (a row that stops early is filled with the pad id).
         A logits processor sees row 0 of each call, so it is wrapped to report the row it watches."""
@@ -262,10 +281,10 @@ class OrtModelForCausalLM(_OrtBase):
 class _RowProcessor:
     """A batch logits processor applied to one row decoded alone: it sees that row as row ``index``."""
 
-    def __init__(self, inner: Any, index: int):
+    def __init__(self, inner: LogitsFn, index: int):
         self.inner, self.index = inner, index
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         import torch
 
         n = self.index + 1
@@ -277,11 +296,12 @@ class _RowProcessor:
 class OrtModelForSequenceClassification(_OrtBase):
     """An encoder classifier export (``text-classification``)."""
 
-    def forward(self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None,
-                **_: Any) -> _Output:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_: Any) -> _Output:
         import numpy as np
         import torch
 
+        assert input_ids is not None  # every caller passes the tokens (None is transformers' signature only)
         feed = {"input_ids": input_ids.cpu().numpy().astype(np.int64)}
         if "attention_mask" in self._inputs:
             feed["attention_mask"] = (np.ones_like(feed["input_ids"]) if attention_mask is None
@@ -293,7 +313,7 @@ class OrtModelForSequenceClassification(_OrtBase):
         return _Output(torch.from_numpy(np.asarray(res["logits"], dtype=np.float32)))
 
 
-def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool = False) -> Any:
+def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
     """An export folder as a ``LoadedModel`` whose ``model`` runs in ONNX Runtime."""
     from compressor.architectures import adapter_for_config
     from compressor.export.runtime import RuntimeSetupError, make_session
@@ -312,8 +332,8 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
         from compressor.export.layout import genai_kv_shape, is_genai_folder
 
         genai = is_genai_folder(folder)
-        model: Any = OrtModelForCausalLM(sess, config, kv_shape=genai_kv_shape(folder) if genai else None,
-                                         right_padding_only=genai)
+        model: _OrtBase = OrtModelForCausalLM(sess, config, kv_shape=genai_kv_shape(folder) if genai else None,
+                                              right_padding_only=genai)
     else:
         model = OrtModelForSequenceClassification(sess, config)
     from transformers import AutoTokenizer
@@ -331,20 +351,12 @@ def load_onnx_model(spec: str, *, provider: str = "cpu", trust_remote_code: bool
         tok.pad_token = tok.eos_token or tok.unk_token
     rows = getattr(config, "vocab_size", None)
     if isinstance(rows, int):
-        check_vocabulary(str(folder), _Rows(rows), tok)
+        check_vocabulary(str(folder), rows, tok)
     rec = layout.read_record(folder)
     # the exporter names its artifacts in the record it writes ("onnx", "onnx-genai"): shown as the model's dtype
     exporter = rec.get("exporter") or {}  # records older than "label" still name their exporter
     label = exporter.get("label") or (f"onnx-{exporter['name']}" if exporter.get("name") else "onnx")
     dtype = f"{label}-{(rec.get('quantization') or {}).get('method') or rec.get('dtype', 'float32')}"
-    return LoadedModel(spec, str(folder), model, tok, adapter, f"onnx:{sess.provider}", dtype)
+    # the wrapper stands in for a transformers model: it has the part of one that ``verify`` calls (module doc)
+    return LoadedModel(spec, str(folder), cast("PreTrainedModel", model), tok, adapter, f"onnx:{sess.provider}", dtype)
 
-
-class _Rows:
-    """Just enough of a model for ``check_vocabulary``: an embedding with ``rows`` rows."""
-
-    def __init__(self, rows: int):
-        self.rows = rows
-
-    def get_input_embeddings(self) -> Any:
-        return type("E", (), {"num_embeddings": self.rows})()

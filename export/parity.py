@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
+    import torch
+    from onnxruntime import InferenceSession
+    from transformers import GenerationMixin, PreTrainedModel
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    Ids = npt.NDArray[np.int64]
+    Feed = dict[str, np.ndarray]  # ONNX Runtime's inputs or outputs by name
+    # ``feed(ids, mask, positions, past outputs)``: a graph's inputs for one step
+    FeedFn = Callable[[Ids, Ids, Ids, Feed | None], Feed]
 
 BATCH_LENGTHS = (11, 7, 4)  # batch 3, never the exporter's (2, 16)
 GENERATE_TOKENS = 8
@@ -67,7 +76,7 @@ def _tol(dtype: str, ref_scale: float) -> float:
     return atol + rtol * ref_scale
 
 
-def _compare(name: str, ort_vals: Any, ref: Any, dtype: str) -> ParityCheck:
+def _compare(name: str, ort_vals: npt.ArrayLike, ref: npt.ArrayLike, dtype: str) -> ParityCheck:
     import numpy as np
 
     ort_vals = np.asarray(ort_vals, dtype=np.float64)
@@ -109,7 +118,7 @@ def _positions(mask: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return np.where(mask == 0, 1, pos).astype(np.int64)  # what generate() uses for padded slots
 
 
-def check_parity(model: Any, folder: str | Path, task: str, *, dtype: str, num_layers: int,
+def check_parity(model: PreTrainedModel, folder: str | Path, task: str, *, dtype: str, num_layers: int,
                  provider: str = "cpu") -> ParityReport:
     """Run every check; never raises for a mismatch (the report says what failed)."""
     from compressor.export.runtime import make_session
@@ -127,14 +136,15 @@ def check_parity(model: Any, folder: str | Path, task: str, *, dtype: str, num_l
     return report
 
 
-def _torch_inputs(model: Any, **arrays: Any) -> dict[str, Any]:
+def _torch_inputs(model: PreTrainedModel, **arrays: np.ndarray) -> dict[str, torch.Tensor]:
     import torch
 
     dev = next(model.parameters()).device
     return {k: torch.from_numpy(v).to(dev) for k, v in arrays.items()}
 
 
-def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num_layers: int) -> None:
+def _decoder_checks(model: PreTrainedModel, sess: InferenceSession, report: ParityReport, dtype: str,
+                    num_layers: int) -> None:
     import numpy as np
     import torch
 
@@ -153,9 +163,8 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
     pos = _positions(mask)
     fdt = np.float16 if dtype == "float16" else np.float32
 
-    def feed(ids_: npt.NDArray[np.int64], mask_: npt.NDArray[np.int64], pos_: npt.NDArray[np.int64],
-             past: dict[str, Any] | None) -> dict[str, Any]:
-        f: dict[str, Any] = {"input_ids": ids_, "attention_mask": mask_}
+    def feed(ids_: Ids, mask_: Ids, pos_: Ids, past: Feed | None) -> Feed:
+        f: Feed = {"input_ids": ids_, "attention_mask": mask_}
         if "position_ids" in inputs:
             f["position_ids"] = pos_
         for name, inp in inputs.items():
@@ -166,7 +175,7 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
                     f[name] = past[name.replace("past_key_values", "present")]
         return f
 
-    def run(f: dict[str, Any]) -> dict[str, Any]:
+    def run(f: Feed) -> Feed:
         vals = sess.run(None, f)
         return dict(zip(outputs, vals))
 
@@ -193,7 +202,8 @@ def _decoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, num
     report.checks.append(_generation_check(model, run, feed, ids, mask, dtype))
 
 
-def _generation_check(model: Any, run: Any, feed: Any, ids: Any, mask: Any, dtype: str) -> ParityCheck:
+def _generation_check(model: PreTrainedModel, run: Callable[[Feed], Feed], feed: FeedFn, ids: Ids, mask: Ids,
+                      dtype: str) -> ParityCheck:
     """Same tokens, except where PyTorch itself has a near-tie (top-2 margin within tolerance)."""
     import copy
 
@@ -201,13 +211,18 @@ def _generation_check(model: Any, run: Any, feed: Any, ids: Any, mask: Any, dtyp
     import torch
 
     gc = copy.deepcopy(model.generation_config)
+    assert gc is not None  # a causal LM has one (can_generate)
     gc.do_sample, gc.num_beams, gc.max_new_tokens, gc.min_new_tokens = False, 1, GENERATE_TOKENS, None
     gc.eos_token_id, gc.temperature, gc.top_p, gc.top_k = None, None, None, None
     gc.repetition_penalty, gc.forced_eos_token_id = None, None
     gc.pad_token_id = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0
+    decoder = cast("GenerationMixin", model)  # each causal LM class mixes generate() in; PreTrainedModel does not
     with torch.no_grad():
-        gen = model.generate(**_torch_inputs(model, input_ids=ids, attention_mask=mask), generation_config=gc,
-                             output_scores=True, return_dict_in_generate=True)
+        inputs = _torch_inputs(model, input_ids=ids, attention_mask=mask)
+        gen = cast("GenerateDecoderOnlyOutput",  # greedy with return_dict_in_generate
+                   decoder.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                    generation_config=gc, output_scores=True, return_dict_in_generate=True))
+    assert gen.scores is not None  # output_scores=True
     ref_tokens = gen.sequences[:, ids.shape[1]:].cpu().numpy()
     scores = [s.float().cpu().numpy() for s in gen.scores]
     toks = []
@@ -242,7 +257,8 @@ def _generation_check(model: Any, run: Any, feed: Any, ids: Any, mask: Any, dtyp
                        "tokens equal up to near-ties (PyTorch's top-2 margin within tolerance)")
 
 
-def _encoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, task: str) -> None:
+def _encoder_checks(model: PreTrainedModel, sess: InferenceSession, report: ParityReport, dtype: str,
+                    task: str) -> None:
     import numpy as np
     import torch
 
@@ -268,7 +284,7 @@ def _encoder_checks(model: Any, sess: Any, report: ParityReport, dtype: str, tas
                                       out.last_hidden_state.float().cpu().numpy()[real], dtype))
 
 
-def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, kv_layers: int | None = None,
+def check_genai_parity(model: PreTrainedModel, folder: str | Path, *, num_layers: int, kv_layers: int | None = None,
                        dtype: str = "float32", provider: str = "cpu") -> ParityReport:
     """The Model Builder's fp32 (or fp16) graph against the fp32 PyTorch model, at ``dtype``'s tolerance (``compressor.export.genai``): a right-padded batch
     (GroupQueryAttention reads positions from the mask's sum: exact with right padding, wrong with left),
@@ -288,7 +304,7 @@ def check_genai_parity(model: Any, folder: str | Path, *, num_layers: int, kv_la
     return report
 
 
-def cache_inputs_check(sess: Any, num_layers: int, kv_layers: int | None = None) -> ParityCheck:
+def cache_inputs_check(sess: InferenceSession, num_layers: int, kv_layers: int | None = None) -> ParityCheck:
     """Two ``past_key_values.*`` inputs per KV-cache block, and one ``past.N.*`` state per other block of a hybrid."""
     from compressor.export.runtime import KV, STATE
 
@@ -302,7 +318,8 @@ def cache_inputs_check(sess: Any, num_layers: int, kv_layers: int | None = None)
     return ParityCheck("kv-cache outputs", ok, None, None, detail)
 
 
-def cache_feed(sess: Any, kv: Any) -> Any:
+def cache_feed(sess: InferenceSession,
+               kv: tuple[int, int] | None) -> Callable[[Ids, Ids, Ids | None, Feed | None], Feed]:
     """``feed(ids, mask, pos, past)`` for a GenAI graph: empty caches and zero states first, then each
     input from the previous step's outputs (the builder's graph takes no position_ids)."""
     import numpy as np
@@ -311,9 +328,8 @@ def cache_feed(sess: Any, kv: Any) -> Any:
 
     cache = [i for i in sess.get_inputs() if is_cache_input(i.name)]
 
-    def feed(ids_: npt.NDArray[np.int64], mask_: npt.NDArray[np.int64], pos_: npt.NDArray[np.int64] | None,
-             past: dict[str, Any] | None) -> dict[str, Any]:
-        f: dict[str, Any] = {"input_ids": ids_, "attention_mask": mask_}
+    def feed(ids_: Ids, mask_: Ids, pos_: Ids | None, past: Feed | None) -> Feed:
+        f: Feed = {"input_ids": ids_, "attention_mask": mask_}
         for i in cache:
             f[i.name] = (np.zeros(empty_cache_shape(i.name, i.shape, ids_.shape[0], kv),
                                   np.float16 if "float16" in i.type else np.float32)
@@ -323,14 +339,15 @@ def cache_feed(sess: Any, kv: Any) -> Any:
     return feed
 
 
-def _genai_checks(model: Any, sess: Any, report: ParityReport, kv: Any, dtype: str) -> None:
+def _genai_checks(model: PreTrainedModel, sess: InferenceSession, report: ParityReport, kv: tuple[int, int] | None,
+                  dtype: str) -> None:
     import numpy as np
     import torch
 
     outputs = [o.name for o in sess.get_outputs()]
     feed = cache_feed(sess, kv)
 
-    def run(f: dict[str, Any]) -> dict[str, Any]:
+    def run(f: Feed) -> Feed:
         return {k: (v.astype(np.float32) if k == "logits" else v) for k, v in zip(outputs, sess.run(None, f))}
 
     vocab = int(model.config.vocab_size)

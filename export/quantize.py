@@ -24,10 +24,13 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.export import layout
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 METHODS = ("int8", "int8-weights", "int4")
 BLOCK = 32  # weight-only methods: one scale per 32 input elements of each output column
@@ -74,7 +77,7 @@ def settings(method: str) -> dict[str, Any]:
             "lm_head": "a tied head is folded and quantized when the embedding is at most half the weights"}
 
 
-def fold_weight_transposes(graph: Any, *, dry_run: bool = False) -> int:
+def fold_weight_transposes(graph: onnx.ModelProto, *, dry_run: bool = False) -> int:
     """Replace ``Transpose(constant)`` feeding MatMuls by the transposed constant; returns the bytes of
     the constants folded (``dry_run``: only count them).
 
@@ -87,7 +90,7 @@ def fold_weight_transposes(graph: Any, *, dry_run: bool = False) -> int:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.graph.initializer}
-    consumers: dict[str, list[Any]] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -108,7 +111,7 @@ def fold_weight_transposes(graph: Any, *, dry_run: bool = False) -> int:
     return folded
 
 
-def _nbytes(tensor: Any) -> int:
+def _nbytes(tensor: onnx.TensorProto) -> int:
     """A constant's size from its shape and type (no copy of its data: a 7 B graph holds 28 GB of them)."""
     import math
 
@@ -117,7 +120,7 @@ def _nbytes(tensor: Any) -> int:
     return int(math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
 
 
-def _weight_bytes(graph: Any) -> int:
+def _weight_bytes(graph: onnx.ModelProto) -> int:
     return sum(_nbytes(t) for t in graph.graph.initializer)
 
 

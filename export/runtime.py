@@ -9,8 +9,12 @@ the benchmark worker (which must import only onnxruntime, numpy and psutil) can 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxruntime import InferenceSession
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -52,7 +56,7 @@ def present_of(name: str) -> str:
 
 
 def empty_cache_shape(name: str, dims: list[int | str | None], batch: int,
-                      kv_shape: tuple[int, int] | None = None) -> list[int] | None:
+                      kv_shape: Sequence[int] | None = None) -> list[int] | None:
     """The first step's value of a cache input: an empty KV cache (``empty_past_shape``), or a state of zeros
     (every dim but the batch is fixed in the graph); None if the graph leaves it ambiguous."""
     if name.startswith(KV):
@@ -61,7 +65,8 @@ def empty_cache_shape(name: str, dims: list[int | str | None], batch: int,
     return [batch, *fixed] if len(fixed) == len(dims) - 1 else None
 
 
-def empty_past_shape(dims: list[int | str | None], batch: int, kv_shape: tuple[int, int] | None = None) -> list[int] | None:
+def empty_past_shape(dims: list[int | str | None], batch: int,
+                     kv_shape: Sequence[int] | None = None) -> list[int] | None:
     """Shape of an empty ``past_key_values.*`` input, (batch, kv_heads, 0, head_dim), from the graph's
     declared dims (named or unknown dims after the first are the sequence axis); None if ambiguous.
     ``kv_shape``: (kv_heads, head_dim) where the graph leaves them symbolic (a GenAI build, whose
@@ -118,7 +123,7 @@ def check_provider_request(provider: str) -> None:
 
 @dataclass
 class Session:
-    session: Any  # onnxruntime.InferenceSession
+    session: InferenceSession
     provider: str  # the provider the session really runs on ("CPUExecutionProvider", ...)
     requested: str  # auto | cpu | cuda
     note: str  # why auto picked what it picked ("" when nothing to say)
@@ -144,7 +149,7 @@ def make_session(path: str, provider: str = "cpu", threads: int | None = None, *
         so.intra_op_num_threads = int(threads)
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers: list[Any] = [CPU]
+    providers: list[str | tuple[str, dict[str, int | str]]] = [CPU]
     if want_cuda:
         preload = getattr(ort, "preload_dlls", None)
         if preload is not None:  # CUDA/cuDNN from the nvidia-* wheels, if torch brought them
@@ -152,7 +157,7 @@ def make_session(path: str, provider: str = "cpu", threads: int | None = None, *
                 preload()
             except Exception:  # noqa: BLE001 - the provider check below is what decides
                 pass
-        opts: dict[str, Any] = {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}
+        opts: dict[str, int | str] = {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}
         if gpu_mem_limit:
             opts["gpu_mem_limit"] = int(gpu_mem_limit)
         providers = [(CUDA, opts), CPU]

@@ -7,7 +7,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
 
+    from rich.progress import TaskID
+
     from compressor.repair.settings import Progress as RepairProgress
+    from compressor.score.report import ScoreReport
+    from compressor.sources.models import LoadedModel
+    from compressor.sources.settings import LoadSettings
 
 
 def check_eval_spec(model: str) -> None:
@@ -19,14 +24,16 @@ def check_eval_spec(model: str) -> None:
         resolve_model_path(model)
 
 
-def load_for_eval(model: str, load: Any, provider: str) -> Any:
+def load_for_eval(model: str, load: LoadSettings, provider: str) -> LoadedModel:
     """A model to evaluate: an ONNX export folder runs in ONNX Runtime (what ships is what is gated),
     anything else loads as for every other command (``load``: the command's ``LoadSettings``)."""
     from compressor.cli.output import note
     from compressor.export.ort_model import is_onnx_export
 
+    loaded: LoadedModel
     if not is_onnx_export(model):
-        return load.load(model, with_head=load.stream is not False)
+        loaded = load.load(model, with_head=load.stream is not False)
+        return loaded
     from compressor.export.ort_model import load_onnx_model
 
     if load.stream:
@@ -40,7 +47,7 @@ def load_for_eval(model: str, load: Any, provider: str) -> Any:
     return loaded
 
 
-def print_scores(report: Any) -> None:
+def print_scores(report: ScoreReport) -> None:
     from rich.table import Table
 
     from compressor.cli.output import out
@@ -67,7 +74,7 @@ def repair_progress() -> AbstractContextManager[RepairProgress]:
     def bars() -> Iterator[RepairProgress]:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=False) as prog:
-            tasks: dict[str, Any] = {}
+            tasks: dict[str, TaskID] = {}
 
             def update(label: str, done: int, total: int, loss: Optional[float]) -> None:
                 if label not in tasks:

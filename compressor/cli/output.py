@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
     err: Console
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Console:
     """``out`` and ``err``, made on first use: rich's console costs ~30 ms to import, which ``avss --help``
     and every argument error would pay for nothing."""
     if name not in ("out", "err"):
@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
     return made
 
 
-def _err() -> Any:
+def _err() -> Console:
     return __getattr__("err") if "err" not in globals() else globals()["err"]
 
 

@@ -1,16 +1,21 @@
 """``avss run``'s display: one progress view (stage, bar, time) on stderr and the summary tables on stdout."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from compressor.run.context import RunResult
 
 
 class RunView:
     """Implements ``compressor.run.api.Events`` with a rich Progress: one line per stage."""
 
-    def __init__(self, console: Any):
+    def __init__(self, console: Console):
         # In a CI log (not a terminal) a live display prints nothing until the end: write plain lines.
         self.live = bool(console.is_terminal)
         self.console = console
@@ -65,15 +70,15 @@ class RunView:
         self.console.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False)
 
 
-def _f(x: Any) -> str:
+def _f(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _g(x: Any) -> str:
+def _g(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
-def print_summary(result: Any) -> None:
+def print_summary(result: RunResult) -> None:
     from rich.table import Table
 
     from compressor.cli.output import out

@@ -20,8 +20,12 @@ from compressor.score.settings import ScorerSettings
 from compressor.sources.settings import CalibrationSettings, LoadSettings
 
 if TYPE_CHECKING:  # pragma: no cover
+    from compressor.prune.surgery import PruneResult
     from compressor.repair.settings import RepairBars
     from compressor.score.api import ProgressBar
+    from compressor.score.report import ScoreReport
+    from compressor.score.select import Selection
+    from compressor.sources.models import LoadedModel
 
 
 @dataclass
@@ -30,10 +34,10 @@ class PruneOutcome:
     and after, the repair record), the scores it was cut by, the selection, the repair settings, the
     provenance written into compression.json, and every warning (each also logged when it arose)."""
 
-    result: Any  # PruneResult
-    report: Any  # ScoreReport
-    selection: Any  # Selection
-    settings: Any  # RepairSettings
+    result: PruneResult
+    report: ScoreReport
+    selection: Selection
+    settings: RepairSettings
     provenance: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
@@ -46,7 +50,7 @@ class PruneOutcome:
         return Path(self.result.out)
 
 
-def check_prune_options(scores: Any, scorer: ScorerSettings | None, cut: CutSettings) -> None:
+def check_prune_options(scores: str | Path | None, scorer: ScorerSettings | None, cut: CutSettings) -> None:
     """The rules between the flags (one source of scores, one cut rule, scorer options only with a
     scorer): refused before anything is read or loaded."""
     method = scorer.method if scorer is not None else None
@@ -65,7 +69,8 @@ def check_prune_options(scores: Any, scorer: ScorerSettings | None, cut: CutSett
     cut.check()  # its ranges; against the model once its config is read
 
 
-def check_scores_match(report: Any, scores_file: Any, loaded: Any, spec: str) -> list[str]:
+def check_scores_match(report: ScoreReport, scores_file: str | Path | None, loaded: LoadedModel,
+                       spec: str) -> list[str]:
     """A scores file must score this model (layer count, architecture); scored under another name is
     only a warning (the same model in another folder). Returns the warnings."""
     if report.num_layers != loaded.num_layers:
@@ -80,7 +85,7 @@ def check_scores_match(report: Any, scores_file: Any, loaded: Any, spec: str) ->
 
 
 def prune_checkpoint(
-    model: Any,
+    model: str | Path | LoadedModel,
     out: str | Path,
     *,
     scores: str | Path | None = None,

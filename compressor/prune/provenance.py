@@ -7,7 +7,11 @@ could not know which keys to expect. Now every key is always there, ``None`` whe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.score.report import ScoreReport
+    from compressor.score.select import Selection
 
 # 2: a "repair" record (method, settings, per-span patches, distillation)
 # 3: the cut's provenance has one shape: every PROVENANCE_KEYS key, None where it does not apply
@@ -16,8 +20,8 @@ COMPRESSION_SCHEMA = 3
 PROVENANCE_KEYS = ("method", "mode", "label", "selection", "scores", "ranking", "calibration", "scores_file", "run")
 
 
-def cut_provenance(report: Any, selection: Any = None, *, scores_file: str | Path | None = None,
-                   run: dict[str, Any] | None = None) -> dict[str, Any]:
+def cut_provenance(report: ScoreReport, selection: Selection | dict[str, Any] | None = None, *,
+                   scores_file: str | Path | None = None, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """The provenance of a cut from its parts: ``report`` (the ``ScoreReport`` it was ranked by),
     ``selection`` (a ``Selection`` or its dict; ``None`` when the layers were given, not selected),
     ``scores_file`` (the scores JSON it was read from, as given), ``run`` (``avss run``'s settings)."""

@@ -31,6 +31,7 @@ from compressor.sources.integrity import DTYPE_ORDER, INDEX, SINGLE, Checkpoint,
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 _METADATA = {"format": "pt"}  # what save_pretrained writes into every safetensors header
 
@@ -45,8 +46,8 @@ class WrittenCut(PruneResult):
 
 def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
               replace: dict[str, torch.Tensor] | None = None, provenance: dict[str, Any] | None = None,
-              repair: dict[str, Any] | None = None, tokenizer: Any = None, spec: str | None = None,
-              force: bool = False) -> WrittenCut:
+              repair: dict[str, Any] | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
+              spec: str | None = None, force: bool = False) -> WrittenCut:
     """Cut blocks ``removed`` (0-based, original numbering) from the checkpoint folder ``src`` into ``out``.
 
     ``replace``: original-numbering key -> new tensor for a kept tensor (e.g. a linear patch folded
@@ -114,7 +115,7 @@ def write_cut(src: str | Path, removed: list[int], out: str | Path, *,
 _COPY_CHUNK = 16 * 2**20  # bytes per read while copying a tensor: memory stays this, whatever the tensor
 
 
-def _write_shard(path: Path, shard: list[tuple[StoredTensor, str]], patches: dict[str, Any]) -> None:
+def _write_shard(path: Path, shard: list[tuple[StoredTensor, str]], patches: dict[str, torch.Tensor]) -> None:
     """One output file in safetensors' own layout (8-byte header length, compact JSON header padded with
     spaces to 8 bytes, then the tensors ordered by dtype as safetensors orders them, then by name), each
     kept tensor's bytes copied from its source file in chunks and each patched tensor serialized in its
@@ -147,14 +148,14 @@ def _write_shard(path: Path, shard: list[tuple[StoredTensor, str]], patches: dic
                     left -= len(chunk)
 
 
-def _tensor_bytes(value: Any, dtype: Dtype) -> bytes:
+def _tensor_bytes(value: torch.Tensor, dtype: Dtype) -> bytes:
     import torch
 
     t = value.to(dtype.torch()).contiguous()
     return bytes(t.view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
 
-def _source(src: str | Path) -> tuple[Path, Any, ArchAdapter, Any, Checkpoint, set[str]]:
+def _source(src: str | Path) -> tuple[Path, PretrainedConfig, ArchAdapter, type[PreTrainedModel], Checkpoint, set[str]]:
     """The local folder, its config, adapter, model class (the class names the head's tied keys) and
     checked weights, and the stored keys of its parameters; the config is checked against the weights' shapes as
     the streamed load checks it."""
@@ -204,7 +205,7 @@ def _layer_key(tensors: list[StoredTensor], adapter: ArchAdapter, n_layers: int,
     return re.compile(rf"^(?P<prefix>{re.escape(fits[0])}{re.escape(adapter.layers_path)}\.)(?P<index>\d+)\.(?P<rest>.+)$")
 
 
-def _tied_keys(config: Any, cls: Any) -> set[str]:
+def _tied_keys(config: PretrainedConfig, cls: type[PreTrainedModel]) -> set[str]:
     """Keys save_pretrained leaves out because they share the input embeddings (e.g. ``lm_head.weight``)."""
     if not getattr(config, "tie_word_embeddings", False):
         return set()
@@ -257,7 +258,7 @@ def _main_dtype(plan: list[tuple[StoredTensor, str]]) -> str:
     return max(weight, key=lambda d: weight[d]) if weight else "float32"
 
 
-def _generation_config(folder: Path, config: Any, cls: Any) -> Any:
+def _generation_config(folder: Path, config: PretrainedConfig, cls: type[PreTrainedModel]) -> GenerationConfig | None:
     """What save_pretrained writes as generation_config.json: the source's, else one made from the
     config, with generation settings left in the config moved into it (as transformers moves them)."""
     from transformers import GenerationConfig
@@ -277,11 +278,12 @@ def _generation_config(folder: Path, config: Any, cls: Any) -> Any:
     return gen
 
 
-def _tokenizer(folder: Path) -> Any:
+def _tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(str(folder))
+        return tokenizer
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is the same problem for the user
         raise BadInput(f"{folder} has no usable tokenizer ({str(exc).splitlines()[0]})",
                        "save the tokenizer next to the model (tokenizer.save_pretrained), or pass tokenizer=") from exc

@@ -15,13 +15,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from compressor import __version__
 from compressor.architectures import ArchAdapter, adapter_for_config, get_layers, set_layers
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import check_output_dir, describe_os_error, replace_dir, staging_dir
 from compressor.prune.provenance import COMPRESSION_SCHEMA, current
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from compressor.sources.models import LoadedModel
 
 COMPRESSION_FILE = "compression.json"
 
@@ -58,7 +63,7 @@ def kept_layers(removed: list[int], n_old: int) -> list[int]:
     return keep
 
 
-def cut_config(cfg: Any, keep: list[int], n_old: int, adapter: ArchAdapter) -> list[str]:
+def cut_config(cfg: PretrainedConfig, keep: list[int], n_old: int, adapter: ArchAdapter) -> list[str]:
     """In place: the config of a model that keeps blocks ``keep`` of ``n_old``. The one place for
     these rules (the in-memory cut and the shard writer both call it). Returns warnings (maths that
     depends on the absolute layer index)."""
@@ -79,7 +84,7 @@ def cut_config(cfg: Any, keep: list[int], n_old: int, adapter: ArchAdapter) -> l
     return warnings
 
 
-def remove_layers(model: Any, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
+def remove_layers(model: PreTrainedModel, removed: list[int], adapter: ArchAdapter | None = None) -> list[str]:
     """In place. Returns warnings (e.g. maths that depends on the absolute layer index)."""
     from torch import nn
 
@@ -111,13 +116,13 @@ class PruneResult:
 
 
 def prune_model(
-    loaded: Any,
+    loaded: LoadedModel,
     removed: list[int],
     out: str | Path,
     *,
     force: bool = False,
     provenance: dict[str, Any] | None = None,
-    repaired: tuple[Any, dict[str, Any], list[str]] | None = None,
+    repaired: tuple[LoadedModel, dict[str, Any], list[str]] | None = None,
 ) -> PruneResult:
     """Remove ``removed`` (0-based, original numbering) from ``loaded`` (a LoadedModel) and save to ``out``.
 
@@ -173,7 +178,8 @@ def compression_record(*, spec: str, path: str, model_type: str, num_layers_befo
     })
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out: Path, record: dict[str, Any]) -> None:
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path,
+                    record: dict[str, Any]) -> None:
     """Write a plain ``save_pretrained`` folder (safetensors, tokenizer, compression.json) atomically."""
 
     def fill(tmp: Path) -> None:
@@ -183,7 +189,7 @@ def save_checkpoint(model: Any, tokenizer: Any, out: Path, record: dict[str, Any
     write_folder(out, fill)
 
 
-def save_extras(folder: Path, tokenizer: Any, record: dict[str, Any]) -> None:
+def save_extras(folder: Path, tokenizer: PreTrainedTokenizerBase | None, record: dict[str, Any]) -> None:
     """What a checkpoint holds beside its model files: the tokenizer and ``compression.json``."""
     if tokenizer is not None:
         try:

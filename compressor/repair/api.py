@@ -7,16 +7,25 @@ from __future__ import annotations
 import contextlib
 import time
 from contextlib import AbstractContextManager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from compressor.errors import BadInput
 from compressor.repair.methods import _Ctx, check_streams, choices, parse_method, repair_cut, stream_choice
 from compressor.repair.settings import Progress, RepairBars, RepairSettings
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-def prune_and_repair(loaded: Any, removed: list[int], out: Any, settings: RepairSettings, calibration: Any = None,
-                     *, force: bool = False, provenance: dict[str, Any] | None = None,
-                     progress: Progress | None = None) -> Any:
+    from compressor.prune.surgery import PruneResult
+    from compressor.sources.data import CalibrationData
+    from compressor.sources.models import LoadedModel
+    from compressor.sources.settings import CalibrationSettings, LoadSettings
+
+
+def prune_and_repair(loaded: LoadedModel, removed: list[int], out: str | Path, settings: RepairSettings,
+                     calibration: CalibrationData | None = None, *, force: bool = False,
+                     provenance: dict[str, Any] | None = None, progress: Progress | None = None) -> PruneResult:
     """``prune_model`` with ``settings``' repair (``none``: the plain cut, which modifies ``loaded``);
     ``calibration`` is the ``CalibrationData`` a repair fits on. Returns the ``PruneResult``."""
     from compressor.files import check_output_dir
@@ -29,20 +38,23 @@ def prune_and_repair(loaded: Any, removed: list[int], out: Any, settings: Repair
     if not settings.enabled:
         return prune_model(loaded, removed, out, force=force, provenance=provenance)
     check_output_dir(out, force)  # before minutes of repair
+    assert calibration is not None  # a repair without it was refused above
     slim, record, warnings = repair_cut(loaded, removed, settings, calibration.batches, progress)
     record["calibration"] = calibration.describe()
     return prune_model(loaded, removed, out, force=force, provenance=provenance, repaired=(slim, record, warnings))
 
 
-def _prune_streamed(loaded: Any, removed: list[int], out: Any, settings: RepairSettings, calibration: Any, force: bool,
-                    provenance: dict[str, Any] | None, progress: Progress | None) -> Any:
+def _prune_streamed(loaded: LoadedModel, removed: list[int], out: str | Path, settings: RepairSettings,
+                    calibration: CalibrationData | None, force: bool, provenance: dict[str, Any] | None,
+                    progress: Progress | None) -> PruneResult:
     """The cut written shard by shard from the checkpoint, with a streamed repair's patched tensors in it."""
     from compressor.prune.shards import write_cut
 
     check_streams(settings.method)
-    replace: dict[str, Any] = {}
+    replace: dict[str, torch.Tensor] = {}
     record: dict[str, Any] | None = None
     if settings.enabled:
+        assert calibration is not None  # a repair without it was refused by prune_and_repair
         t0 = time.perf_counter()
         parts: dict[str, Any] = {}
         for r in parse_method(settings.method):
@@ -56,8 +68,8 @@ def _prune_streamed(loaded: Any, removed: list[int], out: Any, settings: RepairS
                      tokenizer=loaded.tokenizer, spec=loaded.spec, force=force)
 
 
-def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calibration: Any, out: str, *,
-                      force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def repair_checkpoint(base: LoadedModel, slim_path: str, settings: RepairSettings, calibration: CalibrationData,
+                      out: str, *, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """``avss repair``: repair a checkpoint written by ``avss prune`` (its compression.json says which
     layers of ``base`` were removed) into ``out``. ``linear`` is fitted on ``base`` (it needs the full
     model's activations); ``distill`` alone heals the slim weights as they are (e.g. after linear)."""
@@ -107,15 +119,14 @@ def repair_checkpoint(base: Any, slim_path: str, settings: RepairSettings, calib
     return record
 
 
-def repair_pruned(base: Any, slim: str, out: str, *, repair: RepairSettings = RepairSettings(method="linear"),
-                  calibration: Any = None, load: Any = None, force: bool = False,
+def repair_pruned(base: str | Path | LoadedModel, slim: str, out: str, *,
+                  repair: RepairSettings = RepairSettings(method="linear"),
+                  calibration: CalibrationSettings | None = None, load: LoadSettings | None = None, force: bool = False,
                   bars: RepairBars | None = None) -> dict[str, Any]:
     """``avss repair`` as one call: settings, output folder and calibration checked before ``base``
     (a spec, or a loaded model) loads, then ``repair_checkpoint``. ``calibration`` and ``load`` are the
     command's ``CalibrationSettings`` and ``LoadSettings`` (defaults when None); returns the repair record
     written into ``out``'s compression.json."""
-    from pathlib import Path
-
     from compressor import diagnostics
     from compressor.files import check_free_space, check_output_dir
     from compressor.sources.data import calibration_for

@@ -23,12 +23,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from compressor.architectures import body_of, get_layers
 from compressor.errors import BadInput
 from compressor.repair.settings import DEFAULT_LR, DEFAULT_STEPS, LOSSES
 from compressor.score.patch import spans_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from peft import PeftModel
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
+    from transformers import PreTrainedModel
 
 TOP_K = 64
 LORA_RANK = 8
@@ -76,18 +83,19 @@ def cut_points(kept: list[int], removed: list[int]) -> list[tuple[int, int]]:
     return pairs
 
 
-def _capture(layers: Any, idx: list[int], store: dict[int, Any]) -> list[Any]:
+def _capture(layers: nn.ModuleList, idx: list[int], store: dict[int, torch.Tensor]) -> list[RemovableHandle]:
     from compressor.score.stats import ForwardHook, _block_io
 
     def make(i: int) -> ForwardHook:
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             store[i] = _block_io(args, kwargs, output)[1]
         return hook
 
     return [layers[i].register_forward_hook(make(i), with_kwargs=True) for i in idx]
 
 
-def _kl(student: Any, teacher: Any, batches: list[dict[str, Any]], dev: Any) -> float:
+def _kl(student: PreTrainedModel, teacher: PreTrainedModel, batches: list[dict[str, torch.Tensor]],
+        dev: torch.device) -> float:
     """Mean per-token KL(teacher || student) of the next-token distributions on real tokens."""
     import torch
     import torch.nn.functional as F
@@ -105,7 +113,7 @@ def _kl(student: Any, teacher: Any, batches: list[dict[str, Any]], dev: Any) -> 
     return total / max(count, 1)
 
 
-def _head(model: Any) -> tuple[Any, Any, float | None]:
+def _head(model: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
     """The LM head's weight and bias, and the final logit soft-cap if the config has one."""
     head = model.get_output_embeddings()
     if head is None:
@@ -114,14 +122,15 @@ def _head(model: Any) -> tuple[Any, Any, float | None]:
     return head.weight, getattr(head, "bias", None), getattr(model.config, "final_logit_softcapping", None)
 
 
-def _softcap(logits: Any, cap: float | None) -> Any:
+def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """The final logit soft-cap of models that have one (Gemma), so both sides see the model's own logits."""
     import torch
 
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
-def _topk_logits(h: Any, idx: Any, head: tuple[Any, Any, float | None]) -> Any:
+def _topk_logits(h: torch.Tensor, idx: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None, float | None]
+                 ) -> torch.Tensor:
     """Logits of ``idx`` (tokens x k) from final hidden states ``h`` (tokens x d): k rows of the head."""
     import torch
 
@@ -132,7 +141,7 @@ def _topk_logits(h: Any, idx: Any, head: tuple[Any, Any, float | None]) -> Any:
     return _softcap(out, cap)
 
 
-def _lora_targets(model: Any, kept_layers: Any) -> list[str]:
+def _lora_targets(model: nn.Module, kept_layers: Iterable[nn.Module]) -> list[str]:
     """Full names of every linear layer inside the blocks (peft matches names by suffix)."""
     from torch import nn
 
@@ -150,7 +159,8 @@ class _Neighbours:
     name = "neighbours"
 
     @staticmethod
-    def attach(student: Any, s_layers: Any, kept: list[int], removed: list[int]) -> tuple[Any, list[Any], list[int]]:
+    def attach(student: PreTrainedModel, s_layers: nn.ModuleList, kept: list[int], removed: list[int]
+               ) -> tuple[nn.Module, list[nn.Parameter], list[int]]:
         blocks = set()
         for span in spans_of(removed):
             if span[0] > 0:
@@ -161,8 +171,8 @@ class _Neighbours:
         return student, [p for i in trained for p in s_layers[i].parameters()], trained
 
     @staticmethod
-    def detach(model: Any) -> Any:
-        return model
+    def detach(model: nn.Module) -> PreTrainedModel:
+        return cast("PreTrainedModel", model)  # attach trains the student itself
 
 
 class _Lora:
@@ -171,7 +181,8 @@ class _Lora:
     name = "lora"
 
     @staticmethod
-    def attach(student: Any, s_layers: Any, kept: list[int], removed: list[int]) -> tuple[Any, list[Any], list[int]]:
+    def attach(student: PreTrainedModel, s_layers: nn.ModuleList, kept: list[int], removed: list[int]
+               ) -> tuple[nn.Module, list[nn.Parameter], list[int]]:
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
@@ -180,8 +191,10 @@ class _Lora:
         return model, [p for name, p in model.named_parameters() if "lora_" in name], list(range(len(s_layers)))
 
     @staticmethod
-    def detach(model: Any) -> Any:
-        return model.merge_and_unload()  # plain modules again, the adapters folded into their weights
+    def detach(model: nn.Module) -> PreTrainedModel:
+        # plain modules again, the adapters folded into their weights
+        merged: PreTrainedModel = cast("PeftModel", model).merge_and_unload()  # attach's PeftModel
+        return merged
 
 
 # what a healing step trains (``Repair.trainable`` names one): attach returns (the model to run, its trained
@@ -189,13 +202,16 @@ class _Lora:
 TRAINABLE = {t.name: t for t in (_Neighbours, _Lora)}
 
 
-def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], batches: list[dict[str, Any]], *,
+def distill(student: PreTrainedModel, teacher: PreTrainedModel, kept: list[int], removed: list[int],
+            batches: list[dict[str, torch.Tensor]], *,
             steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0, eval_every: int = 10,
             patience: int = 3, loss: str = "hidden", trainable: str = "neighbours", minutes: float | None = None,
-            progress: Callable[[int, int, float], None] | None = None) -> tuple[Any, DistillRecord]:
+            progress: Callable[[int, int, float], None] | None = None) -> tuple[PreTrainedModel, DistillRecord]:
     """Train ``student`` (the cut model) towards ``teacher`` (the full model); returns the healed model
     (``student`` itself, or with ``lora`` the same modules with the adapters merged) and the record."""
     import torch
+
+    from compressor.score.passes import input_device
 
     if steps < 1:
         raise BadInput(f"--heal-steps must be at least 1 (got {steps})", "e.g. --heal-steps 30")
@@ -223,13 +239,13 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
     for p in params:
         p.requires_grad_(True)
     s_body = body_of(student)  # the same modules, adapters injected in place
-    dev = student.get_input_embeddings().weight.device
+    dev = input_device(student)
     head = _head(teacher) if loss == "kl" else None
 
     # teacher targets, computed once: hidden states (relative MSE needs their mean square too), or the
     # top-k token ids and logits of every real token
-    targets: list[dict[Any, Any]] = []
-    t_store: dict[int, Any] = {}
+    targets: list[dict[int | str, torch.Tensor]] = []
+    t_store: dict[int, torch.Tensor] = {}
     handles = _capture(t_layers, [t for _, t in pairs], t_store)
     try:
         with torch.inference_mode():
@@ -249,10 +265,10 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
         for h_ in handles:
             h_.remove()
 
-    s_store: dict[int, Any] = {}
+    s_store: dict[int, torch.Tensor] = {}
     s_head = _head(student) if loss == "kl" else None
 
-    def loss_on(bi: int, b: dict[str, Any]) -> Any:
+    def loss_on(bi: int, b: dict[str, torch.Tensor]) -> torch.Tensor:
         s_store.clear()
         mask = b["attention_mask"].to(dev).bool()
         out = s_body(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev), use_cache=False)
@@ -261,11 +277,11 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
             logq = torch.log_softmax(_topk_logits(out.last_hidden_state[mask], tg["idx"], s_head), -1)
             return (tg["logp"].exp() * (tg["logp"] - logq)).sum(-1).mean()
         terms = [(s_store[s], targets[bi][t]) for s, t in pairs] + [(out.last_hidden_state, targets[bi]["final"])]
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for pred, tgt in terms:
             p, g = pred[mask].float(), tgt[mask].float()
             total = total + ((p - g) ** 2).mean() / (g ** 2).mean().clamp_min(1e-12)
-        return total / len(terms)
+        return cast("torch.Tensor", total) / len(terms)  # a tensor: terms always holds the final state
 
     def heldout_loss() -> float:
         with torch.no_grad():
@@ -288,7 +304,7 @@ def distill(student: Any, teacher: Any, kept: list[int], removed: list[int], bat
             bi = perm.pop()
             value = loss_on(bi, train[bi])
             opt.zero_grad(set_to_none=True)
-            value.backward()
+            value.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()

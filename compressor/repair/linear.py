@@ -13,11 +13,19 @@ model already cut and patched before them, and L is the block's own output, neve
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from compressor.architectures import adapter_for_config, get_layers, mlp_out_module
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.score.patch import DEFAULT_RIDGE, accumulate, check_foldable, solve, spans_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from transformers import PreTrainedModel
+
+    from compressor.architectures import ArchAdapter
+    from compressor.sources.models import LoadedModel
 
 
 @dataclass
@@ -39,33 +47,35 @@ class _Stop(Exception):
     """Raised by the hook on the span's last block: later blocks are not needed for this span."""
 
 
-def fit_span(model: Any, adapter: Any, fold_at: int, end_at: int, batches: list[dict[str, Any]],
-             ridge: float = DEFAULT_RIDGE, progress: Callable[[int, int], None] | None = None) -> tuple[Any, dict[str, float]]:
+def fit_span(model: PreTrainedModel, adapter: ArchAdapter, fold_at: int, end_at: int,
+             batches: list[dict[str, torch.Tensor]], ridge: float = DEFAULT_RIDGE,
+             progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Solve T for the span ending at block ``end_at`` (current numbering), folded into ``fold_at``."""
     import torch
 
     from compressor.architectures import body_of
+    from compressor.score.passes import input_device
     from compressor.score.stats import _block_io
 
     layers = get_layers(model, adapter)
     body = body_of(model, adapter)
     proj = mlp_out_module(layers[fold_at], adapter)
-    got: dict[str, Any] = {}
+    got: dict[str, torch.Tensor] = {}
     acc: dict[str, Any] = {}
 
-    def on_mlp(module: Any, args: tuple[Any, ...], output: Any) -> None:
+    def on_mlp(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         got["M"] = output
 
-    def on_fold(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def on_fold(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         got["L_prev"] = _block_io(args, kwargs, output)[1]
 
-    def on_end(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def on_end(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         got["L_end"] = _block_io(args, kwargs, output)[1]
         raise _Stop
 
     handles = [proj.register_forward_hook(on_mlp), layers[fold_at].register_forward_hook(on_fold, with_kwargs=True),
                layers[end_at].register_forward_hook(on_end, with_kwargs=True)]
-    dev = model.get_input_embeddings().weight.device
+    dev = input_device(model)
     try:
         with torch.inference_mode():
             for n, batch in enumerate(batches, 1):
@@ -87,25 +97,26 @@ def fit_span(model: Any, adapter: Any, fold_at: int, end_at: int, batches: list[
     return solve(acc, ridge)
 
 
-def fold(module: Any, kind: str, T: Any) -> None:
+def fold(module: nn.Module, kind: str, T: torch.Tensor) -> None:
     """Make ``module``'s output y become y @ T (weights and bias), exactly, in float64 then cast back."""
     import torch
 
+    weight = cast("torch.Tensor", module.weight)  # nn.Linear's or Conv1D's parameter
     with torch.no_grad():
-        W = module.weight.data
+        W = weight.data
         T = T.to(W.device)
         if kind == "conv1d":  # y = x W + b, W [d_in, d_out]
             new = W.double() @ T
         else:  # nn.Linear: y = x W^T + b, W [d_out, d_in]
             new = T.T @ W.double()
-        module.weight.data = new.to(W.dtype)
+        weight.data = new.to(W.dtype)
         bias = getattr(module, "bias", None)
         if bias is not None:
             bias.data = (bias.data.double() @ T).to(bias.dtype)
 
 
-def linear_repair(model: Any, removed: list[int], batches: list[dict[str, Any]], *, ridge: float = DEFAULT_RIDGE,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[list[SpanPatch], list[str]]:
+def linear_repair(model: PreTrainedModel, removed: list[int], batches: list[dict[str, torch.Tensor]], *,
+                  ridge: float = DEFAULT_RIDGE, progress: Callable[[int, int], None] | None = None) -> tuple[list[SpanPatch], list[str]]:
     """Cut ``removed`` from ``model`` (a full model, modified in place) span by span, patching each.
 
     Returns the patches and the surgery's warnings."""
@@ -135,9 +146,9 @@ def linear_repair(model: Any, removed: list[int], batches: list[dict[str, Any]],
     return patches, warnings
 
 
-def linear_repair_streamed(loaded: Any, removed: list[int], batches: list[dict[str, Any]], *,
+def linear_repair_streamed(loaded: LoadedModel, removed: list[int], batches: list[dict[str, torch.Tensor]], *,
                            ridge: float = DEFAULT_RIDGE, progress: Callable[[int, int], None] | None = None
-                           ) -> tuple[list[SpanPatch], dict[str, Any]]:
+                           ) -> tuple[list[SpanPatch], dict[str, torch.Tensor]]:
     """``linear_repair`` one block at a time on a streamed model (``--stream``): the same statistics,
     the same solve, the same fold, nothing cut in memory. Returns the patches and the patched
     tensors by checkpoint key (the MLP output projection of each fold block), for the shard writer.
@@ -156,10 +167,11 @@ def linear_repair_streamed(loaded: Any, removed: list[int], batches: list[dict[s
     last = spans[-1][-1] if spans else -1
     total = last + 1 + len(spans)  # block loads: every block up to the last span, and each fold block twice
     done = 0
+    assert stream is not None, "a streamed model has its LayerStream"
     hidden, calls = stream.block_inputs(batches)
     masks = [b["attention_mask"].bool() for b in batches]
     patches: list[SpanPatch] = []
-    replace: dict[str, Any] = {}
+    replace: dict[str, torch.Tensor] = {}
 
     def tick() -> None:
         nonlocal done

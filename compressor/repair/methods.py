@@ -11,11 +11,18 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from compressor.errors import BadInput
 from compressor.registry import Registry
 from compressor.repair.settings import DEFAULT_LR, LOSSES, Progress, RepairSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel
+
+    from compressor.architectures import ArchAdapter
+    from compressor.sources.models import LoadedModel
 
 
 def repair_settings(method: str | None = None, *, ridge: float | None = None, heal_steps: int | None = None,
@@ -56,11 +63,11 @@ class RepairEvidence:
 
 @dataclass
 class _Ctx:
-    student: Any  # the model being cut (in place)
-    teacher: Any  # the full model (never modified)
+    student: PreTrainedModel  # the model being cut (in place)
+    teacher: PreTrainedModel  # the full model (never modified)
     removed: list[int]
     kept: list[int]
-    batches: list[dict[str, Any]]
+    batches: list[dict[str, torch.Tensor]]
     settings: RepairSettings
     progress: Progress | None
     cut_done: bool = False
@@ -79,14 +86,15 @@ class Repair:
     patches_spans: ClassVar[bool] = False  # it folds into the block before each removed span: layer 0 stays
     heals: ClassVar[bool] = False  # it trains from the full model: one such step per chain
 
-    def check(self, adapter: Any, removed: list[int]) -> None:
+    def check(self, adapter: ArchAdapter, removed: list[int]) -> None:
         return None
 
     def apply(self, ctx: _Ctx) -> None:
         raise NotImplementedError
 
-    def apply_streamed(self, loaded: Any, removed: list[int], batches: list[dict[str, Any]], settings: RepairSettings,
-                       progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def apply_streamed(self, loaded: LoadedModel, removed: list[int], batches: list[dict[str, torch.Tensor]],
+                       settings: RepairSettings, progress: Progress | None
+                       ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """On a streamed model (only when ``streams``): (its record, patched tensors by checkpoint key)."""
         raise NotImplementedError
 
@@ -115,7 +123,7 @@ class LinearRepair(Repair):
     patches_spans = True
     streams = True
 
-    def check(self, adapter: Any, removed: list[int]) -> None:
+    def check(self, adapter: ArchAdapter, removed: list[int]) -> None:
         from compressor.score.patch import check_foldable
 
         check_foldable(adapter, removed)
@@ -132,8 +140,9 @@ class LinearRepair(Repair):
         ctx.warnings += warnings
         ctx.record["linear"] = {"ridge": ctx.settings.ridge, "spans": [p.to_dict() for p in patches]}
 
-    def apply_streamed(self, loaded: Any, removed: list[int], batches: list[dict[str, Any]], settings: RepairSettings,
-                       progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def apply_streamed(self, loaded: LoadedModel, removed: list[int], batches: list[dict[str, torch.Tensor]],
+                       settings: RepairSettings, progress: Progress | None
+                       ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The same patch fitted one block at a time: (record, patched tensors by checkpoint key)."""
         from compressor.repair.linear import linear_repair_streamed
 
@@ -165,7 +174,7 @@ class _Healing(Repair):
     default_lr: ClassVar[float]
     heals = True
 
-    def check(self, adapter: Any, removed: list[int]) -> None:
+    def check(self, adapter: ArchAdapter, removed: list[int]) -> None:
         if adapter.family != "decoder":
             raise BadInput(f"--repair {self.name} is implemented for decoder models, not {adapter.model_type}",
                            "use --repair none for encoders")
@@ -296,7 +305,7 @@ def evidence(rec: dict[str, Any]) -> list[RepairEvidence]:
     return [REPAIRS[name].evidence(rec[name]) for name in REPAIRS if rec.get(name)]
 
 
-def check_repair(settings: RepairSettings, adapter: Any, removed: list[int] | None = None) -> None:
+def check_repair(settings: RepairSettings, adapter: ArchAdapter, removed: list[int] | None = None) -> None:
     """Everything that can be refused without touching the model (``removed`` may be unknown yet)."""
     for r in parse_method(settings.method):
         r.check(adapter, removed or [])
@@ -320,8 +329,8 @@ def _cut(ctx: _Ctx) -> list[str]:
     return remove_layers(ctx.student, ctx.removed)
 
 
-def repair_cut(base: Any, removed: list[int], settings: RepairSettings, batches: list[dict[str, Any]],
-               progress: Progress | None = None) -> tuple[Any, dict[str, Any], list[str]]:
+def repair_cut(base: LoadedModel, removed: list[int], settings: RepairSettings, batches: list[dict[str, torch.Tensor]],
+               progress: Progress | None = None) -> tuple[LoadedModel, dict[str, Any], list[str]]:
     """A new LoadedModel: ``base`` with ``removed`` cut and repaired (``base`` is not modified).
 
     Returns (slim LoadedModel, repair record for compression.json, warnings).

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 DEFAULT_STEPS = 30  # healing: training steps, one calibration batch each (~5 s per 2,048-token step on 2 cores)
 DEFAULT_LR = 3e-4  # distill's learning rate (lora's is its class's default_lr)
@@ -43,7 +46,7 @@ class RepairSettings:
         (measured 2.34-2.46x the checkpoint), a plain cut none. The fit check and the choice to stream ask this."""
         return 2 if self.enabled else 1
 
-    def distill_steps(self, batches: list[dict[str, Any]]) -> int:
+    def distill_steps(self, batches: list[dict[str, torch.Tensor]]) -> int:
         """``heal_steps``, or ``heal_tokens`` converted to steps (one calibration batch per step)."""
         if self.heal_tokens is None:
             return self.heal_steps

@@ -6,7 +6,7 @@ Why a file: CI pipelines keep the run definition under version control and re-ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compressor.defaults import BENCH, PROVIDER, RATIO
 from compressor.errors import BadInput
 from compressor.run.fastest import OBJECTIVES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.export.bench import BenchOptions
+    from compressor.repair.settings import RepairSettings
 
 DEFAULT_SEARCH_METHODS = ["avss", "block-influence"]
 # with the linear patch the search also tries the cuts chosen for it: ReplaceMe's angular block and the
@@ -31,7 +35,7 @@ class BenchSettings(BaseModel):
     rounds: int = Field(BENCH["rounds"], ge=1)
     threads: Optional[int] = Field(None, ge=1)
 
-    def options(self, provider: str) -> Any:
+    def options(self, provider: str) -> BenchOptions:
         """These settings as the bench's own ``BenchOptions`` (the run's bench and its search's frontier bench)."""
         from compressor.export.bench import BenchOptions
 
@@ -171,7 +175,7 @@ class RunConfig(BaseModel):
         """The scorers ``--search`` compares (validation fills in the default)."""
         return list(self.methods or [])
 
-    def repair_settings(self) -> Any:
+    def repair_settings(self) -> RepairSettings:
         """The repair's validated settings (``compressor.repair.settings.RepairSettings``), defaults filled in."""
         from compressor.repair.methods import repair_settings
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from compressor.repair.settings import RepairSettings
     from compressor.sources.data import CalibrationData
     from compressor.sources.models import LoadedModel
-    from compressor.verify.api import Identity
+    from compressor.verify.api import Deferred, Identity
     from compressor.verify.report import VerifyReport
 
 RUN_FILE = "run.json"
@@ -221,13 +221,14 @@ class RunContext:
     def load_candidate(self, folder: Path) -> LoadedModel:
         return self.load(str(folder))
 
-    def verify(self, cand: Any, label: str, stop_at_failure: bool = False, release_base: bool = False) -> VerifyReport:
+    def verify(self, cand: LoadedModel | Deferred, label: str, stop_at_failure: bool = False,
+               release_base: bool = False) -> VerifyReport:
         """``cand`` (loaded, or ``Deferred``: loaded once the base is done) against the base under the
         profile's gate (base results from the verify cache when they are there). ``release_base``: free
         the base before the candidate loads (no later step needs its weights; a search's candidates do)."""
         from compressor.verify.api import Deferred, verify
 
-        def progress(name: str) -> Any:
+        def progress(name: str) -> Optional[Callable[[int, int], None]]:
             return self.ev.start("verify", f"{label}: {name}")
 
         free = release_base or self._base is None  # a base reloaded for a cache miss is freed again

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.run.search import SearchResult
 
 PER_EXPORTER = 2  # passing candidates per exporter before the walk stops (the frontier the bench measures)
 OBJECTIVES = ("largest", "fastest")
@@ -239,7 +242,7 @@ class FastestSearch:
 class FastestResult:
     """What ``search.json`` holds for ``--search fastest``: the PyTorch cut search and the artifact walk."""
 
-    cuts: Any  # run.search.SearchResult: the PyTorch verdicts per scorer
+    cuts: SearchResult  # the PyTorch verdicts per scorer
     walk: FastestSearch
 
     @property

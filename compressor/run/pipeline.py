@@ -11,9 +11,12 @@ A step whose required input was not produced is skipped with the reason its prod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from compressor.run.config import RunConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.run.context import RunContext
 
 Results = dict[str, Any]
 
@@ -22,7 +25,7 @@ def _always(cfg: RunConfig) -> bool:
     return True
 
 
-def _never(ctx: Any, given: Results) -> Optional[str]:
+def _never(ctx: RunContext, given: Results) -> Optional[str]:
     return None
 
 
@@ -32,9 +35,9 @@ class Step:
     consumes: tuple[str, ...]  # results of earlier steps this one reads: its place in the order
     produces: tuple[str, ...]  # results it hands on (None when it has nothing to hand on this run)
     entries: tuple[str, ...]  # top-level run-folder entries it may write (the run's RUN_ENTRIES)
-    run: Callable[[Any, Results], Results]  # (context, the consumed results) -> the produced results
+    run: Callable[[RunContext, Results], Results]  # (context, the consumed results) -> the produced results
     active: Callable[[RunConfig], bool] = _always  # False: this run has no such step (not listed)
-    skip: Callable[[Any, Results], Optional[str]] = _never  # why this run skips it (listed as skipped)
+    skip: Callable[[RunContext, Results], Optional[str]] = _never  # why this run skips it (listed as skipped)
     optional: tuple[str, ...] = ()  # consumed results it can do without (None when absent)
     passthrough: dict[str, str] = field(default_factory=dict)  # when skipped: produced <- consumed
     title: Optional[Callable[[RunConfig], str]] = None  # its stage name when it depends on settings
@@ -72,7 +75,7 @@ def entries(steps: Iterable[Step]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(e for s in steps for e in s.entries))
 
 
-def execute(ctx: Any, steps: Iterable[Step], on_result: Callable[[Results], None]) -> Results:
+def execute(ctx: RunContext, steps: Iterable[Step], on_result: Callable[[Results], None]) -> Results:
     """Run this configuration's steps in order; ``on_result`` sees the results after every step."""
     results: Results = {}
     missing_because: dict[str, str] = {}

@@ -25,12 +25,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from compressor import fingerprint
 from compressor.errors import BadInput
 from compressor.files import FolderLock, atomic_write_text, check_target, check_writable, clean_leftovers, remove_path
 from compressor.fingerprint import data_digest, digest_json, model_fingerprint, path_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.sources.models import LoadedModel
 
 RECORDS = ".avss-run"
 RECORD_SCHEMA = 3  # 3: every record carries the digest of its own content
@@ -54,7 +57,7 @@ class Files:
 
 @dataclass(frozen=True)
 class Model:
-    loaded: Any
+    loaded: LoadedModel
 
     def digest(self) -> str:
         return model_fingerprint(self.loaded)
@@ -84,7 +87,8 @@ class Data:
 
 
 Input = Setting | Files | Model | Digest | Data
-Work = Callable[[Callable[[int, int], None] | None], tuple[dict[str, Any], str]]
+Progress = Callable[[int, int], None]  # (done, total)
+Work = Callable[[Progress | None], tuple[dict[str, Any], str]]
 
 
 @dataclass

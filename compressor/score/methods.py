@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.registry import Registry
 from compressor.score.report import LayerScore, ScoreOutcome
 from compressor.score.stats import ROBUST_TAU
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.score.stats import StatsCollector
+    from compressor.sources.data import CalibrationData
+    from compressor.sources.models import LoadedModel
 
 AVSS_MODES = ("robust", "official")
 SPARSITY_EPS = 1e-12  # official mode: AVSS = variance / max(sparsity, eps)
@@ -22,8 +27,8 @@ SPARSITY_EPS = 1e-12  # official mode: AVSS = variance / max(sparsity, eps)
 class ScoreInputs:
     """What a scorer's ``compute`` gets: the model, its calibration data (None when it needs none),
     its AVSS-style mode, and its own options (validated by ``check_options``)."""
-    loaded: Any
-    data: Any
+    loaded: LoadedModel
+    data: CalibrationData | None  # None for a scorer that needs none (``Scorer.needs_data``)
     mode: str | None = None
     seed: int = 0
     tau: float = ROBUST_TAU
@@ -36,6 +41,12 @@ class ScoreInputs:
     @property
     def num_layers(self) -> int:
         return int(self.loaded.num_layers)
+
+    @property
+    def calibration(self) -> CalibrationData:
+        """``data`` for a scorer that needs it (``score_layers`` refuses to run one without)."""
+        assert self.data is not None, "this scorer needs calibration data"
+        return self.data
 
 
 class Scorer:
@@ -66,10 +77,10 @@ class Scorer:
     def compute(self, x: ScoreInputs) -> ScoreOutcome:
         raise NotImplementedError
 
-    def stats(self, x: ScoreInputs) -> Any:
+    def stats(self, x: ScoreInputs) -> StatsCollector:
         from compressor.score.passes import collect_stats
 
-        return collect_stats(x.loaded, x.data, self.stat_groups(x.mode), x.tau, x.progress, x.final_norm)
+        return collect_stats(x.loaded, x.calibration, self.stat_groups(x.mode), x.tau, x.progress, x.final_norm)
 
     def run_options(self, *, last_state: str | None, objective: str | None, protect: list[int],
                     rounds: int) -> dict[str, Any]:
@@ -156,7 +167,7 @@ class LeaveOneOut(Scorer):
     def compute(self, x: ScoreInputs) -> ScoreOutcome:
         from compressor.score.passes import leave_one_out_losses
 
-        return leave_one_out(*leave_one_out_losses(x.loaded, x.data, x.progress))
+        return leave_one_out(*leave_one_out_losses(x.loaded, x.calibration, x.progress))
 
 
 @register
@@ -174,7 +185,7 @@ class SLEB(Scorer):
         from compressor.score import sleb
 
         n = x.num_layers
-        result = sleb.sleb_order(x.loaded, x.data, x.max_remove if x.max_remove is not None else n // 2,
+        result = sleb.sleb_order(x.loaded, x.calibration, x.max_remove if x.max_remove is not None else n // 2,
                                  sorted(x.protect or []), x.objective or "nll", x.progress)
         return sleb.sleb_outcome(result, n)
 
@@ -200,7 +211,7 @@ class PatchResidual(Scorer):
     def compute(self, x: ScoreInputs) -> ScoreOutcome:
         from compressor.score.residual import span_residuals
 
-        r = span_residuals(x.loaded, x.data, progress=x.progress)
+        r = span_residuals(x.loaded, x.calibration, progress=x.progress)
         return residual_outcome(r, x.num_layers)
 
 
@@ -224,7 +235,7 @@ class PatchResidualGreedy(Scorer):
         from compressor.score.sleb import check_max_remove
 
         check_max_remove(max_remove, n, protect, " (layer 0 always is: the patch folds into the block before a span)")
-        r = span_residuals(x.loaded, x.data, max_span=max_remove, progress=x.progress)
+        r = span_residuals(x.loaded, x.calibration, max_span=max_remove, progress=x.progress)
         order, costs = greedy_order(r["cost"], n, max_remove, protect)
         out = residual_outcome(r, n)
         rank = order + [l.index for l in sorted(out.layers, key=lambda l: (l.score, l.index)) if l.index not in order]
@@ -294,7 +305,7 @@ def names_text(names: list[str]) -> str:
 
 
 def check_options(name: str, objective: str | None, max_remove: int | None, last_state: str | None,
-                  protect: Any = None) -> None:
+                  protect: str | Iterable[int] | None = None) -> None:
     """Options that belong to one scorer are refused with any other (a typo never silently does nothing)."""
     scorer = get_scorer(name)
     for option, value in (("objective", objective), ("max_remove", max_remove), ("protect", protect)):

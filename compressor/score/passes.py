@@ -6,23 +6,27 @@ kept here, none of them imports another's internals.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from compressor.architectures import body_of, final_norm_of, get_layers, model_kind, running_blocks
 from compressor.score.stats import ROBUST_TAU, StatConfig, StatsCollector
 from compressor.sources.data import CalibrationData
 from compressor.sources.models import LoadedModel
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel
+
 Progress = Callable[[int, int], None]  # (done, total) batches
 
 
-def input_device(model: Any) -> Any:
-    return model.get_input_embeddings().weight.device
+def input_device(model: PreTrainedModel) -> torch.device:
+    return cast("torch.Tensor", model.get_input_embeddings().weight).device
 
 
-def forward_kwargs(loaded: LoadedModel, batch: dict[str, Any]) -> dict[str, Any]:
+def forward_kwargs(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     dev = input_device(loaded.model)
-    kw = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
+    kw: dict[str, Any] = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
     if loaded.adapter.family == "decoder":
         kw["use_cache"] = False
     return kw
@@ -61,6 +65,7 @@ def _collect_streamed(loaded: LoadedModel, data: CalibrationData, cfg: StatConfi
     import torch
 
     stream = loaded.stream
+    assert stream is not None, "a streamed model has its LayerStream"
     layers = get_layers(loaded.model, loaded.adapter)
     hidden, calls = stream.block_inputs(data.batches)  # before the hooks: the recorders are not blocks
     with StatsCollector(layers, cfg) as col, torch.inference_mode():
@@ -75,7 +80,8 @@ def _collect_streamed(loaded: LoadedModel, data: CalibrationData, cfg: StatConfi
     return col
 
 
-def model_loss(loaded: LoadedModel, data: CalibrationData, reference: list[Any] | None = None) -> tuple[float, str, list[Any]]:
+def model_loss(loaded: LoadedModel, data: CalibrationData, reference: list[torch.Tensor] | None = None
+               ) -> tuple[float, str, list[torch.Tensor]]:
     """Loss used by leave-one-out. Returns (value, kind, per-batch outputs kept for reference)."""
     import torch
     import torch.nn.functional as F

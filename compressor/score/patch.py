@@ -4,9 +4,14 @@ before and after (``solve``), and what can be patched exactly. Below both its us
 spans by what the patch leaves (``score.residual``) and the repair that folds it (``repair.linear``)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.errors import BadInput, RuntimeFailure
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from compressor.architectures import ArchAdapter
 
 DEFAULT_RIDGE = 1e-4  # relative: lambda = ridge * trace(M^T M) / d
 
@@ -22,7 +27,7 @@ def spans_of(removed: list[int]) -> list[list[int]]:
     return spans
 
 
-def check_foldable(adapter: Any, removed: list[int]) -> None:
+def check_foldable(adapter: ArchAdapter, removed: list[int]) -> None:
     """Refuse, before any work, what the linear patch cannot repair exactly."""
     if adapter.no_fold:
         raise BadInput(f"--repair linear cannot be folded exactly into a {adapter.model_type} model: {adapter.no_fold}",
@@ -35,12 +40,13 @@ def check_foldable(adapter: Any, removed: list[int]) -> None:
                        "keep layer 0 (--protect first), or use --repair distill")
 
 
-def _rows(t: Any, mask: Any) -> Any:
+def _rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Real tokens of a [batch, seq, d] tensor as float64 rows."""
     return t[mask].double()
 
 
-def accumulate(acc: dict[str, Any], M_out: Any, L_prev: Any, L_end: Any, mask: Any) -> dict[str, Any]:
+def accumulate(acc: dict[str, Any], M_out: torch.Tensor, L_prev: torch.Tensor, L_end: torch.Tensor,
+               mask: torch.Tensor) -> dict[str, Any]:
     """Add one batch's real tokens to the normal equations: M = the fold block's MLP output, the
     target Y = L_end - L_prev + M (what the span added, plus what the MLP gave)."""
     import torch
@@ -59,7 +65,7 @@ def accumulate(acc: dict[str, Any], M_out: Any, L_prev: Any, L_end: Any, mask: A
     return acc
 
 
-def solve(acc: dict[str, Any], ridge: float) -> tuple[Any, dict[str, float]]:
+def solve(acc: dict[str, Any], ridge: float) -> tuple[torch.Tensor, dict[str, float]]:
     """T = (MtM + lambda I)^-1 MtY, with the relative error before (T = I: the plain cut) and after."""
     import torch
 
@@ -68,7 +74,7 @@ def solve(acc: dict[str, Any], ridge: float) -> tuple[Any, dict[str, float]]:
     lam = ridge * float(torch.trace(MtM)) / d
     T = torch.linalg.solve(MtM + lam * torch.eye(d, dtype=MtM.dtype, device=MtM.device), MtY)
 
-    def rel_err(X: Any) -> float:
+    def rel_err(X: torch.Tensor) -> float:
         e = torch.trace(X.T @ MtM @ X) - 2 * torch.trace(X.T @ MtY) + yy
         return float(e / yy) if float(yy) > 0 else 0.0
 

@@ -16,34 +16,41 @@ output is huge (SmolLM2's massive activations around layer 11) it is tiny for an
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from compressor.architectures import adapter_for_config, body_of, get_layers, mlp_out_module
 from compressor.errors import BadInput
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from compressor.sources.data import CalibrationData
+    from compressor.sources.models import LoadedModel
+
 Progress = Callable[[int, int], None]
 
 
-def _capture(loaded: Any, data: Any) -> tuple[list[list[Any]], list[list[Any]]]:
+def _capture(loaded: LoadedModel, data: CalibrationData) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
     """Per batch: every block's MLP output and output on real tokens, in the model's dtype (float64 copies
     are made per use: keeping them would double the memory, about 1 GB at SmolLM2's 32 x 256 tokens)."""
     import torch
 
+    from compressor.score.passes import input_device
     from compressor.score.stats import _block_io
 
     layers = get_layers(loaded.model, loaded.adapter)
     body = body_of(loaded.model, loaded.adapter)
     L = len(layers)
-    Ms: list[list[Any]] = []
-    Ls: list[list[Any]] = []
-    got: dict[tuple[str, int], Any] = {}
+    Ms: list[list[torch.Tensor]] = []
+    Ls: list[list[torch.Tensor]] = []
+    got: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
     for i, layer in enumerate(layers):
         handles.append(mlp_out_module(layer, loaded.adapter).register_forward_hook(
             lambda m, a, o, i=i: got.__setitem__(("M", i), o)))
         handles.append(layer.register_forward_hook(
             lambda m, a, k, o, i=i: got.__setitem__(("L", i), _block_io(a, k, o)[1]), with_kwargs=True))
-    dev = loaded.model.get_input_embeddings().weight.device
+    dev = input_device(loaded.model)
     try:
         with torch.inference_mode():
             for batch in data.batches:
@@ -59,8 +66,8 @@ def _capture(loaded: Any, data: Any) -> tuple[list[list[Any]], list[list[Any]]]:
     return Ms, Ls
 
 
-def span_residuals(loaded: Any, data: Any, *, ridge: float | None = None, max_span: int | None = None,
-                   progress: Progress | None = None) -> dict[str, Any]:
+def span_residuals(loaded: LoadedModel, data: CalibrationData, *, ridge: float | None = None,
+                   max_span: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Every contiguous span [s..e] (s >= 1, at most ``max_span`` blocks): its cost after the patch.
 
     Returns ``cost`` and ``error_after`` / ``error_before`` as (L+1) x (L+1) matrices indexed
@@ -88,8 +95,9 @@ def span_residuals(loaded: Any, data: Any, *, ridge: float | None = None, max_sp
     for i in folds:
         Mi = [Ms[b][i].double() for b in range(nb)]
         Li = [Ls[b][i].double() for b in range(nb)]
-        MtM = sum(M.T @ M for M in Mi)
-        MtLi = sum(M.T @ h for M, h in zip(Mi, Li))
+        # tensors: there is at least one batch (checked above)
+        MtM = cast("torch.Tensor", sum(M.T @ M for M in Mi))
+        MtLi = cast("torch.Tensor", sum(M.T @ h for M, h in zip(Mi, Li)))
         for e in range(i + 1, min(L, i + 1 + max_span)):
             MtY = torch.zeros_like(MtM)
             yy = torch.zeros((), dtype=torch.float64)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.score.report import ScoreReport
 
 
 @dataclass
@@ -53,7 +56,7 @@ class CutSettings:
                               mass_order=self.mass_order, total=total,
                               protect=self.protect if protect is None else protect)
 
-    def select(self, report: Any, protect: str | None = None) -> "Selection":
+    def select(self, report: ScoreReport, protect: str | None = None) -> "Selection":
         return select_layers(report, ratio=self.ratio, num_layers=self.num_layers, mass=self.mass,
                              mass_order=self.mass_order, protect=self.protect if protect is None else protect)
 
@@ -133,7 +136,7 @@ def check_cut_rule(*, ratio: float | None = None, num_layers: int | None = None,
 
 
 def select_layers(
-    report: Any,
+    report: ScoreReport,
     *,
     ratio: float | None = None,
     num_layers: int | None = None,
@@ -189,7 +192,7 @@ def select_layers(
     return _make(removed, L, rule, ratio=ratio, protect=prot)
 
 
-def _official_depth_cut(report: Any, candidates: list[int], scores: dict[int, float], mass: float) -> list[int]:
+def _official_depth_cut(report: ScoreReport, candidates: list[int], scores: dict[int, float], mass: float) -> list[int]:
     """The official AVSS.py selection, bug for bug: shares normalised by the sum, ``cumsum`` in layer order
     (before any sort), keep the layers whose cumulative share is <= ``mass``.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ScorerSettings:
     seed: int = 0
 
     @property
-    def own(self) -> list[tuple[str, Any]]:
+    def own(self) -> list[tuple[str, str | int]]:
         """The options given that only a scorer reads (a scores file was computed with its own)."""
         return [(f, v) for f, v in (("--avss-mode", self.mode), ("--objective", self.objective),
                                     ("--max-remove", self.max_remove), ("--last-state", self.last_state))
@@ -33,7 +33,8 @@ class ScorerSettings:
         methods.check_mode(self.method, self.mode)
         methods.check_options(self.method, self.objective, self.max_remove, self.last_state)
 
-    def options(self, num_layers: int, protect: Any = None, rounds: int | None = None) -> dict[str, Any]:
+    def options(self, num_layers: int, protect: str | Iterable[int] | None = None,
+                rounds: int | None = None) -> dict[str, Any]:
         """``score_layers``' options for a model of ``num_layers`` (see ``scorer_options``)."""
         assert self.method is not None
         return scorer_options(self.method, num_layers, objective=self.objective, max_remove=self.max_remove,
@@ -41,7 +42,8 @@ class ScorerSettings:
 
 
 def scorer_options(method: str, num_layers: int, *, objective: str | None = None, max_remove: int | None = None,
-                   last_state: str | None = None, protect: Any = None, rounds: int | None = None) -> dict[str, Any]:
+                   last_state: str | None = None, protect: str | Iterable[int] | None = None,
+                   rounds: int | None = None) -> dict[str, Any]:
     """``score_layers``' options for ``method`` from user-level values: ``protect`` parsed (first,last |
     indices) for the scorer whose order depends on it; ``rounds`` (the cut's size) as the default
     ``max_remove`` of a scorer that computes removals round by round, so it computes no more than needed."""

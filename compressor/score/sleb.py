@@ -12,33 +12,38 @@ hands the kept state to the rest), so it costs the blocks after it plus the head
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from compressor.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
     from compressor.score.report import ScoreOutcome
+    from compressor.sources.data import CalibrationData
+    from compressor.sources.models import LoadedModel
 
 OBJECTIVES = ("nll", "kl")
 Progress = Callable[[int, int], None]
 
 
-def _replay_class() -> Any:
+def _replay_class() -> type[nn.Module]:
     from torch import nn
 
     class _Replay(nn.Module):
         """Stands in for the first block of a suffix: ignores its input and returns the hidden state
         recorded entering the candidate, in the block's own output format (tensor or tuple)."""
 
-        def __init__(self, block: Any, as_tuple: bool):
+        def __init__(self, block: nn.Module, as_tuple: bool):
             super().__init__()
-            self.state: Any = None
+            self.state: torch.Tensor | None = None
             self.as_tuple = as_tuple
             for attr in ("attention_type", "layer_idx", "is_sliding"):  # read by some bodies per layer
                 if hasattr(block, attr):
                     setattr(self, attr, getattr(block, attr))
 
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor | None] | torch.Tensor | None:
             return (self.state,) if self.as_tuple else self.state
 
     return _Replay
@@ -52,18 +57,20 @@ class _Loss:
         self.objective = objective
         self.causal = causal
 
-    def reference(self, logits: Any, batch: dict[str, Any]) -> Any:
+    def reference(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         import torch.nn.functional as F
 
         if self.objective == "nll" and self.causal:
             return None
         return F.log_softmax((logits[:, :-1] if self.causal else logits).float(), dim=-1)
 
-    def __call__(self, logits: Any, batch: dict[str, Any], ref: Any) -> tuple[float, float]:
+    def __call__(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], ref: torch.Tensor | None
+                 ) -> tuple[float, float]:
         import torch.nn.functional as F
 
         mask = batch["attention_mask"].to(logits.device)
         if not self.causal:
+            assert ref is not None, "a classifier's objective is the KL to its reference"
             logp = F.log_softmax(logits.float(), dim=-1)
             return float(F.kl_div(logp, ref, log_target=True, reduction="sum")), float(logp.shape[0])
         m = (mask[:, 1:] * mask[:, :-1]).bool()
@@ -73,11 +80,12 @@ class _Loss:
             nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), reduction="none")
             return float(nll[m.reshape(-1)].sum()), float(m.sum())
         logp = F.log_softmax(lg, dim=-1)
+        assert ref is not None, "the kl objective compares with its reference"
         kl = (ref.exp() * (ref - logp)).sum(-1)
         return float(kl[m].sum()), float(m.sum())
 
 
-def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], objective: str = "nll",
+def sleb_order(loaded: LoadedModel, data: CalibrationData, max_remove: int, protect: list[int], objective: str = "nll",
                progress: Progress | None = None) -> dict[str, Any]:
     """Greedy removal order (up to ``max_remove`` blocks) and the loss after each removal.
 
@@ -108,7 +116,7 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
     loss_fn = _Loss(objective, causal)
     Replay = _replay_class()
     batches = list(data.batches)
-    refs: list[Any] = []
+    refs: list[torch.Tensor | None] = []
     t0 = time.perf_counter()
     first_pass = 0.0
     kept = list(range(L))
@@ -128,14 +136,14 @@ def sleb_order(loaded: Any, data: Any, max_remove: int, protect: list[int], obje
                 for bi, batch in enumerate(batches):
                     kw = forward_kwargs(loaded, batch)
                     # the current model once, keeping the state entering every remaining block
-                    states: dict[int, Any] = {}
+                    states: dict[int, torch.Tensor] = {}
                     handles = []
                     for b in kept:
-                        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], b: int = b) -> None:
+                        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b: int = b) -> None:
                             h = args[0] if args else kwargs.get("hidden_states")
-                            states[b] = h
+                            states[b] = cast("torch.Tensor", h)  # every supported block is handed its hidden states
 
-                        def post(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, b: int = b) -> None:
+                        def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, b: int = b) -> None:
                             tuple_out[b] = isinstance(out, (tuple, list))
 
                         handles.append(layers[b].register_forward_pre_hook(pre, with_kwargs=True))

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
 
 OFFICIAL_EPS = 1e-5  # the official code's absolute sparsity threshold
 ROBUST_TAU = 0.05  # robust sparsity: |delta_d| < tau on the unit-RMS stream
@@ -28,14 +33,14 @@ class StatConfig:
     tau: float = ROBUST_TAU
     # applied to the last block's output before any statistic (``--last-state final-norm``: the model's
     # final norm, as ShortGPT/PruneMe read ``hidden_states[-1]``); None: the raw output, like every block
-    last_transform: Callable[[Any], Any] | None = None
+    last_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 # a torch forward hook registered ``with_kwargs=True``: (module, args, kwargs, output)
-ForwardHook = Callable[[Any, tuple[Any, ...], dict[str, Any], Any], None]
+ForwardHook = Callable[["nn.Module", tuple[Any, ...], dict[str, Any], Any], None]
 
 
-def _block_io(args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> tuple[Any, Any]:
+def _block_io(args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(h_in, h_out) for any supported block signature.
 
     Guards the official code's fragile ``output[0]``: some blocks return a tensor, others a tuple.
@@ -52,11 +57,11 @@ class _LayerAcc:
     """Float64 scalars on one device."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, Any] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.batches = 0
         self.dim = 0  # hidden size, recorded by the stream statistics
 
-    def add(self, key: str, value: Any) -> None:
+    def add(self, key: str, value: torch.Tensor) -> None:
         import torch
 
         v = value.detach().to(dtype=torch.float64)
@@ -71,12 +76,13 @@ class _LayerAcc:
 
 @dataclass
 class BatchContext:
-    mask: Any = None  # (B, T) long, CPU
-    _per_device: dict[tuple[str, str], Any] = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # (B, T) long, CPU
+    _per_device: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
 
-    def mask_on(self, device: Any, dtype: Any) -> Any:
+    def mask_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (str(device), str(dtype))
         if key not in self._per_device:
+            assert self.mask is not None, "start_batch or select_batch gives the batch's mask first"
             self._per_device[key] = self.mask.to(device=device, dtype=dtype)
         return self._per_device[key]
 
@@ -84,32 +90,34 @@ class BatchContext:
 class StatsCollector:
     """Attach hooks to every block, feed batches, read per-layer statistics."""
 
-    def __init__(self, layers: Iterable[Any], cfg: StatConfig) -> None:
+    def __init__(self, layers: Iterable[nn.Module], cfg: StatConfig) -> None:
         self.layers = list(layers)
         self.cfg = cfg
         self.acc = [_LayerAcc() for _ in self.layers]
         self.ctx = BatchContext()
-        self.handles: list[Any] = []
-        self.last_tokens: list[Any] = [None] * (len(self.layers) + 1)
-        self.pair_cos: Any = None  # (L+1, L+1) float64 sum of angular distances between last-token states
+        self.handles: list[RemovableHandle] = []
+        self.last_tokens: list[torch.Tensor | None] = [None] * (len(self.layers) + 1)
+        # (L+1, L+1) float64 sum of angular distances between last-token states
+        self.pair_cos: torch.Tensor | None = None
         self.samples = 0
-        self._open: dict[int, tuple[BatchContext, list[Any]]] = {}  # streamed passes: every batch open at once
+        # streamed passes: every batch open at once
+        self._open: dict[int, tuple[BatchContext, list[torch.Tensor | None]]] = {}
 
     def __enter__(self) -> "StatsCollector":
         for i, layer in enumerate(self.layers):
             self.handles.append(layer.register_forward_hook(self._hook(i), with_kwargs=True))
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
 
-    def start_batch(self, attention_mask: Any) -> None:
+    def start_batch(self, attention_mask: torch.Tensor) -> None:
         self.ctx = BatchContext(mask=attention_mask)
         self.last_tokens = [None] * (len(self.layers) + 1)
 
-    def select_batch(self, key: int, attention_mask: Any) -> None:
+    def select_batch(self, key: int, attention_mask: torch.Tensor) -> None:
         """Streamed passes run block by block, so every batch is open at once: switch to batch ``key``
         (started on first use). Each block still sees the batches in order, so every sum is the
         same as in the model-wide pass."""
@@ -129,8 +137,9 @@ class StatsCollector:
         if "last_token" in self.cfg.groups:
             import torch
 
-            dev = self.last_tokens[0].device
-            stack = torch.stack([t.to(dev) for t in self.last_tokens])  # (L+1, B, D) float32
+            states = cast("list[torch.Tensor]", self.last_tokens)  # every slot set by the batch's hooks
+            dev = states[0].device
+            stack = torch.stack([t.to(dev) for t in states])  # (L+1, B, D) float32
             unit = torch.nn.functional.normalize(stack, dim=-1)
             cos = torch.einsum("ibd,jbd->ijb", unit, unit).to(torch.float64).clamp(-1.0, 1.0)
             # Gromov et al. average the angular distance itself over samples, not the cosine
@@ -142,7 +151,7 @@ class StatsCollector:
         groups = self.cfg.groups
         tau = self.cfg.tau
 
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             import torch
 
             h_in, h_out = _block_io(args, kwargs, output)
@@ -160,6 +169,7 @@ class StatsCollector:
                 if "stream" in groups or "last_token" in groups:
                     mask = self.ctx.mask_on(h_out.device, torch.float32)
                 if "stream" in groups:
+                    assert h_in is not None, "the block was given no hidden states"
                     x = h_in.float()
                     y = h_out.float()
                     d = x.shape[-1]
@@ -182,6 +192,7 @@ class StatsCollector:
                     acc.add("out_rms_sum", (ry * mask).sum())
                     acc.dim = d
                 if "last_token" in groups:
+                    assert h_in is not None, "the block was given no hidden states"
                     last = (mask.sum(dim=1).long() - 1).clamp_min(0)
                     rows = torch.arange(h_in.shape[0], device=h_in.device)
                     self.last_tokens[index] = h_in[rows, last.to(h_in.device)].float()

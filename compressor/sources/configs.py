@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig
+
+    from compressor.architectures import ArchAdapter
+    from compressor.sources.integrity import Checkpoint
 
 CONFIG = "config.json"
 # whole numbers > 0 that every supported architecture needs (null is refused too)
@@ -70,7 +76,8 @@ def check_config_json(folder: Path) -> None:
                        f"give one entry per layer; {_FIX}")
 
 
-def check_config_against_weights(config: Any, adapter: Any, folder: Path, checkpoint: Any) -> None:
+def check_config_against_weights(config: PretrainedConfig, adapter: ArchAdapter, folder: Path,
+                                 checkpoint: Checkpoint | None) -> None:
     """The loaded config against what the weights hold: one entry per layer in every per-layer list, a
     block count equal to the weights' blocks, and input embeddings of [vocab_size, hidden_size]."""
     from compressor.architectures import key_part, num_layers

@@ -11,11 +11,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from compressor import diagnostics
 from compressor.errors import BadInput
 from compressor.sources import builtins
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from compressor.sources.models import LoadedModel
 
 Split = Literal["calibration", "evaluation", "all"]
 
@@ -42,7 +48,7 @@ class CalibrationSpec:
 @dataclass
 class CalibrationData:
     spec: CalibrationSpec
-    batches: list[dict[str, Any]]  # input_ids / attention_mask tensors (CPU, int64)
+    batches: list[dict[str, torch.Tensor]]  # input_ids / attention_mask tensors (CPU, int64)
     tokens: int  # real (unpadded) tokens
     sha256: str
     packed: bool
@@ -148,7 +154,7 @@ def _read_file(path: Path, text_field: str) -> list[str]:
     return [str(r[text_field]) for r in rows]
 
 
-def pad_right(rows: list[list[int]], pad_id: int = 0, width: int | None = None) -> tuple[Any, Any]:
+def pad_right(rows: list[list[int]], pad_id: int = 0, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) for token rows, right-padded to ``width`` (default: the longest row).
 
     Right padding keeps every real token at its own position, so causal models see exactly the
@@ -165,7 +171,8 @@ def pad_right(rows: list[list[int]], pad_id: int = 0, width: int | None = None) 
     return ids, mask
 
 
-def load_calibration(spec: CalibrationSpec, tokenizer: Any, family: str = "decoder") -> CalibrationData:
+def load_calibration(spec: CalibrationSpec, tokenizer: PreTrainedTokenizerBase,
+                     family: str = "decoder") -> CalibrationData:
     """Tokenize, batch, and hash calibration text."""
     spec.validate()
     docs = read_documents(spec.source, spec.text_field, spec.split)
@@ -207,9 +214,10 @@ def load_calibration(spec: CalibrationSpec, tokenizer: Any, family: str = "decod
     return CalibrationData(spec, batches, tokens, digest.hexdigest(), pack, warnings)
 
 
-def calibration_for(loaded: Any, spec: CalibrationSpec, *, given: bool = True) -> CalibrationData:
+def calibration_for(loaded: LoadedModel, spec: CalibrationSpec, *, given: bool = True) -> CalibrationData:
     """``spec``'s text as ``loaded`` reads it (its tokenizer; packed for decoders unless the spec says).
     ``given=False``: nobody chose the text, so the default is named on the ``avss`` logger."""
     if not given:
         diagnostics.note(f"no --data or --profile given: calibrating on {spec.source} ({spec.split} split)")
+    assert loaded.tokenizer is not None, "calibration reads the text with the model's tokenizer"
     return load_calibration(spec, loaded.tokenizer, loaded.adapter.family)

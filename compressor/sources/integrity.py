@@ -23,9 +23,12 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.errors import BadInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -46,10 +49,11 @@ class Dtype:
     def floating(self) -> bool:
         return self.code.startswith(("F", "BF")) and self.computable
 
-    def torch(self) -> Any:
+    def torch(self) -> torch.dtype:
         import torch
 
-        return getattr(torch, self.name)
+        dtype: torch.dtype = getattr(torch, self.name)
+        return dtype
 
     def nbytes(self, numel: int) -> int:
         return numel * self.bits // 8
@@ -68,7 +72,7 @@ DTYPES: dict[str, Dtype] = {d.code: d for d in (
 DTYPE_ORDER = list(DTYPES)
 
 
-def dtype_for_torch(dtype: Any) -> Dtype:
+def dtype_for_torch(dtype: torch.dtype) -> Dtype:
     """The safetensors code of a torch dtype (``torch.bfloat16`` -> BF16)."""
     name = str(dtype).removeprefix("torch.")
     found = next((d for d in DTYPES.values() if d.name == name), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from compressor import diagnostics
 from compressor.architectures import ArchAdapter, adapter_for_config, supported_model_types
@@ -18,6 +18,12 @@ from compressor.errors import BadInput, RuntimeFailure
 from compressor.sources import builtins
 from compressor.sources.memory import check_load_fits, check_stream_fits, stream_reason
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from compressor.sources.stream import LayerStream
+
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "model*.bin")
 
 
@@ -25,21 +31,21 @@ _PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "model*.bin
 class LoadedModel:
     spec: str  # what the user typed
     path: str  # local folder or Hub id that transformers loaded
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None  # None when loaded ``with_tokenizer=False``
     adapter: ArchAdapter
     device: str  # "cpu", "cuda", or "auto-map" for accelerate device maps
     dtype: str
     # set when the weights stay in the shards and blocks are read one at a time (``--stream``): then
     # ``model`` is a meta-device skeleton with only the body outside the blocks loaded
-    stream: Any = None
+    stream: LayerStream | None = None
 
     @property
     def streamed(self) -> bool:
         return self.stream is not None
 
     @property
-    def config(self) -> Any:
+    def config(self) -> PretrainedConfig:
         return self.model.config
 
     @property
@@ -129,7 +135,7 @@ def weights_fix(path: str | Path) -> str:
     return "re-download or re-save the model (save_pretrained)"
 
 
-def load_config(path: str, trust_remote_code: bool = False) -> Any:
+def load_config(path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The model's config, checked before anything is built from it (``sources.configs``): its counts are
     whole numbers, its per-layer lists have one entry per layer and, for a local folder with safetensors
     weights, it agrees with them (whose headers ``Checkpoint.open`` checks on the way)."""
@@ -142,7 +148,7 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
     if local:
         check_config_json(folder)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config: PretrainedConfig = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         msg = str(exc)
         if "trust_remote_code" in msg:
@@ -175,7 +181,7 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
     return config
 
 
-def model_class_for(config: Any, family: str) -> Any:
+def model_class_for(config: PretrainedConfig, family: str) -> Any:
     """Keep the checkpoint's own head (``architectures[0]``) so the pruned model is the same kind.
 
     A class this transformers does not have is refused: loading it as a bare ``AutoModel`` would
@@ -209,7 +215,7 @@ def _checkpoint_shapes(path: str, keys: list[str]) -> dict[str, tuple[int, ...]]
     return {k: checkpoint.tensors[k].shape for k in keys if k in checkpoint.tensors} if checkpoint else {}
 
 
-def check_loading_info(path: str, model: Any, info: dict[str, Any]) -> None:
+def check_loading_info(path: str, model: PreTrainedModel, info: dict[str, Any]) -> None:
     """Refuse a model whose weights do not fill it exactly.
 
     transformers fills a missing tensor with random values and drops an unused one with only a
@@ -243,11 +249,14 @@ def check_loading_info(path: str, model: Any, info: dict[str, Any]) -> None:
         raise BadInput(f"{path}: its weights did not load cleanly ({_first(errors, 1)})", fix)
 
 
-def check_vocabulary(path: str, model: Any, tokenizer: Any) -> None:
-    """Token ids past the input embeddings would index out of range (or, on some kernels, read garbage);
-    a larger embedding matrix than the tokenizer is ordinary padding (e.g. to a multiple of 64)."""
+def embedding_rows(model: PreTrainedModel) -> int:
     emb = model.get_input_embeddings()
-    rows = getattr(emb, "num_embeddings", None) or int(emb.weight.shape[0])
+    return getattr(emb, "num_embeddings", None) or int(cast("torch.Tensor", emb.weight).shape[0])
+
+
+def check_vocabulary(path: str, rows: int, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Token ids past the input embeddings' ``rows`` would index out of range (or, on some kernels, read
+    garbage); a larger embedding matrix than the tokenizer is ordinary padding (e.g. to a multiple of 64)."""
     n_tok = len(tokenizer)
     if rows < n_tok:
         raise BadInput(f"{path}: its input embeddings have {rows} rows but its tokenizer has {n_tok} tokens "
@@ -365,18 +374,18 @@ def load_model(
     return LoadedModel(spec, path, model, tokenizer, adapter, "auto-map" if device_map == "auto" else dev, dt)
 
 
-def _load_tokenizer(path: str, model: Any, trust_remote_code: bool) -> Any:
+def _load_tokenizer(path: str, model: PreTrainedModel, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
         if "trust_remote_code" in str(exc):
             raise BadInput(f"the tokenizer of {path} needs custom code to load (its tokenizer_config.json "
                            "names a class by auto_map)", "pass --trust-remote-code if you trust it") from exc
         raise BadInput(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]})",
                        "save the tokenizer next to the model (tokenizer.save_pretrained)") from exc
-    check_vocabulary(path, model, tokenizer)
+    check_vocabulary(path, embedding_rows(model), tokenizer)
     if tokenizer.pad_token is None:
         # Padding is masked out (robust statistics) or faithfully included (official); its id only
         # has to exist.
@@ -384,10 +393,10 @@ def _load_tokenizer(path: str, model: Any, trust_remote_code: bool) -> Any:
     return tokenizer
 
 
-def _per_device(max_memory: int) -> dict[Any, int]:
+def _per_device(max_memory: int) -> dict[int | str, int]:
     """accelerate's ``max_memory``: the same cap on every GPU and on the CPU."""
     import torch
 
-    caps: dict[Any, int] = {i: max_memory for i in range(torch.cuda.device_count())}
+    caps: dict[int | str, int] = {i: max_memory for i in range(torch.cuda.device_count())}
     caps["cpu"] = max_memory
     return caps

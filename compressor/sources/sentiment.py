@@ -16,12 +16,16 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from compressor import diagnostics
 from compressor.errors import BadInput, RuntimeFailure
 from compressor.files import build_once
 from compressor.sources import builtins
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 LABELS: dict[int, str] = {0: "NEGATIVE", 1: "POSITIVE"}
 TEST_SIZE = 2000
@@ -71,14 +75,14 @@ def rt_sentiment(split: Literal["train", "test", "all"] = "test") -> list[tuple[
     raise BadInput(f"unknown sentiment split {split!r}", "use one of: train, test, all")
 
 
-def _batch(tok: Any, texts: list[str], max_length: int) -> Mapping[str, Any]:
+def _batch(tok: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> Mapping[str, torch.Tensor]:
     # dynamic padding: each batch is only as wide as its longest snippet (mean is ~25 tokens)
-    return cast("Mapping[str, Any]", tok(texts, padding=True, truncation=True, max_length=max_length,
-                                         return_tensors="pt"))  # a BatchEncoding
+    return cast("Mapping[str, torch.Tensor]", tok(texts, padding=True, truncation=True, max_length=max_length,
+                                                  return_tensors="pt"))  # a BatchEncoding
 
 
-def evaluate_accuracy(model: Any, tok: Any, pairs: list[tuple[str, int]], *, max_length: int = 64,
-                      batch_size: int = 64) -> float:
+def evaluate_accuracy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: list[tuple[str, int]], *,
+                      max_length: int = 64, batch_size: int = 64) -> float:
     """Share of ``pairs`` the classifier labels correctly (argmax over the two logits)."""
     import torch
 

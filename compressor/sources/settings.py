@@ -4,7 +4,11 @@ keyword threaded through every signature."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.sources.data import CalibrationSpec
+    from compressor.sources.models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,7 @@ class LoadSettings:
         """These settings with the command's stream choice (a scorer or repair that needs the whole model)."""
         return replace(self, stream=stream)
 
-    def load(self, spec: str, **extra: Any) -> Any:
+    def load(self, spec: str, **extra: Any) -> LoadedModel:
         """``spec`` loaded as every command loads it (announced on the ``avss`` logger)."""
         from compressor.sources.models import load_model
 
@@ -49,7 +53,7 @@ class CalibrationSettings:
     loaded (``compressor.profiles.load_profile``): this floor reads calibration, it does not parse profiles."""
 
     data: str | None = None
-    profile: Any = None
+    profile: Any = None  # a loaded Profile (the CLI hands its --profile path first, for the check below)
     samples: int | None = None
     seq_len: int | None = None
     batch_size: int | None = None
@@ -67,7 +71,7 @@ class CalibrationSettings:
         """Whether the user named the text (else the default source is used, and said so)."""
         return bool(self.data) or self.profile is not None
 
-    def spec(self) -> Any:
+    def spec(self) -> CalibrationSpec:
         """The validated ``CalibrationSpec`` (a bad setting fails here, before any load)."""
         from compressor.sources.data import CalibrationSpec
 

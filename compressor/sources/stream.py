@@ -14,12 +14,19 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from compressor.architectures import ArchAdapter, body_of, get_layers
 from compressor.compat import stored_layout
 from compressor.errors import BadInput
 from compressor.sources.integrity import INDEX
+
+if TYPE_CHECKING:  # pragma: no cover
+    from io import FileIO
+
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
 
 READ_CHUNK = 256 << 20  # source bytes converted at a time when a tensor is read at another dtype
 
@@ -42,7 +49,7 @@ class ShardReader:
     def keys(self) -> set[str]:
         return set(self.checkpoint.tensors)
 
-    def get_many(self, keys: list[str], dtype: Any = None) -> dict[str, Any]:
+    def get_many(self, keys: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The tensors ``keys``, at ``dtype`` when given: a large one is converted chunk by chunk as it is read, so
         its stored and converted copies are never both whole in memory (an 8 B model's embedding: 1 GB bf16, 2.1 GB
         fp32)."""
@@ -61,7 +68,7 @@ class ShardReader:
                     out[k] = self._read(fh, path, k, dtype)
         return out
 
-    def _read(self, fh: Any, path: Path, k: str, dtype: Any) -> Any:
+    def _read(self, fh: FileIO, path: Path, k: str, dtype: torch.dtype | None) -> torch.Tensor:
         import torch
 
         t = self.checkpoint.tensors[k]
@@ -104,10 +111,10 @@ class _Recorded(Exception):
 class LayerStream:
     """A meta-device model whose blocks are read from ``reader`` one at a time."""
     reader: ShardReader
-    model: Any
+    model: PreTrainedModel
     adapter: ArchAdapter
     device: str
-    dtype: Any  # torch dtype
+    dtype: torch.dtype | None  # None: each tensor's stored dtype
     names: dict[str, str] = field(default_factory=dict)  # parameter name -> checkpoint key
     # parameter name -> (transformers' converter, its stored keys per source pattern): a tensor the checkpoint
     # stores in pieces (``compat.stored_layout``), put together as ``from_pretrained`` does
@@ -148,7 +155,7 @@ class LayerStream:
         """The checkpoint key of parameter ``name`` (relative to the block) of block ``i``."""
         return self.key(f"{self.layers_prefix}{i}.{name}")
 
-    def _set(self, module: Any, name: str, value: Any) -> None:
+    def _set(self, module: nn.Module, name: str, value: torch.Tensor) -> None:
         import torch
 
         *path, leaf = name.split(".")
@@ -156,7 +163,7 @@ class LayerStream:
             module = getattr(module, part)
         module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
 
-    def load_params(self, prefix: str, module: Any, recurse: bool = True) -> None:
+    def load_params(self, prefix: str, module: nn.Module, recurse: bool = True) -> None:
         todo = [name for name, p in module.named_parameters(recurse=recurse) if p.device.type == "meta"]
         plain = [name for name in todo if prefix + name not in self.converted]
         got = self.reader.get_many([self.key(prefix + name) for name in plain], dtype=self.dtype)
@@ -172,7 +179,7 @@ class LayerStream:
                     parts = op.convert(parts, converter.source_patterns, converter.target_patterns)
                 self._set(module, name, next(iter(parts.values())).to(device=self.device))
 
-    def release(self, module: Any) -> None:
+    def release(self, module: nn.Module) -> None:
         import torch
 
         for name, p in list(module.named_parameters()):
@@ -180,7 +187,7 @@ class LayerStream:
         _trim()
 
     @contextlib.contextmanager
-    def block(self, i: int) -> Iterator[Any]:
+    def block(self, i: int) -> Iterator[nn.Module]:
         """Block ``i`` with its weights loaded; released (back to ``meta``) on exit."""
         layer = get_layers(self.model, self.adapter)[i]
         try:
@@ -189,7 +196,7 @@ class LayerStream:
         finally:
             self.release(layer)
 
-    def block_inputs(self, batches: list[dict[str, Any]]) -> tuple[list[Any], list[list[BlockCall]]]:
+    def block_inputs(self, batches: list[dict[str, torch.Tensor]]) -> tuple[list[torch.Tensor], list[list[BlockCall]]]:
         """(hidden states entering block 0 per batch, calls[layer][batch]) from one pass of the body with
         every block replaced by a recorder: the masks, positions and rotary tables are the model's own."""
         import torch
@@ -199,10 +206,10 @@ class LayerStream:
         body = body_of(self.model, self.adapter)
         n = len(layers)
         calls: list[list[BlockCall]] = [[] for _ in range(n)]
-        first: list[Any] = []
+        first: list[torch.Tensor] = []
 
-        def recorder(i: int) -> Callable[..., Any]:
-            def forward(hidden: Any, *args: Any, **kwargs: Any) -> Any:
+        def recorder(i: int) -> Callable[..., tuple[torch.Tensor]]:
+            def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
                 if i == 0:
                     first.append(hidden)
                 calls[i].append(BlockCall(args, kwargs))
@@ -216,8 +223,8 @@ class LayerStream:
         try:
             with torch.inference_mode():
                 for batch in batches:
-                    kw = {"input_ids": batch["input_ids"].to(self.device),
-                          "attention_mask": batch["attention_mask"].to(self.device)}
+                    kw: dict[str, torch.Tensor | bool] = {"input_ids": batch["input_ids"].to(self.device),
+                                                          "attention_mask": batch["attention_mask"].to(self.device)}
                     if self.adapter.family == "decoder":
                         kw["use_cache"] = False
                     try:
@@ -229,8 +236,8 @@ class LayerStream:
                 del layer.forward  # the instance attribute: the class's forward is back
         return first, calls
 
-    def final_states(self, batches: list[dict[str, Any]], progress: Callable[[int, int], None] | None = None
-                     ) -> list[Any]:
+    def final_states(self, batches: list[dict[str, torch.Tensor]], progress: Callable[[int, int], None] | None = None
+                     ) -> list[torch.Tensor]:
         """The hidden states leaving the last block, per batch: every block loaded once."""
         import torch
 
@@ -244,7 +251,7 @@ class LayerStream:
                     progress(i + 1, n)
         return hidden
 
-    def logits(self, hidden: Any) -> Any:
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The causal LM's logits from the last block's output: final norm, head, and the soft cap
         some models put on their logits (as the model's own forward computes them)."""
         from compressor.architectures import final_norm_of
@@ -253,7 +260,7 @@ class LayerStream:
         head = self.model.get_output_embeddings()
         if head is None or head.weight.device.type == "meta":
             raise BadInput("this streamed model was loaded without its LM head", "load it with with_head=True")
-        logits = head(final_norm_of(self.model, self.adapter)(hidden))
+        logits: torch.Tensor = head(final_norm_of(self.model, self.adapter)(hidden))
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap is not None:
             import torch
@@ -261,9 +268,10 @@ class LayerStream:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def run_block(self, block: Any, hidden: Any, call: BlockCall) -> Any:
+    def run_block(self, block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
         out = block(hidden, *call.args, **call.kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        state: torch.Tensor = out[0] if isinstance(out, (tuple, list)) else out
+        return state
 
 
 def _trim() -> None:
@@ -287,8 +295,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def build_stream(path: str, config: Any, cls: Any, adapter: ArchAdapter, device: str, dtype: Any,
-                 with_head: bool = False) -> LayerStream:
+def build_stream(path: str, config: PretrainedConfig, cls: Any, adapter: ArchAdapter, device: str,
+                 dtype: torch.dtype | None, with_head: bool = False) -> LayerStream:
     """The meta model; the body outside the blocks (and the LM head when ``with_head``) is read on first
     use. Every key a block needs is checked now, so a damaged checkpoint fails before the first block."""
     from accelerate import init_empty_weights

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeAlias, cast
 
 from compressor import __version__
 from compressor.errors import BadInput, compute_error
@@ -16,6 +16,12 @@ from compressor.verify.gate import bootstrap_lower, judge, retention, task_verdi
 from compressor.verify.kinds.base import kind as task_kind
 from compressor.verify.metrics import NonFiniteOutputs, TaskOutput
 from compressor.verify.report import TaskResult, VerifyReport
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from compressor.sources.models import LoadedModel
+    from compressor.verify.kinds.base import TaskEntry
 
 StageProgress = Callable[[str], Callable[[int, int], None] | None]
 
@@ -31,7 +37,7 @@ def stream_choice(profile: Profile, stream: bool | None) -> bool | None:
     return False
 
 
-def fingerprint(loaded: Any) -> str:
+def fingerprint(loaded: LoadedModel) -> str:
     """The model's content fingerprint (weights, config, tokenizer, dtype, revision): see ``compressor.fingerprint``."""
     from compressor.fingerprint import model_fingerprint
 
@@ -50,14 +56,16 @@ class Identity:
     num_layers: int
     kind: str  # architectures.model_kind
     class_name: str
-    tokenizer: Any  # kept (small): the tokenizer check compares the two sides
+    tokenizer: PreTrainedTokenizerBase  # kept (small): the tokenizer check compares the two sides
 
     @classmethod
-    def of(cls, loaded: Any) -> "Identity":
+    def of(cls, loaded: LoadedModel) -> "Identity":
         from compressor.architectures import model_kind
 
+        # verify loads every model it evaluates with its tokenizer
         return cls(loaded.spec, str(loaded.path), fingerprint(loaded), str(loaded.device), int(loaded.num_layers),
-                   model_kind(loaded.model, loaded.adapter), type(loaded.model).__name__, loaded.tokenizer)
+                   model_kind(loaded.model, loaded.adapter), type(loaded.model).__name__,
+                   cast("PreTrainedTokenizerBase", loaded.tokenizer))
 
 
 @dataclass
@@ -66,7 +74,7 @@ class Deferred:
     peak is one model, not two. ``known``: its identity from an earlier load (then cached results need no
     load); ``release``: called when verify is done with it, so whatever else holds it lets go too."""
 
-    load: Callable[[], Any]
+    load: Callable[[], LoadedModel]
     known: Identity | None = None
     release: Callable[[], None] | None = None
 
@@ -74,13 +82,13 @@ class Deferred:
 class _Side:
     """One side of the comparison: a model the caller holds, or a ``Deferred`` one verify holds briefly."""
 
-    def __init__(self, role: str, source: Any):
+    def __init__(self, role: str, source: LoadedModel | Deferred):
         self.role = role
         self.deferred = source if isinstance(source, Deferred) else None
-        self.loaded = None if self.deferred is not None else source
-        self.id = self.deferred.known if self.deferred is not None else Identity.of(source)
+        self.loaded: LoadedModel | None = None if isinstance(source, Deferred) else source
+        self.id = source.known if isinstance(source, Deferred) else Identity.of(source)
 
-    def model(self) -> Any:
+    def model(self) -> LoadedModel:
         if self.loaded is None:
             assert self.deferred is not None
             self.loaded = self.deferred.load()
@@ -173,7 +181,7 @@ class _Cache:
     def __init__(self, enabled: bool):
         self.dir = cache_dir() / "verify" if enabled else None  # None: --no-cache, $AVSS_CACHE untouched
 
-    def key(self, fp: str, device: str, task: Any, profile: Profile, data_hash: str) -> str:
+    def key(self, fp: str, device: str, task: TaskEntry, profile: Profile, data_hash: str) -> str:
         """Model content, where it ran (CPU, CUDA, an ONNX Runtime provider: the numbers differ), task
         definition, evaluation settings, data content and the code that evaluates."""
         from compressor.fingerprint import code_digest, digest_json
@@ -182,7 +190,7 @@ class _Cache:
                             "eval": profile.eval.model_dump(mode="json"), "data": data_hash, "code": code_digest()})
 
     @staticmethod
-    def _payload_digest(records: Any, metrics: Any) -> str:
+    def _payload_digest(records: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
         from compressor.fingerprint import digest_json
 
         return digest_json({"records": records, "metrics": metrics})
@@ -226,7 +234,7 @@ class _Cache:
         atomic_write_text(self.dir / f"{key}.json", json.dumps(payload))
 
 
-def _tie_warnings(task: Any, ties: dict[str, int], n: int) -> list[str]:
+def _tie_warnings(task: TaskEntry, ties: dict[str, int], n: int) -> list[str]:
     """A task where most predictions are ties measures the argmax's first-of-equals rule, not a model."""
     return [f"task {task.name}: {k} of {n} predictions of the {role} model are ties (choices scored exactly the "
             f"same; the first is taken), so its {task.metric} says little about the model"
@@ -240,7 +248,7 @@ def task_data_digest(profile: Profile) -> str:
     return data_digest({t.name: _examples(t, profile) for t in profile.tasks})
 
 
-TaskData = tuple[list[tuple[Any, list[Any], list[Any]]], list[str]]
+TaskData: TypeAlias = "tuple[list[tuple[TaskEntry, list[Any], list[Any]]], list[str]]"
 
 
 def check_task_data(profile: Profile) -> TaskData:
@@ -257,7 +265,7 @@ def _data_hash(items: list[Any], shots: list[Any]) -> str:
     return data_digest([items, shots])
 
 
-def _examples(task: Any, profile: Profile) -> tuple[list[Any], list[Any]]:
+def _examples(task: TaskEntry, profile: Profile) -> tuple[list[Any], list[Any]]:
     """(evaluation examples, few-shot pool)."""
     items, shots = task_kind(task.kind).load(task, profile)
     if not items:
@@ -299,8 +307,8 @@ def check_gate(profile: Profile, min_retention: float | None = None) -> float:
 
 
 def verify(
-    base: Any,
-    candidate: Any,
+    base: LoadedModel | Deferred,
+    candidate: LoadedModel | Deferred,
     profile: Profile,
     *,
     profile_path: str = "",
@@ -350,7 +358,7 @@ def verify(
     cached: dict[str, dict[str, bool]] = {t.name: {} for t, _, _ in loaded_tasks}
     secs: dict[str, dict[str, float]] = {t.name: {} for t, _, _ in loaded_tasks}
 
-    def run_task(role: str, task: Any, items: list[Any], shots: list[Any]) -> None:
+    def run_task(role: str, task: TaskEntry, items: list[Any], shots: list[Any]) -> None:
         """One side's result on one task, from the cache or computed (loading a deferred model then)."""
         side = sides[role]
         ident = side.identity()

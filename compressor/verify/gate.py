@@ -2,9 +2,27 @@
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from compressor.verify.kinds.base import kind as task_kind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
+    class GatedTask(Protocol):
+        """What the gate reads and sets of a task's result (``compressor.verify.report.TaskResult``, whose module
+        imports this one)."""
+
+        passed: bool | None
+
+        @property
+        def verdict_value(self) -> float | None: ...
+        @property
+        def threshold(self) -> float: ...
+        @property
+        def own_threshold(self) -> bool: ...
+        @property
+        def failure(self) -> str | None: ...
 
 
 def retention(higher_is_better: bool, base: float, cand: float) -> float:
@@ -34,16 +52,16 @@ def task_passes(value: float, own_threshold: float | None, floor: float, aggrega
     return value >= (own_threshold if own_threshold is not None else floor)
 
 
-def task_verdict(t: Any, floor: float, aggregate: str) -> bool | None:
+def task_verdict(t: GatedTask, floor: float, aggregate: str) -> bool | None:
     """Set and return one task's ``passed`` (see ``task_passes``): False for a task without a score,
     None for one that does not gate."""
     value = t.verdict_value
     t.passed = (False if t.failure else None if value is None
                 else task_passes(value, t.threshold if t.own_threshold else None, floor, aggregate))
-    return cast("bool | None", t.passed)
+    return t.passed
 
 
-def judge(tasks: list[Any], floor: float, aggregate: str) -> tuple[bool, float]:
+def judge(tasks: Sequence[GatedTask], floor: float, aggregate: str) -> tuple[bool, float]:
     """Each task's ``passed`` and the verdict, from the numbers alone: ``verify`` decides with it, and
     ``avss run`` re-decides a resumed verify with it (a record never carries a verdict of its own).
 
@@ -55,7 +73,8 @@ def judge(tasks: list[Any], floor: float, aggregate: str) -> tuple[bool, float]:
     gating = [t for t in tasks if t.verdict_value is not None]
     if not gating:
         raise ValueError("no task gates")
-    return aggregate_verdict([t.verdict_value for t in gating], [t.passed for t in gating], floor, aggregate)
+    values = cast("list[float]", [t.verdict_value for t in gating])  # gating: the tasks with a value
+    return aggregate_verdict(values, [t.passed for t in gating], floor, aggregate)
 
 
 def aggregate_verdict(values: list[float], passed: list[bool | None], floor: float, aggregate: str) -> tuple[bool, float]:

@@ -13,7 +13,7 @@ import copy
 import inspect
 import math
 import os
-from typing import Any, Iterator, Literal, cast
+from typing import TYPE_CHECKING, Any, Iterator, Literal, cast
 
 from pydantic import Field
 
@@ -21,18 +21,27 @@ from compressor.errors import BadInput
 from compressor.verify.kinds.base import TaskEntry, TaskKind, register
 from compressor.verify.metrics import MC_PREDICTION, FiniteCount, TaskOutput, all_finite, mc_predictions
 
+if TYPE_CHECKING:  # pragma: no cover
+    from types import ModuleType
+
+    from lm_eval.api.task import ConfigurableTask
+
+    from compressor.sources.models import LoadedModel
+    from compressor.verify.kinds.base import KindProfile, Progress
+
 REQUIREMENT = "lm_eval==0.4.13"
 INSTALL = "pip install 'avss-compressor[lm-eval]' (from a checkout: pip install -e '.[lm-eval]')"
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
 
 
-def _harness(task: Any) -> Any:
+def _harness(task: TaskEntry) -> ModuleType:
     try:
         import lm_eval
     except ImportError as exc:
         raise BadInput(f"task {task.name} is kind lm-eval, which needs lm-evaluation-harness ({REQUIREMENT}); "
                        "it is not installed", f"run: {INSTALL}") from exc
-    return lm_eval
+    module: ModuleType = lm_eval  # lm_eval ships no type information
+    return module
 
 
 @contextlib.contextmanager
@@ -95,7 +104,7 @@ def _stable(value: Any) -> Any:
     return str(value)
 
 
-def build_task(task: Any) -> Any:
+def build_task(task: LmEval.Entry) -> ConfigurableTask:
     """The harness's task object for a profile task, with its data loaded (offline by default)."""
     _harness(task)
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -151,24 +160,24 @@ class HarnessDocs(list[Any]):
     """The documents the harness evaluates (so the data digest covers their content), holding the
     task object they came from: base and candidate are evaluated on exactly these."""
 
-    def __init__(self, docs: list[Any], task_obj: Any) -> None:
+    def __init__(self, docs: list[Any], task_obj: ConfigurableTask) -> None:
         super().__init__(docs)
         self.task_obj = task_obj
 
 
-def _docs(obj: Any, limit: int | None) -> list[Any]:
+def _docs(obj: ConfigurableTask, limit: int | None) -> list[Any]:
     docs = list(obj.eval_docs)
     return [_stable(dict(d)) for d in (docs[:limit] if limit else docs)]
 
 
-def _aggregation_names(obj: Any) -> dict[str, str]:
+def _aggregation_names(obj: ConfigurableTask) -> dict[str, str]:
     from lm_eval.api.registry import AGGREGATION_REGISTRY
 
     names = {fn: name for name, fn in AGGREGATION_REGISTRY.items()}
     return {m: names.get(fn, "mean") for m, fn in obj.aggregation().items()}
 
 
-def _records(obj: Any, samples: list[dict[str, Any]], filt: str) -> list[dict[str, Any]]:
+def _records(obj: ConfigurableTask, samples: list[dict[str, Any]], filt: str) -> list[dict[str, Any]]:
     agg = _aggregation_names(obj)
     out = []
     # a NaN log-likelihood is no score (generate_until: the harness's generate keeps no logits to check)
@@ -240,7 +249,8 @@ class LmEval(TaskKind):
         return (f"task {task_name!r}: lm-evaluation-harness tasks evaluate causal LMs; encoder classifiers are out "
                 "of its scope (use kind classification)")
 
-    def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
+    def load(self, task: TaskEntry, profile: KindProfile) -> tuple[list[Any], list[Any]]:
+        task = cast("LmEval.Entry", task)  # the registry hands each kind its own Entry
         lm_eval = _harness(task)
         obj = build_task(task)
         # the few-shot pool and the task's whole definition are part of what a result depends on
@@ -251,12 +261,13 @@ class LmEval(TaskKind):
         definition = {"config": _stable(obj.dump_config()), "fewshot_pool": pool, "harness": lm_eval.__version__}
         return HarnessDocs(_docs(obj, task.limit), obj), [definition]
 
-    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
-                 progress: Any) -> TaskOutput:
+    def evaluate(self, loaded: LoadedModel, task: TaskEntry, items: list[Any], shots: list[Any], profile: KindProfile,
+                 progress: Progress | None) -> TaskOutput:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
+        task = cast("LmEval.Entry", task)  # the registry hands each kind its own Entry
         obj = copy.deepcopy(items.task_obj) if isinstance(items, HarnessDocs) else build_task(task)
         if progress:
             progress(0, 1)

@@ -6,19 +6,24 @@ split), so every kind that must match lm-eval's numbers encodes the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from compressor.sources.data import pad_right
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.cache_utils import Cache
 
 Progress = Callable[[int, int], None]
 
 
-def input_device(model: Any) -> Any:
+def input_device(model: PreTrainedModel) -> torch.device:
     """Where a model's input tensors go (an ONNX model answers the CPU: ``export.ort_model``)."""
-    return model.get_input_embeddings().weight.device
+    return cast("torch.Tensor", model.get_input_embeddings().weight).device
 
 
-def leading_special(tok: Any) -> list[int]:
+def leading_special(tok: PreTrainedTokenizerBase) -> list[int]:
     """Token ids the tokenizer puts before any text by default (its BOS, if ``add_bos_token``).
 
     lm-evaluation-harness encodes with the tokenizer's defaults, so a model whose tokenizer asks for a
@@ -30,7 +35,7 @@ def leading_special(tok: Any) -> list[int]:
     return list(a[: len(a) - len(b)]) if b and a[len(a) - len(b):] == b else []
 
 
-def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tok: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) exactly as lm-evaluation-harness 0.4 encodes a causal LM request:
     trailing spaces of the context move to the continuation, the whole string is encoded with the
     tokenizer's defaults (BOS) and split at the context's length."""
@@ -44,7 +49,7 @@ def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], l
     return list(ctx), list(whole[len(ctx):])
 
 
-def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int,
+def loglikelihoods(model: PreTrainedModel, pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int,
                    progress: Progress | None = None, prefix: list[int] | None = None) -> list[float]:
     """Sum of log p(continuation | prefix + context) per pair.
 
@@ -83,7 +88,7 @@ def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_s
     return out
 
 
-def _repeat_rows(past: Any, n: int) -> None:
+def _repeat_rows(past: Cache, n: int) -> None:
     """Each row of a cache ``n`` times in place. A hybrid's cache (transformers 5's convolution and linear-attention
     layers: LFM2-MoE, Qwen3.5) has no ``batch_repeat_interleave``, but every layer has ``reorder_cache``, which
     selects batch rows: selecting each row ``n`` times is the same repeat."""
@@ -91,12 +96,12 @@ def _repeat_rows(past: Any, n: int) -> None:
 
     layers = getattr(past, "layers", None)
     if layers is not None and not all(hasattr(layer, "batch_repeat_interleave") for layer in layers):
-        past.reorder_cache(torch.arange(_batch_rows(past)).repeat_interleave(n))
+        past.reorder_cache(cast("torch.LongTensor", torch.arange(_batch_rows(past)).repeat_interleave(n)))
     else:
         past.batch_repeat_interleave(n)
 
 
-def _batch_rows(past: Any) -> int:
+def _batch_rows(past: Cache) -> int:
     for layer in past.layers:
         for t in (getattr(layer, "keys", None), *getattr(layer, "conv_states", {}).values()):
             if t is not None and hasattr(t, "shape") and t.dim() > 0:
@@ -104,23 +109,24 @@ def _batch_rows(past: Any) -> int:
     raise ValueError("an empty cache has no rows to repeat")
 
 
-def _last_only(model: Any) -> dict[str, Any]:
+def _last_only(model: PreTrainedModel) -> dict[str, Any]:
     """Ask for the last position's logits only, where the model supports it (saves the vocab matmul)."""
     import inspect
 
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _prefix_past(model: Any, prefix: list[int]) -> Any:
+def _prefix_past(model: PreTrainedModel, prefix: list[int]) -> Cache:
     """KV cache of the shared prefix (callers copy it before use: a forward pass appends to it)."""
     import torch
 
     with torch.inference_mode():
-        return model(input_ids=torch.tensor([prefix], device=input_device(model)), use_cache=True,
-                     **_last_only(model)).past_key_values
+        past: Cache = model(input_ids=torch.tensor([prefix], device=input_device(model)), use_cache=True,
+                            **_last_only(model)).past_key_values
+        return past
 
 
-def _last_logprobs(model: Any, contexts: list[list[int]], prefix_past: Any = None) -> Any:
+def _last_logprobs(model: PreTrainedModel, contexts: list[list[int]], prefix_past: Cache | None = None) -> torch.Tensor:
     """log-softmax of the next-token distribution after (prefix +) each context (right padding, one batch)."""
     import copy
 
@@ -142,7 +148,7 @@ def _last_logprobs(model: Any, contexts: list[list[int]], prefix_past: Any = Non
     return F.log_softmax(logits[rows, ends].float(), dim=-1).cpu()
 
 
-def _continuations(model: Any, ctx: list[int], conts: list[list[int]]) -> list[float]:
+def _continuations(model: PreTrainedModel, ctx: list[int], conts: list[list[int]]) -> list[float]:
     """Run ``ctx`` once, then every continuation (right-padded) on a copy of its KV cache."""
     import torch
     import torch.nn.functional as F

@@ -12,7 +12,10 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass
@@ -52,21 +55,21 @@ class FiniteCount:
             raise NonFiniteOutputs(self.bad, self.total, self.unit)
 
 
-def all_finite(values: Any) -> bool:
+def all_finite(values: torch.Tensor | Iterable[float]) -> bool:
     """Whether every value (floats, or a tensor) is finite."""
     if hasattr(values, "isfinite"):
         return bool(values.isfinite().all())
     return all(math.isfinite(v) for v in values)
 
 
-def nan_or_posinf(t: Any) -> Any:
+def nan_or_posinf(t: torch.Tensor) -> torch.Tensor:
     """Where logits are broken: NaN or +inf (-inf is a masked vocabulary slot or a logits processor's)."""
     import torch
 
     return torch.isnan(t) | torch.isposinf(t)
 
 
-def no_nan_or_posinf(t: Any) -> bool:
+def no_nan_or_posinf(t: torch.Tensor) -> bool:
     return not bool(nan_or_posinf(t).any())
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
-from compressor.run.stages import Files, Input, Setting, Stage
+from compressor.run.stages import Files, Input, Progress, Setting, Stage
 
 
 def bench(ctx: RunContext, given: Results) -> Results:
@@ -16,7 +16,7 @@ def bench(ctx: RunContext, given: Results) -> Results:
         "base-ship", "onnx", "quantized")
     folders = [given[r] for r in order if given.get(r) is not None]
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.export.bench import bench_models
         from compressor.export.bench_output import save_plot as bench_plot
         from compressor.export.bench_output import write_json

@@ -12,14 +12,15 @@ from compressor.prune.provenance import cut_provenance
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
 from compressor.run.search import Candidate
-from compressor.run.stages import Input, Setting, Stage
+from compressor.run.stages import Input, Progress, Setting, Stage
 
 if TYPE_CHECKING:
+    from compressor.prune.surgery import PruneResult
     from compressor.score.report import ScoreReport
 
 
 def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict[str, Any], repaired: bool,
-             label: str = "repair") -> Any:
+             label: str = "repair") -> PruneResult:
     """Cut ``removed`` into ``folder``; with ``repaired`` also apply the run's repair (the base is untouched).
     Returns the prune result (its ``repair`` record says what the repair did)."""
     from compressor.prune.surgery import prune_model
@@ -27,15 +28,17 @@ def cut_into(ctx: RunContext, removed: list[int], folder: Path, provenance: dict
     from compressor.sources.models import LoadedModel
 
     base = ctx.base
+    res: PruneResult
     if repaired and ctx.repair.enabled and removed:  # nothing removed (the uncut model --search fastest may
         # ship): nothing to repair, the copy below is exact
-        bars: dict[str, Any] = {}
+        bars: dict[str, Progress | None] = {}
 
         def progress(step: str, done: int, total: int, loss: float | None) -> None:
             if step not in bars:
                 bars[step] = ctx.ev.start(label, step)
-            if bars[step]:
-                bars[step](done, total)
+            bar = bars[step]
+            if bar:
+                bar(done, total)
             if loss is not None and (done % 10 == 0 or done == total):
                 ctx.ev.note(f"{label}: {step} step {done}/{total}, loss {loss:.4f}")
 
@@ -66,7 +69,7 @@ def candidate_stage(ctx: RunContext, method: str, k: int, removed: list[int], re
     """One ``--search`` candidate: cut, verify (stop at the first failing task). A repaired candidate that
     passes is kept (the search keeps only the best so far), so the run's repair step need not train it again."""
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.verify.api import Deferred
 
         folder = candidate_folder(ctx, method, k)
@@ -109,7 +112,7 @@ def _cut_stage(ctx: RunContext, name: str, label: str, report: ScoreReport, remo
     """prune (the plain cut) and repair (cut + repair) write the same kind of checkpoint."""
     prov = cut_provenance(report, None, run=run_settings(ctx))
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.repair.methods import describe
 
         reused = _searched(ctx, removed) if repaired else None

@@ -5,27 +5,32 @@ reference) and ``export-base-ship`` (the full model through the shipping exporte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
-from compressor.run.stages import Files, Input, Setting, Stage
+from compressor.run.stages import Files, Input, Progress, Setting, Stage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressor.export.exporters import Exporter
+    from compressor.run.config import RunConfig
+    from compressor.sources.models import LoadedModel
 
 
-def streams(ctx: RunContext, exporter: Any = None) -> bool:
+def streams(ctx: RunContext, exporter: Exporter | None = None) -> bool:
     """Whether this run writes ``exporter``'s artifacts one block at a time: it streams and the exporter can
     (the files are the same either way, so the stage keys do not name it)."""
     return bool(ctx.stream) and (exporter or ctx.exporter).streams
 
 
-def _export_stage(ctx: RunContext, name: str, exporter: Any, source: Input, src: Any, dest: str, what: str,
-                  quantize: Optional[str] = None) -> Stage:
+def _export_stage(ctx: RunContext, name: str, exporter: Exporter, source: Input, src: str | Path | LoadedModel,
+                  dest: str, what: str, quantize: Optional[str] = None) -> Stage:
     """``src`` (a folder, a spec or the loaded model) through ``exporter`` into ``dest``; keyed on ``source``."""
     c = ctx.cfg
     device = c.device if exporter.traces_on_device else "cpu"
     stream = streams(ctx, exporter)
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         res = exporter.export(src, ctx.out / dest, quantize=quantize, opset=c.opset, device=device, force=True,
                               allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code, stream=stream)
         p, how = res.parity, " (streamed)" if stream else ""
@@ -79,7 +84,7 @@ def quantize(ctx: RunContext, given: Results) -> Results:
     dest = ctx.out / f"onnx-{q}"
     source = Files(given["slim"]) if ctx.exporter.quantize_source == "checkpoint" else Files(given["onnx"])
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         rec = ctx.exporter.quantize(given["slim"], given["onnx"], dest, q, provider=c.provider,
                                     allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code,
                                     stream=streams(ctx))
@@ -137,7 +142,7 @@ def export_base_ship(ctx: RunContext, given: Results) -> Results:
     return {"base-ship": ctx.out / dest}
 
 
-def _ship_name(cfg: Any) -> str:
+def _ship_name(cfg: RunConfig) -> str:
     from compressor.export.exporters import get_exporter
 
     return f"export-base-{get_exporter(cfg.exporter).name}"
@@ -162,7 +167,7 @@ def _quantized_entries() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f"onnx-{q}" for e in EXPORTERS.values() for q in e.precisions if q))
 
 
-def _has_reference(cfg: Any) -> bool:
+def _has_reference(cfg: RunConfig) -> bool:
     from compressor.export.exporters import get_exporter
 
     return get_exporter(cfg.exporter).bench_reference is not None

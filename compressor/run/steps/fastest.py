@@ -23,10 +23,12 @@ from compressor.run.fastest import (
     estimate_bytes,
     precision_name,
 )
-from compressor.run.stages import Input, Setting, Stage, input_digests, stage_key
+from compressor.run.stages import Input, Progress, Setting, Stage, input_digests, stage_key
 
 if TYPE_CHECKING:
     from compressor.run.search import SearchResult
+    from compressor.score.report import ScoreReport
+    from compressor.sources.models import LoadedModel
 
 SCRATCH = ".search"
 
@@ -89,7 +91,7 @@ def shape(ctx: RunContext) -> tuple[int, int]:
     return max(1, blocks // max(1, base.num_layers)), head
 
 
-def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any], exporters: list[str],
+def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, ScoreReport], exporters: list[str],
                precisions: dict[str, list[Optional[str]]]) -> FastestSearch:
     """The space: k = 0 and each scorer's passing ladder (k = 1..best; a cut two scorers propose is one
     candidate), times the exporters and their precisions."""
@@ -119,7 +121,7 @@ def candidates(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any], exp
 
 
 # --- building artifacts --------------------------------------------------------------------------
-def cut_folder(ctx: RunContext, cut: Cut, reports: dict[str, Any]) -> Path:
+def cut_folder(ctx: RunContext, cut: Cut, reports: dict[str, ScoreReport]) -> Path:
     """The cut's checkpoint (the base's own folder for k = 0): the PyTorch search's kept candidate, else
     cut (and repaired) again from the base, which gives the same weights."""
     from compressor.prune.provenance import cut_provenance
@@ -141,7 +143,7 @@ def artifact_folder(ctx: RunContext, cand_id: str) -> Path:
 
 
 def build(ctx: RunContext, cut: Cut, exporter_name: str, precision: Optional[str], dest: Path,
-          reports: dict[str, Any]) -> int:
+          reports: dict[str, ScoreReport]) -> int:
     """Export ``cut`` through the exporter at the precision into ``dest``; returns the graph's bytes. A
     quantized Optimum graph starts from the fp32 graph, which is kept for the next precision."""
     from compressor.export.exporters import get_exporter
@@ -163,7 +165,7 @@ def build(ctx: RunContext, cut: Cut, exporter_name: str, precision: Optional[str
     return sum(f.stat().st_size for f in dest.iterdir() if f.name.startswith("model.onnx"))
 
 
-def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, Any]) -> Stage:
+def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, ScoreReport]) -> Stage:
     """Export one candidate and judge it on the artifact (ONNX Runtime, stop at the first failing task).
     A passing artifact stays in ``.search/artifacts/`` for the frontier bench."""
     from compressor.export.exporters import get_exporter
@@ -171,7 +173,7 @@ def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, Any]
     c = ctx.cfg
     exp = get_exporter(cand.exporter)
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.export.ort_model import load_onnx_model
         from compressor.verify.api import Deferred, Identity
 
@@ -179,10 +181,10 @@ def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, Any]
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = build(ctx, cand.cut, cand.exporter, cand.precision, dest, reports)
-        seen: dict[str, Any] = {}
+        seen: dict[str, str] = {}
 
-        def load() -> Any:
-            loaded = load_onnx_model(str(dest), provider=c.provider)
+        def load() -> LoadedModel:
+            loaded: LoadedModel = load_onnx_model(str(dest), provider=c.provider)
             seen["runtime"] = Identity.of(loaded).device
             return loaded
 
@@ -190,8 +192,9 @@ def gate_stage(ctx: RunContext, cand: ArtifactCandidate, reports: dict[str, Any]
         if not v.passed:
             shutil.rmtree(dest, ignore_errors=True)
         gated = {t.name: (t.verdict_value, t.threshold) for t in v.tasks if t.verdict_value is not None}
-        out = {"passed": v.passed, "complete": v.complete, "size_bytes": size, "runtime": seen.get("runtime", ""),
-               "retention": {n: r for n, (r, _) in gated.items()}, "thresholds": {n: th for n, (_, th) in gated.items()}}
+        out: dict[str, Any] = {"passed": v.passed, "complete": v.complete, "size_bytes": size,
+                               "runtime": seen.get("runtime", ""), "retention": {n: r for n, (r, _) in gated.items()},
+                               "thresholds": {n: th for n, (_, th) in gated.items()}}
         worst = min(out["retention"].values(), default=0.0)
         return {"gate": out}, f"{cand.id}: {'pass' if v.passed else 'FAIL'}, worst retention {worst:.3f}"
 
@@ -218,12 +221,12 @@ def reference_folder(ctx: RunContext, walk: FastestSearch) -> Path:
     return folder
 
 
-def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str], reports: dict[str, Any]) -> Stage:
+def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str], reports: dict[str, ScoreReport]) -> Stage:
     """The frontier and the reference in one bench run (alternating rounds, same prompt, tokens, threads)."""
     c = ctx.cfg
     front = walk.frontier()
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.export.bench import bench_models
 
         folders = [reference_folder(ctx, walk)]
@@ -251,7 +254,7 @@ def bench_stage(ctx: RunContext, walk: FastestSearch, keys: dict[str, str], repo
     return Stage("search-bench", f"benchmarking the {len(front)} passing candidates on the frontier", inputs, (), work)
 
 
-def search_fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any]) -> FastestResult:
+def search_fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, ScoreReport]) -> FastestResult:
     """Walk the space, bench the frontier, choose; the run then ships the chosen (cut, exporter, precision)."""
     exporters, precisions, refused = space(ctx)
     for r in refused:

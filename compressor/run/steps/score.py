@@ -20,7 +20,7 @@ from compressor.run.search import (
     search_limits,
     search_method,
 )
-from compressor.run.stages import Input, Setting, Stage
+from compressor.run.stages import Input, Progress, Setting, Stage
 
 if TYPE_CHECKING:
     from compressor.score.report import ScoreReport
@@ -50,7 +50,7 @@ def score_stage(ctx: RunContext, method: str, scores_path: Path, name: str) -> S
     mode = methods.check_mode(method, c.avss_mode if scorer.modes else None)
     opts = scorer_options(ctx, method)
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.score.api import score_layers
 
         data = ctx.calibration_batches() if scorer.needs_data else None
@@ -68,7 +68,7 @@ def score_stage(ctx: RunContext, method: str, scores_path: Path, name: str) -> S
     return Stage(name, f"scoring layers: {label}", inputs, (scores_path.relative_to(ctx.out).as_posix(),), work)
 
 
-def score_with(ctx: RunContext, method: str, scores_path: Path, name: str) -> Any:
+def score_with(ctx: RunContext, method: str, scores_path: Path, name: str) -> ScoreReport:
     from compressor.score.report import ScoreReport
 
     ctx.run_stage(score_stage(ctx, method, scores_path, name))
@@ -93,7 +93,7 @@ def search(ctx: RunContext, given: Results) -> Results:
     c, L = ctx.cfg, ctx.base.num_layers
     max_remove = search_limits(L, ctx.protect, c.max_remove)
     result = SearchResult(STRATEGY, max_remove)
-    reports: dict[str, Any] = {}
+    reports: dict[str, ScoreReport] = {}
     seen: dict[tuple[int, ...], Candidate] = {}
     kept: Candidate | None = None
     for method in c.search_methods:
@@ -145,7 +145,7 @@ def search(ctx: RunContext, given: Results) -> Results:
     return {"report": reports[chosen.method], "removed": chosen.removed, "search": result}
 
 
-def _fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, Any]) -> Results:
+def _fastest(ctx: RunContext, cuts: SearchResult, reports: dict[str, ScoreReport]) -> Results:
     """The artifact walk over the PyTorch search's passing cuts; the run then ships the chosen candidate."""
     from compressor.run.steps import fastest
     from compressor.run.steps.cut import CHOSEN, candidate_folder
@@ -177,7 +177,7 @@ def select(ctx: RunContext, given: Results) -> Results:
 
     report, removed = given["report"], given["removed"]
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         save_plot(report, set(removed), ctx.out / "scores.png")
         return {"removed": removed}, f"remove {len(removed)} of {report.num_layers}: {removed}"
 

@@ -14,9 +14,12 @@ from compressor.errors import AvssError
 from compressor.files import atomic_write_text
 from compressor.run.context import RunContext
 from compressor.run.pipeline import Results, Step
-from compressor.run.stages import Files, Input, Setting, Stage, Stale
+from compressor.run.stages import Files, Input, Progress, Setting, Stage, Stale
 
 if TYPE_CHECKING:
+    from compressor.profiles import Profile
+    from compressor.sources.models import LoadedModel
+    from compressor.verify.api import Deferred
     from compressor.verify.report import VerifyReport
 
 
@@ -30,7 +33,7 @@ def verdict_result(rep: VerifyReport) -> dict[str, Any]:
                       for t in rep.tasks]}
 
 
-def gate_mismatch(rep: VerifyReport, profile: Any, min_retention: float | None) -> str | None:
+def gate_mismatch(rep: VerifyReport, profile: Profile, min_retention: float | None) -> str | None:
     """Where a report's gate differs from the run's own (its floor, aggregate, tasks and each task's
     threshold), or None: a report is judged only under the gate this run was configured with."""
     from compressor.verify.api import check_gate
@@ -81,7 +84,7 @@ def verify(ctx: RunContext, given: Results) -> Results:
     slim: Path = given["slim"]
     search_md = given["search"].markdown() if given.get("search") is not None else None
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.verify.api import Deferred
         from compressor.verify.report import write_reports
 
@@ -99,7 +102,7 @@ def verify(ctx: RunContext, given: Results) -> Results:
                                            work, recheck=rejudge(ctx.out / "report.json", ctx)))}
 
 
-def _vs_slim(ctx: RunContext, art: Any, slim: Path, dest: str) -> tuple[dict[str, Any], list[str]]:
+def _vs_slim(ctx: RunContext, art: LoadedModel | Deferred, slim: Path, dest: str) -> tuple[dict[str, Any], list[str]]:
     """How far the artifact is from what it was exported from (both sides from the verify cache; each
     loaded only for a cache miss, one at a time)."""
     from compressor.verify.api import Deferred
@@ -127,15 +130,15 @@ def artifact_stage(ctx: RunContext, artifact: Path, slim: Path, kind: str) -> St
     c, dest = ctx.cfg, artifact.name
     reports = f"reports/{dest}"
 
-    def work(cb: Any) -> tuple[dict[str, Any], str]:
+    def work(cb: Progress | None) -> tuple[dict[str, Any], str]:
         from compressor.export.ort_model import load_onnx_model
         from compressor.verify.api import Deferred, Identity
         from compressor.verify.report import write_reports
 
         seen: dict[str, Identity] = {}
 
-        def load_art() -> Any:  # loaded after the base's results; its identity is kept for the comparison below
-            loaded = load_onnx_model(str(artifact), provider=c.provider)
+        def load_art() -> LoadedModel:  # loaded after the base's results; its identity is kept for the comparison below
+            loaded: LoadedModel = load_onnx_model(str(artifact), provider=c.provider)
             seen.setdefault("art", Identity.of(loaded))
             return loaded
 

@@ -15,6 +15,28 @@ from compressor.registry import Registry
 from compressor.verify.examples import load_examples
 from compressor.verify.metrics import MC_PREDICTION, TaskOutput
 
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
+    from compressor.sources.models import LoadedModel
+
+    class EvalSettings(Protocol):
+        """A profile's ``eval`` section (``compressor.profiles.EvalSection``)."""
+
+        @property
+        def batch_size(self) -> int: ...
+        @property
+        def max_length(self) -> int: ...
+        @property
+        def seed(self) -> int: ...
+
+    class KindProfile(Protocol):
+        """What a kind reads of the profile it evaluates under (``compressor.profiles.Profile``, whose module
+        imports this one)."""
+
+        @property
+        def eval(self) -> EvalSettings: ...
+
 Progress = Callable[[int, int], None]
 
 # ---------------------------------------------------------------- profile entries
@@ -97,9 +119,9 @@ class TaskKind:
     def check(self, example: dict[str, Any], where: str) -> None:
         """This kind's own rule on one example read from a file (raises BadInput); none by default."""
 
-    def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
+    def load(self, task: TaskEntry, profile: KindProfile) -> tuple[list[Any], list[Any]]:
         """(evaluation examples, few-shot pool), read before any model loads."""
-        spec = task.data_spec()
+        spec = cast("DataEntry", task).data_spec()  # a kind that reads no ``data`` overrides this
         items = self.examples(spec.source, spec.split, spec.fields)
         return (items[: task.limit] if task.limit else items), []
 
@@ -111,7 +133,7 @@ class TaskKind:
     # needs the whole model (generation decodes token by token, classifiers have their own heads)
     streams: ClassVar[bool] = False
 
-    def check_streams(self, task: Any) -> None:
+    def check_streams(self, task: TaskEntry) -> None:
         """Refuse ``task`` on a streamed model when this kind needs the whole model."""
         if not self.streams:
             raise BadInput(f"task {task.name} (kind {self.name}) needs the whole model in memory, so it cannot run "
@@ -119,7 +141,7 @@ class TaskKind:
                            "block at a time", "drop --stream (on a machine with the memory), or gate on a profile "
                            "of perplexity tasks")
 
-    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
+    def evaluate(self, loaded: LoadedModel, task: TaskEntry, items: list[Any], shots: list[Any], profile: KindProfile,
                  progress: Progress | None) -> TaskOutput:
         evaluator = type(self).evaluator
         if evaluator is None:

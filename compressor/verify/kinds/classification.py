@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field, model_validator
 
@@ -11,9 +11,16 @@ from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
 from compressor.verify.loglik import input_device, leading_special, loglikelihoods
 from compressor.verify.metrics import FiniteCount, TaskOutput, all_finite, cls_metrics, tied_max
 
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def eval_classification(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int,
-                        max_length: int, progress: Progress | None = None) -> TaskOutput:
+    from compressor.sources.models import LoadedModel
+    from compressor.verify.kinds.base import KindProfile, TaskEntry
+
+
+def eval_classification(model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: Classification.Entry,
+                        examples: list[dict[str, Any]], batch_size: int, max_length: int,
+                        progress: Progress | None = None) -> TaskOutput:
     import torch
 
     dev = input_device(model)
@@ -33,11 +40,12 @@ def eval_classification(model: Any, tok: Any, task: Any, examples: list[dict[str
     return TaskOutput(records, cls_metrics(records))
 
 
-def few_shot_prefix(task: Any, shots: list[dict[str, Any]]) -> str:
+def few_shot_prefix(task: ZeroShotClassification.Entry, shots: list[dict[str, Any]]) -> str:
     return "".join(task.template.format(text=s["text"]) + task.labels[int(s["label"])] + "\n\n" for s in shots)
 
 
-def eval_zero_shot(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int, max_length: int,
+def eval_zero_shot(model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: ZeroShotClassification.Entry,
+                   examples: list[dict[str, Any]], batch_size: int, max_length: int,
                    shots: list[dict[str, Any]], progress: Progress | None = None) -> TaskOutput:
     prefix = leading_special(tok)  # BOS where the tokenizer asks for one, as lm-eval
     if shots:
@@ -119,7 +127,8 @@ class ZeroShotClassification(TaskKind):
 
     metrics_of = staticmethod(cls_metrics)
 
-    def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
+    def load(self, task: TaskEntry, profile: KindProfile) -> tuple[list[Any], list[Any]]:
+        task = cast("ZeroShotClassification.Entry", task)  # the registry hands each kind its own Entry
         spec = task.data_spec()
         items = self.examples(spec.source, spec.split, spec.fields)
         shots: list[Any] = []
@@ -131,7 +140,9 @@ class ZeroShotClassification(TaskKind):
             shots = pick_shots(pool, task.few_shot, profile.eval.seed)
         return (items[: task.limit] if task.limit else items), shots
 
-    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
+    def evaluate(self, loaded: LoadedModel, task: TaskEntry, items: list[Any], shots: list[Any], profile: KindProfile,
                  progress: Progress | None) -> TaskOutput:
-        return eval_zero_shot(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
+        # verify loads every model it evaluates with its tokenizer
+        return eval_zero_shot(loaded.model, cast("PreTrainedTokenizerBase", loaded.tokenizer),
+                              cast("ZeroShotClassification.Entry", task), items, profile.eval.batch_size,
                               profile.eval.max_length, shots, progress)

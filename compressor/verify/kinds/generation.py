@@ -2,7 +2,7 @@
 (SQuAD-style). It needs the whole model: decoding runs token by token, so it cannot stream."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field
 
@@ -10,8 +10,21 @@ from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
 from compressor.verify.loglik import input_device, leading_special
 from compressor.verify.metrics import FiniteCount, TaskOutput, gen_metrics, nan_or_posinf, normalize, token_f1
 
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
 
-def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int, max_length: int,
+    import torch
+    from transformers import GenerationMixin, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+    class FiniteWatch(Protocol):
+        """What ``finite_watch`` returns: the rows that saw NaN or +inf logits, and the processor list holding it."""
+
+        bad: list[bool]
+        processors: LogitsProcessorList | None
+
+
+def eval_generation(model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: Generation.Entry,
+                    examples: list[dict[str, Any]], batch_size: int, max_length: int,
                     progress: Progress | None = None) -> TaskOutput:
     import torch
 
@@ -31,7 +44,8 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
         with torch.inference_mode():
             watch = finite_watch(len(chunk))  # greedy decoding of NaN logits is the argmax of nothing
-            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+            # a causal LM's class mixes GenerationMixin in (PreTrainedModel alone does not declare generate)
+            out = cast("GenerationMixin", model).generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                                  max_new_tokens=task.max_new_tokens, do_sample=False, num_beams=1,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                  logits_processor=watch.processors)
@@ -39,6 +53,7 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
             finite.see(not bad)
         for e, row in zip(chunk, out[:, width:]):
             text = tok.decode(row, skip_special_tokens=True)
+            assert isinstance(text, str)  # one row decodes to one string (transformers 5 types it str | list[str])
             for stop in task.stop:
                 if stop and stop in text:
                     text = text[: text.index(stop)]
@@ -56,7 +71,7 @@ def eval_generation(model: Any, tok: Any, task: Any, examples: list[dict[str, An
     return TaskOutput(records, gen_metrics(records))
 
 
-def finite_watch(rows: int) -> Any:
+def finite_watch(rows: int) -> FiniteWatch:
     """A logits processor for ``generate`` that only looks: which rows ever saw NaN or +inf logits
     (``.bad``). Nothing is stored per step, so long generations cost no memory."""
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -64,9 +79,9 @@ def finite_watch(rows: int) -> Any:
     class Watch(LogitsProcessor):
         def __init__(self) -> None:
             self.bad = [False] * rows
-            self.processors: Any = None  # what generate() takes: a list holding this watch
+            self.processors: LogitsProcessorList | None = None  # what generate() takes: a list holding this watch
 
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             for j in nan_or_posinf(scores).any(-1).nonzero().flatten().tolist():
                 self.bad[j] = True
             return scores

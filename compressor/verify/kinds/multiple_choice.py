@@ -2,16 +2,20 @@
 log-likelihood after the prompt (encoded as the harness encodes it, so the numbers match)."""
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from compressor.errors import BadInput
 from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
 from compressor.verify.loglik import encode_pair, loglikelihoods
 from compressor.verify.metrics import MC_PREDICTION, FiniteCount, TaskOutput, all_finite, mc_metrics, mc_predictions
 
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def eval_multiple_choice(model: Any, tok: Any, task: Any, examples: list[dict[str, Any]], batch_size: int,
-                         max_length: int, progress: Progress | None = None) -> TaskOutput:
+
+def eval_multiple_choice(model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: MultipleChoice.Entry,
+                         examples: list[dict[str, Any]], batch_size: int, max_length: int,
+                         progress: Progress | None = None) -> TaskOutput:
     """lm-evaluation-harness's ``multiple_choice``: each choice after ``target_delimiter`` (" "), ``acc``
     on the summed log-likelihood, ``acc_norm`` on it divided by the choice's length in characters,
     ``acc_bytes`` by its UTF-8 bytes (the choice without the delimiter, as lm-eval 0.4.13)."""

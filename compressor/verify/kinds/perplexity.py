@@ -2,7 +2,7 @@
 streamed model (every window goes through a block before the next block is read)."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal, cast
+from typing import TYPE_CHECKING, Any, Iterator, Literal, cast
 
 from pydantic import Field, model_validator
 
@@ -12,9 +12,18 @@ from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
 from compressor.verify.loglik import input_device
 from compressor.verify.metrics import FiniteCount, TaskOutput, all_finite, no_nan_or_posinf, ppl_metrics
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size: int, max_length: int,
-                    progress: Progress | None = None, stream: Any = None) -> TaskOutput:
+    from compressor.sources.models import LoadedModel
+    from compressor.sources.stream import LayerStream
+    from compressor.verify.kinds.base import KindProfile, TaskEntry
+
+
+def eval_perplexity(model: PreTrainedModel, tok: PreTrainedTokenizerBase, task: Perplexity.Entry, docs: list[str],
+                    batch_size: int, max_length: int, progress: Progress | None = None,
+                    stream: LayerStream | None = None) -> TaskOutput:
     """Rolling windows: each window scores only tokens no earlier window scored (stride), with up to
     ``window - stride`` tokens of context; ``limit`` = tokens scored. ``stream``: the model's
     ``LayerStream``: every window runs block by block, each block read once (``--stream``)."""
@@ -59,7 +68,8 @@ def eval_perplexity(model: Any, tok: Any, task: Any, docs: list[str], batch_size
     return TaskOutput(records, ppl_metrics(records))
 
 
-def _chunk_logits(model: Any, chunks: list[tuple[Any, Any]], stream: Any, progress: Progress | None) -> Iterator[Any]:
+def _chunk_logits(model: PreTrainedModel, chunks: list[tuple[torch.Tensor, torch.Tensor]], stream: LayerStream | None,
+                  progress: Progress | None) -> Iterator[torch.Tensor]:
     """Each (ids, mask) chunk's logits, in order: one forward per chunk, or, streamed, every chunk
     through block 0, then block 1, ... (each block read once), then the head chunk by chunk."""
     import torch
@@ -101,18 +111,20 @@ class Perplexity(TaskKind):
                 raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
             return self
 
-    def load(self, task: Any, profile: Any) -> tuple[list[Any], list[Any]]:
-        spec = task.data_spec()
+    def load(self, task: TaskEntry, profile: KindProfile) -> tuple[list[Any], list[Any]]:
+        spec = cast("Perplexity.Entry", task).data_spec()
         return self.examples(spec.source, spec.split, spec.fields), []  # limit counts tokens
 
     evaluator = staticmethod(eval_perplexity)
     metrics_of = staticmethod(ppl_metrics)
     streams = True
 
-    def evaluate(self, loaded: Any, task: Any, items: list[Any], shots: list[Any], profile: Any,
+    def evaluate(self, loaded: LoadedModel, task: TaskEntry, items: list[Any], shots: list[Any], profile: KindProfile,
                  progress: Progress | None) -> TaskOutput:
-        return eval_perplexity(loaded.model, loaded.tokenizer, task, items, profile.eval.batch_size,
-                               profile.eval.max_length, progress, stream=getattr(loaded, "stream", None))
+        # verify loads every model it evaluates with its tokenizer
+        return eval_perplexity(loaded.model, cast("PreTrainedTokenizerBase", loaded.tokenizer),
+                               cast("Perplexity.Entry", task), items, profile.eval.batch_size, profile.eval.max_length,
+                               progress, stream=getattr(loaded, "stream", None))
 
     def agreement(self, metric: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> float | None:
         """Scored tokens where both models predict the same next token."""
