@@ -343,6 +343,10 @@ def measure_model(plan: ModelPlan, scorers: list[ScorerPlan], quick: bool, work:
     L = base.num_layers
     if base.adapter.no_fold or base.adapter.mlp_out is None:  # scorers that solve the linear patch need it exact
         scorers = [sc for sc in scorers if not get_scorer(sc.method).needs_patch]
+    if base.adapter.family != "decoder":  # an objective of nll (the default) needs next-token labels: a classifier
+        # is scored by the kl objective only (the scorer refuses nll there)
+        scorers = [sc for sc in scorers
+                   if "objective" not in get_scorer(sc.method).own_options or (sc.objective or "nll") != "nll"]
     threads = os.cpu_count() or 1
     calib = profile.calibration.model_dump()
 
