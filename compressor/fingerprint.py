@@ -23,14 +23,10 @@ if TYPE_CHECKING:  # pragma: no cover
         """What a fingerprint reads of a loaded model (``compressor.sources.models.LoadedModel``, a floor above
         this one)."""
 
-        @property
-        def path(self) -> str: ...
-        @property
-        def dtype(self) -> str: ...
-        @property
-        def model(self) -> PreTrainedModel: ...
-        @property
-        def tokenizer(self) -> PreTrainedTokenizerBase | None: ...
+        path: str
+        dtype: str
+        model: PreTrainedModel
+        tokenizer: PreTrainedTokenizerBase | None
 
 # Files of a model folder that decide what the model computes: config, weights, tokenizer, generation
 # defaults. Anything else (README, compression.json provenance, images) does not change an output.

@@ -23,12 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
     class EvalSettings(Protocol):
         """A profile's ``eval`` section (``compressor.profiles.EvalSection``)."""
 
-        @property
-        def batch_size(self) -> int: ...
-        @property
-        def max_length(self) -> int: ...
-        @property
-        def seed(self) -> int: ...
+        batch_size: int
+        max_length: int
+        seed: int
 
     class KindProfile(Protocol):
         """What a kind reads of the profile it evaluates under (``compressor.profiles.Profile``, whose module
