@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 from compressor.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from torch import Tensor, nn
     from transformers import PretrainedConfig, PreTrainedModel
 
@@ -252,3 +253,9 @@ def mlp_out_module(block: "nn.Module", adapter: ArchAdapter) -> "nn.Module":
             raise BadInput(f"this {adapter.model_type} block has no {adapter.mlp_out!r}",
                            "the checkpoint layout is not the standard transformers one; use --repair distill")
     return cast("nn.Module", obj)
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where a model's input tensors go: its input embedding's device (one rule for scoring, repair and
+    verify; an ONNX model answers the CPU: ``export.ort_model``)."""
+    return cast("torch.Tensor", model.get_input_embeddings().weight).device

@@ -48,7 +48,7 @@ class _Device:
 
 
 class _Embeddings:
-    """``verify.loglik.input_device`` reads ``get_input_embeddings().weight.device``: where input tensors go (the CPU)."""
+    """``compressor.architectures.input_device`` reads ``get_input_embeddings().weight.device``: where input tensors go (the CPU)."""
 
     def __init__(self) -> None:
         import torch

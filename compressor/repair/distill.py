@@ -211,7 +211,7 @@ def distill(student: PreTrainedModel, teacher: PreTrainedModel, kept: list[int],
     (``student`` itself, or with ``lora`` the same modules with the adapters merged) and the record."""
     import torch
 
-    from compressor.score.passes import input_device
+    from compressor.architectures import input_device
 
     if steps < 1:
         raise BadInput(f"--heal-steps must be at least 1 (got {steps})", "e.g. --heal-steps 30")

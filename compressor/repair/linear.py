@@ -53,8 +53,7 @@ def fit_span(model: PreTrainedModel, adapter: ArchAdapter, fold_at: int, end_at:
     """Solve T for the span ending at block ``end_at`` (current numbering), folded into ``fold_at``."""
     import torch
 
-    from compressor.architectures import body_of
-    from compressor.score.passes import input_device
+    from compressor.architectures import body_of, input_device
     from compressor.score.stats import _block_io
 
     layers = get_layers(model, adapter)

@@ -6,22 +6,17 @@ kept here, none of them imports another's internals.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
-from compressor.architectures import body_of, final_norm_of, get_layers, model_kind, running_blocks
+from compressor.architectures import body_of, final_norm_of, get_layers, input_device, model_kind, running_blocks
 from compressor.score.stats import ROBUST_TAU, StatConfig, StatsCollector
 from compressor.sources.data import CalibrationData
 from compressor.sources.models import LoadedModel
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    from transformers import PreTrainedModel
 
 Progress = Callable[[int, int], None]  # (done, total) batches
-
-
-def input_device(model: PreTrainedModel) -> torch.device:
-    return cast("torch.Tensor", model.get_input_embeddings().weight).device
 
 
 def forward_kwargs(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def _capture(loaded: LoadedModel, data: CalibrationData) -> tuple[list[list[torc
     are made per use: keeping them would double the memory, about 1 GB at SmolLM2's 32 x 256 tokens)."""
     import torch
 
-    from compressor.score.passes import input_device
+    from compressor.architectures import input_device
     from compressor.score.stats import _block_io
 
     layers = get_layers(loaded.model, loaded.adapter)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, cast
 
+from compressor.architectures import input_device
 from compressor.sources.data import pad_right
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -16,11 +17,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers.cache_utils import Cache
 
 Progress = Callable[[int, int], None]
-
-
-def input_device(model: PreTrainedModel) -> torch.device:
-    """Where a model's input tensors go (an ONNX model answers the CPU: ``export.ort_model``)."""
-    return cast("torch.Tensor", model.get_input_embeddings().weight).device
 
 
 def leading_special(tok: PreTrainedTokenizerBase) -> list[int]:

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field, model_validator
 
+from compressor.architectures import input_device
 from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
-from compressor.verify.loglik import input_device, leading_special, loglikelihoods
+from compressor.verify.loglik import leading_special, loglikelihoods
 from compressor.verify.metrics import FiniteCount, TaskOutput, all_finite, cls_metrics, tied_max
 
 if TYPE_CHECKING:  # pragma: no cover

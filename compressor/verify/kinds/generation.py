@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field
 
+from compressor.architectures import input_device
 from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
-from compressor.verify.loglik import input_device, leading_special
+from compressor.verify.loglik import leading_special
 from compressor.verify.metrics import FiniteCount, TaskOutput, gen_metrics, nan_or_posinf, normalize, token_f1
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, cast
 
 from pydantic import Field, model_validator
 
+from compressor.architectures import input_device
 from compressor.errors import BadInput
 from compressor.sources.data import pad_right
 from compressor.verify.kinds.base import DataEntry, Progress, TaskKind, register
-from compressor.verify.loglik import input_device
 from compressor.verify.metrics import FiniteCount, TaskOutput, all_finite, no_nan_or_posinf, ppl_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
